@@ -1,0 +1,3 @@
+from soce.cli import main
+
+main()

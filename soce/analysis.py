@@ -1,0 +1,195 @@
+"""Step 1 of SoCE: correlations between categories across models, and the weakly-correlated set L.
+
+L = {C_a : there is b != a with |rho[a, b]| < tau}. A category enters L once tau exceeds its
+entry threshold, min over b != a of |rho[a, b]|: those thresholds show L for every tau at once.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from scipy.stats import rankdata
+
+from soce.scores import ScoreTable
+
+METHODS = ("pearson", "spearman")
+
+
+def correlation_matrix(values: np.ndarray, method: str = "pearson") -> tuple[np.ndarray, np.ndarray]:
+    """Correlations between the columns of `values` and the number of rows behind each.
+
+    Pairwise-complete, as pandas' DataFrame.corr: for each pair, the rows missing either
+    value are dropped. NaN where fewer than two rows remain or a column is constant there.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method {method!r}: expected one of {METHODS}")
+    k = values.shape[1]
+    rho = np.full((k, k), np.nan)
+    counts = np.zeros((k, k), dtype=int)
+    present = ~np.isnan(values)
+    for a in range(k):
+        for b in range(a, k):
+            rows = present[:, a] & present[:, b]
+            x, y = values[rows, a], values[rows, b]
+            if method == "spearman":
+                x, y = rankdata(x), rankdata(y)
+            rho[a, b] = rho[b, a] = _pearson(x, y)
+            counts[a, b] = counts[b, a] = int(rows.sum())
+    return rho, counts
+
+
+def _pearson(x: np.ndarray, y: np.ndarray) -> float:
+    if len(x) < 2:
+        return math.nan
+    dx, dy = x - x.mean(), y - y.mean()
+    denom = math.sqrt(float(dx @ dx) * float(dy @ dy))
+    return math.nan if denom == 0 else float(np.clip(dx @ dy / denom, -1.0, 1.0))
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """The correlation matrix of a population of models and the weak set at tau."""
+
+    method: str
+    tau: float
+    models: tuple[str, ...]
+    categories: tuple[str, ...]
+    matrix: np.ndarray
+    counts: np.ndarray
+
+    @property
+    def entry_tau(self) -> dict[str, float]:
+        """Per category, min |rho| with any other category: it is in L for every tau above this.
+
+        NaN correlations (too few rows, constant column) never make a pair weak.
+        """
+        out = {}
+        for a, cat in enumerate(self.categories):
+            others = [abs(self.matrix[a, b]) for b in range(len(self.categories)) if b != a and not math.isnan(self.matrix[a, b])]
+            out[cat] = min(others) if others else math.nan
+        return out
+
+    def weak_set_at(self, tau: float) -> tuple[str, ...]:
+        return tuple(c for c, t in self.entry_tau.items() if t < tau)
+
+    @property
+    def weak_set(self) -> tuple[str, ...]:
+        return self.weak_set_at(self.tau)
+
+    @property
+    def weak_pairs(self) -> list[tuple[str, str, float]]:
+        k = len(self.categories)
+        return [
+            (self.categories[a], self.categories[b], float(self.matrix[a, b]))
+            for a in range(k) for b in range(a + 1, k)
+            if abs(self.matrix[a, b]) < self.tau
+        ]
+
+    @property
+    def undefined_pairs(self) -> list[tuple[str, str]]:
+        k = len(self.categories)
+        return [(self.categories[a], self.categories[b]) for a in range(k) for b in range(a + 1, k) if math.isnan(self.matrix[a, b])]
+
+    def tau_sweep(self, taus: Sequence[float]) -> list[dict]:
+        return [{"tau": float(t), "weak_set": list(self.weak_set_at(t))} for t in taus]
+
+    def to_dict(self, taus: Sequence[float] = ()) -> dict:
+        return {
+            "method": self.method,
+            "tau": self.tau,
+            "models": list(self.models),
+            "categories": list(self.categories),
+            "matrix": [[_json_float(v) for v in row] for row in self.matrix],
+            "counts": self.counts.tolist(),
+            "weak_pairs": [{"a": a, "b": b, "rho": r} for a, b, r in self.weak_pairs],
+            "weak_set": list(self.weak_set),
+            "entry_tau": {c: _json_float(t) for c, t in self.entry_tau.items()},
+            "undefined_pairs": [list(p) for p in self.undefined_pairs],
+            "tau_sweep": self.tau_sweep(taus),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Analysis":
+        matrix = np.array([[math.nan if v is None else v for v in row] for row in d["matrix"]], dtype=np.float64)
+        return cls(d["method"], float(d["tau"]), tuple(d["models"]), tuple(d["categories"]), matrix, np.array(d["counts"]))
+
+
+def _json_float(v: float) -> float | None:
+    return None if math.isnan(v) else float(v)
+
+
+def analyze(table: ScoreTable, tau: float, method: str = "pearson") -> Analysis:
+    """Correlations between the categories of `table` across its models, and L at `tau`."""
+    if not 0.0 <= tau <= 1.0:
+        raise ValueError(f"tau={tau} is outside [0, 1]")
+    matrix, counts = correlation_matrix(table.values, method)
+    return Analysis(method, tau, table.models, table.categories, matrix, counts)
+
+
+def plot_correlation(analysis: Analysis, path: Path) -> None:
+    """Heatmap of the matrix, values annotated, L's categories in bold red, weak pairs outlined."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    k = len(analysis.categories)
+    size = max(5.0, 0.62 * k + 2.5)
+    fontsize = 9 if k <= 12 else 7
+    fig, ax = plt.subplots(figsize=(size + 1.2, size))
+    image = ax.imshow(analysis.matrix, cmap="RdBu_r", vmin=-1, vmax=1)
+    for a in range(k):
+        for b in range(k):
+            v = analysis.matrix[a, b]
+            text = "n/a" if math.isnan(v) else f"{v:.2f}"
+            ax.text(b, a, text, ha="center", va="center", fontsize=fontsize, color="white" if abs(v) > 0.6 else "black")
+            if a != b and abs(v) < analysis.tau:
+                ax.add_patch(Rectangle((b - 0.5, a - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=1.6))
+    ax.set_xticks(range(k), analysis.categories, rotation=45, ha="right", rotation_mode="anchor", fontsize=fontsize + 1)
+    ax.set_yticks(range(k), analysis.categories, fontsize=fontsize + 1)
+    weak = set(analysis.weak_set)
+    for label in [*ax.get_xticklabels(), *ax.get_yticklabels()]:
+        if label.get_text() in weak:
+            label.set_fontweight("bold")
+            label.set_color("firebrick")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label=f"{analysis.method} correlation")
+    ax.set_title(
+        f"{analysis.method.capitalize()} correlation across {len(analysis.models)} models\n"
+        f"weak set L at tau={analysis.tau:g} in bold red ({len(weak)} of {k}); pairs with |rho| < tau outlined",
+        fontsize=fontsize + 2,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+def plot_entry_tau(analysis: Analysis, path: Path) -> None:
+    """Each category's entry threshold as a dot; those left of the tau line form L."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    entries = sorted(analysis.entry_tau.items(), key=lambda kv: (math.isnan(kv[1]), kv[1]))
+    k = len(entries)
+    fig, ax = plt.subplots(figsize=(7.5, max(2.5, 0.32 * k + 1.3)))
+    for i, (cat, t) in enumerate(entries):
+        inside = t < analysis.tau
+        ax.plot([0, 0 if math.isnan(t) else t], [i, i], color="lightgray", zorder=1)
+        if not math.isnan(t):
+            ax.scatter([t], [i], color="firebrick" if inside else "gray", zorder=2)
+    ax.axvline(analysis.tau, color="firebrick", linestyle="--", label=f"tau = {analysis.tau:g}")
+    ax.set_yticks(range(k), [c for c, _ in entries], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("entry threshold: min |rho| with any other category (in L for tau above it)")
+    ax.set_title(f"Weak set L as tau varies ({len(analysis.weak_set)} of {k} in L at tau={analysis.tau:g})", fontsize=10)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)

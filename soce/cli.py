@@ -1,0 +1,80 @@
+"""The `soce` entrypoint: compose the config with Hydra, then run the stages in order."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from soce import config, stages
+from soce.errors import SoceError
+from soce.tracking import NoTracker, Tracker, WandbTracker
+
+log = logging.getLogger("soce")
+
+# conf/ sits beside the package (editable install): an absolute path, since Hydra resolves a
+# relative one as a Python package when soce runs as an installed console script.
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+STAGES = {"analyze": stages.analyze, "select": stages.select}
+
+
+class BelowWarning(logging.Filter):
+    """Console: information to stdout, warnings and errors to stderr."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno < logging.WARNING
+
+
+def make_tracker(cfg: DictConfig, run_dir: Path) -> Tracker:
+    if cfg.tracker.name == "none":
+        return NoTracker()
+    hc = HydraConfig.get()
+    multirun = hc.mode == RunMode.MULTIRUN
+    return WandbTracker(
+        project=cfg.tracker.project,
+        entity=cfg.tracker.entity,
+        mode=cfg.tracker.mode,
+        group=cfg.tracker.group or cfg.study,
+        name=f"{cfg.study}/{hc.job.num}" if multirun else None,
+        config=OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
+        dir=run_dir,
+        tags=list(cfg.tracker.tags),
+        job_type=cfg.stage.value,
+    )
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="soce")
+def run(cfg: DictConfig) -> None:
+    try:
+        config.validate(cfg)
+        run_dir = Path(HydraConfig.get().runtime.output_dir)
+        todo = list(STAGES) if cfg.stage.value == "all" else [cfg.stage.value]
+        tracker = make_tracker(cfg, run_dir)
+        try:
+            for name in todo:
+                STAGES[name](stages.Run(cfg, run_dir, tracker))
+        finally:
+            tracker.finish()
+        files = sorted(p.name for p in run_dir.iterdir() if p.suffix in (".csv", ".json", ".png", ".jsonl"))
+        log.info("files: %s/ %s", run_dir, " ".join(files))
+    except SoceError as err:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        log.error("error: %s", err)
+        sys.exit(1)
+
+
+def main() -> None:
+    config.register()
+    run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,216 @@
+"""Config schemas: one dataclass per config group option, registered in Hydra's ConfigStore.
+
+Each YAML option starts from its schema (`defaults: [schema_<kind>, _self_]`), so a misspelt
+key or a value of the wrong type fails at composition with Hydra's own message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from soce.errors import SoceError
+
+
+class Stage(Enum):
+    analyze = "analyze"
+    select = "select"
+    all = "all"
+
+
+class Method(Enum):
+    pearson = "pearson"
+    spearman = "spearman"
+
+
+class Population(Enum):
+    all = "all"  # every row of the score table
+    pool = "pool"  # only the pool's candidates
+
+
+class TableFormat(Enum):
+    csv = "csv"
+    bfcl = "bfcl"
+
+
+# --- benchmark: where the score table comes from ---------------------------------------
+@dataclass
+class TableBenchmark:
+    """Scores read from a file: analysis and selection only (the sweep needs an evaluator)."""
+
+    name: str = "table"
+    kind: str = "table"
+    path: str = MISSING
+    format: TableFormat = TableFormat.csv
+    model_column: Optional[str] = None  # default: first column (csv), 'Model' (bfcl)
+    overall_column: Optional[str] = None  # default: mean of the categories (csv), '... Overall Acc' (bfcl)
+    categories: Optional[List[str]] = None  # default: every leaf category column
+    exclude: List[str] = field(default_factory=list)
+
+
+# --- pool: the candidates -----------------------------------------------------------------
+@dataclass
+class ModelRef:
+    name: str = MISSING  # as in the score table ('(FC)'/'(Prompt)' suffixes may be left off)
+    hub_id: Optional[str] = None
+    path: Optional[str] = None
+
+
+@dataclass
+class PoolConfig:
+    name: str = MISSING
+    models: Optional[List[ModelRef]] = None  # None: every model of the score table
+
+
+# --- selection ----------------------------------------------------------------------------
+@dataclass
+class SoceSelection:
+    name: str = "soce"
+    tau: float = 0.2
+    population: Population = Population.all
+    keep_best_overall: bool = False
+    max_experts: Optional[int] = None
+
+
+@dataclass
+class AllSelection:
+    name: str = "all"
+
+
+@dataclass
+class TopKSelection:
+    name: str = "topk"
+    k: int = 3
+
+
+@dataclass
+class ManualSelection:
+    name: str = "manual"
+    models: List[str] = MISSING
+
+
+# --- search: the weight search of the sweep stage ------------------------------------------
+@dataclass
+class GridSearch:
+    """The paper's grid: every weight in {lo, lo+step, ..., hi}, summing to 1, plus uniform."""
+
+    name: str = "grid"
+    lo: float = 0.1
+    hi: float = 0.9
+    step: float = 0.1
+    include_uniform: bool = True
+    objective: str = "mean"
+    select_on: str = "dev"
+
+
+@dataclass
+class UniformSearch:
+    name: str = "uniform"
+    objective: str = "mean"
+    select_on: str = "dev"
+
+
+@dataclass
+class RandomSearch:
+    name: str = "random"
+    budget: int = 32
+    concentration: float = 1.0
+    seed: int = 0
+    objective: str = "mean"
+    select_on: str = "dev"
+
+
+# --- merge ----------------------------------------------------------------------------------
+@dataclass
+class LinearMerge:
+    name: str = "linear"
+    models: Optional[List[str]] = None
+    weights: Optional[List[float]] = None
+    output: Optional[str] = None
+    dtype: Optional[str] = None  # default: the inputs' dtype
+    device: str = "cpu"
+    shard_size: str = "2GB"
+    normalize: bool = False
+    overwrite: bool = False
+
+
+# --- tracker ----------------------------------------------------------------------------------
+@dataclass
+class WandbTrackerConfig:
+    name: str = "wandb"
+    project: str = "soce"
+    entity: Optional[str] = None
+    mode: str = "offline"
+    group: Optional[str] = None  # default: the study name
+    tags: List[str] = field(default_factory=list)
+
+
+@dataclass
+class NoTrackerConfig:
+    name: str = "none"
+
+
+# --- the study ----------------------------------------------------------------------------
+@dataclass
+class AnalysisConfig:
+    method: Method = Method.pearson
+    # By default the analysis uses the soce selection's tau and population.
+    tau: float = "${oc.select:selection.tau,0.2}"  # type: ignore[assignment]
+    population: Population = "${oc.select:selection.population,all}"  # type: ignore[assignment]
+    tau_grid: List[float] = field(default_factory=lambda: [0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5])
+
+
+@dataclass
+class SoceConfig:
+    stage: Stage = Stage.all
+    study: str = MISSING
+    benchmark: Any = MISSING
+    pool: PoolConfig = MISSING
+    selection: Any = MISSING
+    search: Any = MISSING
+    merge: LinearMerge = MISSING
+    tracker: Any = MISSING
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+
+
+SCHEMAS = {
+    None: {"soce_schema": SoceConfig},
+    "benchmark": {"schema_table": TableBenchmark},
+    "pool": {"schema_pool": PoolConfig},
+    "selection": {"schema_soce": SoceSelection, "schema_all": AllSelection, "schema_topk": TopKSelection, "schema_manual": ManualSelection},
+    "search": {"schema_grid": GridSearch, "schema_uniform": UniformSearch, "schema_random": RandomSearch},
+    "merge": {"schema_linear": LinearMerge},
+    "tracker": {"schema_wandb": WandbTrackerConfig, "schema_none": NoTrackerConfig},
+}
+
+
+def register() -> None:
+    """Put the schemas in the ConfigStore and the `soce.data` resolver in OmegaConf."""
+    cs = ConfigStore.instance()
+    for group, nodes in SCHEMAS.items():
+        for name, node in nodes.items():
+            cs.store(group=group, name=name, node=node)
+    if not OmegaConf.has_resolver("soce.data"):
+        OmegaConf.register_new_resolver("soce.data", lambda name: str(Path(__file__).parent / "data" / name))
+
+
+def validate(cfg: DictConfig) -> None:
+    """Checks that the schemas' types cannot express; each error names its key."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise SoceError(f"no value for {', '.join(missing)}: set it on the command line, e.g. {missing[0]}=...")
+    for key in ("selection.tau", "analysis.tau"):
+        tau = OmegaConf.select(cfg, key)
+        if tau is not None and not 0.0 <= tau <= 1.0:
+            raise SoceError(f"{key}={tau} is outside [0, 1]")
+    max_experts = OmegaConf.select(cfg, "selection.max_experts")
+    if max_experts is not None and max_experts < 1:
+        raise SoceError(f"selection.max_experts={max_experts}: must be at least 1")
+    k = OmegaConf.select(cfg, "selection.k")
+    if k is not None and k < 1:
+        raise SoceError(f"selection.k={k}: must be at least 1")

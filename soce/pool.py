@@ -1,0 +1,54 @@
+"""The candidate pool: which rows of the score table are candidates, matched by name."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Sequence
+
+from soce.errors import SoceError
+from soce.scores import closest
+
+_MODE_SUFFIX = re.compile(r"\s*\((FC|Prompt)\)\s*$", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A pool model: its name in the score table, and where its weights are (Hub id or path)."""
+
+    name: str
+    hub_id: str | None = None
+    path: str | None = None
+
+
+def _key(name: str) -> str:
+    """Leaderboards append the calling mode: 'xLAM-2-70b-fc-r (FC)' is the model 'xLAM-2-70b-fc-r'."""
+    return _MODE_SUFFIX.sub("", name).strip().lower()
+
+
+def resolve_pool(candidates: Sequence[Candidate] | None, table_models: Sequence[str], source: str) -> list[Candidate]:
+    """The pool's candidates with `name` set to their row in the table (every row if None).
+
+    A name matches its row exactly, or up to case and a trailing '(FC)' / '(Prompt)'.
+    """
+    if candidates is None:
+        return [Candidate(m) for m in table_models]
+    if not candidates:
+        raise SoceError("pool.models is empty: name at least one model, or use pool=all for every model of the table")
+    resolved = []
+    for c in candidates:
+        if c.name in table_models:
+            row = c.name
+        else:
+            rows = [m for m in table_models if _key(m) == _key(c.name)]
+            if not rows:
+                raise SoceError(f"pool model {c.name!r} is not in {source}{closest(c.name, table_models)}")
+            if len(rows) > 1:
+                raise SoceError(f"pool model {c.name!r} matches several rows of {source}: {', '.join(map(repr, rows))}; name one exactly")
+            row = rows[0]
+        resolved.append(Candidate(row, c.hub_id, c.path))
+    names = [c.name for c in resolved]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise SoceError(f"pool.models names the same table row twice: {', '.join(dupes)}")
+    return resolved

@@ -1,0 +1,153 @@
+"""Step 2 of SoCE: choose the experts, and say why every other candidate was left out.
+
+Strategies: `soce` (the best candidate of each category in the weak set L), `all`, `topk`
+(best overall), `manual`. Experts come out ordered by overall score, best first.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+import numpy as np
+
+from soce.analysis import Analysis
+from soce.errors import SoceError
+from soce.scores import ScoreTable, closest
+
+
+@dataclass(frozen=True)
+class Expert:
+    model: str
+    reason: str
+    leads: tuple[str, ...] = ()
+    overall: float = math.nan
+    scores: dict | None = None
+
+
+@dataclass(frozen=True)
+class Selection:
+    strategy: str
+    experts: tuple[Expert, ...]
+    excluded: dict[str, str]
+
+    @property
+    def models(self) -> list[str]:
+        return [e.model for e in self.experts]
+
+    def to_dict(self) -> dict:
+        experts = [{**asdict(e), "leads": list(e.leads), "overall": _json(e.overall)} for e in self.experts]
+        for e in experts:
+            e["scores"] = {k: _json(v) for k, v in (e["scores"] or {}).items()}
+        return {"strategy": self.strategy, "experts": experts, "excluded": self.excluded}
+
+
+def _json(v: float) -> float | None:
+    return None if math.isnan(v) else float(v)
+
+
+def _best(table: ScoreTable, pool: Sequence[str], column: np.ndarray) -> str | None:
+    """The pool model with the highest value; ties go to the better overall, then pool order."""
+    ranked = [(v, _or(table.overall_of(m)), -i, m) for i, (m, v) in enumerate(zip(pool, column)) if not math.isnan(v)]
+    return max(ranked)[3] if ranked else None
+
+
+def _or(v: float, default: float = -math.inf) -> float:
+    return default if math.isnan(v) else v
+
+
+def _by_overall(table: ScoreTable, models: Sequence[str]) -> list[str]:
+    return sorted(models, key=lambda m: (-_or(table.overall_of(m)), models.index(m)))
+
+
+def _expert(table: ScoreTable, model: str, reason: str, leads: Sequence[str] = ()) -> Expert:
+    return Expert(model, reason, tuple(leads), table.overall_of(model), table.row(model))
+
+
+def best_overall(table: ScoreTable, pool: Sequence[str]) -> str:
+    ranked = _by_overall(table, pool)
+    if math.isnan(table.overall_of(ranked[0])):
+        raise SoceError("no pool model has an overall score (a category score is missing for each)")
+    return ranked[0]
+
+
+def select_soce(
+    table: ScoreTable,
+    pool: Sequence[str],
+    analysis: Analysis,
+    *,
+    keep_best_overall: bool = False,
+    max_experts: int | None = None,
+) -> Selection:
+    """Algorithm 1, step 3: for each category of L, the pool's best model on it; each model once."""
+    weak = analysis.weak_set
+    if not weak:
+        entry = {c: t for c, t in analysis.entry_tau.items() if not math.isnan(t)}
+        hint = ""
+        if entry:
+            cat, t = min(entry.items(), key=lambda kv: kv[1])
+            hint = f"; the weakest pair has |rho|={t:.3f} ({cat}): any tau above {t:.3f} gives a non-empty set"
+        raise SoceError(f"the selection is empty: no pair of categories has |rho| < tau={analysis.tau:g}{hint}")
+    scores = table.subset(pool)
+    leads: dict[str, list[str]] = {}
+    for cat in weak:
+        leader = _best(table, pool, scores.values[:, table.categories.index(cat)])
+        if leader is not None:
+            leads.setdefault(leader, []).append(cat)
+    experts = {m: _expert(table, m, "best on " + ", ".join(cats), cats) for m, cats in leads.items()}
+    if keep_best_overall:
+        top = best_overall(table, pool)
+        if top not in experts:
+            experts[top] = _expert(table, top, "best overall (selection.keep_best_overall)")
+    excluded = {}
+    if max_experts is not None and len(experts) > max_experts:
+        forced = best_overall(table, pool) if keep_best_overall else None
+        rank = sorted(experts, key=lambda m: (m != forced, -len(experts[m].leads), -_or(experts[m].overall)))
+        for m in rank[max_experts:]:
+            excluded[m] = f"left out by selection.max_experts={max_experts}: leads {len(experts[m].leads)} ({', '.join(experts[m].leads)})"
+            del experts[m]
+    for m in pool:
+        if m not in experts and m not in excluded:
+            excluded[m] = _why_not_leader(table, pool, m, weak)
+    return Selection("soce", tuple(experts[m] for m in _by_overall(table, list(experts))), excluded)
+
+
+def _why_not_leader(table: ScoreTable, pool: Sequence[str], model: str, weak: Sequence[str]) -> str:
+    """The category of L where `model` came closest to the leader."""
+    gaps = []
+    for cat in weak:
+        column = np.array([table.score(m, cat) for m in pool])
+        leader = _best(table, pool, column)
+        mine = table.score(model, cat)
+        if leader is not None and not math.isnan(mine):
+            gaps.append((table.score(leader, cat) - mine, cat, leader, mine))
+    if not gaps:
+        return "no score on any category of L"
+    gap, cat, leader, mine = min(gaps)
+    if gap == 0:
+        return f"leads no category of L; ties {leader} on {cat!r} ({mine:g}), which wins on overall score"
+    return f"leads no category of L; closest on {cat!r}: {mine:g} vs {table.score(leader, cat):g} ({leader})"
+
+
+def select_all(table: ScoreTable, pool: Sequence[str]) -> Selection:
+    return Selection("all", tuple(_expert(table, m, "in the pool") for m in _by_overall(table, pool)), {})
+
+
+def select_topk(table: ScoreTable, pool: Sequence[str], k: int) -> Selection:
+    if k < 1:
+        raise SoceError(f"selection.k={k}: must be at least 1")
+    ranked = _by_overall(table, pool)
+    experts = tuple(_expert(table, m, f"top {k} overall (#{i + 1})") for i, m in enumerate(ranked[:k]))
+    excluded = {m: f"overall rank #{i + k + 1}, below the top {k}" for i, m in enumerate(ranked[k:])}
+    return Selection("topk", experts, excluded)
+
+
+def select_manual(table: ScoreTable, pool: Sequence[str], models: Sequence[str]) -> Selection:
+    if not models:
+        raise SoceError("selection.models is empty: name the experts to use")
+    for m in models:
+        if m not in pool:
+            raise SoceError(f"selection.models names {m!r}, which is not in the pool{closest(m, pool)}")
+    experts = tuple(_expert(table, m, "named in selection.models") for m in _by_overall(table, list(models)))
+    return Selection("manual", experts, {m: "not named in selection.models" for m in pool if m not in models})

@@ -1,0 +1,110 @@
+"""Experiment tracking: a Tracker protocol, a W&B tracker and a no-op one.
+
+A tracker never costs a result: every W&B failure is logged as a warning and the tracker
+goes quiet, while the stages keep writing their files to the run directory.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from pathlib import Path
+from typing import Any, Protocol, Sequence
+
+log = logging.getLogger(__name__)
+
+
+class Tracker(Protocol):
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None: ...
+    def log_summary(self, values: dict[str, Any]) -> None: ...
+    def log_table(self, name: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None: ...
+    def log_image(self, name: str, path: Path) -> None: ...
+    def finish(self) -> None: ...
+
+
+class NoTracker:
+    """tracker=none: logs nothing."""
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        pass
+
+    def log_summary(self, values: dict[str, Any]) -> None:
+        pass
+
+    def log_table(self, name: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        pass
+
+    def log_image(self, name: str, path: Path) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+
+def _guarded(method):
+    """Run a W&B call; on failure warn once and stop talking to W&B."""
+
+    @functools.wraps(method)
+    def wrapper(self: "WandbTracker", *args, **kwargs):
+        if self.run is None:
+            return None
+        try:
+            return method(self, *args, **kwargs)
+        except Exception as err:  # noqa: BLE001 - W&B must never cost a result
+            log.warning("W&B %s failed (%s: %s); results are still written to the run directory", method.__name__, type(err).__name__, err)
+            self.run = None
+            return None
+
+    return wrapper
+
+
+class WandbTracker:
+    """One W&B run per Hydra job, grouped by study; offline by default (no account needed)."""
+
+    def __init__(
+        self,
+        *,
+        project: str,
+        group: str,
+        name: str | None,
+        config: dict,
+        dir: Path,
+        mode: str = "offline",
+        entity: str | None = None,
+        tags: Sequence[str] = (),
+        job_type: str | None = None,
+    ) -> None:
+        self.run = None
+        try:
+            import wandb
+
+            self._wandb = wandb
+            self.run = wandb.init(
+                project=project, entity=entity, group=group, name=name, config=config, dir=str(dir),
+                mode=mode, tags=list(tags), job_type=job_type, reinit="finish_previous",
+                settings=wandb.Settings(silent=True, console="off", x_disable_stats=True, disable_git=True, save_code=False),
+            )
+        except Exception as err:  # noqa: BLE001
+            log.warning("W&B could not start a run (%s: %s); results are still written to the run directory", type(err).__name__, err)
+            self.run = None
+
+    @_guarded
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        self.run.log(metrics, step=step)
+
+    @_guarded
+    def log_summary(self, values: dict[str, Any]) -> None:
+        self.run.summary.update(values)
+
+    @_guarded
+    def log_table(self, name: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        self.run.log({name: self._wandb.Table(columns=list(columns), data=[list(r) for r in rows])})
+
+    @_guarded
+    def log_image(self, name: str, path: Path) -> None:
+        self.run.log({name: self._wandb.Image(str(path))})
+
+    @_guarded
+    def finish(self) -> None:
+        self.run.finish()
+        self.run = None
