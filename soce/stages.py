@@ -58,10 +58,9 @@ def pool_candidates(cfg: DictConfig, table: ScoreTable) -> list[Candidate]:
 
 def analysis_settings(cfg: DictConfig) -> dict:
     """What analysis.json depends on: when these change, the analysis is recomputed."""
-    return OmegaConf.to_container(
-        OmegaConf.create({"benchmark": cfg.benchmark, "pool": cfg.pool, "analysis": cfg.analysis}),
-        resolve=True, enum_to_str=True,
-    )
+    # Resolved in place: a node copied into a new config would lose the interpolations'
+    # root (analysis.tau follows selection.tau).
+    return {key: OmegaConf.to_container(cfg[key], resolve=True, enum_to_str=True) for key in ("benchmark", "pool", "analysis")}
 
 
 # --- analyze ------------------------------------------------------------------------------

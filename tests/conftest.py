@@ -1,0 +1,32 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BFCL_FIXTURE = ROOT / "tests" / "data" / "bfcl_overall_fixture.csv"
+
+
+@pytest.fixture
+def soce(tmp_path):
+    """Run the real CLI (`python -m soce ...`) in a subprocess, with W&B kept inside tmp_path."""
+
+    def run(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+        environ = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+        environ.update(WANDB_CONFIG_DIR=str(tmp_path / ".wandb-config"), WANDB_CACHE_DIR=str(tmp_path / ".wandb-cache"))
+        environ.update(env or {})
+        return subprocess.run(
+            [sys.executable, "-m", "soce", *args], cwd=cwd or tmp_path, env=environ,
+            capture_output=True, text=True, timeout=300,
+        )
+
+    return run
+
+
+def write_csv(path: Path, text: str) -> Path:
+    path.write_text("\n".join(line.strip() for line in text.strip().splitlines()) + "\n")
+    return path

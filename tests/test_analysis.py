@@ -1,0 +1,83 @@
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import BFCL_FIXTURE
+from soce.analysis import Analysis, analyze, correlation_matrix, plot_correlation, plot_entry_tau
+from soce.scores import ScoreTable, read_table
+
+# Four models, four categories. By hand: rho(A, B) = 1; rho(A, C) = rho(B, C) = -2/sqrt(20);
+# D is missing for the second model, so pairs with D use rows 1, 3, 4:
+# rho(A, D) = -(21/9)/(42/9) = -0.5 and rho(C, D) = -(6/9)/sqrt(24/9 * 42/9) = -6/sqrt(1008).
+A = [1, 2, 3, 4]
+B = [2, 4, 6, 8]
+C = [1, -1, 1, -1]
+D = [4, np.nan, 1, 3]
+
+
+def hand_table() -> ScoreTable:
+    values = np.array([A, B, C, D], dtype=float).T
+    return ScoreTable(("m1", "m2", "m3", "m4"), ("A", "B", "C", "D"), values, np.nanmean(values, axis=1))
+
+
+def test_pearson_matches_hand_computed_values():
+    rho, counts = correlation_matrix(hand_table().values)
+    assert rho[0, 1] == pytest.approx(1.0)
+    assert rho[0, 2] == pytest.approx(-2 / math.sqrt(20))
+    assert rho[1, 2] == pytest.approx(-2 / math.sqrt(20))
+    assert rho[0, 3] == pytest.approx(-0.5)
+    assert rho[2, 3] == pytest.approx(-6 / math.sqrt(1008))
+    assert counts[0, 3] == 3 and counts[0, 1] == 4  # pairwise complete: one row dropped, not all
+
+
+def test_spearman_ranks_within_each_pair():
+    rho, _ = correlation_matrix(hand_table().values, "spearman")
+    # C's ranks are (3.5, 1.5, 3.5, 1.5): average ranks for ties.
+    assert rho[0, 2] == pytest.approx(-2 / math.sqrt(20))
+    assert rho[0, 3] == pytest.approx(-0.5)  # ranks of (1, 3, 4) and (3, 1, 2)
+
+
+def test_weak_set_and_entry_thresholds():
+    a = analyze(hand_table(), tau=0.3)
+    assert a.entry_tau == pytest.approx({"A": 2 / math.sqrt(20), "B": 2 / math.sqrt(20),
+                                         "C": 6 / math.sqrt(1008), "D": 6 / math.sqrt(1008)})
+    assert a.weak_set == ("C", "D")  # 0.189 < 0.3 <= 0.447
+    assert [(p[0], p[1]) for p in a.weak_pairs] == [("C", "D")]
+    assert a.weak_set_at(0.18) == ()
+    assert a.weak_set_at(0.5) == ("A", "B", "C", "D")
+    assert [s["weak_set"] for s in a.tau_sweep([0.1, 0.3, 0.45])] == [[], ["C", "D"], ["A", "B", "C", "D"]]
+
+
+def test_undefined_correlations_never_make_a_pair_weak():
+    values = np.array([[1, 5, 0.1], [2, 5, 0.9], [3, 5, 0.5]], dtype=float)  # column 2 is constant
+    t = ScoreTable(("a", "b", "c"), ("x", "constant", "z"), values, values.mean(axis=1))
+    a = analyze(t, tau=1.0)
+    assert math.isnan(a.matrix[0, 1]) and ("x", "constant") in a.undefined_pairs
+    assert "constant" not in a.weak_set and math.isnan(a.entry_tau["constant"])
+
+
+@pytest.mark.parametrize("method", ["pearson", "spearman"])
+def test_equals_pandas_on_a_bfcl_table(method):
+    t = read_table(BFCL_FIXTURE, format="bfcl")
+    rho, _ = correlation_matrix(t.values, method)
+    expected = pd.DataFrame(t.values, columns=t.categories).corr(method=method).to_numpy()
+    np.testing.assert_allclose(rho, expected, rtol=0, atol=1e-12)
+
+
+def test_json_round_trip_and_plots(tmp_path):
+    a = analyze(read_table(BFCL_FIXTURE, format="bfcl"), tau=0.3)
+    d = a.to_dict([0.1, 0.3])
+    back = Analysis.from_dict(d)
+    np.testing.assert_array_equal(back.matrix, a.matrix)
+    assert back.weak_set == a.weak_set and d["weak_set"] == list(a.weak_set)
+    plot_correlation(a, tmp_path / "c.png")
+    plot_entry_tau(a, tmp_path / "e.png")
+    for name in ("c.png", "e.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_tau_outside_unit_interval():
+    with pytest.raises(ValueError, match="outside"):
+        analyze(hand_table(), tau=1.5)

@@ -1,0 +1,95 @@
+import shutil
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+
+from soce import config
+from soce.cli import CONF_DIR
+from soce.errors import SoceError
+
+config.register()
+GROUPS = ["benchmark", "pool", "selection", "search", "merge", "tracker", "experiment"]
+# Values a group option leaves to the command line.
+REQUIRED = {"benchmark": ["benchmark.path=x.csv"], "selection=manual": ["selection.models=[a]"]}
+
+
+def compose_cfg(overrides=(), conf_dir=CONF_DIR):
+    with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
+        return compose("soce", overrides=list(overrides))
+
+
+def options():
+    for group in GROUPS:
+        for f in sorted((Path(CONF_DIR) / group).glob("*.yaml")):
+            yield group, f.stem
+
+
+@pytest.mark.parametrize("group, option", list(options()))
+def test_every_config_group_option_composes_and_validates(group, option):
+    overrides = [f"{group}={option}"]
+    overrides += REQUIRED.get(f"{group}={option}", [])
+    cfg = compose_cfg(overrides)
+    if OmegaConf.is_missing(cfg.benchmark, "path"):
+        cfg = compose_cfg(overrides + REQUIRED["benchmark"])
+    config.validate(cfg)
+    OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
+    if group != "experiment":
+        assert cfg[group].name == option or group == "benchmark"
+
+
+def test_default_composition():
+    cfg = compose_cfg()
+    assert cfg.stage == config.Stage.all and cfg.study == "demo-all"
+    assert cfg.selection.name == "soce" and cfg.tracker.mode == "offline"
+    assert Path(cfg.benchmark.path).is_file()  # the embedded table ships with the package
+
+
+def test_analysis_follows_the_selection_tau_and_population():
+    cfg = compose_cfg(["selection.tau=0.07", "selection.population=pool"])
+    assert cfg.analysis.tau == 0.07 and cfg.analysis.population == config.Population.pool
+    cfg = compose_cfg(["selection=topk"])  # no tau there: the analysis default
+    assert cfg.analysis.tau == 0.2 and cfg.analysis.population == config.Population.all
+
+
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("selection.tauu=0.1", "tauu"),
+        ("selection.tau=high", "high"),
+        ("stage=sweeep", "sweeep"),
+        ("benchmark.format=xlsx", "xlsx"),
+        ("analysis.method=kendall", "kendall"),
+        ("pool=bfcl_v3_7b", "bfcl_v3_7b"),
+    ],
+)
+def test_misspelt_keys_and_bad_values_fail_at_composition(override, fragment):
+    with pytest.raises(ConfigCompositionException) as err:
+        compose_cfg([override])
+    assert fragment in str(err.value) or fragment in str(err.value.__cause__)
+
+
+def test_a_typo_in_a_yaml_file_fails_at_composition(tmp_path):
+    conf = shutil.copytree(CONF_DIR, tmp_path / "conf")
+    (conf / "selection" / "typo.yaml").write_text("defaults:\n  - schema_soce\n  - _self_\nname: soce\ntaau: 0.1\n")
+    with pytest.raises(ConfigCompositionException) as err:
+        compose_cfg(["selection=typo"], conf_dir=conf)
+    assert "Key 'taau' not in 'SoceSelection'" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["selection.tau=1.5"], "selection.tau=1.5 is outside [0, 1]"),
+        (["analysis.tau=-0.1"], "analysis.tau=-0.1 is outside [0, 1]"),
+        (["selection.max_experts=0"], "selection.max_experts=0"),
+        (["benchmark=table"], "no value for benchmark.path"),
+        (["selection=manual"], "no value for selection.models"),
+    ],
+)
+def test_validation_names_the_key(overrides, message):
+    with pytest.raises(SoceError) as err:
+        config.validate(compose_cfg(overrides))
+    assert message in str(err.value)
