@@ -70,7 +70,7 @@ class Analysis:
         out = {}
         for a, cat in enumerate(self.categories):
             others = [abs(self.matrix[a, b]) for b in range(len(self.categories)) if b != a and not math.isnan(self.matrix[a, b])]
-            out[cat] = min(others) if others else math.nan
+            out[cat] = float(min(others)) if others else math.nan
         return out
 
     def weak_set_at(self, tau: float) -> tuple[str, ...]:
