@@ -22,7 +22,8 @@ log = logging.getLogger("soce")
 # relative one as a Python package when soce runs as an installed console script.
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
-STAGES = {"analyze": stages.analyze, "select": stages.select}
+PIPELINE = {"analyze": stages.analyze, "select": stages.select}  # stage=all runs these in order
+TOOLS = {"merge": stages.merge}
 
 
 class BelowWarning(logging.Filter):
@@ -33,7 +34,7 @@ class BelowWarning(logging.Filter):
 
 
 def make_tracker(cfg: DictConfig, run_dir: Path) -> Tracker:
-    if cfg.tracker.name == "none":
+    if cfg.tracker.name == "none" or int(os.environ.get("RANK", "0")) != 0:  # W&B from the main process only
         return NoTracker()
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
@@ -55,11 +56,12 @@ def run(cfg: DictConfig) -> None:
     try:
         config.validate(cfg)
         run_dir = Path(HydraConfig.get().runtime.output_dir)
-        todo = list(STAGES) if cfg.stage.value == "all" else [cfg.stage.value]
+        stage = cfg.stage.value
+        todo = list(PIPELINE.values()) if stage == "all" else [{**PIPELINE, **TOOLS}[stage]]
         tracker = make_tracker(cfg, run_dir)
         try:
-            for name in todo:
-                STAGES[name](stages.Run(cfg, run_dir, tracker))
+            for run_stage in todo:
+                run_stage(stages.Run(cfg, run_dir, tracker))
         finally:
             tracker.finish()
         files = sorted(p.name for p in run_dir.iterdir() if p.suffix in (".csv", ".json", ".png", ".jsonl"))

@@ -20,7 +20,8 @@ from soce.errors import SoceError
 class Stage(Enum):
     analyze = "analyze"
     select = "select"
-    all = "all"
+    all = "all"  # every stage of the pipeline, in order
+    merge = "merge"  # a tool: merge.models with merge.weights into merge.output
 
 
 class Method(Enum):
@@ -129,14 +130,17 @@ class RandomSearch:
 @dataclass
 class LinearMerge:
     name: str = "linear"
-    models: Optional[List[str]] = None
+    models: Optional[List[str]] = None  # stage=merge: model directories
     weights: Optional[List[float]] = None
     output: Optional[str] = None
-    dtype: Optional[str] = None  # default: the inputs' dtype
-    device: str = "cpu"
+    dtype: Optional[str] = None  # bfloat16 | float16 | float32; default: the inputs' dtype
+    device: Optional[str] = None  # default: cpu (under accelerate launch: each process's device)
     shard_size: str = "2GB"
-    normalize: bool = False
+    normalize: bool = False  # rescale weights that do not sum to 1 (otherwise an error)
     overwrite: bool = False
+    allow_nonfinite: bool = False  # merge tensors holding NaN or Inf (otherwise an error)
+    allow_vocab_mismatch: bool = False
+    config_from: Optional[str] = None  # the model whose config and tokenizer are copied; default: the first
 
 
 # --- tracker ----------------------------------------------------------------------------------

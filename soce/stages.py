@@ -3,6 +3,8 @@ writes its own; a stage whose inputs are missing or out of date runs the stage b
 
     analyze: benchmark -> scores.csv -> analysis.json, correlation.png, entry_tau.png
     select:  scores.csv + analysis.json -> selection.json
+
+and one tool stage, merge: merge.models and merge.weights -> merge.output (a model directory).
 """
 
 from __future__ import annotations
@@ -169,3 +171,21 @@ def _print_selection(selection: Selection) -> None:
         log.info("  left out:")
         for m, why in selection.excluded.items():
             log.info("    %s: %s", m, why)
+
+
+# --- merge (a tool stage) -------------------------------------------------------------------
+def merge(run: Run) -> Path:
+    from soce.merge import merge_to_disk  # torch: imported only by the stages that need it
+
+    m = run.cfg.merge
+    for key in ("models", "weights", "output"):
+        if not m[key]:
+            raise SoceError(f"stage=merge needs merge.{key}, e.g. 'merge.models=[a,b]' 'merge.weights=[0.6,0.4]' merge.output=soup")
+    output = merge_to_disk(
+        list(m.models), list(m.weights), m.output, dtype=m.dtype, shard_size=m.shard_size, normalize=m.normalize,
+        overwrite=m.overwrite, allow_nonfinite=m.allow_nonfinite, allow_vocab_mismatch=m.allow_vocab_mismatch,
+        config_from=m.config_from, device=m.device,
+    )
+    log.info("soup: %s (load it with AutoModelForCausalLM.from_pretrained; mergekit.yaml beside it)", output)
+    run.tracker.log_summary({"merge/output": str(output), "merge/models": list(m.models), "merge/weights": list(m.weights)})
+    return output

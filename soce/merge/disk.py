@@ -1,0 +1,247 @@
+"""Merge to disk: stream every tensor of the experts through a float32 weighted sum into
+sharded safetensors files, one chunk of rows at a time.
+
+Memory stays flat as models grow: each shard's header is computed before any data (every
+shape and dtype is known), then its tensors are written chunk by chunk. The output is built
+in a hidden '.NAME.partial' directory beside it and renamed into place when complete, so an
+interrupted merge never leaves a directory at the output path. Under `accelerate launch`
+the processes split the output shards; the main process writes the index and renames.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import struct
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from soce.errors import SoceError
+from soce.merge.checkpoint import DTYPE_NAMES, INDEX, Checkpoint, TensorInfo, TensorReader, check_compatible, open_checkpoint
+from soce.merge.linear import check_weights, mergekit_yaml, parse_size, weighted_sum_into
+
+log = logging.getLogger(__name__)
+
+OUTPUT_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+# Files besides the weights that make a model directory usable: copied from one expert.
+COPIED = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+          "added_tokens.json", "tokenizer.model", "vocab.json", "vocab.txt", "merges.txt", "chat_template.jinja", "chat_template.json")
+
+
+@dataclass(frozen=True)
+class Shard:
+    file: str
+    tensors: tuple[TensorInfo, ...]  # the first expert's, giving name and shape
+    dtypes: tuple[torch.dtype, ...]  # the output dtype of each
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel * d.itemsize for t, d in zip(self.tensors, self.dtypes))
+
+
+def plan_shards(ref: Checkpoint, dtype: torch.dtype | None, shard_size: int) -> list[Shard]:
+    """Tensors in the first expert's order, grouped into shards of at most shard_size bytes."""
+    groups: list[list[tuple[TensorInfo, torch.dtype]]] = [[]]
+    size = 0
+    for t in ref.tensors.values():
+        d = dtype or t.dtype
+        nbytes = t.numel * d.itemsize
+        if groups[-1] and size + nbytes > shard_size:
+            groups.append([])
+            size = 0
+        groups[-1].append((t, d))
+        size += nbytes
+    n = len(groups)
+    return [Shard(f"model-{i + 1:05d}-of-{n:05d}.safetensors", tuple(t for t, _ in g), tuple(d for _, d in g)) for i, g in enumerate(groups)]
+
+
+def shard_header(shard: Shard) -> bytes:
+    """The safetensors header (length prefix included), padded so that data starts 8-byte aligned."""
+    header, offset = {"__metadata__": {"format": "pt"}}, 0
+    for t, d in zip(shard.tensors, shard.dtypes):
+        nbytes = t.numel * d.itemsize
+        header[t.name] = {"dtype": DTYPE_NAMES[d], "shape": list(t.shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    return struct.pack("<Q", len(raw)) + raw
+
+
+class _Streamer:
+    """Reads the experts' rows, sums them in float32 on `device`, writes the result."""
+
+    def __init__(self, checkpoints: Sequence[Checkpoint], weights: Sequence[float], device: torch.device,
+                 chunk_bytes: int, allow_nonfinite: bool) -> None:
+        self.checkpoints, self.weights, self.device = checkpoints, weights, device
+        self.allow_nonfinite = allow_nonfinite
+        ref = checkpoints[0]
+        self.rows = {name: max(1, chunk_bytes // (4 * _row_numel(t))) for name, t in ref.tensors.items()}
+        in_bytes = max(min(self.rows[n], _nrows(t)) * _row_numel(t) * max(ck.tensors[n].dtype.itemsize for ck in checkpoints)
+                       for n, t in ref.tensors.items())
+        numel = max(min(self.rows[n], _nrows(t)) * _row_numel(t) for n, t in ref.tensors.items())
+        self.readers = [TensorReader(in_bytes) for _ in checkpoints]
+        self.acc = torch.empty(numel, dtype=torch.float32, device=device)
+        self.scratch = torch.empty(numel, dtype=torch.float32, device=device)
+        self.out = torch.empty(numel * 4, dtype=torch.uint8)  # the largest output dtype is float32
+
+    def write_tensor(self, f, name: str, dtype: torch.dtype, progress: tqdm) -> None:
+        ref = self.checkpoints[0].tensors[name]
+        step = self.rows[name]
+        for start in range(0, _nrows(ref), step):
+            end = min(start + step, _nrows(ref))
+            chunks = []
+            for ck, reader in zip(self.checkpoints, self.readers):
+                chunk = reader.read(ck.tensors[name], start, end).to(self.device)
+                if not self.allow_nonfinite and not torch.isfinite(chunk).all():
+                    raise SoceError(f"{ck.path}: tensor {name!r} has NaN or Inf values (merge.allow_nonfinite=true merges it anyway)")
+                chunks.append(chunk)
+            numel = chunks[0].numel()
+            acc = weighted_sum_into(self.acc[:numel].view(chunks[0].shape), self.scratch[:numel].view(chunks[0].shape), chunks, self.weights)
+            nbytes = numel * dtype.itemsize
+            out = self.out[:nbytes].view(dtype).view(acc.shape)
+            out.copy_(acc)
+            f.write(memoryview(self.out[:nbytes].numpy()))
+            progress.update(nbytes)
+
+    def close(self) -> None:
+        for r in self.readers:
+            r.close()
+
+
+def _nrows(t: TensorInfo) -> int:
+    return t.shape[0] if t.shape else 1
+
+
+def _row_numel(t: TensorInfo) -> int:
+    return math.prod(t.shape[1:]) if len(t.shape) > 1 else 1
+
+
+def check_output(output: Path, inputs: Sequence[Path], overwrite: bool) -> None:
+    out = output.resolve()
+    for p in inputs:
+        src = p.resolve()
+        if out == src or src in out.parents or out in src.parents:
+            raise SoceError(f"merge.output {output} overlaps the input model directory {p}: write the soup elsewhere")
+    if output.exists() and not overwrite:
+        raise SoceError(f"merge.output {output} already exists (merge.overwrite=true replaces it)")
+
+
+def merge_to_disk(
+    models: Sequence[str | Path],
+    weights: Sequence[float],
+    output: str | Path,
+    *,
+    dtype: str | None = None,
+    shard_size: str | int = "2GB",
+    normalize: bool = False,
+    overwrite: bool = False,
+    allow_nonfinite: bool = False,
+    allow_vocab_mismatch: bool = False,
+    config_from: str | Path | None = None,
+    device: str | torch.device | None = None,
+    model_ids: Sequence[str] | None = None,
+    chunk_bytes: int = 64 << 20,
+    progress: bool = True,
+) -> Path:
+    """Write the soup sum_i weights[i] * models[i] to `output` as a Hugging Face model directory.
+
+    dtype: 'bfloat16' | 'float16' | 'float32' (default: each tensor's dtype in the first model).
+    config_from: the model whose config and tokenizer files are copied (default: the first).
+    model_ids: how the mergekit YAML beside the soup names the models (default: their paths).
+    Under `accelerate launch`, call it from every process: they split the shards.
+    """
+    from accelerate import PartialState
+
+    if not models:
+        raise SoceError("merge.models is empty: name the model directories to average")
+    paths = [Path(m) for m in models]
+    output = Path(output)
+    checkpoints = [open_checkpoint(p) for p in paths]
+    check_compatible(checkpoints, allow_vocab_mismatch)
+    weights = check_weights(weights, len(paths), normalize)
+    if dtype is not None and dtype not in OUTPUT_DTYPES:
+        raise SoceError(f"merge.dtype={dtype!r}: expected one of {', '.join(OUTPUT_DTYPES)}")
+    source = Path(config_from) if config_from is not None else paths[0]
+    if source.resolve() not in [p.resolve() for p in paths]:
+        raise SoceError(f"merge.config_from={config_from}: not one of merge.models")
+    check_output(output, paths, overwrite)
+
+    state = PartialState()
+    device = torch.device(device) if device is not None else (state.device if state.num_processes > 1 else torch.device("cpu"))
+    shards = plan_shards(checkpoints[0], OUTPUT_DTYPES.get(dtype), parse_size(shard_size))
+    partial = output.parent / f".{output.name}.partial"
+    if state.is_main_process:
+        shutil.rmtree(partial, ignore_errors=True)  # left by a killed merge
+        partial.mkdir(parents=True)
+    state.wait_for_everyone()
+
+    mine = shards[state.process_index::state.num_processes]
+    started = time.perf_counter()
+    error = None
+    streamer = _Streamer(checkpoints, weights, device, chunk_bytes, allow_nonfinite)
+    try:
+        with tqdm(total=sum(s.nbytes for s in mine), unit="B", unit_scale=True, desc="merge",
+                  disable=not progress or not state.is_main_process) as bar:
+            for shard in mine:
+                with (partial / shard.file).open("wb") as f:
+                    f.write(shard_header(shard))
+                    for t, d in zip(shard.tensors, shard.dtypes):
+                        streamer.write_tensor(f, t.name, d, bar)
+    except BaseException as err:  # noqa: BLE001 - tell the other processes, then re-raise
+        error = err
+        (partial / f"error-{state.process_index}").write_text(str(err))
+    finally:
+        streamer.close()
+    state.wait_for_everyone()
+    failed = sorted(partial.glob("error-*"))
+    if error is not None or failed:
+        state.wait_for_everyone()
+        if state.is_main_process:
+            shutil.rmtree(partial, ignore_errors=True)
+        if error is not None:
+            raise error
+        raise SoceError(f"merge failed in another process: {failed[0].read_text()}")
+
+    if state.is_main_process:
+        _finish(partial, output, shards, source, weights, model_ids or [str(p) for p in paths], dtype or _dtype_name(shards), overwrite)
+        log.info("soup of %d models written to %s (%d shard%s, %.2f GB) in %.1f s", len(paths), output, len(shards),
+                 "" if len(shards) == 1 else "s", sum(s.nbytes for s in shards) / 1e9, time.perf_counter() - started)
+    state.wait_for_everyone()
+    return output
+
+
+def _dtype_name(shards: Sequence[Shard]) -> str:
+    names = {str(d).removeprefix("torch.") for s in shards for d in s.dtypes}
+    return names.pop() if len(names) == 1 else "float32"
+
+
+def _finish(partial: Path, output: Path, shards: Sequence[Shard], source: Path, weights: Sequence[float],
+            model_ids: Sequence[str], dtype: str, overwrite: bool) -> None:
+    """Index, config and tokenizer files, mergekit YAML; then the rename into place."""
+    index = {"metadata": {"total_size": sum(s.nbytes for s in shards)},
+             "weight_map": {t.name: s.file for s in shards for t in s.tensors}}
+    (partial / INDEX).write_text(json.dumps(index, indent=2))
+    for name in COPIED:
+        if (source / name).is_file():
+            shutil.copy2(source / name, partial / name)
+    config = json.loads((partial / "config.json").read_text())
+    for key in ("torch_dtype", "dtype"):
+        if key in config or key == "dtype":
+            config[key] = dtype
+    (partial / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    (partial / "mergekit.yaml").write_text(mergekit_yaml(model_ids, weights, dtype))
+    if output.exists() and overwrite:
+        old = output.parent / f".{output.name}.old"
+        shutil.rmtree(old, ignore_errors=True)
+        output.rename(old)
+        partial.rename(output)
+        shutil.rmtree(old)
+    else:
+        partial.rename(output)

@@ -1,0 +1,73 @@
+"""In-place souping for sweeps: the experts' tensors are loaded once onto a device, and each
+weight vector's soup is written straight into the parameters of one live model: no disk,
+no model re-load, one pass over the experts' memory per point.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from soce.errors import SoceError
+from soce.merge.checkpoint import TensorReader, check_compatible, open_checkpoint
+from soce.merge.linear import check_weights, weighted_sum_into
+
+log = logging.getLogger(__name__)
+
+
+class InPlaceSoup:
+    """Writes sum_i w_i * expert_i into `model`'s parameters for any weights w.
+
+    Tied parameters (tie_word_embeddings) are one parameter in the model and are written once.
+    Memory: the experts' tensors (their own dtype) plus two float32 buffers of the largest tensor.
+    """
+
+    def __init__(self, model: torch.nn.Module, experts: Sequence[str | Path], *, device: str | torch.device | None = None,
+                 allow_nonfinite: bool = False) -> None:
+        checkpoints = [open_checkpoint(p) for p in experts]
+        check_compatible(checkpoints)
+        self.model = model
+        self.n_experts = len(checkpoints)
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        params = dict(model.named_parameters())  # a tied parameter appears once
+        ref = checkpoints[0]
+        for name, p in params.items():
+            if name not in ref.tensors:
+                raise SoceError(f"model parameter {name!r} is not in {ref.path}")
+            if tuple(p.shape) != ref.tensors[name].shape:
+                raise SoceError(f"model parameter {name!r} has shape {list(p.shape)}, {ref.path} has {list(ref.tensors[name].shape)}")
+        unused = [n for n in ref.tensors if n not in params]
+        if unused:
+            log.info("checkpoint tensors without a model parameter (tied or unused): %s", ", ".join(unused[:5]))
+        reader = TensorReader(max(t.nbytes for ck in checkpoints for t in ck.tensors.values()))
+        self.slots: list[tuple[torch.nn.Parameter, list[torch.Tensor]]] = []
+        try:
+            for name, p in params.items():
+                tensors = []
+                for ck in checkpoints:
+                    t = reader.read(ck.tensors[name]).to(self.device, copy=True)
+                    if not allow_nonfinite and not torch.isfinite(t).all():
+                        raise SoceError(f"{ck.path}: tensor {name!r} has NaN or Inf values")
+                    tensors.append(t)
+                self.slots.append((p, tensors))
+        finally:
+            reader.close()
+        numel = max(p.numel() for p, _ in self.slots)
+        self.acc = torch.empty(numel, dtype=torch.float32, device=self.device)
+        self.scratch = torch.empty(numel, dtype=torch.float32, device=self.device)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of expert tensors read per soup."""
+        return sum(t.numel() * t.element_size() for _, ts in self.slots for t in ts)
+
+    @torch.no_grad()
+    def apply(self, weights: Sequence[float], normalize: bool = False) -> None:
+        weights = check_weights(weights, self.n_experts, normalize)
+        for p, tensors in self.slots:
+            n = p.numel()
+            acc = weighted_sum_into(self.acc[:n].view(p.shape), self.scratch[:n].view(p.shape), tensors, weights)
+            p.copy_(acc)
