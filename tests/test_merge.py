@@ -92,13 +92,16 @@ def test_output_dtype_is_configurable(zoo, tmp_path):
 
 
 @pytest.mark.parametrize("dtype, tie", [("bfloat16", False), ("bfloat16", True), ("float32", True)])
-def test_in_place_soup_equals_the_disk_merge_bit_for_bit(zoo, tmp_path, dtype, tie):
+@pytest.mark.parametrize("chunked", [False, True])
+def test_in_place_soup_equals_the_disk_merge_bit_for_bit(zoo, tmp_path, monkeypatch, dtype, tie, chunked):
     experts = zoo[(dtype, tie)]
+    if chunked:  # small, unaligned chunks on both paths: elementwise arithmetic, the same bits
+        monkeypatch.setattr("soce.merge.inplace.CPU_CHUNK", 100)
     model = AutoModelForCausalLM.from_pretrained(experts[2], dtype=getattr(torch, dtype))
     soup = InPlaceSoup(model, experts)
     for i, weights in enumerate([WEIGHTS, [0.1, 0.1, 0.8]]):  # the same live model, two points
         soup.apply(weights)
-        disk = state_dict(merge_to_disk(experts, weights, tmp_path / f"soup{i}", progress=False))
+        disk = state_dict(merge_to_disk(experts, weights, tmp_path / f"soup{i}", chunk_bytes=300 if chunked else 1 << 20, progress=False))
         live = model.state_dict()
         for name, tensor in disk.items():
             assert torch.equal(live[name], tensor), name
