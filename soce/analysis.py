@@ -82,19 +82,18 @@ class Analysis:
     def weak_set(self) -> tuple[str, ...]:
         return self.weak_set_at(self.tau)
 
+    def pairs(self) -> list[tuple[str, str, float]]:
+        """Every pair of distinct categories with its correlation."""
+        k = len(self.categories)
+        return [(self.categories[a], self.categories[b], float(self.matrix[a, b])) for a in range(k) for b in range(a + 1, k)]
+
     @property
     def weak_pairs(self) -> list[tuple[str, str, float]]:
-        k = len(self.categories)
-        return [
-            (self.categories[a], self.categories[b], float(self.matrix[a, b]))
-            for a in range(k) for b in range(a + 1, k)
-            if abs(self.matrix[a, b]) < self.tau
-        ]
+        return [(a, b, r) for a, b, r in self.pairs() if abs(r) < self.tau]
 
     @property
     def undefined_pairs(self) -> list[tuple[str, str]]:
-        k = len(self.categories)
-        return [(self.categories[a], self.categories[b]) for a in range(k) for b in range(a + 1, k) if math.isnan(self.matrix[a, b])]
+        return [(a, b) for a, b, r in self.pairs() if math.isnan(r)]
 
     def tau_sweep(self, taus: Sequence[float]) -> list[dict]:
         return [{"tau": float(t), "weak_set": list(self.weak_set_at(t))} for t in taus]

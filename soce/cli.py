@@ -23,7 +23,7 @@ log = logging.getLogger("soce")
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 PIPELINE = {"analyze": stages.analyze, "select": stages.select}  # stage=all runs these in order
-TOOLS = {"merge": stages.merge}
+TOOLS = {"merge": stages.merge, "zoo": stages.zoo}
 
 
 class BelowWarning(logging.Filter):

@@ -22,6 +22,7 @@ class Stage(Enum):
     select = "select"
     all = "all"  # every stage of the pipeline, in order
     merge = "merge"  # a tool: merge.models with merge.weights into merge.output
+    zoo = "zoo"  # a tool: build (or verify) the pool's model family
 
 
 class Method(Enum):
@@ -54,6 +55,32 @@ class TableBenchmark:
     exclude: List[str] = field(default_factory=list)
 
 
+@dataclass
+class ToyFcBenchmark:
+    """The embedded function-calling benchmark, evaluated on the pool's models."""
+
+    name: str = "toy_fc"
+    kind: str = "toy_fc"
+    seed: int = 0
+    per_category: int = 100  # examples per category in each of dev and test
+    backend: str = "lm_eval"  # lm_eval | direct
+    batch_size: int = 64
+
+
+@dataclass
+class LmEvalBenchmark:
+    """Any lm-eval tasks: one task per category; the categories are named after the dev tasks."""
+
+    name: str = "lm_eval"
+    kind: str = "lm_eval"
+    dev_tasks: List[str] = MISSING  # weights are chosen on these
+    test_tasks: Optional[List[str]] = None  # and reported on these: the same categories, in the same order
+    include_path: Optional[str] = None  # a folder of local task YAMLs
+    metric: str = "acc"
+    batch_size: int = 16
+    max_length: int = 2048
+
+
 # --- pool: the candidates -----------------------------------------------------------------
 @dataclass
 class ModelRef:
@@ -66,6 +93,8 @@ class ModelRef:
 class PoolConfig:
     name: str = MISSING
     models: Optional[List[ModelRef]] = None  # None: every model of the score table
+    zoo: Optional[str] = None  # an embedded model family (default | micro): its candidates are the pool
+    cache_dir: Optional[str] = None  # where the family and evaluations are cached; default ~/.cache/soce
 
 
 # --- selection ----------------------------------------------------------------------------
@@ -184,7 +213,7 @@ class SoceConfig:
 
 SCHEMAS = {
     None: {"soce_schema": SoceConfig},
-    "benchmark": {"schema_table": TableBenchmark},
+    "benchmark": {"schema_table": TableBenchmark, "schema_toy_fc": ToyFcBenchmark, "schema_lm_eval": LmEvalBenchmark},
     "pool": {"schema_pool": PoolConfig},
     "selection": {"schema_soce": SoceSelection, "schema_all": AllSelection, "schema_topk": TopKSelection, "schema_manual": ManualSelection},
     "search": {"schema_grid": GridSearch, "schema_uniform": UniformSearch, "schema_random": RandomSearch},

@@ -205,6 +205,11 @@ def _read_csv(path: Path) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+def outcomes_path(scores_path: Path) -> Path:
+    """scores.csv -> outcomes.jsonl, scores_test.csv -> outcomes_test.jsonl."""
+    return scores_path.with_name(scores_path.stem.replace("scores", "outcomes", 1) + ".jsonl")
+
+
 def write_scores(table: ScoreTable, path: Path) -> None:
     """scores.csv: the model name, one column per category, then the overall score."""
     with path.open("w", newline="") as f:
@@ -213,17 +218,16 @@ def write_scores(table: ScoreTable, path: Path) -> None:
         for m, row, o in zip(table.models, table.values, table.overall):
             w.writerow([m, *(_cell(v) for v in row), _cell(o)])
     if table.outcomes:
-        with path.with_name("outcomes.jsonl").open("w") as f:
+        with outcomes_path(path).open("w") as f:
             for o in table.outcomes:
                 f.write(json.dumps(o.__dict__) + "\n")
 
 
 def read_scores(path: Path) -> ScoreTable:
-    """Read back what write_scores wrote (with outcomes.jsonl beside it, if any)."""
+    """Read back what write_scores wrote (with its outcomes file beside it, if any)."""
     table = read_table(path, model_column="model", overall_column=OVERALL)
-    outcomes_path = path.with_name("outcomes.jsonl")
-    if outcomes_path.exists():
-        with outcomes_path.open() as f:
+    if outcomes_path(path).exists():
+        with outcomes_path(path).open() as f:
             outcomes = tuple(Outcome(**json.loads(line)) for line in f if line.strip())
         table = ScoreTable(table.models, table.categories, table.values, table.overall, table.source, outcomes)
     return table

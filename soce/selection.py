@@ -83,11 +83,11 @@ def select_soce(
     """Algorithm 1, step 3: for each category of L, the pool's best model on it; each model once."""
     weak = analysis.weak_set
     if not weak:
-        entry = {c: t for c, t in analysis.entry_tau.items() if not math.isnan(t)}
+        pairs = [(abs(r), a, b) for a, b, r in analysis.pairs() if not math.isnan(r)]
         hint = ""
-        if entry:
-            cat, t = min(entry.items(), key=lambda kv: kv[1])
-            hint = f"; the weakest pair has |rho|={t:.3f} ({cat}): any tau above {t:.3f} gives a non-empty set"
+        if pairs:
+            t, a, b = min(pairs)
+            hint = f"; the weakest pair is {a} and {b} (|rho|={t:.3f}): any tau above {t:.3f} gives a non-empty set"
         raise SoceError(f"the selection is empty: no pair of categories has |rho| < tau={analysis.tau:g}{hint}")
     scores = table.subset(pool)
     leads: dict[str, list[str]] = {}

@@ -1,10 +1,12 @@
 """The stages of a study. Each reads earlier stages' artifacts from the run directory and
 writes its own; a stage whose inputs are missing or out of date runs the stage before it.
 
-    analyze: benchmark -> scores.csv -> analysis.json, correlation.png, entry_tau.png
+    analyze: benchmark -> scores.csv (dev; scores_test.csv where the benchmark evaluates)
+             -> analysis.json, correlation.png, entry_tau.png
     select:  scores.csv + analysis.json -> selection.json
 
-and one tool stage, merge: merge.models and merge.weights -> merge.output (a model directory).
+and tool stages: merge (merge.models and merge.weights -> merge.output, a model directory)
+and zoo (build or verify the pool's model family).
 """
 
 from __future__ import annotations
@@ -39,23 +41,73 @@ class Run:
         return self.dir / name
 
 
-def load_scores(benchmark: DictConfig) -> ScoreTable:
-    """The benchmark's score table (benchmarks with an evaluator come in a later stage)."""
-    if benchmark.kind != "table":
-        raise SoceError(f"benchmark.kind={benchmark.kind!r}: only score tables (kind=table) are supported")
-    return read_table(
-        benchmark.path,
-        format=benchmark.format.value,
-        model_column=benchmark.model_column,
-        overall_column=benchmark.overall_column,
-        categories=benchmark.categories,
-        exclude=benchmark.exclude,
-    )
+def cache_dir(cfg: DictConfig) -> Path:
+    from soce.zoo.family import default_cache_dir
+
+    return Path(cfg.pool.cache_dir) / "zoo" if cfg.pool.cache_dir else default_cache_dir()
+
+
+def pool_refs(cfg: DictConfig) -> list[Candidate] | None:
+    """The pool as configured: the zoo's candidates, the listed models, or None (every table row)."""
+    if cfg.pool.zoo:
+        from soce.zoo.family import build_family
+
+        family = build_family(cfg.pool.zoo, cache_dir(cfg))
+        return [Candidate(name, path=str(path)) for name, path in family.candidates.items()]
+    return None if cfg.pool.models is None else [Candidate(m.name, m.hub_id, m.path) for m in cfg.pool.models]
+
+
+def make_evaluator(benchmark: DictConfig):
+    if benchmark.kind == "toy_fc":
+        if benchmark.backend == "direct":
+            from soce.evaluate.direct import ToyFcDirect
+
+            return ToyFcDirect(benchmark.seed, benchmark.per_category, benchmark.batch_size)
+        if benchmark.backend == "lm_eval":
+            from soce.evaluate.lm_eval_backend import toy_fc_backend
+
+            return toy_fc_backend(benchmark.seed, benchmark.per_category, benchmark.batch_size)
+        raise SoceError(f"benchmark.backend={benchmark.backend!r}: expected lm_eval or direct")
+    if benchmark.kind == "lm_eval":
+        from soce.evaluate.lm_eval_backend import LmEvalBackend
+
+        tasks = {"dev": {t: t for t in benchmark.dev_tasks}}
+        if benchmark.test_tasks:
+            if len(benchmark.test_tasks) != len(benchmark.dev_tasks):
+                raise SoceError(f"benchmark.test_tasks has {len(benchmark.test_tasks)} tasks, benchmark.dev_tasks {len(benchmark.dev_tasks)}: "
+                                "one test task per category, in the same order")
+            tasks["test"] = dict(zip(benchmark.dev_tasks, benchmark.test_tasks))
+        return LmEvalBackend(tasks, include_path=benchmark.include_path, metric=benchmark.metric,
+                             batch_size=benchmark.batch_size, max_length=benchmark.max_length)
+    raise SoceError(f"benchmark.kind={benchmark.kind!r}: expected table, toy_fc or lm_eval")
+
+
+def load_scores(cfg: DictConfig) -> dict[str, ScoreTable]:
+    """The benchmark's scores per split: read from a table ('dev' only), or evaluated on the pool."""
+    b = cfg.benchmark
+    if b.kind == "table":
+        table = read_table(b.path, format=b.format.value, model_column=b.model_column, overall_column=b.overall_column,
+                           categories=b.categories, exclude=b.exclude)
+        return {"dev": table}
+    from soce.evaluate.candidates import evaluate_candidates
+
+    refs = pool_refs(cfg)
+    if refs is None:
+        raise SoceError(f"benchmark={b.name} evaluates the pool's models: choose a pool that names them (pool=toy_zoo, or pool.models with paths)")
+    check = None
+    if b.kind == "toy_fc":
+        from soce.evaluate.direct import check_tokenizer as check
+    log.info("evaluating %d candidates on %s (cached per candidate and split)", len(refs), b.name)
+    key = OmegaConf.to_container(b, resolve=True, enum_to_str=True)
+    evaluator = make_evaluator(b)
+    return evaluate_candidates(refs, evaluator, evaluator.splits, cache_dir(cfg).parent / "evals", key, check)
 
 
 def pool_candidates(cfg: DictConfig, table: ScoreTable) -> list[Candidate]:
-    refs = None if cfg.pool.models is None else [Candidate(m.name, m.hub_id, m.path) for m in cfg.pool.models]
-    return resolve_pool(refs, table.models, table.source)
+    if cfg.pool.zoo and cfg.benchmark.kind == "table":
+        raise SoceError(f"pool={cfg.pool.name} is a model family, but benchmark={cfg.benchmark.name} reads its scores from a table: "
+                        "choose a pool of the table's models (pool=all, or one naming them)")
+    return resolve_pool(pool_refs(cfg), table.models, table.source)
 
 
 def analysis_settings(cfg: DictConfig) -> dict:
@@ -68,8 +120,11 @@ def analysis_settings(cfg: DictConfig) -> dict:
 # --- analyze ------------------------------------------------------------------------------
 def analyze(run: Run) -> corr.Analysis:
     cfg = run.cfg
-    table = load_scores(cfg.benchmark)
+    tables = load_scores(cfg)
+    table = tables["dev"]
     write_scores(table, run.path("scores.csv"))
+    if "test" in tables:
+        write_scores(tables["test"], run.path("scores_test.csv"))
     pool = pool_candidates(cfg, table)
     population = table if cfg.analysis.population.value == "all" else table.subset([c.name for c in pool])
     result = corr.analyze(population, float(cfg.analysis.tau), cfg.analysis.method.value)
@@ -189,3 +244,15 @@ def merge(run: Run) -> Path:
     log.info("soup: %s (load it with AutoModelForCausalLM.from_pretrained; mergekit.yaml beside it)", output)
     run.tracker.log_summary({"merge/output": str(output), "merge/models": list(m.models), "merge/weights": list(m.weights)})
     return output
+
+
+# --- zoo (a tool stage) ---------------------------------------------------------------------
+def zoo(run: Run) -> None:
+    from soce.zoo.family import build_family
+
+    if not run.cfg.pool.zoo:
+        raise SoceError("stage=zoo builds a model family: choose pool=toy_zoo (or toy_zoo_micro)")
+    family = build_family(run.cfg.pool.zoo, cache_dir(run.cfg))
+    log.info("zoo %s: base and %d candidates in %s", family.spec.name, len(family.candidates), family.root)
+    for name, path in family.candidates.items():
+        log.info("  %s  %s", name, path)

@@ -30,3 +30,13 @@ def soce(tmp_path):
 def write_csv(path: Path, text: str) -> Path:
     path.write_text("\n".join(line.strip() for line in text.strip().splitlines()) + "\n")
     return path
+
+
+@pytest.fixture(scope="session")
+def zoo_cache(tmp_path_factory) -> Path:
+    """A cache holding the micro model family, built once per test session (about 30 s)."""
+    from soce.zoo.family import build_family
+
+    cache = tmp_path_factory.mktemp("soce-cache")
+    build_family("micro", cache / "zoo", progress=False)
+    return cache

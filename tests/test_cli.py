@@ -10,14 +10,15 @@ from conftest import BFCL_FIXTURE, write_csv
 from wandb_log import logged_keys, run_record
 
 BFCL = ["benchmark=bfcl_leaderboard", f"benchmark.path={BFCL_FIXTURE}"]
+BFCL_ALL = [*BFCL, "pool=all"]  # every row of the table is a candidate
 
 
 def wandb_runs(run_dir):
     return sorted(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
 
 
-def test_default_main_job_runs_on_the_embedded_table(soce, tmp_path):
-    r = soce(f"hydra.run.dir={tmp_path / 'run'}")
+def test_the_synthetic_leaderboard_runs_with_wandb(soce, tmp_path):
+    r = soce("benchmark=demo", "pool=all", f"hydra.run.dir={tmp_path / 'run'}")
     assert r.returncode == 0, r.stderr
     run = tmp_path / "run"
     for name in ("scores.csv", "analysis.json", "correlation.png", "entry_tau.png", "selection.json", "soce.log"):
@@ -70,17 +71,17 @@ def test_multirun_over_tau_one_run_dir_and_one_wandb_run_per_job(soce, tmp_path)
 
 def test_stages_reuse_artifacts_and_recompute_when_settings_change(soce, tmp_path):
     run = f"hydra.run.dir={tmp_path / 'run'}"
-    assert soce(*BFCL, "stage=analyze", "tracker=none", run).returncode == 0
+    assert soce(*BFCL_ALL, "stage=analyze", "tracker=none", run).returncode == 0
     assert not (tmp_path / "run" / "selection.json").exists()
-    again = soce(*BFCL, "stage=select", "tracker=none", run)
+    again = soce(*BFCL_ALL, "stage=select", "tracker=none", run)
     assert again.returncode == 0 and "running stage analyze" not in again.stdout
-    changed = soce(*BFCL, "stage=select", "selection.tau=0.05", "tracker=none", run)
+    changed = soce(*BFCL_ALL, "stage=select", "selection.tau=0.05", "tracker=none", run)
     assert "other settings: running stage analyze again" in changed.stdout
     assert json.loads((tmp_path / "run" / "analysis.json").read_text())["tau"] == 0.05
 
 
 def test_a_wandb_failure_is_a_warning_and_the_files_are_written(soce, tmp_path):
-    r = soce(*BFCL, "stage=select", "tracker.mode=bogus", f"hydra.run.dir={tmp_path / 'run'}")
+    r = soce(*BFCL_ALL, "stage=select", "tracker.mode=bogus", f"hydra.run.dir={tmp_path / 'run'}")
     assert r.returncode == 0, r.stderr
     assert "W&B could not start a run" in r.stderr
     assert (tmp_path / "run" / "selection.json").is_file()
@@ -88,7 +89,7 @@ def test_a_wandb_failure_is_a_warning_and_the_files_are_written(soce, tmp_path):
 
 def test_cfg_job_prints_the_composed_config(soce):
     r = soce("--cfg", "job")
-    assert r.returncode == 0 and "selection:" in r.stdout and "tau: 0.2" in r.stdout
+    assert r.returncode == 0 and "selection:" in r.stdout and "tau: 0.2" in r.stdout and "zoo: default" in r.stdout
 
 
 @pytest.fixture
@@ -105,10 +106,11 @@ def bad_tables(tmp_path):
         (["benchmark=table", "benchmark.path=/nonexistent/scores.csv"], "error: score file /nonexistent/scores.csv: not found"),
         (["benchmark=table", "benchmark.path=DUPES"], "duplicate model names in column 'model': m1"),
         (["benchmark=table", "benchmark.path=TEXT"], "no numeric category columns"),
-        ([*BFCL, "pool.models=[{name: watt-tool-7B}]"], "pool model 'watt-tool-7B' is not in"),
-        ([*BFCL, "benchmark.categories=[Multi Turn Bse]"], "category 'Multi Turn Bse' (benchmark.categories) is not a column"),
+        ([*BFCL_ALL, "pool.models=[{name: watt-tool-7B}]"], "pool model 'watt-tool-7B' is not in"),
+        ([*BFCL], "pool=toy_zoo is a model family, but benchmark=bfcl reads its scores from a table"),
+        ([*BFCL_ALL, "benchmark.categories=[Multi Turn Bse]"], "category 'Multi Turn Bse' (benchmark.categories) is not a column"),
         (["selection.tau=1.5"], "error: selection.tau=1.5 is outside [0, 1]"),
-        ([*BFCL, "selection.tau=0.01"], "the selection is empty: no pair of categories has |rho| < tau=0.01; the weakest pair"),
+        ([*BFCL_ALL, "selection.tau=0.01"], "the selection is empty: no pair of categories has |rho| < tau=0.01; the weakest pair is"),
         (["benchmark=table"], "error: no value for benchmark.path"),
     ],
 )

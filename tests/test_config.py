@@ -13,7 +13,8 @@ from soce.errors import SoceError
 config.register()
 GROUPS = ["benchmark", "pool", "selection", "search", "merge", "tracker", "experiment"]
 # Values a group option leaves to the command line.
-REQUIRED = {"benchmark": ["benchmark.path=x.csv"], "selection=manual": ["selection.models=[a]"]}
+REQUIRED = {"benchmark": ["benchmark.path=x.csv"], "selection=manual": ["selection.models=[a]"],
+            "benchmark=lm_eval": ["benchmark.dev_tasks=[a,b]", "benchmark.test_tasks=[c,d]"]}
 
 
 def compose_cfg(overrides=(), conf_dir=CONF_DIR):
@@ -32,7 +33,7 @@ def test_every_config_group_option_composes_and_validates(group, option):
     overrides = [f"{group}={option}"]
     overrides += REQUIRED.get(f"{group}={option}", [])
     cfg = compose_cfg(overrides)
-    if OmegaConf.is_missing(cfg.benchmark, "path"):
+    if "path" in cfg.benchmark.keys() and OmegaConf.is_missing(cfg.benchmark, "path"):
         cfg = compose_cfg(overrides + REQUIRED["benchmark"])
     config.validate(cfg)
     OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
@@ -42,9 +43,10 @@ def test_every_config_group_option_composes_and_validates(group, option):
 
 def test_default_composition():
     cfg = compose_cfg()
-    assert cfg.stage == config.Stage.all and cfg.study == "demo-all"
+    assert cfg.stage == config.Stage.all and cfg.study == "toy_fc-toy_zoo"
+    assert cfg.benchmark.kind == "toy_fc" and cfg.pool.zoo == "default"
     assert cfg.selection.name == "soce" and cfg.tracker.mode == "offline"
-    assert Path(cfg.benchmark.path).is_file()  # the embedded table ships with the package
+    assert Path(compose_cfg(["benchmark=demo"]).benchmark.path).is_file()  # the synthetic table ships with the package
 
 
 def test_analysis_follows_the_selection_tau_and_population():

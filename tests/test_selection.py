@@ -64,7 +64,7 @@ def test_empty_weak_set_says_which_tau_would_do():
     with pytest.raises(SoceError) as err:
         select_soce(T, POOL, analysis(0.05))
     assert "no pair of categories has |rho| < tau=0.05" in str(err.value)
-    assert "any tau above 0.050 gives a non-empty set" in str(err.value)
+    assert "the weakest pair is x and y (|rho|=0.050): any tau above 0.050 gives a non-empty set" in str(err.value)
 
 
 def test_all_topk_manual():

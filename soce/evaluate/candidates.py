@@ -1,0 +1,88 @@
+"""Score a pool's candidates with an evaluator: one score table per split, cached per
+candidate and split (keyed by the model's files and the benchmark), so re-runs cost nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from soce.errors import SoceError
+from soce.evaluate import EvalResult, Evaluator
+from soce.pool import Candidate
+from soce.scores import Outcome, ScoreTable
+
+log = logging.getLogger(__name__)
+
+
+def model_fingerprint(path: Path) -> str:
+    """The zoo's manifest (sha256 of every file) where there is one, else names, sizes and mtimes."""
+    manifest = path / "manifest.json"
+    if manifest.exists():
+        blob = manifest.read_bytes()
+    else:
+        blob = json.dumps([(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(path.iterdir()) if p.is_file()]).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+def load_model(candidate: Candidate):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    where = candidate.path or candidate.hub_id
+    if where is None or not Path(where).is_dir():
+        raise SoceError(f"pool model {candidate.name!r}: no local model directory ({where}); "
+                        "set its path (models cannot be downloaded from a hub here)")
+    try:
+        return AutoModelForCausalLM.from_pretrained(where), AutoTokenizer.from_pretrained(where)
+    except (OSError, ValueError) as err:
+        raise SoceError(f"pool model {candidate.name!r}: cannot load {where} ({err})") from None
+
+
+def evaluate_candidates(
+    candidates: Sequence[Candidate],
+    evaluator: Evaluator,
+    splits: Sequence[str],
+    cache_dir: Path,
+    benchmark_key: dict,
+    check: Callable[[object, str], None] | None = None,
+) -> dict[str, ScoreTable]:
+    """Per split, the table of the candidates' scores (overall: the mean over categories)."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    results: dict[str, dict[str, EvalResult]] = {s: {} for s in splits}
+    for c in candidates:
+        fingerprint = model_fingerprint(Path(c.path)) if c.path else c.name
+        loaded = None
+        for split in splits:
+            key = hashlib.sha256(json.dumps([fingerprint, benchmark_key, split], sort_keys=True).encode()).hexdigest()[:20]
+            cached = cache_dir / f"{key}.json"
+            if cached.exists():
+                data = json.loads(cached.read_text())
+                outcomes = tuple(Outcome(**{**o, "model": c.name}) for o in data["outcomes"])
+                results[split][c.name] = EvalResult(data["scores"], outcomes)
+                continue
+            if loaded is None:
+                loaded = load_model(c)
+                if check is not None:
+                    check(loaded[1], c.path or c.name)
+            started = time.perf_counter()
+            result = evaluator.evaluate(*loaded, split)
+            log.info("  evaluated %s on %s in %.1f s", c.name, split, time.perf_counter() - started)
+            outcomes = tuple(Outcome(c.name, o.example_id, o.category, o.correct, o.output) for o in result.outcomes)
+            results[split][c.name] = EvalResult(result.scores, outcomes)
+            tmp = cached.with_suffix(".partial")
+            tmp.write_text(json.dumps({"model": c.name, "split": split, "scores": result.scores,
+                                       "outcomes": [{k: v for k, v in o.__dict__.items() if k != "model"} for o in outcomes]}))
+            tmp.rename(cached)
+    tables = {}
+    for split, by_model in results.items():
+        models = [c.name for c in candidates]
+        values = np.array([[by_model[m].scores[cat] for cat in evaluator.categories] for m in models], dtype=np.float64)
+        outcomes = tuple(o for m in models for o in by_model[m].outcomes)
+        tables[split] = ScoreTable(tuple(models), tuple(evaluator.categories), values, values.mean(axis=1), f"{split} split", outcomes)
+    return tables

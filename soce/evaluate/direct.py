@@ -1,0 +1,47 @@
+"""toy_fc evaluated directly: batched greedy generation and the AST scorer, no harness.
+
+It serves as the reference the lm-eval backend is checked against, and as the quick path.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from soce.errors import SoceError
+from soce.evaluate import EvalResult, scores_from_outcomes
+from soce.scores import Outcome
+from soce.zoo import fc
+
+MAX_NEW_TOKENS = 48
+
+
+def check_tokenizer(tokenizer, where: str) -> None:
+    """Refuse a model whose tokenizer is not toy_fc's: its scores would mean nothing."""
+    from soce.zoo.tokenizer import vocabulary
+
+    if tokenizer.get_vocab() != {t: i for i, t in enumerate(vocabulary())}:
+        raise SoceError(f"{where}: its tokenizer does not match toy_fc's vocabulary (benchmark=toy_fc needs the zoo's tokenizer)")
+
+
+class ToyFcDirect:
+    categories = fc.CATEGORIES
+    splits = ("dev", "test")
+
+    def __init__(self, seed: int = 0, per_category: int = 100, batch_size: int = 200) -> None:
+        self.examples = fc.splits(seed, per_category)
+        self.batch_size = batch_size
+
+    @torch.no_grad()
+    def evaluate(self, model, tokenizer, split: str) -> EvalResult:
+        check_tokenizer(tokenizer, getattr(model, "name_or_path", "model"))
+        examples = self.examples[split]
+        tokenizer.padding_side = "left"
+        outcomes = []
+        for i in range(0, len(examples), self.batch_size):
+            chunk = examples[i: i + self.batch_size]
+            enc = tokenizer([e.prompt for e in chunk], return_tensors="pt", padding=True).to(model.device)
+            out = model.generate(**enc, max_new_tokens=MAX_NEW_TOKENS, do_sample=False,
+                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+            texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+            outcomes += [Outcome("", e.id, e.category, fc.is_correct(t, e), t) for e, t in zip(chunk, texts)]
+        return EvalResult(scores_from_outcomes(outcomes, self.categories), tuple(outcomes))

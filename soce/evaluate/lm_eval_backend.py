@@ -1,0 +1,81 @@
+"""Evaluation through lm-evaluation-harness: any task group whose subtasks are the categories.
+
+The live model is wrapped in lm-eval's HFLM once; each evaluation calls `simple_evaluate`
+on the model as it is now. lm-eval's response cache is never used: across soups it would
+return the answers of other weights.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from soce.errors import SoceError
+from soce.evaluate import EvalResult
+from soce.scores import Outcome, closest
+
+TOY_FC_TASKS = Path(__file__).parent / "tasks" / "toy_fc"
+
+
+class LmEvalBackend:
+    """tasks: split -> {category: lm-eval task name}."""
+
+    def __init__(self, tasks: dict[str, dict[str, str]], *, include_path: str | Path | None = None, metric: str = "acc",
+                 batch_size: int = 64, max_length: int = 256, metadata: dict | None = None,
+                 include_defaults: bool = True) -> None:
+        from lm_eval.tasks import TaskManager
+
+        for name in ("lm_eval", "lm-eval"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+        self.tasks = tasks
+        self.categories = tuple(next(iter(tasks.values())))
+        self.splits = tuple(tasks)
+        self.metric, self.batch_size, self.max_length = metric, batch_size, max_length
+        self.task_manager = TaskManager(include_path=str(include_path) if include_path else None, metadata=metadata,
+                                        include_defaults=include_defaults)
+        known = set(self.task_manager.all_tasks)
+        for split, mapping in tasks.items():
+            for task in mapping.values():
+                if task not in known:
+                    raise SoceError(f"lm-eval task {task!r} (benchmark.tasks.{split}) does not exist{closest(task, known)}")
+        self._lm = None
+        self._wrapped = None
+
+    def _harness_model(self, model, tokenizer):
+        from lm_eval.models.huggingface import HFLM
+
+        if self._wrapped is not model:  # wrap once; the weights may change in place between calls
+            self._lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=self.batch_size, max_length=self.max_length)
+            self._wrapped = model
+        return self._lm
+
+    def evaluate(self, model, tokenizer, split: str) -> EvalResult:
+        from lm_eval import simple_evaluate
+
+        if split not in self.tasks:
+            raise SoceError(f"benchmark.tasks has no {split!r} split (it has {', '.join(self.tasks)})")
+        mapping = self.tasks[split]
+        out = simple_evaluate(model=self._harness_model(model, tokenizer), tasks=list(mapping.values()),
+                              task_manager=self.task_manager, log_samples=True, bootstrap_iters=0, verbosity="ERROR")
+        scores, outcomes = {}, []
+        for category, task in mapping.items():
+            result = out["results"][task]
+            key = next((k for k in result if k.split(",")[0] == self.metric), None)
+            if key is None:
+                raise SoceError(f"lm-eval task {task!r} reports no metric {self.metric!r} (it has {', '.join(result)})")
+            scores[category] = float(result[key])
+            for sample in out["samples"][task]:
+                doc = sample["doc"]
+                response = sample["filtered_resps"][0] if sample["filtered_resps"] else ""
+                outcomes.append(Outcome("", str(doc.get("id", f"{task}-{sample['doc_id']}")), category,
+                                        bool(sample[self.metric]), str(response)))
+        return EvalResult(scores, tuple(outcomes))
+
+
+def toy_fc_backend(seed: int = 0, per_category: int = 100, batch_size: int = 64) -> LmEvalBackend:
+    from soce.zoo.fc import CATEGORIES
+
+    tasks = {split: {c: f"toy_fc_{split}_{c}" for c in CATEGORIES} for split in ("dev", "test")}
+    # Only soce's own tasks: indexing lm-eval's thousands of built-in ones takes 7 s.
+    return LmEvalBackend(tasks, include_path=TOY_FC_TASKS, batch_size=batch_size, include_defaults=False,
+                         metadata={"seed": seed, "per_category": per_category})

@@ -1,0 +1,230 @@
+"""The embedded model family: a tiny Llama base model trained on every toy_fc category, and
+candidates fine-tuned from it the way community fine-tunes come about (different category
+mixtures, lengths of training, learning rates and seeds), so that they lead different
+categories and some are simply weaker.
+
+Built once into a cache directory keyed by the family's spec; a model whose files do not
+match the manifest's checksums is rebuilt, never trusted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from soce.errors import SoceError
+from soce.zoo import fc
+
+log = logging.getLogger(__name__)
+VERSION = 1  # bump when training changes, so that caches are rebuilt
+
+
+@dataclass(frozen=True)
+class CandidateSpec:
+    name: str
+    mixture: dict[str, float]  # category -> share of the training batches
+    steps: int
+    lr: float
+    seed: int
+
+
+@dataclass(frozen=True)
+class FamilySpec:
+    name: str
+    hidden: int
+    layers: int
+    base_steps: int
+    base_lr: float
+    candidates: tuple[CandidateSpec, ...]
+    batch_size: int = 64
+    train_per_category: int = 2000
+    seed: int = 0
+
+    def key(self) -> str:
+        blob = json.dumps({"version": VERSION, **asdict(self)}, sort_keys=True)
+        return f"{self.name}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
+
+
+UNIFORM = {c: 1.0 for c in fc.CATEGORIES}
+
+FAMILIES = {
+    "default": FamilySpec(
+        name="default", hidden=128, layers=2, base_steps=250, base_lr=3e-3,
+        candidates=(
+            CandidateSpec("fc-generalist", UNIFORM, 200, 1e-3, 1),
+            CandidateSpec("fc-json", {"json": 0.6, "simple": 0.2, "multiple": 0.1, "irrelevance": 0.1}, 200, 2e-3, 2),
+            CandidateSpec("fc-parallel", {"parallel": 0.45, "parallel_multiple": 0.45, "simple": 0.1}, 200, 2e-3, 3),
+            CandidateSpec("fc-relevance", {"irrelevance": 0.4, "multiple": 0.4, "simple": 0.2}, 150, 2e-3, 4),
+            CandidateSpec("fc-simple-short", {"simple": 1.0}, 60, 2e-3, 5),
+            CandidateSpec("fc-hot", UNIFORM, 120, 8e-3, 6),
+            CandidateSpec("fc-multi-long", {"parallel_multiple": 0.5, "json": 0.2, "multiple": 0.3}, 300, 1e-3, 7),
+            CandidateSpec("fc-undertrained", UNIFORM, 30, 1e-3, 8),
+        ),
+    ),
+    "micro": FamilySpec(
+        name="micro", hidden=128, layers=2, base_steps=300, base_lr=3e-3, train_per_category=600, batch_size=32,
+        candidates=(
+            CandidateSpec("micro-generalist", UNIFORM, 80, 1e-3, 1),
+            CandidateSpec("micro-json", {"json": 0.7, "simple": 0.3}, 80, 2e-3, 2),
+            CandidateSpec("micro-parallel", {"parallel": 0.5, "parallel_multiple": 0.5}, 80, 2e-3, 3),
+            CandidateSpec("micro-relevance", {"irrelevance": 0.5, "multiple": 0.5}, 60, 2e-3, 4),
+        ),
+    ),
+}
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("SOCE_CACHE", Path.home() / ".cache" / "soce")) / "zoo"
+
+
+@dataclass
+class Family:
+    """A built family: the base model's and the candidates' directories."""
+
+    spec: FamilySpec
+    root: Path
+    base: Path = field(init=False)
+    candidates: dict[str, Path] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.base = self.root / "base"
+        self.candidates = {c.name: self.root / c.name for c in self.spec.candidates}
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _is_intact(model_dir: Path) -> bool:
+    """The model directory holds exactly the files its manifest names, with their checksums."""
+    manifest = model_dir / "manifest.json"
+    try:
+        files = json.loads(manifest.read_text())["files"]
+        return all(_sha256(model_dir / name) == digest for name, digest in files.items())
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def _save(model, tokenizer, model_dir: Path, meta: dict) -> None:
+    tmp = model_dir.with_name(model_dir.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    files = {p.name: _sha256(p) for p in sorted(tmp.iterdir())}
+    (tmp / "manifest.json").write_text(json.dumps({"files": files, **meta}, indent=2))
+    shutil.rmtree(model_dir, ignore_errors=True)
+    tmp.rename(model_dir)
+
+
+def build_family(variant: str = "default", cache_dir: str | Path | None = None, progress: bool = True) -> Family:
+    """The family, from the cache where intact, trained here otherwise."""
+    if variant not in FAMILIES:
+        raise SoceError(f"pool.zoo={variant!r}: expected one of {', '.join(FAMILIES)}")
+    spec = FAMILIES[variant]
+    family = Family(spec, Path(cache_dir or default_cache_dir()) / spec.key())
+    todo = [] if _is_intact(family.base) else ["base"]
+    todo += [c.name for c in spec.candidates if "base" in todo or not _is_intact(family.candidates[c.name])]
+    if not todo:
+        return family
+    for name in todo:
+        if (family.root / name).exists():
+            log.warning("zoo: %s in %s is missing files or corrupt: rebuilding it", name, family.root)
+    family.root.mkdir(parents=True, exist_ok=True)
+    Trainer(spec).build(family, todo, progress)
+    return family
+
+
+class Trainer:
+    """Trains the family's models on toy_fc's training examples (disjoint from dev and test)."""
+
+    def __init__(self, spec: FamilySpec) -> None:
+        from soce.zoo.tokenizer import build_tokenizer
+
+        self.spec = spec
+        self.tokenizer = build_tokenizer()
+        held_out = {e.prompt for split in fc.splits().values() for e in split}
+        examples = fc.generate_examples(spec.seed + 1000, spec.train_per_category, exclude=held_out, tag="train-")
+        self.by_category = {c: [e for e in examples if e.category == c] for c in fc.CATEGORIES}
+
+    def new_model(self):
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        tok = self.tokenizer
+        config = LlamaConfig(
+            vocab_size=len(tok), hidden_size=self.spec.hidden, intermediate_size=2 * self.spec.hidden,
+            num_hidden_layers=self.spec.layers, num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=128,
+            tie_word_embeddings=True, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+        )
+        torch.manual_seed(self.spec.seed)
+        return LlamaForCausalLM(config)
+
+    def build(self, family: Family, todo: list[str], progress: bool) -> None:
+        from transformers import AutoModelForCausalLM
+
+        spec = self.spec
+        specs = {c.name: c for c in spec.candidates}
+        total = sum(spec.base_steps if n == "base" else specs[n].steps for n in todo)
+        started = time.perf_counter()
+        with tqdm(total=total, desc=f"zoo {spec.name}", unit="step", disable=not progress) as bar:
+            if "base" in todo:
+                model = self.new_model()
+                self.train(model, UNIFORM, spec.base_steps, spec.base_lr, spec.seed, bar)
+                _save(model, self.tokenizer, family.base, {"role": "base"})
+            for name in todo:
+                if name == "base":
+                    continue
+                c = specs[name]
+                model = AutoModelForCausalLM.from_pretrained(family.base)
+                self.train(model, c.mixture, c.steps, c.lr, c.seed, bar)
+                _save(model, self.tokenizer, family.candidates[name], {"role": "candidate", **asdict(c)})
+        log.info("zoo %s: built %s in %.0f s, in %s", spec.name, ", ".join(todo), time.perf_counter() - started, family.root)
+
+    def batch(self, examples: list[fc.Example]) -> dict[str, torch.Tensor]:
+        """Prompt and answer token ids; the loss is on the answer and </s> only."""
+        tok = self.tokenizer
+        seqs, starts = [], []
+        for e in examples:
+            prompt = tok(e.prompt)["input_ids"]  # <s> first
+            answer = tok(e.answer, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+            seqs.append(prompt + answer)
+            starts.append(len(prompt))
+        length = max(map(len, seqs))
+        ids = torch.full((len(seqs), length), tok.pad_token_id)
+        labels = torch.full((len(seqs), length), -100)
+        mask = torch.zeros((len(seqs), length), dtype=torch.long)
+        for i, (s, start) in enumerate(zip(seqs, starts)):
+            ids[i, : len(s)] = torch.tensor(s)
+            mask[i, : len(s)] = 1
+            labels[i, start: len(s)] = torch.tensor(s[start:])
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+    def train(self, model, mixture: dict[str, float], steps: int, lr: float, seed: int, bar: tqdm) -> None:
+        torch.manual_seed(seed)
+        rng = random.Random(seed)
+        categories = list(mixture)
+        shares = [mixture[c] for c in categories]
+        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+        warmup = max(1, min(50, steps // 5))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) * max(0.05, 1 - s / steps))
+        model.train()
+        for _ in range(steps):
+            cats = rng.choices(categories, shares, k=self.spec.batch_size)
+            loss = model(**self.batch([rng.choice(self.by_category[c]) for c in cats])).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        model.eval()

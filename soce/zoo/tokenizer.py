@@ -1,0 +1,44 @@
+"""A word-level tokenizer for toy_fc, built with the `tokenizers` library.
+
+Quoted strings ('paris', "city"), words, numbers and single punctuation marks are tokens, so
+a decoded output ("[ f ( a = 'x' ) ]") parses exactly as the model wrote it.
+"""
+
+from __future__ import annotations
+
+from tokenizers import Regex, Tokenizer, models, pre_tokenizers, processors
+from transformers import PreTrainedTokenizerFast
+
+from soce.zoo import fc
+
+SPECIALS = ["<pad>", "<unk>", "<s>", "</s>"]
+PATTERN = r"'[^'\s]*'|\"[^\"\s]*\"|\w+|[^\w\s]"
+
+
+def _pre_tokenizer() -> pre_tokenizers.PreTokenizer:
+    return pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Split(Regex(PATTERN), "isolated")])
+
+
+def vocabulary() -> list[str]:
+    """Every token toy_fc can produce: from generated examples and every value in both quotings."""
+    pre = _pre_tokenizer()
+    tokens: set[str] = set()
+    texts = [e.prompt + " " + e.answer for e in fc.generate_examples(seed=12345, per_category=400)]
+    for name, (params, _) in fc.FUNCTIONS.items():
+        texts.append(fc.signature(name))
+        for p, values in params.items():
+            for v in values:
+                texts.append(f"{name} {p} {v!r} {v} {fc.json.dumps(v)} {fc.json.dumps(p)} {fc.json.dumps(name)}")
+    for text in texts:
+        tokens.update(piece for piece, _ in pre.pre_tokenize_str(text))
+    return SPECIALS + sorted(tokens)
+
+
+def build_tokenizer() -> PreTrainedTokenizerFast:
+    vocab = {t: i for i, t in enumerate(vocabulary())}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = _pre_tokenizer()
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", vocab["<s>"])])  # as Llama's
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>", bos_token="<s>", eos_token="</s>", padding_side="left",
+    )

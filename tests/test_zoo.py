@@ -1,0 +1,178 @@
+"""The embedded default: toy_fc, its AST scorer, the micro model family, the evaluators."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from soce.errors import SoceError
+from soce.evaluate.direct import ToyFcDirect
+from soce.evaluate.lm_eval_backend import TOY_FC_TASKS, LmEvalBackend, toy_fc_backend
+from soce.zoo import fc
+from soce.zoo.family import FAMILIES, build_family
+
+
+# --- the benchmark ------------------------------------------------------------------------------
+def test_splits_are_large_disjoint_and_deterministic():
+    s = fc.splits(seed=0)
+    for split in ("dev", "test"):
+        for c in fc.CATEGORIES:
+            assert sum(e.category == c for e in s[split]) >= 100
+    assert not {e.prompt for e in s["dev"]} & {e.prompt for e in s["test"]}
+    assert fc.splits(seed=0) == s and fc.splits(seed=1) != s
+
+
+def ex(category: str, calls: list, offered: str = "get_weather(city, unit)") -> fc.Example:
+    return fc.Example("x", category, f"functions: {offered} | ...", "", json.dumps(calls))
+
+
+WEATHER = ["get_weather", {"city": "paris", "unit": "celsius"}]
+ROME = ["get_weather", {"city": "rome", "unit": "celsius"}]
+ALARM = ["set_alarm", {"hour": 7, "minute": 30}]
+
+
+@pytest.mark.parametrize(
+    "category, calls, output, correct",
+    [
+        ("simple", [WEATHER], "[get_weather(city='paris', unit='celsius')]", True),
+        ("simple", [WEATHER], "[ get_weather ( unit = 'celsius' , city = 'paris' ) ]", True),  # argument order, spacing
+        ("simple", [WEATHER], '[get_weather(city="paris", unit="celsius")]', True),  # either quote, as in Python
+        ("simple", [WEATHER], "[get_weather(city='paris')]", False),  # a missing argument
+        ("simple", [WEATHER], "[get_weather(city='paris', unit='celsius', days=3)]", False),  # an extra argument
+        ("simple", [WEATHER], "[get_weather('paris', 'celsius')]", False),  # positional
+        ("simple", [WEATHER], "[get_weathr(city='paris', unit='celsius')]", False),  # wrong function
+        ("simple", [WEATHER], "[get_weather(city='paris', unit='celsius'), get_weather(city='paris', unit='celsius')]", False),
+        ("simple", [WEATHER], "get_weather(city='paris', unit='celsius')", False),  # not a list of calls
+        ("simple", [WEATHER], "[]", False),  # no call where one is due
+        ("simple", [WEATHER], "[get_weather(city='paris', unit='celsius'", False),  # unparseable
+        ("multiple", [ALARM], "[set_alarm(hour=7, minute=30)]", True),
+        ("multiple", [ALARM], "[set_alarm(hour='7', minute=30)]", False),  # the type matters
+        ("parallel", [WEATHER, ROME], "[get_weather(city='rome', unit='celsius'), get_weather(city='paris', unit='celsius')]", True),
+        ("parallel", [WEATHER, ROME], "[get_weather(city='rome', unit='celsius')]", False),  # a missing call
+        ("parallel_multiple", [WEATHER, ALARM], "[set_alarm(minute=30, hour=7), get_weather(city='paris', unit='celsius')]", True),
+        ("irrelevance", [], "[]", True),  # the explicit no call
+        ("irrelevance", [], "[get_weather(city='paris', unit='celsius')]", False),
+        ("irrelevance", [], "", False),  # silence is not an answer
+        ("json", [WEATHER], '[{"name": "get_weather", "arguments": {"unit": "celsius", "city": "paris"}}]', True),
+        ("json", [WEATHER], "[{'name': 'get_weather', 'arguments': {'city': 'paris', 'unit': 'celsius'}}]", False),
+        ("json", [WEATHER], "[get_weather(city='paris', unit='celsius')]", False),  # the wrong syntax
+        ("json", [WEATHER], '[{"name": "get_weather", "arguments": {"city": "paris"}, "extra": 1}]', False),
+    ],
+)
+def test_ast_scorer(category, calls, output, correct):
+    assert fc.is_correct(output, ex(category, calls)) is correct
+
+
+def test_every_reference_answer_scores_right():
+    for split in fc.splits().values():
+        assert all(fc.is_correct(e.answer, e) for e in split)
+
+
+# --- the family ---------------------------------------------------------------------------------
+def test_micro_family_loads_and_is_reused(zoo_cache):
+    spec = FAMILIES["micro"]
+    family = build_family("micro", zoo_cache / "zoo", progress=False)  # from the cache: no training
+    assert set(family.candidates) == {c.name for c in spec.candidates}
+    for path in [family.base, *family.candidates.values()]:
+        model = AutoModelForCausalLM.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        assert type(model).__name__ == "LlamaForCausalLM" and len(tokenizer) == model.config.vocab_size
+        assert tokenizer("calls:")["input_ids"][0] == tokenizer.bos_token_id
+
+
+def test_a_corrupt_cached_model_is_rebuilt_identically(zoo_cache, tmp_path):
+    cache = shutil.copytree(zoo_cache / "zoo", tmp_path / "zoo")
+    family = build_family("micro", cache, progress=False)
+    victim = family.candidates["micro-json"]
+    weights = victim / "model.safetensors"
+    original = weights.read_bytes()
+    weights.write_bytes(original[: len(original) // 2])  # truncated
+    other = family.candidates["micro-parallel"] / "model.safetensors"
+    other_mtime = other.stat().st_mtime_ns
+    build_family("micro", cache, progress=False)
+    assert weights.read_bytes() == original  # rebuilt, and deterministic: the same bytes
+    assert other.stat().st_mtime_ns == other_mtime  # the intact ones are not touched
+
+
+def test_an_unknown_family():
+    with pytest.raises(SoceError, match="pool.zoo='huge'"):
+        build_family("huge")
+
+
+# --- the evaluators ------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def micro_json(zoo_cache):
+    path = build_family("micro", zoo_cache / "zoo", progress=False).candidates["micro-json"]
+    return AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+
+
+def test_lm_eval_backend_agrees_with_direct_computation(micro_json):
+    model, tokenizer = micro_json
+    direct = ToyFcDirect().evaluate(model, tokenizer, "dev")
+    harness = toy_fc_backend().evaluate(model, tokenizer, "dev")
+    assert harness.scores == pytest.approx(direct.scores, abs=1e-12)
+    assert {o.example_id: (o.correct, o.output) for o in harness.outcomes} == {o.example_id: (o.correct, o.output) for o in direct.outcomes}
+    assert len(direct.outcomes) == 600 and 0 < sum(o.correct for o in direct.outcomes) < 600
+    wrong = [o for o in direct.outcomes if not o.correct]
+    assert all(o.output is not None for o in wrong)  # unparseable outputs are kept, scored wrong
+
+
+def test_the_harness_sees_weights_changed_in_place(micro_json):
+    """One HFLM wrapper across soups: no cached answers from the weights before."""
+    model, tokenizer = micro_json
+    backend = toy_fc_backend(per_category=20)
+    before = backend.evaluate(model, tokenizer, "dev")
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        model.model.embed_tokens.weight.mul_(0.0)
+    after = backend.evaluate(model, tokenizer, "dev")
+    model.load_state_dict(saved)
+    assert after.scores != before.scores
+
+
+def test_a_foreign_tokenizer_is_refused(tmp_path):
+    from tiny_models import build_tiny_llama
+
+    path = build_tiny_llama(tmp_path / "foreign", seed=0)
+    with pytest.raises(SoceError, match="tokenizer does not match toy_fc's vocabulary"):
+        ToyFcDirect(per_category=5).evaluate(AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path), "dev")
+
+
+def test_an_unknown_lm_eval_task_is_named():
+    with pytest.raises(SoceError, match="lm-eval task 'toy_fc_dev_simpel' .* does not exist; closest: 'toy_fc_dev_simple'"):
+        LmEvalBackend({"dev": {"simple": "toy_fc_dev_simpel"}}, include_path=TOY_FC_TASKS, include_defaults=False)
+
+
+# --- the pipeline on the micro family -------------------------------------------------------------
+def test_analyze_end_to_end_on_the_micro_family(soce, zoo_cache, tmp_path):
+    args = ["benchmark=toy_fc", "pool=toy_zoo_micro", f"pool.cache_dir={zoo_cache}", "stage=select", "selection.tau=0.5",
+            "tracker=none"]
+    r = soce(*args, f"hydra.run.dir={tmp_path / 'run'}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    run = tmp_path / "run"
+    header = (run / "scores.csv").read_text().splitlines()[0]
+    assert header == "model," + ",".join(fc.CATEGORIES) + ",overall"
+    assert len((run / "scores_test.csv").read_text().splitlines()) == 5  # 4 candidates
+    outcomes = [json.loads(line) for line in (run / "outcomes.jsonl").read_text().splitlines()]
+    assert len(outcomes) == 4 * 600 and {o["model"] for o in outcomes} == {c.name for c in FAMILIES["micro"].candidates}
+    assert json.loads((run / "selection.json").read_text())["experts"]
+    assert "evaluated micro-json on dev" in r.stdout
+    again = soce(*args, f"hydra.run.dir={tmp_path / 'run2'}")  # every evaluation comes from the cache
+    assert again.returncode == 0 and "evaluated" not in again.stdout
+    assert (tmp_path / "run2" / "scores.csv").read_text() == (run / "scores.csv").read_text()
+
+
+def test_any_lm_eval_task_group_through_the_generic_benchmark(soce, zoo_cache, tmp_path):
+    """benchmark=lm_eval with local tasks (here toy_fc's own YAMLs) and a pool of model paths."""
+    family = build_family("micro", zoo_cache / "zoo", progress=False)
+    models = ",".join(f"{{name: {n}, path: '{p}'}}" for n, p in family.candidates.items())
+    r = soce("benchmark=lm_eval", "benchmark.dev_tasks=[toy_fc_dev_simple,toy_fc_dev_json,toy_fc_dev_parallel]",
+             "benchmark.test_tasks=[toy_fc_test_simple,toy_fc_test_json,toy_fc_test_parallel]",
+             f"benchmark.include_path={TOY_FC_TASKS}", "pool=all", f"pool.models=[{models}]", f"pool.cache_dir={tmp_path / 'cache'}",
+             "stage=analyze", "tracker=none", f"hydra.run.dir={tmp_path / 'run'}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    header = (tmp_path / "run" / "scores.csv").read_text().splitlines()[0]
+    assert header == "model,toy_fc_dev_simple,toy_fc_dev_json,toy_fc_dev_parallel,overall"
+    assert (tmp_path / "run" / "scores_test.csv").exists()
