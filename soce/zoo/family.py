@@ -226,5 +226,5 @@ class Trainer:
             sched.step()
             opt.zero_grad(set_to_none=True)
             bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
         model.eval()
