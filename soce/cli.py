@@ -22,7 +22,8 @@ log = logging.getLogger("soce")
 # relative one as a Python package when soce runs as an installed console script.
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
-PIPELINE = {"analyze": stages.analyze, "select": stages.select}  # stage=all runs these in order
+# stage=all runs these in order (a score table without an evaluator stops after select)
+PIPELINE = {"analyze": stages.analyze, "select": stages.select, "sweep": stages.sweep, "soup": stages.soup}
 TOOLS = {"merge": stages.merge, "zoo": stages.zoo}
 
 
@@ -58,13 +59,17 @@ def run(cfg: DictConfig) -> None:
         run_dir = Path(HydraConfig.get().runtime.output_dir)
         stage = cfg.stage.value
         todo = list(PIPELINE.values()) if stage == "all" else [{**PIPELINE, **TOOLS}[stage]]
+        if stage == "all" and cfg.benchmark.kind == "table":
+            todo = [stages.analyze, stages.select]
+            log.info("benchmark=%s is a score table: analysis and selection only (the sweep needs an evaluator)", cfg.benchmark.name)
         tracker = make_tracker(cfg, run_dir)
         try:
             for run_stage in todo:
                 run_stage(stages.Run(cfg, run_dir, tracker))
         finally:
             tracker.finish()
-        files = sorted(p.name for p in run_dir.iterdir() if p.suffix in (".csv", ".json", ".png", ".jsonl"))
+        files = sorted(p.name + ("/" if p.is_dir() else "") for p in run_dir.iterdir()
+                       if p.suffix in (".csv", ".json", ".png", ".jsonl") or p.name == "soup")
         log.info("files: %s/ %s", run_dir, " ".join(files))
     except SoceError as err:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":

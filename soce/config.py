@@ -20,6 +20,8 @@ from soce.errors import SoceError
 class Stage(Enum):
     analyze = "analyze"
     select = "select"
+    sweep = "sweep"
+    soup = "soup"
     all = "all"  # every stage of the pipeline, in order
     merge = "merge"  # a tool: merge.models with merge.weights into merge.output
     zoo = "zoo"  # a tool: build (or verify) the pool's model family
@@ -126,7 +128,13 @@ class ManualSelection:
 
 # --- search: the weight search of the sweep stage ------------------------------------------
 @dataclass
-class GridSearch:
+class SearchBase:
+    objective: str = "mean"  # aggregate over all categories of the benchmark: mean | sum
+    select_on: str = "dev"  # dev | test (test: the paper's protocol, tuned on the reported split)
+
+
+@dataclass
+class GridSearch(SearchBase):
     """The paper's grid: every weight in {lo, lo+step, ..., hi}, summing to 1, plus uniform."""
 
     name: str = "grid"
@@ -134,25 +142,34 @@ class GridSearch:
     hi: float = 0.9
     step: float = 0.1
     include_uniform: bool = True
-    objective: str = "mean"
-    select_on: str = "dev"
+    budget: Optional[int] = None  # at most this many points (None: the whole grid)
 
 
 @dataclass
-class UniformSearch:
+class UniformSearch(SearchBase):
     name: str = "uniform"
-    objective: str = "mean"
-    select_on: str = "dev"
 
 
 @dataclass
-class RandomSearch:
+class RandomSearch(SearchBase):
     name: str = "random"
-    budget: int = 32
+    budget: int = 32  # the uniform point, then Dirichlet draws
     concentration: float = 1.0
     seed: int = 0
-    objective: str = "mean"
-    select_on: str = "dev"
+
+
+@dataclass
+class GreedySearch(SearchBase):
+    """Greedy soup (Wortsman et al. 2022) over the experts, in order of their own scores."""
+
+    name: str = "greedy"
+
+
+@dataclass
+class OptunaSearch(SearchBase):
+    name: str = "optuna"
+    budget: int = 32
+    seed: int = 0
 
 
 # --- merge ----------------------------------------------------------------------------------
@@ -216,7 +233,8 @@ SCHEMAS = {
     "benchmark": {"schema_table": TableBenchmark, "schema_toy_fc": ToyFcBenchmark, "schema_lm_eval": LmEvalBenchmark},
     "pool": {"schema_pool": PoolConfig},
     "selection": {"schema_soce": SoceSelection, "schema_all": AllSelection, "schema_topk": TopKSelection, "schema_manual": ManualSelection},
-    "search": {"schema_grid": GridSearch, "schema_uniform": UniformSearch, "schema_random": RandomSearch},
+    "search": {"schema_grid": GridSearch, "schema_uniform": UniformSearch, "schema_random": RandomSearch,
+               "schema_greedy": GreedySearch, "schema_optuna": OptunaSearch},
     "merge": {"schema_linear": LinearMerge},
     "tracker": {"schema_wandb": WandbTrackerConfig, "schema_none": NoTrackerConfig},
 }

@@ -4,6 +4,8 @@ writes its own; a stage whose inputs are missing or out of date runs the stage b
     analyze: benchmark -> scores.csv (dev; scores_test.csv where the benchmark evaluates)
              -> analysis.json, correlation.png, entry_tau.png
     select:  scores.csv + analysis.json -> selection.json
+    sweep:   selection.json + the experts -> sweep.jsonl (one line per weight point)
+    soup:    sweep.jsonl -> results.json (the four rows on dev and test), soup/ (a model directory)
 
 and tool stages: merge (merge.models and merge.weights -> merge.output, a model directory)
 and zoo (build or verify the pool's model family).
@@ -18,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
 
 from soce import analysis as corr
 from soce.errors import SoceError
@@ -226,6 +229,119 @@ def _print_selection(selection: Selection) -> None:
         log.info("  left out:")
         for m, why in selection.excluded.items():
             log.info("    %s: %s", m, why)
+
+
+# --- sweep --------------------------------------------------------------------------------------
+def _evaluated_pool(run: Run) -> tuple[object, dict[str, Candidate]]:
+    b = run.cfg.benchmark
+    if b.kind == "table":
+        raise SoceError(f"stage={run.cfg.stage.value} soups and evaluates models: benchmark={b.name} only reads a score table "
+                        "(choose an evaluating benchmark: toy_fc, lm_eval)")
+    refs = pool_refs(run.cfg) or []
+    return make_evaluator(b), {c.name: c for c in refs}
+
+
+def current_selection(run: Run) -> list[str]:
+    path = run.path("selection.json")
+    if not path.exists():
+        log.info("no selection in %s yet: running stage select", run.dir)
+        select(run)
+    return [e["model"] for e in json.loads(path.read_text())["experts"]]
+
+
+def _by_own_score(run: Run, names: list[str]) -> list[int]:
+    table = read_scores(run.path("scores.csv"))
+    return sorted(range(len(names)), key=lambda i: -table.overall_of(names[i]))
+
+
+def sweep(run: Run):
+    from soce.search import expected_points, run_search
+    from soce.store import SweepStore
+    from soce.sweep import Souper
+
+    cfg = run.cfg
+    experts = current_selection(run)
+    evaluator, candidates = _evaluated_pool(run)
+    store = SweepStore(run.path("sweep.jsonl"))
+    souper = Souper([candidates[n] for n in experts], evaluator, store, cfg.search.objective, run.tracker)
+    split = cfg.search.select_on
+    already = len(store)
+    with tqdm(total=expected_points(cfg.search, len(experts)), desc=f"sweep ({cfg.search.name})", unit="point") as bar:
+        souper.bar = bar
+        run_search(cfg.search, len(experts), souper.objective_of(split), _by_own_score(run, experts))
+    points = _sweep_points(store, experts, split)
+    best = max(points, key=lambda r: r["objective"])
+    log.info("sweep: %d points on %s (%d from an earlier run), best %s %.4f at %s", len(points), split, already,
+             cfg.search.objective, best["objective"], _weights_text(experts, best["weights"]))
+    run.tracker.log_table("sweep", [*experts, "objective", *evaluator.categories],
+                          [[*r["weights"], r["objective"], *r["scores"].values()] for r in points])
+    return souper
+
+
+def _sweep_points(store, experts: list[str], split: str) -> list[dict]:
+    return [r for r in store if r["kind"] == "sweep" and r["experts"] == experts and r["split"] == split]
+
+
+def _weights_text(names: list[str], weights: list[float]) -> str:
+    return ", ".join(f"{n} {w:.2f}" for n, w in zip(names, weights))
+
+
+# --- soup -------------------------------------------------------------------------------------
+def soup(run: Run) -> dict:
+    from soce.merge import merge_to_disk
+    from soce.store import SweepStore
+    from soce.sweep import Souper, aggregate
+    from soce.weights import uniform
+
+    cfg = run.cfg
+    split = cfg.search.select_on
+    experts = current_selection(run)
+    evaluator, candidates = _evaluated_pool(run)
+    if _sweep_points(SweepStore(run.path("sweep.jsonl")), experts, split):
+        souper = Souper([candidates[n] for n in experts], evaluator, SweepStore(run.path("sweep.jsonl")),
+                        cfg.search.objective, run.tracker)
+    else:
+        log.info("no sweep in %s yet: running stage sweep", run.dir)
+        souper = sweep(run)
+    store = souper.store
+    best = max(_sweep_points(store, experts, split), key=lambda r: r["objective"])
+    everyone = Souper(list(candidates.values()), evaluator, store, cfg.search.objective, run.tracker, kind="uniform_all")
+    tables = {"dev": read_scores(run.path("scores.csv")), "test": read_scores(run.path("scores_test.csv"))}
+    single = max(tables["dev"].models, key=lambda m: tables["dev"].overall_of(m))
+
+    rows = [{"name": "best single candidate", "models": [single], "weights": [1.0],
+             **{s: {"objective": aggregate(tables[s].row(single), cfg.search.objective), "scores": tables[s].row(single)}
+                for s in ("dev", "test")}}]
+    for name, sp, weights in (("uniform soup, all candidates", everyone, uniform(len(candidates))),
+                              ("uniform soup, SoCE experts", souper, uniform(len(experts))),
+                              ("SoCE (searched weights)", souper, tuple(best["weights"]))):
+        records = {s: sp.evaluate(weights, s) for s in ("dev", "test")}
+        rows.append({"name": name, "models": sp.names, "weights": list(weights),
+                     **{s: {"objective": r["objective"], "scores": r["scores"]} for s, r in records.items()}})
+    protocol = ("weights chosen on dev, reported on test" if split == "dev"
+                else "weights chosen on TEST, the split reported (the paper's protocol): test scores are optimistic")
+    results = {"protocol": protocol, "objective": cfg.search.objective, "search": cfg.search.name, "rows": rows}
+    run.path("results.json").write_text(json.dumps(results, indent=2))
+
+    paths = [candidates[n].path for n in experts]
+    ids = [candidates[n].hub_id or candidates[n].path for n in experts]
+    merge_to_disk(paths, best["weights"], run.path("soup"), model_ids=ids, overwrite=True, progress=False)
+    _print_results(results)
+    log.info("soup: %s (%s)", run.path("soup"), _weights_text(experts, best["weights"]))
+    run.tracker.log_table("baselines", ["row", f"dev {cfg.search.objective}", f"test {cfg.search.objective}", "models", "weights"],
+                          [[r["name"], r["dev"]["objective"], r["test"]["objective"], ", ".join(r["models"]),
+                            ", ".join(f"{w:.3f}" for w in r["weights"])] for r in rows])
+    run.tracker.log_summary({"soup/dev": rows[-1]["dev"]["objective"], "soup/test": rows[-1]["test"]["objective"],
+                             "soup/protocol": protocol})
+    run.tracker.log_reference("soup", run.path("soup"))
+    return results
+
+
+def _print_results(results: dict) -> None:
+    log.info("results (%s over all categories; %s):", results["objective"], results["protocol"])
+    log.info("  %-30s %8s %8s", "", "dev", "test")
+    for r in results["rows"]:
+        log.info("  %-30s %8.4f %8.4f", r["name"], r["dev"]["objective"], r["test"]["objective"])
 
 
 # --- merge (a tool stage) -------------------------------------------------------------------

@@ -19,6 +19,7 @@ class Tracker(Protocol):
     def log_summary(self, values: dict[str, Any]) -> None: ...
     def log_table(self, name: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None: ...
     def log_image(self, name: str, path: Path) -> None: ...
+    def log_reference(self, name: str, path: Path) -> None: ...
     def finish(self) -> None: ...
 
 
@@ -35,6 +36,9 @@ class NoTracker:
         pass
 
     def log_image(self, name: str, path: Path) -> None:
+        pass
+
+    def log_reference(self, name: str, path: Path) -> None:
         pass
 
     def finish(self) -> None:
@@ -103,6 +107,13 @@ class WandbTracker:
     @_guarded
     def log_image(self, name: str, path: Path) -> None:
         self.run.log({name: self._wandb.Image(str(path))})
+
+    @_guarded
+    def log_reference(self, name: str, path: Path) -> None:
+        """A directory as a W&B artifact by reference: its files are checksummed, not uploaded."""
+        artifact = self._wandb.Artifact(name, type="model")
+        artifact.add_reference(Path(path).resolve().as_uri())
+        self.run.log_artifact(artifact)
 
     @_guarded
     def finish(self) -> None:

@@ -1,0 +1,78 @@
+"""Search strategies: which weight points to evaluate. Each drives `evaluate(weights)`, which
+soups, evaluates, stores and returns the objective; the store keeps every point.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+from soce.errors import SoceError
+from soce.weights import close, dirichlet, simplex_grid, uniform
+
+Evaluate = Callable[[tuple[float, ...]], float]
+
+
+def grid_points(n: int, lo: float, hi: float, step: float, include_uniform: bool, budget: int | None = None) -> list[tuple[float, ...]]:
+    points = simplex_grid(n, lo, hi, step)
+    if include_uniform and not any(close(p, uniform(n)) for p in points):
+        points.append(uniform(n))
+    return points[:budget] if budget else points
+
+
+def run_points(points: Sequence[tuple[float, ...]], evaluate: Evaluate) -> None:
+    for p in points:
+        evaluate(p)
+
+
+def greedy_soup(order: Sequence[int], n: int, evaluate: Evaluate) -> list[int]:
+    """Wortsman et al. 2022: from the best expert, add each next one (in order of its own score)
+    and keep it only if the uniform soup of those kept scores higher. Returns the kept indices."""
+    def soup_of(members: list[int]) -> tuple[float, ...]:
+        return tuple(1.0 / len(members) if i in members else 0.0 for i in range(n))
+
+    kept = [order[0]]
+    best = evaluate(soup_of(kept))
+    for i in order[1:]:
+        score = evaluate(soup_of(kept + [i]))
+        if score > best:
+            kept, best = kept + [i], score
+    return kept
+
+
+def optuna_search(n: int, budget: int, seed: int, evaluate: Evaluate) -> None:
+    """TPE over the simplex: n free values in (0, 1], normalised to sum 1."""
+    try:
+        import optuna
+    except ImportError:
+        raise SoceError("search=optuna needs optuna: pip install 'soce[optuna]'") from None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
+
+    def objective(trial) -> float:
+        x = [trial.suggest_float(f"x{i}", 1e-3, 1.0) for i in range(n)]
+        return evaluate(tuple(v / sum(x) for v in x))
+
+    study.optimize(objective, n_trials=budget)
+
+
+def run_search(search, n: int, evaluate: Evaluate, order: Sequence[int]) -> None:
+    """The strategy named by the search config; `order`: experts by their own score, best first."""
+    if search.name == "grid":
+        run_points(grid_points(n, search.lo, search.hi, search.step, search.include_uniform, search.budget), evaluate)
+    elif search.name == "uniform":
+        evaluate(uniform(n))
+    elif search.name == "random":
+        run_points([uniform(n), *dirichlet(n, search.budget, search.concentration, search.seed)][: search.budget], evaluate)
+    elif search.name == "greedy":
+        greedy_soup(order, n, evaluate)
+    elif search.name == "optuna":
+        optuna_search(n, search.budget, search.seed, evaluate)
+    else:
+        raise SoceError(f"search.name={search.name!r}: expected grid, uniform, random, greedy or optuna")
+
+
+def expected_points(search, n: int) -> int | None:
+    """How many points the strategy evaluates, where known in advance (for the progress bar)."""
+    if search.name == "grid":
+        return len(grid_points(n, search.lo, search.hi, search.step, search.include_uniform, search.budget))
+    return {"uniform": 1, "random": search.budget, "optuna": search.budget, "greedy": n}.get(search.name)

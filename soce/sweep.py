@@ -1,0 +1,66 @@
+"""The sweep: experts loaded once into one live model; for each weight point, the soup is
+written in place and evaluated, and the point is stored before the next one starts.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Sequence
+
+from tqdm.auto import tqdm
+
+from soce.evaluate import Evaluator
+from soce.evaluate.candidates import load_model
+from soce.merge import InPlaceSoup
+from soce.pool import Candidate
+from soce.store import SweepStore
+from soce.tracking import NoTracker, Tracker
+
+
+def aggregate(scores: dict[str, float], objective: str) -> float:
+    """The objective over all categories: their mean or their sum."""
+    values = list(scores.values())
+    return math.fsum(values) / len(values) if objective == "mean" else math.fsum(values)
+
+
+class Souper:
+    """One live model souped in place from `experts`, evaluated by `evaluator`, stored in `store`."""
+
+    def __init__(self, experts: Sequence[Candidate], evaluator: Evaluator, store: SweepStore, objective: str,
+                 tracker: Tracker | None = None, kind: str = "sweep") -> None:
+        self.names = [e.name for e in experts]
+        self.model, self.tokenizer = load_model(experts[0])
+        self.soup = InPlaceSoup(self.model, [e.path for e in experts])
+        self.evaluator, self.store, self.objective, self.kind = evaluator, store, objective, kind
+        self.tracker = tracker or NoTracker()
+        self.best: dict | None = None
+        self.bar: tqdm | None = None
+
+    def evaluate(self, weights: Sequence[float], split: str = "dev") -> dict:
+        """The stored record of the soup at `weights` on `split`: evaluated now, or from the store."""
+        record = self.store.get(self.names, weights, split)
+        if record is None:
+            started = time.perf_counter()
+            self.soup.apply(weights)
+            merged = time.perf_counter()
+            result = self.evaluator.evaluate(self.model, self.tokenizer, split)
+            record = {
+                "kind": self.kind, "experts": self.names, "weights": [float(w) for w in weights], "split": split,
+                "scores": result.scores, "objective": aggregate(result.scores, self.objective),
+                "merge_s": merged - started, "eval_s": time.perf_counter() - merged, "time": time.time(),
+            }
+            self.store.append(record)
+            self.tracker.log_metrics({f"{self.kind}/{split}/objective": record["objective"],
+                                      **{f"{self.kind}/{split}/{c}": v for c, v in result.scores.items()},
+                                      **{f"{self.kind}/w/{n}": w for n, w in zip(self.names, record["weights"])},
+                                      f"{self.kind}/merge_s": record["merge_s"], f"{self.kind}/eval_s": record["eval_s"]})
+        if self.best is None or record["objective"] > self.best["objective"]:
+            self.best = record
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(best=f"{self.best['objective']:.4f}", s_per_point=f"{record['merge_s'] + record['eval_s']:.2f}", refresh=False)
+        return record
+
+    def objective_of(self, split: str):
+        return lambda weights: self.evaluate(weights, split)["objective"]

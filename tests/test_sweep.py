@@ -1,0 +1,128 @@
+"""Weight spaces, search strategies, the crash-safe store, and the sweep on real tiny models."""
+
+import json
+import math
+
+import pytest
+
+from soce.errors import SoceError
+from soce.search import greedy_soup, grid_points, run_search
+from soce.store import SweepStore
+from soce.weights import dirichlet, simplex_grid, uniform
+
+
+@pytest.mark.parametrize("n, count", [(2, 9), (3, 36), (4, 84), (5, 126)])
+def test_the_papers_grid_has_every_point(n, count):
+    points = simplex_grid(n)
+    assert len(points) == count and len(set(points)) == count
+    for p in points:
+        assert math.isclose(sum(p), 1.0) and all(0.1 - 1e-12 <= w <= 0.9 + 1e-12 for w in p)
+        assert all(math.isclose(w * 10, round(w * 10)) for w in p)
+
+
+def test_grid_options_and_errors():
+    assert len(simplex_grid(3, 0.0, 1.0, 0.25)) == 15
+    assert len(grid_points(3, 0.1, 0.9, 0.1, include_uniform=True)) == 37  # the grid, plus 1/3 each
+    assert len(grid_points(2, 0.1, 0.9, 0.1, include_uniform=True)) == 9  # 0.5/0.5 is already there
+    assert len(grid_points(4, 0.1, 0.9, 0.1, include_uniform=True, budget=10)) == 10
+    with pytest.raises(SoceError, match="search.lo=0.15 is not a multiple of search.step=0.1"):
+        simplex_grid(3, lo=0.15)
+
+
+def test_dirichlet_points_are_on_the_simplex_and_seeded():
+    points = dirichlet(4, 20, seed=3)
+    assert all(math.isclose(sum(p), 1.0) and min(p) >= 0 for p in points)
+    assert points == dirichlet(4, 20, seed=3) != dirichlet(4, 20, seed=4)
+
+
+def test_greedy_soup_keeps_only_what_helps():
+    value = {(0,): 0.5, (0, 1): 0.6, (0, 1, 2): 0.55, (0, 1, 3): 0.7}
+
+    def evaluate(w):
+        return value[tuple(i for i, x in enumerate(w) if x > 0)]
+
+    assert greedy_soup([0, 1, 2, 3], 4, evaluate) == [0, 1, 3]
+
+
+class Search:
+    def __init__(self, **kw):
+        self.__dict__.update(kw)
+
+
+def test_optuna_search_runs_its_budget():
+    seen = []
+    run_search(Search(name="optuna", budget=6, seed=0), 3, lambda w: seen.append(w) or -abs(w[0] - 0.5), [0, 1, 2])
+    assert len(seen) == 6 and all(math.isclose(sum(w), 1.0) for w in seen)
+
+
+def test_the_store_survives_a_kill_mid_write(tmp_path):
+    path = tmp_path / "sweep.jsonl"
+    store = SweepStore(path)
+    for w in ([0.5, 0.5], [0.1, 0.9]):
+        store.append({"kind": "sweep", "experts": ["a", "b"], "weights": w, "split": "dev", "objective": w[0]})
+    with path.open("a") as f:
+        f.write('{"kind": "sweep", "experts": ["a", "b"], "weights": [0.2')  # the point in flight
+    again = SweepStore(path)
+    assert len(again) == 2 and again.get(["a", "b"], (0.1, 0.9), "dev")["objective"] == 0.1
+    assert again.get(["a", "b"], [0.1, 0.9], "test") is None
+    again.append({"kind": "sweep", "experts": ["a", "b"], "weights": [0.3, 0.7], "split": "dev", "objective": 0.3})
+    assert [json.loads(line)["weights"] for line in path.read_text().splitlines()] == [[0.5, 0.5], [0.1, 0.9], [0.3, 0.7]]
+
+
+# --- the sweep on the micro family -------------------------------------------------------------
+STUDY = ["benchmark=toy_fc", "benchmark.backend=direct", "benchmark.per_category=20", "pool=toy_zoo_micro",
+         "selection.tau=0.5", "selection.max_experts=3", "search.budget=6", "tracker=none"]
+
+
+def test_sweep_resumes_and_the_soup_stage_reports_four_rows(soce, zoo_cache, tmp_path):
+    run = tmp_path / "run"
+    args = [*STUDY, f"pool.cache_dir={zoo_cache}", f"hydra.run.dir={run}"]
+    r = soce(*args, "stage=sweep")
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = (run / "sweep.jsonl").read_text().splitlines()
+    assert len(lines) == 6
+    first = json.loads(lines[0])
+    assert len(first["experts"]) == len(first["weights"]) == 3 and set(first["scores"]) >= {"json", "parallel"}
+    assert first["weights"] == list(simplex_grid(3)[0]) and first["merge_s"] >= 0 and first["eval_s"] > 0
+
+    # A killed sweep: drop the last two points and tear the last line; the re-run evaluates just those.
+    (run / "sweep.jsonl").write_text("\n".join(lines[:4]) + "\n" + lines[4][:30])
+    r = soce(*args, "stage=sweep")
+    assert r.returncode == 0 and "6 points on dev (4 from an earlier run)" in r.stdout
+    resumed = [json.loads(line) for line in (run / "sweep.jsonl").read_text().splitlines()]
+    assert [p["weights"] for p in resumed] == [json.loads(line)["weights"] for line in lines]
+    assert [p["scores"] for p in resumed] == [json.loads(line)["scores"] for line in lines]  # deterministic
+
+    r = soce(*args, "stage=soup")
+    assert r.returncode == 0, r.stderr[-2000:]
+    results = json.loads((run / "results.json").read_text())
+    names = [row["name"] for row in results["rows"]]
+    assert names == ["best single candidate", "uniform soup, all candidates", "uniform soup, SoCE experts", "SoCE (searched weights)"]
+    assert results["protocol"] == "weights chosen on dev, reported on test"
+    best = max(resumed, key=lambda p: p["objective"])
+    assert results["rows"][-1]["weights"] == best["weights"] and results["rows"][-1]["dev"]["objective"] == best["objective"]
+    assert "SoCE (searched weights)" in r.stdout and (run / "soup" / "mergekit.yaml").exists()
+
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(run / "soup")
+
+
+def test_the_papers_protocol_is_labelled(soce, zoo_cache, tmp_path):
+    r = soce(*STUDY, "search.budget=2", "search.select_on=test", f"pool.cache_dir={zoo_cache}", f"hydra.run.dir={tmp_path / 'run'}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["protocol"].startswith("weights chosen on TEST")
+    searched = [json.loads(line) for line in (tmp_path / "run" / "sweep.jsonl").read_text().splitlines()][:2]
+    assert [p["split"] for p in searched] == ["test", "test"]  # the search ran on test; the rows add dev figures after
+
+
+def test_a_table_benchmark_stops_after_selection(soce, tmp_path):
+    from conftest import BFCL_FIXTURE
+
+    r = soce("benchmark=bfcl_leaderboard", f"benchmark.path={BFCL_FIXTURE}", "pool=all", "tracker=none",
+             f"hydra.run.dir={tmp_path / 'run'}")
+    assert r.returncode == 0 and "analysis and selection only" in r.stdout
+    r = soce("benchmark=bfcl_leaderboard", f"benchmark.path={BFCL_FIXTURE}", "pool=all", "stage=sweep", "tracker=none",
+             f"hydra.run.dir={tmp_path / 'run'}")
+    assert r.returncode == 1 and "only reads a score table" in r.stderr
