@@ -126,3 +126,19 @@ def test_a_table_benchmark_stops_after_selection(soce, tmp_path):
     r = soce("benchmark=bfcl_leaderboard", f"benchmark.path={BFCL_FIXTURE}", "pool=all", "stage=sweep", "tracker=none",
              f"hydra.run.dir={tmp_path / 'run'}")
     assert r.returncode == 1 and "only reads a score table" in r.stderr
+
+
+def test_wandb_gets_every_point_the_tables_and_the_soup(soce, zoo_cache, tmp_path):
+    from wandb_log import logged_keys, records, run_record
+
+    run = tmp_path / "run"
+    r = soce(*[a for a in STUDY if a != "tracker=none"], "search.budget=2", f"pool.cache_dir={zoo_cache}", f"hydra.run.dir={run}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    (run_file,) = run.glob("wandb/offline-run-*/run-*.wandb")
+    assert run_record(run_file).run_group == "toy_fc-toy_zoo_micro"
+    keys = logged_keys(run_file)
+    assert {"scores", "correlation", "selection", "sweep", "baselines", "uniform_all"} <= keys
+    points = [rec for rec in records(run_file) if rec.WhichOneof("record_type") == "history"
+              and any((item.key or "/".join(item.nested_key)) == "sweep/dev/objective" for item in rec.history.item)]
+    assert len(points) >= 2  # one history row per evaluated point
+    assert any(rec.WhichOneof("record_type") == "artifact" for rec in records(run_file))  # the soup, by reference

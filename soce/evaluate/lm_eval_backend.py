@@ -44,8 +44,17 @@ class LmEvalBackend:
     def _harness_model(self, model, tokenizer):
         from lm_eval.models.huggingface import HFLM
 
+        class QuietHFLM(HFLM):
+            """HFLM without its per-request progress bars: soce's sweep has its own."""
+
+            def generate_until(self, requests, disable_tqdm: bool = False):
+                return super().generate_until(requests, disable_tqdm=True)
+
+            def loglikelihood(self, requests, disable_tqdm: bool = False):
+                return super().loglikelihood(requests, disable_tqdm=True)
+
         if self._wrapped is not model:  # wrap once; the weights may change in place between calls
-            self._lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=self.batch_size, max_length=self.max_length)
+            self._lm = QuietHFLM(pretrained=model, tokenizer=tokenizer, batch_size=self.batch_size, max_length=self.max_length)
             self._wrapped = model
         return self._lm
 
