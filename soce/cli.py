@@ -70,7 +70,8 @@ def run(cfg: DictConfig) -> None:
             tracker.finish()
         files = sorted(p.name + ("/" if p.is_dir() else "") for p in run_dir.iterdir()
                        if p.suffix in (".csv", ".json", ".png", ".jsonl") or p.name == "soup")
-        log.info("files: %s/ %s", run_dir, " ".join(files))
+        if files:
+            log.info("files: %s/ %s", run_dir, " ".join(files))
     except SoceError as err:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise

@@ -75,4 +75,6 @@ def expected_points(search, n: int) -> int | None:
     """How many points the strategy evaluates, where known in advance (for the progress bar)."""
     if search.name == "grid":
         return len(grid_points(n, search.lo, search.hi, search.step, search.include_uniform, search.budget))
-    return {"uniform": 1, "random": search.budget, "optuna": search.budget, "greedy": n}.get(search.name)
+    if search.name in ("random", "optuna"):
+        return search.budget
+    return {"uniform": 1, "greedy": n}.get(search.name)

@@ -142,3 +142,19 @@ def test_wandb_gets_every_point_the_tables_and_the_soup(soce, zoo_cache, tmp_pat
               and any((item.key or "/".join(item.nested_key)) == "sweep/dev/objective" for item in rec.history.item)]
     assert len(points) >= 2  # one history row per evaluated point
     assert any(rec.WhichOneof("record_type") == "artifact" for rec in records(run_file))  # the soup, by reference
+
+
+@pytest.mark.parametrize("search, points", [("uniform", 1), ("greedy", None), ("random", 3), ("optuna", 3)])
+def test_every_search_strategy_runs_the_sweep(soce, zoo_cache, tmp_path, search, points):
+    run = tmp_path / "run"
+    args = [a for a in STUDY if a != "search.budget=6"] + [f"search={search}", f"pool.cache_dir={zoo_cache}", f"hydra.run.dir={run}"]
+    if points and search != "uniform":
+        args.append(f"search.budget={points}")
+    r = soce(*args, "stage=sweep")
+    assert r.returncode == 0, r.stderr[-2000:]
+    records = [json.loads(line) for line in (run / "sweep.jsonl").read_text().splitlines()]
+    if points:
+        assert len(records) == points
+    else:  # greedy: the best expert alone, then one trial per other expert
+        assert len(records) == 3 and records[0]["weights"].count(0.0) == 2
+    assert all(math.isclose(sum(p["weights"]), 1.0) for p in records)
