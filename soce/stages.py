@@ -314,7 +314,7 @@ def soup(run: Run) -> dict:
                 for s in ("dev", "test")}}]
     for name, sp, weights in (("uniform soup, all candidates", everyone, uniform(len(candidates))),
                               ("uniform soup, SoCE experts", souper, uniform(len(experts))),
-                              ("SoCE (searched weights)", souper, tuple(best["weights"]))):
+                              (f"SoCE ({cfg.search.name} search)", souper, tuple(best["weights"]))):
         records = {s: sp.evaluate(weights, s) for s in ("dev", "test")}
         rows.append({"name": name, "models": sp.names, "weights": list(weights),
                      **{s: {"objective": r["objective"], "scores": r["scores"]} for s, r in records.items()}})

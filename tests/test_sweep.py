@@ -97,11 +97,11 @@ def test_sweep_resumes_and_the_soup_stage_reports_four_rows(soce, zoo_cache, tmp
     assert r.returncode == 0, r.stderr[-2000:]
     results = json.loads((run / "results.json").read_text())
     names = [row["name"] for row in results["rows"]]
-    assert names == ["best single candidate", "uniform soup, all candidates", "uniform soup, SoCE experts", "SoCE (searched weights)"]
+    assert names == ["best single candidate", "uniform soup, all candidates", "uniform soup, SoCE experts", "SoCE (grid search)"]
     assert results["protocol"] == "weights chosen on dev, reported on test"
     best = max(resumed, key=lambda p: p["objective"])
     assert results["rows"][-1]["weights"] == best["weights"] and results["rows"][-1]["dev"]["objective"] == best["objective"]
-    assert "SoCE (searched weights)" in r.stdout and (run / "soup" / "mergekit.yaml").exists()
+    assert "SoCE (grid search)" in r.stdout and (run / "soup" / "mergekit.yaml").exists()
 
     from transformers import AutoModelForCausalLM
 
