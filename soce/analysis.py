@@ -179,7 +179,7 @@ def plot_entry_tau(analysis: Analysis, path: Path) -> None:
     entries = sorted(analysis.entry_tau.items(), key=lambda kv: (math.isnan(kv[1]), kv[1]))
     k = len(entries)
     fig, ax = plt.subplots(figsize=(7.5, max(2.5, 0.32 * k + 1.3)))
-    for i, (cat, t) in enumerate(entries):
+    for i, (_, t) in enumerate(entries):
         inside = t < analysis.tau
         ax.plot([0, 0 if math.isnan(t) else t], [i, i], color="lightgray", zorder=1)
         if not math.isnan(t):

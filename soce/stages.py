@@ -297,9 +297,9 @@ def soup(run: Run) -> dict:
     split = cfg.search.select_on
     experts = current_selection(run)
     evaluator, candidates = _evaluated_pool(run)
-    if _sweep_points(SweepStore(run.path("sweep.jsonl")), experts, split):
-        souper = Souper([candidates[n] for n in experts], evaluator, SweepStore(run.path("sweep.jsonl")),
-                        cfg.search.objective, run.tracker)
+    store = SweepStore(run.path("sweep.jsonl"))
+    if _sweep_points(store, experts, split):
+        souper = Souper([candidates[n] for n in experts], evaluator, store, cfg.search.objective, run.tracker)
     else:
         log.info("no sweep in %s yet: running stage sweep", run.dir)
         souper = sweep(run)

@@ -8,7 +8,7 @@ import pytest
 from soce.errors import SoceError
 from soce.search import greedy_soup, grid_points, run_search
 from soce.store import SweepStore
-from soce.weights import dirichlet, simplex_grid, uniform
+from soce.weights import dirichlet, simplex_grid
 
 
 @pytest.mark.parametrize("n, count", [(2, 9), (3, 36), (4, 84), (5, 126)])

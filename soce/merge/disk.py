@@ -83,9 +83,9 @@ class _Streamer:
         self.allow_nonfinite = allow_nonfinite
         ref = checkpoints[0]
         self.rows = {name: max(1, chunk_bytes // (4 * _row_numel(t))) for name, t in ref.tensors.items()}
-        in_bytes = max(min(self.rows[n], _nrows(t)) * _row_numel(t) * max(ck.tensors[n].dtype.itemsize for ck in checkpoints)
-                       for n, t in ref.tensors.items())
-        numel = max(min(self.rows[n], _nrows(t)) * _row_numel(t) for n, t in ref.tensors.items())
+        chunk_numel = {n: min(self.rows[n], _nrows(t)) * _row_numel(t) for n, t in ref.tensors.items()}
+        in_bytes = max(chunk_numel[n] * max(ck.tensors[n].dtype.itemsize for ck in checkpoints) for n in chunk_numel)
+        numel = max(chunk_numel.values())
         self.readers = [TensorReader(in_bytes) for _ in checkpoints]
         self.acc = torch.empty(numel, dtype=torch.float32, device=device)
         self.scratch = torch.empty(numel, dtype=torch.float32, device=device)

@@ -12,7 +12,6 @@ import ast
 import json
 import random
 from dataclasses import asdict, dataclass
-from typing import Any
 
 CATEGORIES = ("simple", "multiple", "parallel", "parallel_multiple", "irrelevance", "json")
 ORDER_FREE = {"parallel", "parallel_multiple"}  # the order of the calls does not matter there
@@ -175,7 +174,3 @@ def is_correct(output: str, example: Example) -> bool:
     if example.category in ORDER_FREE:
         return sorted(map(_key, got)) == sorted(map(_key, want))
     return list(map(_key, got)) == list(map(_key, want))
-
-
-def as_dataset_rows(examples: list[Example]) -> list[dict[str, Any]]:
-    return [e.to_dict() for e in examples]
