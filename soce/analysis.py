@@ -131,6 +131,21 @@ def analyze(table: ScoreTable, tau: float, method: str = "pearson") -> Analysis:
     return Analysis(method, tau, table.models, table.categories, matrix, counts)
 
 
+def draw_heatmap(ax, matrix: np.ndarray, labels: Sequence[str]):
+    """A correlation matrix on `ax`: colours on [-1, 1], each value written in its cell."""
+    k = len(labels)
+    fontsize = 9 if k <= 12 else 7
+    image = ax.imshow(matrix, cmap="RdBu_r", vmin=-1, vmax=1)
+    for a in range(k):
+        for b in range(k):
+            v = matrix[a, b]
+            text = "n/a" if math.isnan(v) else f"{v:.2f}"
+            ax.text(b, a, text, ha="center", va="center", fontsize=fontsize, color="white" if abs(v) > 0.6 else "black")
+    ax.set_xticks(range(k), labels, rotation=45, ha="right", rotation_mode="anchor", fontsize=fontsize + 1)
+    ax.set_yticks(range(k), labels, fontsize=fontsize + 1)
+    return image
+
+
 def plot_correlation(analysis: Analysis, path: Path) -> None:
     """Heatmap of the matrix, values annotated, L's categories in bold red, weak pairs outlined."""
     import matplotlib
@@ -143,16 +158,11 @@ def plot_correlation(analysis: Analysis, path: Path) -> None:
     size = max(5.0, 0.62 * k + 2.5)
     fontsize = 9 if k <= 12 else 7
     fig, ax = plt.subplots(figsize=(size + 1.2, size))
-    image = ax.imshow(analysis.matrix, cmap="RdBu_r", vmin=-1, vmax=1)
+    image = draw_heatmap(ax, analysis.matrix, analysis.categories)
     for a in range(k):
         for b in range(k):
-            v = analysis.matrix[a, b]
-            text = "n/a" if math.isnan(v) else f"{v:.2f}"
-            ax.text(b, a, text, ha="center", va="center", fontsize=fontsize, color="white" if abs(v) > 0.6 else "black")
-            if a != b and abs(v) < analysis.tau:
+            if a != b and abs(analysis.matrix[a, b]) < analysis.tau:
                 ax.add_patch(Rectangle((b - 0.5, a - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=1.6))
-    ax.set_xticks(range(k), analysis.categories, rotation=45, ha="right", rotation_mode="anchor", fontsize=fontsize + 1)
-    ax.set_yticks(range(k), analysis.categories, fontsize=fontsize + 1)
     weak = set(analysis.weak_set)
     for label in [*ax.get_xticklabels(), *ax.get_yticklabels()]:
         if label.get_text() in weak:

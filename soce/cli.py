@@ -23,7 +23,7 @@ log = logging.getLogger("soce")
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 # stage=all runs these in order (a score table without an evaluator stops after select)
-PIPELINE = {"analyze": stages.analyze, "select": stages.select, "sweep": stages.sweep, "soup": stages.soup}
+PIPELINE = {"analyze": stages.analyze, "select": stages.select, "sweep": stages.sweep, "soup": stages.soup, "report": stages.report}
 TOOLS = {"merge": stages.merge, "zoo": stages.zoo}
 
 
@@ -60,8 +60,8 @@ def run(cfg: DictConfig) -> None:
         stage = cfg.stage.value
         todo = list(PIPELINE.values()) if stage == "all" else [{**PIPELINE, **TOOLS}[stage]]
         if stage == "all" and cfg.benchmark.kind == "table":
-            todo = [stages.analyze, stages.select]
-            log.info("benchmark=%s is a score table: analysis and selection only (the sweep needs an evaluator)", cfg.benchmark.name)
+            todo = [stages.analyze, stages.select, stages.report]
+            log.info("benchmark=%s is a score table: analysis, selection and report only (the sweep needs an evaluator)", cfg.benchmark.name)
         tracker = make_tracker(cfg, run_dir)
         try:
             for run_stage in todo:
@@ -69,7 +69,7 @@ def run(cfg: DictConfig) -> None:
         finally:
             tracker.finish()
         files = sorted(p.name + ("/" if p.is_dir() else "") for p in run_dir.iterdir()
-                       if p.suffix in (".csv", ".json", ".png", ".jsonl") or p.name == "soup")
+                       if p.suffix in (".csv", ".json", ".png", ".jsonl", ".md") or p.name == "soup")
         if files:
             log.info("files: %s/ %s", run_dir, " ".join(files))
     except SoceError as err:

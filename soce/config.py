@@ -22,6 +22,7 @@ class Stage(Enum):
     select = "select"
     sweep = "sweep"
     soup = "soup"
+    report = "report"
     all = "all"  # every stage of the pipeline, in order
     merge = "merge"  # a tool: merge.models with merge.weights into merge.output
     zoo = "zoo"  # a tool: build (or verify) the pool's model family
@@ -205,6 +206,23 @@ class NoTrackerConfig:
     name: str = "none"
 
 
+# --- report -------------------------------------------------------------------------------
+@dataclass
+class ShapleyConfig:
+    players: str = "experts"  # experts | candidates (every candidate of the pool)
+    value: str = "uniform"  # a coalition's value: its uniform soup | the best soup of `search` over its members
+    method: str = "auto"  # auto (exact up to max_exact players) | exact | monte_carlo
+    max_exact: int = 8
+    samples: int = 200  # Monte Carlo permutations
+    seed: int = 0
+
+
+@dataclass
+class ReportConfig:
+    shapley: ShapleyConfig = field(default_factory=ShapleyConfig)
+    top_points: int = 10  # the weight landscape's table
+
+
 # --- the study ----------------------------------------------------------------------------
 @dataclass
 class AnalysisConfig:
@@ -226,6 +244,7 @@ class SoceConfig:
     merge: LinearMerge = MISSING
     tracker: Any = MISSING
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
 
 
 SCHEMAS = {
@@ -262,6 +281,12 @@ def validate(cfg: DictConfig) -> None:
     max_experts = OmegaConf.select(cfg, "selection.max_experts")
     if max_experts is not None and max_experts < 1:
         raise SoceError(f"selection.max_experts={max_experts}: must be at least 1")
+    for key, allowed in (("report.shapley.players", ("experts", "candidates")), ("report.shapley.value", ("uniform", "best")),
+                         ("report.shapley.method", ("auto", "exact", "monte_carlo"))):
+        if OmegaConf.select(cfg, key) not in allowed:
+            raise SoceError(f"{key}={OmegaConf.select(cfg, key)!r}: expected {' or '.join(allowed)}")
+    if cfg.report.shapley.samples < 2:
+        raise SoceError(f"report.shapley.samples={cfg.report.shapley.samples}: at least 2 permutations are needed for an error estimate")
     k = OmegaConf.select(cfg, "selection.k")
     if k is not None and k < 1:
         raise SoceError(f"selection.k={k}: must be at least 1")

@@ -6,6 +6,7 @@ writes its own; a stage whose inputs are missing or out of date runs the stage b
     select:  scores.csv + analysis.json -> selection.json
     sweep:   selection.json + the experts -> sweep.jsonl (one line per weight point)
     soup:    sweep.jsonl -> results.json (the four rows on dev and test), soup/ (a model directory)
+    report:  all of the above -> report.md with shapley.png, consistency.png, landscape.png (3 experts)
 
 and tool stages: merge (merge.models and merge.weights -> merge.output, a model directory)
 and zoo (build or verify the pool's model family).
@@ -232,13 +233,20 @@ def _print_selection(selection: Selection) -> None:
 
 
 # --- sweep --------------------------------------------------------------------------------------
-def _evaluated_pool(run: Run) -> tuple[object, dict[str, Candidate]]:
+def evaluated_pool(run: Run) -> tuple[object, dict[str, Candidate]]:
     b = run.cfg.benchmark
     if b.kind == "table":
         raise SoceError(f"stage={run.cfg.stage.value} soups and evaluates models: benchmark={b.name} only reads a score table "
                         "(choose an evaluating benchmark: toy_fc, lm_eval)")
     refs = pool_refs(run.cfg) or []
     return make_evaluator(b), {c.name: c for c in refs}
+
+
+def open_store(run: Run):
+    """The study's sweep store: every soup evaluated in this run directory."""
+    from soce.store import SweepStore
+
+    return SweepStore(run.path("sweep.jsonl"))
 
 
 def current_selection(run: Run) -> list[str]:
@@ -256,20 +264,19 @@ def _by_own_score(run: Run, names: list[str]) -> list[int]:
 
 def sweep(run: Run):
     from soce.search import expected_points, run_search
-    from soce.store import SweepStore
     from soce.sweep import Souper
 
     cfg = run.cfg
     experts = current_selection(run)
-    evaluator, candidates = _evaluated_pool(run)
-    store = SweepStore(run.path("sweep.jsonl"))
+    evaluator, candidates = evaluated_pool(run)
+    store = open_store(run)
     souper = Souper([candidates[n] for n in experts], evaluator, store, cfg.search.objective, run.tracker)
     split = cfg.search.select_on
     already = len(store)
     with tqdm(total=expected_points(cfg.search, len(experts)), desc=f"sweep ({cfg.search.name})", unit="point") as bar:
         souper.bar = bar
         run_search(cfg.search, len(experts), souper.objective_of(split), _by_own_score(run, experts))
-    points = _sweep_points(store, experts, split)
+    points = sweep_points(store, experts, split)
     best = max(points, key=lambda r: r["objective"])
     log.info("sweep: %d points on %s (%d from an earlier run), best %s %.4f at %s", len(points), split, already,
              cfg.search.objective, best["objective"], _weights_text(experts, best["weights"]))
@@ -278,7 +285,7 @@ def sweep(run: Run):
     return souper
 
 
-def _sweep_points(store, experts: list[str], split: str) -> list[dict]:
+def sweep_points(store, experts: list[str], split: str) -> list[dict]:
     return [r for r in store if r["kind"] == "sweep" and r["experts"] == experts and r["split"] == split]
 
 
@@ -289,22 +296,21 @@ def _weights_text(names: list[str], weights: list[float]) -> str:
 # --- soup -------------------------------------------------------------------------------------
 def soup(run: Run) -> dict:
     from soce.merge import merge_to_disk
-    from soce.store import SweepStore
     from soce.sweep import Souper, aggregate
     from soce.weights import uniform
 
     cfg = run.cfg
     split = cfg.search.select_on
     experts = current_selection(run)
-    evaluator, candidates = _evaluated_pool(run)
-    store = SweepStore(run.path("sweep.jsonl"))
-    if _sweep_points(store, experts, split):
+    evaluator, candidates = evaluated_pool(run)
+    store = open_store(run)
+    if sweep_points(store, experts, split):
         souper = Souper([candidates[n] for n in experts], evaluator, store, cfg.search.objective, run.tracker)
     else:
         log.info("no sweep in %s yet: running stage sweep", run.dir)
         souper = sweep(run)
     store = souper.store
-    best = max(_sweep_points(store, experts, split), key=lambda r: r["objective"])
+    best = max(sweep_points(store, experts, split), key=lambda r: r["objective"])
     everyone = Souper(list(candidates.values()), evaluator, store, cfg.search.objective, run.tracker, kind="uniform_all")
     tables = {"dev": read_scores(run.path("scores.csv")), "test": read_scores(run.path("scores_test.csv"))}
     single = max(tables["dev"].models, key=lambda m: tables["dev"].overall_of(m))
@@ -342,6 +348,13 @@ def _print_results(results: dict) -> None:
     log.info("  %-30s %8s %8s", "", "dev", "test")
     for r in results["rows"]:
         log.info("  %-30s %8.4f %8.4f", r["name"], r["dev"]["objective"], r["test"]["objective"])
+
+
+# --- report ----------------------------------------------------------------------------------
+def report(run: Run) -> Path:
+    from soce.report.study import report as write_report
+
+    return write_report(run)
 
 
 # --- merge (a tool stage) -------------------------------------------------------------------

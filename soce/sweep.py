@@ -11,9 +11,11 @@ from typing import Sequence
 from tqdm.auto import tqdm
 
 from soce.evaluate import Evaluator
+from soce.errors import SoceError
 from soce.evaluate.candidates import load_model
 from soce.merge import InPlaceSoup
 from soce.pool import Candidate
+from soce.scores import Outcome
 from soce.store import SweepStore
 from soce.tracking import NoTracker, Tracker
 
@@ -22,6 +24,20 @@ def aggregate(scores: dict[str, float], objective: str) -> float:
     """The objective over all categories: their mean or their sum."""
     values = list(scores.values())
     return math.fsum(values) / len(values) if objective == "mean" else math.fsum(values)
+
+
+def solved_bits(outcomes: Sequence[Outcome]) -> str:
+    """Per-example outcomes in a stored record: '1' solved, '0' failed, in order of example id."""
+    return "".join("1" if o.correct else "0" for o in sorted(outcomes, key=lambda o: o.example_id))
+
+
+def solved_by_id(bits: str, example_ids: Sequence[str]) -> dict[str, bool]:
+    """solved_bits read back, given the split's example ids."""
+    ids = sorted(example_ids)
+    if len(ids) != len(bits):
+        raise SoceError(f"a stored soup has outcomes for {len(bits)} examples, the split has {len(ids)}: "
+                        "the benchmark changed since it was evaluated")
+    return {i: b == "1" for i, b in zip(ids, bits)}
 
 
 class Souper:
@@ -37,10 +53,11 @@ class Souper:
         self.best: dict | None = None
         self.bar: tqdm | None = None
 
-    def evaluate(self, weights: Sequence[float], split: str = "dev") -> dict:
-        """The stored record of the soup at `weights` on `split`: evaluated now, or from the store."""
+    def evaluate(self, weights: Sequence[float], split: str = "dev", need_outcomes: bool = False) -> dict:
+        """The stored record of the soup at `weights` on `split`: evaluated now, or from the store
+        (evaluated again if `need_outcomes` and the stored record predates per-example outcomes)."""
         record = self.store.get(self.names, weights, split)
-        if record is None:
+        if record is None or (need_outcomes and "correct" not in record):
             started = time.perf_counter()
             self.soup.apply(weights)
             merged = time.perf_counter()
@@ -48,6 +65,7 @@ class Souper:
             record = {
                 "kind": self.kind, "experts": self.names, "weights": [float(w) for w in weights], "split": split,
                 "scores": result.scores, "objective": aggregate(result.scores, self.objective),
+                "correct": solved_bits(result.outcomes),
                 "merge_s": merged - started, "eval_s": time.perf_counter() - merged, "time": time.time(),
             }
             self.store.append(record)

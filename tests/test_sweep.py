@@ -117,12 +117,14 @@ def test_the_papers_protocol_is_labelled(soce, zoo_cache, tmp_path):
     assert [p["split"] for p in searched] == ["test", "test"]  # the search ran on test; the rows add dev figures after
 
 
-def test_a_table_benchmark_stops_after_selection(soce, tmp_path):
+def test_a_table_benchmark_stops_after_selection_and_its_report(soce, tmp_path):
     from conftest import BFCL_FIXTURE
 
     r = soce("benchmark=bfcl_leaderboard", f"benchmark.path={BFCL_FIXTURE}", "pool=all", "tracker=none",
              f"hydra.run.dir={tmp_path / 'run'}")
-    assert r.returncode == 0 and "analysis and selection only" in r.stdout
+    assert r.returncode == 0 and "analysis, selection and report only" in r.stdout
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "## Weak set and experts" in report and "no soups were evaluated" in report and "## Shapley" not in report
     r = soce("benchmark=bfcl_leaderboard", f"benchmark.path={BFCL_FIXTURE}", "pool=all", "stage=sweep", "tracker=none",
              f"hydra.run.dir={tmp_path / 'run'}")
     assert r.returncode == 1 and "only reads a score table" in r.stderr
@@ -138,6 +140,8 @@ def test_wandb_gets_every_point_the_tables_and_the_soup(soce, zoo_cache, tmp_pat
     assert run_record(run_file).run_group == "toy_fc-toy_zoo_micro"
     keys = logged_keys(run_file)
     assert {"scores", "correlation", "selection", "sweep", "baselines", "uniform_all"} <= keys
+    logged = {k.split("/")[0] + "/" + k.split("/")[1] for k in logged_keys(run_file, full=True) if k.startswith("report/")}
+    assert {"report/shapley", "report/win_rates", "report/top_points", "report/landscape_chart", "report/shapley_chart"} <= logged
     points = [rec for rec in records(run_file) if rec.WhichOneof("record_type") == "history"
               and any((item.key or "/".join(item.nested_key)) == "sweep/dev/objective" for item in rec.history.item)]
     assert len(points) >= 2  # one history row per evaluated point

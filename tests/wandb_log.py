@@ -41,10 +41,11 @@ def run_record(path: Path) -> pb.RunRecord:
     return next(r.run for r in records(path) if r.WhichOneof("record_type") == "run")
 
 
-def logged_keys(path: Path) -> set[str]:
-    """The top-level keys logged through run.log (tables, images, metrics)."""
+def logged_keys(path: Path, full: bool = False) -> set[str]:
+    """The keys logged through run.log (tables, images, metrics): top-level ('sweep' for
+    'sweep/dev/objective'), or whole with full=True."""
     keys = set()
     for r in records(path):
         if r.WhichOneof("record_type") == "history":
-            keys.update((item.key or item.nested_key[0]).split("/")[0] for item in r.history.item)
-    return keys
+            keys.update(item.key or "/".join(item.nested_key) for item in r.history.item)
+    return keys if full else {k.split("/")[0] for k in keys}

@@ -1,0 +1,92 @@
+"""The report's figures: Shapley values, consistency before and after souping, and the weight
+landscape of a 3-expert sweep on the simplex."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from soce.analysis import draw_heatmap
+from soce.report.consistency import Consistency
+from soce.report.shapley import ShapleyResult
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_shapley(players: Sequence[str], result: ShapleyResult, title: str, path: Path) -> None:
+    """One horizontal bar per player, largest on top; Monte Carlo values with +-2 standard errors."""
+    plt = _pyplot()
+    order = sorted(range(len(players)), key=lambda i: result.values[i])
+    fig, ax = plt.subplots(figsize=(7.5, max(2.6, 0.45 * len(players) + 1.4)))
+    values = [result.values[i] for i in order]
+    errors = None if result.errors is None else [2 * result.errors[i] for i in order]
+    ax.barh(range(len(order)), values, xerr=errors, color=["firebrick" if v < 0 else "steelblue" for v in values], capsize=3)
+    ax.set_yticks(range(len(order)), [players[i] for i in order], fontsize=9)
+    for y, v in enumerate(values):
+        ax.text(v, y, f" {v:+.3f} ", va="center", ha="left" if v >= 0 else "right", fontsize=8)
+    ax.axvline(0, color="black", linewidth=0.8)
+    lo, hi = min(0.0, *values), max(0.0, *values)
+    pad = 0.25 * (hi - lo or 1.0)
+    ax.set_xlim(lo - (pad if lo < 0 else 0), hi + pad)
+    how = "exact" if result.errors is None else f"Monte Carlo, {result.samples} permutations, bars +-2 s.e."
+    ax.set_xlabel(f"Shapley value ({how})")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+def plot_consistency(c: Consistency, path: Path) -> None:
+    """The category correlation matrix over the candidates beside the one over the soups."""
+    plt = _pyplot()
+    k = len(c.categories)
+    size = max(4.5, 0.6 * k + 2.3)
+    fig, axes = plt.subplots(1, 2, figsize=(2 * size + 1.2, size))
+    for ax, matrix, what, n, mean in ((axes[0], c.candidates, "candidates", c.n_candidates, c.mean_candidates),
+                                      (axes[1], c.soups, "soups of the sweep", c.n_soups, c.mean_soups)):
+        image = draw_heatmap(ax, matrix, c.categories)
+        ax.set_title(f"over {n} {what}\nmean off-diagonal correlation {mean:.3f}", fontsize=10)
+    axes[1].tick_params(labelleft=False)  # the same categories as on the left
+    fig.colorbar(image, ax=list(axes), fraction=0.025, pad=0.03, label="correlation between categories")
+    fig.savefig(path, dpi=130, bbox_inches="tight")
+    plt.close(fig)
+
+
+def plot_ternary(experts: Sequence[str], points: Sequence[Sequence[float]], scores: Sequence[float], label: str, path: Path) -> None:
+    """A 3-expert sweep on the weight simplex: each corner is one expert alone; colour is the score."""
+    plt = _pyplot()
+    w = np.asarray(points, dtype=float)
+    x = w[:, 1] + 0.5 * w[:, 2]
+    y = (math.sqrt(3) / 2) * w[:, 2]
+    fig, ax = plt.subplots(figsize=(7.0, 6.4))
+    corners = np.array([[0, 0], [1, 0], [0.5, math.sqrt(3) / 2], [0, 0]])
+    ax.plot(corners[:, 0], corners[:, 1], color="black", linewidth=1)
+    s = np.asarray(scores, dtype=float)
+    if len(points) >= 4 and np.linalg.matrix_rank(np.c_[x, y, np.ones_like(x)]) == 3:  # a surface needs non-collinear points
+        ax.tricontourf(x, y, s, levels=12, cmap="viridis", alpha=0.35)
+    dots = ax.scatter(x, y, c=s, cmap="viridis", s=70, edgecolors="black", linewidths=0.4, zorder=3)
+    best = int(np.argmax(s))
+    ax.scatter([x[best]], [y[best]], marker="*", s=380, color="gold", edgecolors="black", zorder=4,
+               label=f"best {s[best]:.4f} at ({', '.join(f'{v:.2f}' for v in w[best])})")
+    for (cx, cy), name, ha, va in ((corners[0], experts[0], "right", "top"), (corners[1], experts[1], "left", "top"),
+                                   (corners[2], experts[2], "center", "bottom")):
+        ax.text(cx, cy + (0.03 if va == "bottom" else -0.03), name, ha=ha, va=va, fontsize=10, fontweight="bold")
+    fig.colorbar(dots, ax=ax, fraction=0.04, pad=0.02, label=label)
+    ax.set_xlim(-0.25, 1.25)
+    ax.set_ylim(-0.15, 1.0)
+    ax.set_aspect("equal")
+    ax.axis("off")
+    ax.legend(loc="upper left", fontsize=8, frameon=False)
+    ax.set_title("Weight landscape: each point a soup, a corner one expert alone", fontsize=10)
+    fig.savefig(path, dpi=130, bbox_inches="tight")
+    plt.close(fig)

@@ -1,0 +1,144 @@
+"""The report: Shapley values, win rates and consistency on hand-made games and tables, and
+report.md on the micro family."""
+
+import itertools
+import json
+import math
+import random
+
+import numpy as np
+import pytest
+
+from soce.report.consistency import consistency, mean_off_diagonal
+from soce.report.shapley import exact_shapley, monte_carlo_shapley, shapley
+from soce.report.winrate import win_rates
+
+# v(empty)=0; v(A)=10, v(B)=20, v(C)=30; v(AB)=40, v(AC)=50, v(BC)=60; v(ABC)=90. By hand:
+# phi_A = 1/3*10 + 1/6*(40-20) + 1/6*(50-30) + 1/3*(90-60) = 20; phi_B = 30; phi_C = 40.
+GAME = {(): 0, (0,): 10, (1,): 20, (2,): 30, (0, 1): 40, (0, 2): 50, (1, 2): 60, (0, 1, 2): 90}
+
+
+def test_exact_shapley_of_a_three_player_game_by_hand():
+    asked = []
+
+    def v(coalition):
+        asked.append(coalition)
+        return GAME[tuple(sorted(coalition))]
+
+    result = exact_shapley(3, v)
+    assert result.values == pytest.approx((20.0, 30.0, 40.0), abs=1e-12)
+    assert sum(result.values) == pytest.approx(GAME[(0, 1, 2)] - GAME[()])  # efficiency
+    assert result.errors is None and result.method == "exact"
+    assert len(asked) == len(set(asked)) == 7  # each non-empty coalition valued once
+
+
+def test_efficiency_holds_with_a_nonzero_empty_coalition():
+    result = exact_shapley(3, lambda c: GAME[tuple(sorted(c))] + 5, empty=5.0)
+    assert result.values == pytest.approx((20.0, 30.0, 40.0))
+
+
+def _random_game(n, seed):
+    rng = random.Random(seed)
+    values = {frozenset(c): rng.uniform(0, 1) * len(c) ** 1.5
+              for k in range(1, n + 1) for c in itertools.combinations(range(n), k)}
+    return lambda c: values[frozenset(c)]
+
+
+def test_monte_carlo_agrees_with_exact_within_its_stated_error():
+    v = _random_game(5, seed=3)
+    exact = exact_shapley(5, v)
+    mc = monte_carlo_shapley(5, v, samples=400, seed=1)
+    assert mc.method == "monte_carlo" and mc.samples == 400 and mc.coalitions == 31
+    for e, m, se in zip(exact.values, mc.values, mc.errors):
+        assert se > 0 and abs(m - e) <= 3 * se, (e, m, se)
+    assert sum(mc.values) == pytest.approx(v(range(5)))  # every permutation adds up to v(all)
+
+
+def test_monte_carlo_is_exact_on_an_additive_game():
+    mc = monte_carlo_shapley(4, lambda c: sum(c) + len(c), samples=10)
+    assert mc.values == pytest.approx((1.0, 2.0, 3.0, 4.0)) and mc.errors == pytest.approx((0, 0, 0, 0))
+
+
+def test_auto_switches_to_monte_carlo_beyond_max_exact():
+    v = _random_game(5, seed=0)
+    assert shapley(5, v, "auto", max_exact=8).method == "exact"
+    assert shapley(5, v, "auto", max_exact=4, samples=20).method == "monte_carlo"
+    with pytest.raises(ValueError, match="at least 2"):
+        monte_carlo_shapley(3, v, samples=1)
+
+
+def test_win_rates_on_a_hand_made_outcome_table():
+    #          t1 t2 t3 t4 t5 t6
+    a = dict(zip("123456", [1, 1, 0, 0, 1, 0]))
+    b = dict(zip("123456", [1, 0, 1, 0, 1, 0]))
+    soup = dict(zip("123456", [1, 1, 0, 1, 0, 0]))
+    rates = win_rates({"a": a, "b": b}, soup)
+    assert rates.tasks == 6
+    assert (rates.kept["a"].solved, rates.kept["a"].of) == (2, 3)  # a solves t1 t2 t5; the soup t1 t2
+    assert (rates.kept["b"].solved, rates.kept["b"].of) == (1, 3)  # b solves t1 t3 t5; the soup t1
+    assert (rates.all_fail.solved, rates.all_fail.of) == (1, 2)  # t4 t6 failed by both; the soup solves t4
+    assert (rates.one_fails.solved, rates.one_fails.of) == (1, 2)  # t2 (b fails) t3 (a fails)
+    assert rates.kept["a"].rate == pytest.approx(2 / 3)
+    with pytest.raises(ValueError, match="b: no outcome for 1"):
+        win_rates({"a": a, "b": {k: v for k, v in b.items() if k != "6"}}, soup)
+
+
+def test_consistency_means_off_the_diagonal():
+    m = np.array([[1.0, 0.2, np.nan], [0.2, 1.0, 0.6], [np.nan, 0.6, 1.0]])
+    assert mean_off_diagonal(m) == pytest.approx(0.4)
+    rows = np.array([[0.1, 0.2, 0.9], [0.2, 0.4, 0.1], [0.3, 0.6, 0.5]])
+    c = consistency(("x", "y", "z"), rows, rows[:, [0, 0, 2]])
+    assert c.candidates[0, 1] == pytest.approx(1.0) and c.n_candidates == c.n_soups == 3
+
+
+STUDY = ["benchmark=toy_fc", "benchmark.backend=direct", "benchmark.per_category=20", "pool=toy_zoo_micro",
+         "selection.tau=0.5", "selection.max_experts=3", "search.budget=6", "tracker=none"]
+
+
+def test_the_report_on_the_micro_family_has_every_section_and_costs_nothing_twice(soce, zoo_cache, tmp_path):
+    run = tmp_path / "run"
+    args = [*STUDY, f"pool.cache_dir={zoo_cache}", f"hydra.run.dir={run}"]
+    r = soce(*args)
+    assert r.returncode == 0, r.stderr[-2000:]
+    report = (run / "report.md").read_text()
+    for section in ("## The study", "## Weak set and experts", "## Baselines", "## Weight landscape", "## Shapley values",
+                    "## Consistency across categories", "## Win rates on test"):
+        assert section in report
+    for image in ("correlation.png", "landscape.png", "shapley.png", "consistency.png"):
+        assert f"]({image})" in report and (run / image).stat().st_size > 10_000
+    assert "| SoCE (grid search) |" in report and "failed by every ingredient" in report
+    # Shapley: 3 experts, exact; pairs are souped and stored, single experts are their own scores.
+    records = [json.loads(line) for line in (run / "sweep.jsonl").read_text().splitlines()]
+    pairs = [p for p in records if p["kind"] == "shapley"]
+    assert len(pairs) == 3 and all(sorted(p["weights"]) == [0.0, 0.5, 0.5] for p in pairs)
+    assert all(len(p["correct"]) == 120 for p in records if p["split"] == "dev")  # 6 categories x 20 examples
+    assert "(3 soups evaluated for this report" in report
+    values = [float(line.split("|")[2]) for line in report.split("## Shapley values")[1].split("##")[0].splitlines()
+              if line.startswith("| micro-")]
+    uniform = next(p for p in records if p["kind"] == "sweep" and p["split"] == "dev"
+                   and all(math.isclose(w, 1 / 3) for w in p["weights"]))
+    assert sum(values) == pytest.approx(uniform["objective"], abs=2e-4)  # efficiency, at the table's 4 decimals
+
+    before = (run / "sweep.jsonl").read_text()
+    r = soce(*args, "stage=report")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (run / "sweep.jsonl").read_text() == before and "(0 soups evaluated for this report" in (run / "report.md").read_text()
+
+
+def test_the_report_of_an_interrupted_run(soce, zoo_cache, tmp_path):
+    run = tmp_path / "run"
+    args = [*STUDY, "search.budget=3", f"pool.cache_dir={zoo_cache}", f"hydra.run.dir={run}"]
+    r = soce(*args, "stage=sweep")
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = soce(*args, "report.shapley.players=candidates", "report.shapley.method=monte_carlo", "report.shapley.samples=20", "stage=report")
+    assert r.returncode == 0, r.stderr[-2000:]
+    report = (run / "report.md").read_text()
+    assert "The soup stage has not run in this directory (3 sweep points stored so far)" in report
+    assert "the best sweep point so far (the soup stage has not run)" in report
+    assert "Players: the 4 candidates" in report and "Monte Carlo over 20 random orders" in report and "std. error" in report
+    assert not (run / "results.json").exists() and not (run / "soup").exists()  # the report never runs the soup
+
+
+def test_report_settings_are_checked(soce, tmp_path):
+    r = soce("report.shapley.players=everyone", "tracker=none", f"hydra.run.dir={tmp_path / 'run'}")
+    assert r.returncode == 1 and "report.shapley.players='everyone': expected experts or candidates" in r.stderr
