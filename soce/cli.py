@@ -9,10 +9,12 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from soce import config, stages
+from soce.processes import Processes
 from soce.errors import SoceError
 from soce.tracking import NoTracker, Tracker, WandbTracker
 
@@ -34,49 +36,126 @@ class BelowWarning(logging.Filter):
         return record.levelno < logging.WARNING
 
 
-def make_tracker(cfg: DictConfig, run_dir: Path) -> Tracker:
+def make_tracker(cfg: DictConfig, run_dir: Path, name: str | None = None) -> Tracker:
     if cfg.tracker.name == "none" or int(os.environ.get("RANK", "0")) != 0:  # W&B from the main process only
         return NoTracker()
-    hc = HydraConfig.get()
-    multirun = hc.mode == RunMode.MULTIRUN
+    settings = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    settings.pop("hydra", None)
     return WandbTracker(
         project=cfg.tracker.project,
         entity=cfg.tracker.entity,
         mode=cfg.tracker.mode,
         group=cfg.tracker.group or cfg.study,
-        name=f"{cfg.study}/{hc.job.num}" if multirun else None,
-        config=OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
+        name=name,
+        config=settings,
         dir=run_dir,
         tags=list(cfg.tracker.tags),
         job_type=cfg.stage.value,
     )
 
 
+def plan(cfg: DictConfig) -> list:
+    """The stages `stage` asks for, in order."""
+    stage = cfg.stage.value
+    if stage != "all":
+        return [{**PIPELINE, **TOOLS}[stage]]
+    if cfg.benchmark.kind == "table":
+        log.info("benchmark=%s is a score table: analysis, selection and report only (the sweep needs an evaluator)", cfg.benchmark.name)
+        return [stages.analyze, stages.select, stages.report]
+    return list(PIPELINE.values())
+
+
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="soce")
 def run(cfg: DictConfig) -> None:
     try:
         config.validate(cfg)
-        run_dir = Path(HydraConfig.get().runtime.output_dir)
-        stage = cfg.stage.value
-        todo = list(PIPELINE.values()) if stage == "all" else [{**PIPELINE, **TOOLS}[stage]]
-        if stage == "all" and cfg.benchmark.kind == "table":
-            todo = [stages.analyze, stages.select, stages.report]
-            log.info("benchmark=%s is a score table: analysis, selection and report only (the sweep needs an evaluator)", cfg.benchmark.name)
-        tracker = make_tracker(cfg, run_dir)
+        hc = HydraConfig.get()
+        multirun = hc.mode == RunMode.MULTIRUN
+        run_dir = Path(hc.runtime.output_dir)
+        processes = Processes()
+        if processes.count > 1:
+            run_dir = processes.main_process_dir(run_dir)
+        shard_job = cfg.sweep.shard is not None
+        # The shards of a multirun share one store: the sweep directory above the jobs' directories.
+        store_dir = Path(cfg.sweep.store) if cfg.sweep.store else (run_dir.parent if shard_job and multirun else run_dir)
+        tracker = make_tracker(cfg, run_dir, f"{cfg.study}/{hc.job.num}" if multirun else None)
         try:
-            for run_stage in todo:
-                run_stage(stages.Run(cfg, run_dir, tracker))
+            todo = plan(cfg)
+            context = stages.Run(cfg, run_dir, tracker, store_dir)
+            if stages.sweep in todo and (shard_job or processes.count > 1):
+                run_sharded(context, todo, processes)
+            else:
+                for run_stage in todo:
+                    run_stage(context)
         finally:
             tracker.finish()
-        files = sorted(p.name + ("/" if p.is_dir() else "") for p in run_dir.iterdir()
-                       if p.suffix in (".csv", ".json", ".png", ".jsonl", ".md") or p.name == "soup")
-        if files:
-            log.info("files: %s/ %s", run_dir, " ".join(files))
+        if processes.is_main:
+            print_files(run_dir)
     except SoceError as err:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        log.error("error: %s", err)
-        sys.exit(1)
+        fail(err)
+
+
+def run_sharded(context: stages.Run, todo: list, processes: Processes) -> None:
+    """The stages before the sweep on the main process; the sweep's points split over this job's
+    shard and the processes; then, unless this is one shard of a multirun, the stages after it
+    on the main process."""
+    cfg = context.cfg
+    i = todo.index(stages.sweep)
+    k, n = (cfg.sweep.shard, cfg.sweep.num_shards) if cfg.sweep.shard is not None else (0, 1)
+    if processes.is_main:
+        for run_stage in todo[:i]:
+            run_stage(context)
+    processes.wait()
+    # shard k of n, process r of w: points k + n*r, k + n*r + n*w, ...
+    sharded = stages.Run(cfg, context.dir, context.tracker, context.store_dir,
+                         (k + n * processes.rank, n * processes.count), processes.device)
+    stages.sweep(sharded)
+    sharded.store.close()
+    processes.wait()
+    if cfg.sweep.shard is not None:
+        log.info("shard %d of %d is done; the collect step (at the multirun's end, or `soce stage=soup "
+                 "hydra.run.dir=%s`) runs the soup and the report", k, n, context.store_dir)
+        return
+    if processes.is_main:
+        for run_stage in todo[i:]:  # the sweep again, unsharded: it finds every point in the store
+            run_stage(context)
+
+
+class CollectShards(Callback):
+    """At the end of a sharded multirun (sweep.num_shards > 1): the sweep again over the shared
+    store (it evaluates only points a failed shard left out), then the soup and the report, in
+    the multirun's sweep directory."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        if config.sweep.num_shards <= 1 or not config.sweep.collect or config.benchmark.kind == "table":
+            return
+        cfg = config  # the multirun's config, without the swept sweep.shard: the unsharded study
+        store_dir = Path(config.sweep.store or str(config.hydra.sweep.dir))
+        log.info("collecting the %d shards in %s", config.sweep.num_shards, store_dir)
+        tracker = make_tracker(cfg, store_dir, f"{cfg.study}/collect")
+        try:
+            context = stages.Run(cfg, store_dir, tracker, store_dir)
+            for run_stage in (stages.sweep, stages.soup, stages.report):
+                run_stage(context)
+            print_files(store_dir)
+        except SoceError as err:
+            fail(err)
+        finally:
+            tracker.finish()
+
+
+def print_files(run_dir: Path) -> None:
+    files = sorted(p.name + ("/" if p.is_dir() else "") for p in run_dir.iterdir()
+                   if p.suffix in (".csv", ".json", ".png", ".jsonl", ".md") or p.name == "soup")
+    if files:
+        log.info("files: %s/ %s", run_dir, " ".join(files))
+
+
+def fail(err: SoceError) -> None:
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        raise err
+    log.error("error: %s", err)
+    sys.exit(1)
 
 
 def main() -> None:

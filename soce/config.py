@@ -206,6 +206,17 @@ class NoTrackerConfig:
     name: str = "none"
 
 
+# --- sweep: how the sweep's points are spread over jobs and processes --------------------------
+@dataclass
+class SweepConfig:
+    shard: Optional[int] = None  # this job's share of the points: shard k of num_shards (points k, k+N, ...)
+    num_shards: int = 1
+    store: Optional[str] = None  # the store directory shared by the shards; default: the multirun's sweep dir
+    collect: bool = True  # at the end of a sharded multirun, merge the shards and run the soup and report
+    device: Optional[str] = None  # the live model's device; default: cpu (under accelerate launch: each process's)
+    offload: bool = False  # keep the experts in (pinned) CPU memory and soup on the device one tensor at a time
+
+
 # --- report -------------------------------------------------------------------------------
 @dataclass
 class ShapleyConfig:
@@ -245,6 +256,7 @@ class SoceConfig:
     tracker: Any = MISSING
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
 
 
 SCHEMAS = {
@@ -287,6 +299,14 @@ def validate(cfg: DictConfig) -> None:
             raise SoceError(f"{key}={OmegaConf.select(cfg, key)!r}: expected {' or '.join(allowed)}")
     if cfg.report.shapley.samples < 2:
         raise SoceError(f"report.shapley.samples={cfg.report.shapley.samples}: at least 2 permutations are needed for an error estimate")
+    shard, n = cfg.sweep.shard, cfg.sweep.num_shards
+    if n < 1:
+        raise SoceError(f"sweep.num_shards={n}: must be at least 1")
+    if shard is not None and not 0 <= shard < n:
+        raise SoceError(f"sweep.shard={shard} is outside [0, {n}): with sweep.num_shards={n} the shards are 0 to {n - 1}")
+    if shard is not None and n > 1 and cfg.search.name in ("greedy", "optuna"):
+        raise SoceError(f"search={cfg.search.name} chooses each point from the scores before it: it cannot be split "
+                        "into shards (use search=grid or search=random, or one job)")
     k = OmegaConf.select(cfg, "selection.k")
     if k is not None and k < 1:
         raise SoceError(f"selection.k={k}: must be at least 1")

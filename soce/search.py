@@ -55,14 +55,28 @@ def optuna_search(n: int, budget: int, seed: int, evaluate: Evaluate) -> None:
     study.optimize(objective, n_trials=budget)
 
 
-def run_search(search, n: int, evaluate: Evaluate, order: Sequence[int]) -> None:
-    """The strategy named by the search config; `order`: experts by their own score, best first."""
+def planned_points(search, n: int) -> list[tuple[float, ...]] | None:
+    """The points a strategy evaluates, where they are known before any is evaluated; None for
+    the sequential strategies (greedy, optuna), whose next point depends on the last score."""
     if search.name == "grid":
-        run_points(grid_points(n, search.lo, search.hi, search.step, search.include_uniform, search.budget), evaluate)
-    elif search.name == "uniform":
-        evaluate(uniform(n))
-    elif search.name == "random":
-        run_points([uniform(n), *dirichlet(n, search.budget, search.concentration, search.seed)][: search.budget], evaluate)
+        return grid_points(n, search.lo, search.hi, search.step, search.include_uniform, search.budget)
+    if search.name == "uniform":
+        return [uniform(n)]
+    if search.name == "random":
+        return [uniform(n), *dirichlet(n, search.budget, search.concentration, search.seed)][: search.budget]
+    return None
+
+
+def run_search(search, n: int, evaluate: Evaluate, order: Sequence[int], shard: tuple[int, int] = (0, 1)) -> None:
+    """The strategy named by the search config; `order`: experts by their own score, best first;
+    `shard` (k, N): evaluate only points k, k+N, k+2N, ... of a strategy's planned points."""
+    k, num = shard
+    points = planned_points(search, n)
+    if points is not None:
+        run_points(points[k::num], evaluate)
+    elif num > 1:
+        raise SoceError(f"search={search.name} chooses each point from the scores before it: it cannot be split "
+                        "into shards (use search=grid or search=random, or one job and one process)")
     elif search.name == "greedy":
         greedy_soup(order, n, evaluate)
     elif search.name == "optuna":
@@ -71,10 +85,9 @@ def run_search(search, n: int, evaluate: Evaluate, order: Sequence[int]) -> None
         raise SoceError(f"search.name={search.name!r}: expected grid, uniform, random, greedy or optuna")
 
 
-def expected_points(search, n: int) -> int | None:
+def expected_points(search, n: int, shard: tuple[int, int] = (0, 1)) -> int | None:
     """How many points the strategy evaluates, where known in advance (for the progress bar)."""
-    if search.name == "grid":
-        return len(grid_points(n, search.lo, search.hi, search.step, search.include_uniform, search.budget))
-    if search.name in ("random", "optuna"):
-        return search.budget
-    return {"uniform": 1, "greedy": n}.get(search.name)
+    points = planned_points(search, n)
+    if points is not None:
+        return len(points[shard[0]::shard[1]])
+    return {"optuna": search.budget, "greedy": n}.get(search.name)

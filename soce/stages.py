@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -35,14 +35,30 @@ log = logging.getLogger("soce")
 
 @dataclass
 class Run:
-    """What every stage gets: the composed config, the run directory, the tracker."""
+    """What every stage gets: the composed config, the run directory, the tracker; for the sweep,
+    the store directory (the run directory, or one shared by the shards of a sweep) and this
+    job's shard (k, N) of the points."""
 
     cfg: DictConfig
     dir: Path
     tracker: Tracker
+    store_dir: Path | None = None
+    shard: tuple[int, int] = (0, 1)
+    device: str | None = None
+    _store: object = field(default=None, repr=False)
 
     def path(self, name: str) -> Path:
         return self.dir / name
+
+    @property
+    def store(self):
+        """The study's sweep store, opened once (it holds a lock on the file it writes)."""
+        if self._store is None:
+            from soce.store import SweepStore
+
+            k, n = self.shard
+            self._store = SweepStore(self.store_dir or self.dir, None if n == 1 else k, n)
+        return self._store
 
 
 def cache_dir(cfg: DictConfig) -> Path:
@@ -242,13 +258,6 @@ def evaluated_pool(run: Run) -> tuple[object, dict[str, Candidate]]:
     return make_evaluator(b), {c.name: c for c in refs}
 
 
-def open_store(run: Run):
-    """The study's sweep store: every soup evaluated in this run directory."""
-    from soce.store import SweepStore
-
-    return SweepStore(run.path("sweep.jsonl"))
-
-
 def current_selection(run: Run) -> list[str]:
     path = run.path("selection.json")
     if not path.exists():
@@ -269,16 +278,22 @@ def sweep(run: Run):
     cfg = run.cfg
     experts = current_selection(run)
     evaluator, candidates = evaluated_pool(run)
-    store = open_store(run)
-    souper = Souper([candidates[n] for n in experts], evaluator, store, cfg.search.objective, run.tracker)
+    store = run.store
+    souper = Souper([candidates[n] for n in experts], evaluator, store, cfg.search.objective, run.tracker,
+                    device=run.device or cfg.sweep.device, offload=cfg.sweep.offload)
     split = cfg.search.select_on
     already = len(store)
-    with tqdm(total=expected_points(cfg.search, len(experts)), desc=f"sweep ({cfg.search.name})", unit="point") as bar:
+    k, n = run.shard
+    what = f"sweep ({cfg.search.name})" + (f" shard {k}/{n}" if n > 1 else "")
+    with tqdm(total=expected_points(cfg.search, len(experts), run.shard), desc=what, unit="point") as bar:
         souper.bar = bar
-        run_search(cfg.search, len(experts), souper.objective_of(split), _by_own_score(run, experts))
+        run_search(cfg.search, len(experts), souper.objective_of(split), _by_own_score(run, experts), run.shard)
+    if n > 1:
+        log.info("sweep: shard %d of %d done: %d points evaluated now, into %s", k, n, len(store) - already, store.path)
+        return souper
     points = sweep_points(store, experts, split)
     best = max(points, key=lambda r: r["objective"])
-    log.info("sweep: %d points on %s (%d from an earlier run), best %s %.4f at %s", len(points), split, already,
+    log.info("sweep: %d points on %s (%d already in the store), best %s %.4f at %s", len(points), split, already,
              cfg.search.objective, best["objective"], _weights_text(experts, best["weights"]))
     run.tracker.log_table("sweep", [*experts, "objective", *evaluator.categories],
                           [[*r["weights"], r["objective"], *r["scores"].values()] for r in points])
@@ -295,6 +310,7 @@ def _weights_text(names: list[str], weights: list[float]) -> str:
 
 # --- soup -------------------------------------------------------------------------------------
 def soup(run: Run) -> dict:
+    from soce.evaluate.candidates import model_dir
     from soce.merge import merge_to_disk
     from soce.sweep import Souper, aggregate
     from soce.weights import uniform
@@ -303,7 +319,7 @@ def soup(run: Run) -> dict:
     split = cfg.search.select_on
     experts = current_selection(run)
     evaluator, candidates = evaluated_pool(run)
-    store = open_store(run)
+    store = run.store
     if sweep_points(store, experts, split):
         souper = Souper([candidates[n] for n in experts], evaluator, store, cfg.search.objective, run.tracker)
     else:
@@ -329,9 +345,10 @@ def soup(run: Run) -> dict:
     results = {"protocol": protocol, "objective": cfg.search.objective, "search": cfg.search.name, "rows": rows}
     run.path("results.json").write_text(json.dumps(results, indent=2))
 
-    paths = [candidates[n].path for n in experts]
+    paths = [model_dir(candidates[n]) for n in experts]
     ids = [candidates[n].hub_id or candidates[n].path for n in experts]
-    merge_to_disk(paths, best["weights"], run.path("soup"), model_ids=ids, overwrite=True, progress=False)
+    merge_to_disk(paths, best["weights"], run.path("soup"), model_ids=ids, overwrite=True, progress=False,
+                  all_processes=False)  # the soup stage runs on the main process alone
     _print_results(results)
     log.info("soup: %s (%s)", run.path("soup"), _weights_text(experts, best["weights"]))
     run.tracker.log_table("baselines", ["row", f"dev {cfg.search.objective}", f"test {cfg.search.objective}", "models", "weights"],

@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from soce.evaluate import Evaluator
 from soce.errors import SoceError
-from soce.evaluate.candidates import load_model
+from soce.evaluate.candidates import load_model, model_dir
 from soce.merge import InPlaceSoup
 from soce.pool import Candidate
 from soce.scores import Outcome
@@ -44,10 +44,12 @@ class Souper:
     """One live model souped in place from `experts`, evaluated by `evaluator`, stored in `store`."""
 
     def __init__(self, experts: Sequence[Candidate], evaluator: Evaluator, store: SweepStore, objective: str,
-                 tracker: Tracker | None = None, kind: str = "sweep") -> None:
+                 tracker: Tracker | None = None, kind: str = "sweep", device: str | None = None, offload: bool = False) -> None:
         self.names = [e.name for e in experts]
         self.model, self.tokenizer = load_model(experts[0])
-        self.soup = InPlaceSoup(self.model, [e.path for e in experts])
+        if device is not None:
+            self.model.to(device)
+        self.soup = InPlaceSoup(self.model, [model_dir(e) for e in experts], offload=offload)
         self.evaluator, self.store, self.objective, self.kind = evaluator, store, objective, kind
         self.tracker = tracker or NoTracker()
         self.best: dict | None = None

@@ -27,6 +27,18 @@ def soce(tmp_path):
     return run
 
 
+def accelerate_launch(args: list[str], cwd: Path, processes: int = 2) -> subprocess.CompletedProcess:
+    """`accelerate launch -m soce ...` with `processes` processes. On a machine without a GPU,
+    --multi_gpu is what starts several processes (through torchrun); soce then joins them over
+    gloo on the CPU. (--cpu starts a single process.)"""
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    return subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
+         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "soce", *args],
+        capture_output=True, text=True, timeout=300, env=env, cwd=cwd,
+    )
+
+
 def write_csv(path: Path, text: str) -> Path:
     path.write_text("\n".join(line.strip() for line in text.strip().splitlines()) + "\n")
     return path

@@ -15,6 +15,7 @@ from transformers import AutoModelForCausalLM
 from soce.errors import SoceError
 from soce.merge import InPlaceSoup, merge_to_disk, open_checkpoint
 from soce.merge.checkpoint import check_compatible
+from conftest import accelerate_launch
 from tiny_models import build_tiny_llama
 
 WEIGHTS = [0.5, 0.2, 0.3]
@@ -283,15 +284,10 @@ def test_accelerate_two_processes_give_the_single_process_result(zoo, tmp_path):
     experts = zoo[("bfloat16", False)]
     out = tmp_path / "soup"
     models = "[" + ",".join(map(str, experts)) + "]"
-    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    r = subprocess.run(
-        [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
-         "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "soce", "stage=merge", f"merge.models={models}",
-         "merge.weights=[0.5,0.2,0.3]", f"merge.output={out}", "merge.shard_size=10KB", "tracker=none",
-         f"hydra.run.dir={tmp_path / 'run'}"],
-        capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path,
-    )
+    r = accelerate_launch(["stage=merge", f"merge.models={models}", "merge.weights=[0.5,0.2,0.3]", f"merge.output={out}",
+                           "merge.shard_size=10KB", "tracker=none", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
+    assert "process 0 of 2" in r.stdout and "process 1 of 2" in r.stdout  # two processes, each writing its shards
     reference = merge_to_disk(experts, WEIGHTS, tmp_path / "reference", shard_size="10KB", progress=False)
     files = sorted(p.name for p in reference.iterdir())
     assert len([f for f in files if f.endswith(".safetensors")]) >= 4  # both processes had shards to write

@@ -57,16 +57,37 @@ def test_optuna_search_runs_its_budget():
 
 def test_the_store_survives_a_kill_mid_write(tmp_path):
     path = tmp_path / "sweep.jsonl"
-    store = SweepStore(path)
+    store = SweepStore(tmp_path)
     for w in ([0.5, 0.5], [0.1, 0.9]):
         store.append({"kind": "sweep", "experts": ["a", "b"], "weights": w, "split": "dev", "objective": w[0]})
     with path.open("a") as f:
         f.write('{"kind": "sweep", "experts": ["a", "b"], "weights": [0.2')  # the point in flight
-    again = SweepStore(path)
+    store.close()
+    again = SweepStore(tmp_path)
     assert len(again) == 2 and again.get(["a", "b"], (0.1, 0.9), "dev")["objective"] == 0.1
     assert again.get(["a", "b"], [0.1, 0.9], "test") is None
     again.append({"kind": "sweep", "experts": ["a", "b"], "weights": [0.3, 0.7], "split": "dev", "objective": 0.3})
     assert [json.loads(line)["weights"] for line in path.read_text().splitlines()] == [[0.5, 0.5], [0.1, 0.9], [0.3, 0.7]]
+
+
+def _point(w, objective=0.0):
+    return {"kind": "sweep", "experts": ["a", "b"], "weights": w, "split": "dev", "objective": objective}
+
+
+def test_shards_share_a_store_directory_and_each_file_has_one_writer(tmp_path):
+    s0, s1 = SweepStore(tmp_path, 0, 2), SweepStore(tmp_path, 1, 2)
+    s0.append(_point([0.5, 0.5]))
+    s1.append(_point([0.1, 0.9]))
+    assert {p.name for p in tmp_path.iterdir()} == {"sweep.shard-0-of-2.jsonl", "sweep.shard-1-of-2.jsonl"}
+    with pytest.raises(SoceError, match="sweep.shard-1-of-2.jsonl is being written by another process"):
+        SweepStore(tmp_path, 1, 2)
+    with pytest.raises(SoceError, match="num_shards=3, but .* split 2 ways .*Use sweep.num_shards=2"):
+        SweepStore(tmp_path, 0, 3)
+    s0.reload()
+    assert len(s0) == 2  # shard 1's point, read back
+    s0.close(), s1.close()
+    collect = SweepStore(tmp_path)  # the collect step: every shard's points, its own file for what is missing
+    assert len(collect) == 2 and collect.path.name == "sweep.jsonl"
 
 
 # --- the sweep on the micro family -------------------------------------------------------------
@@ -88,7 +109,7 @@ def test_sweep_resumes_and_the_soup_stage_reports_four_rows(soce, zoo_cache, tmp
     # A killed sweep: drop the last two points and tear the last line; the re-run evaluates just those.
     (run / "sweep.jsonl").write_text("\n".join(lines[:4]) + "\n" + lines[4][:30])
     r = soce(*args, "stage=sweep")
-    assert r.returncode == 0 and "6 points on dev (4 from an earlier run)" in r.stdout
+    assert r.returncode == 0 and "6 points on dev (4 already in the store)" in r.stdout
     resumed = [json.loads(line) for line in (run / "sweep.jsonl").read_text().splitlines()]
     assert [p["weights"] for p in resumed] == [json.loads(line)["weights"] for line in lines]
     assert [p["scores"] for p in resumed] == [json.loads(line)["scores"] for line in lines]  # deterministic

@@ -5,6 +5,7 @@ candidate and split (keyed by the model's files and the benchmark), so re-runs c
 from __future__ import annotations
 
 import hashlib
+import os
 import json
 import logging
 import time
@@ -31,13 +32,29 @@ def model_fingerprint(path: Path) -> str:
     return hashlib.sha256(blob).hexdigest()
 
 
+def model_dir(candidate: Candidate) -> str:
+    """The candidate's local model directory: its path, or its Hub id fetched into the Hugging
+    Face cache (weights, config and tokenizer files only)."""
+    if candidate.path:
+        if not Path(candidate.path).is_dir():
+            raise SoceError(f"pool model {candidate.name!r}: {candidate.path} is not a model directory")
+        return candidate.path
+    if not candidate.hub_id:
+        raise SoceError(f"pool model {candidate.name!r} has neither a path nor a hub_id: set one in the pool config")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(candidate.hub_id, allow_patterns=["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt"])
+    except Exception as err:  # offline, gated, missing: every cause ends here, with the model named
+        raise SoceError(f"pool model {candidate.name!r}: cannot fetch {candidate.hub_id} from the Hugging Face Hub "
+                        f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
+                        "download it where there is a network and set its path in the pool config") from None
+
+
 def load_model(candidate: Candidate):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    where = candidate.path or candidate.hub_id
-    if where is None or not Path(where).is_dir():
-        raise SoceError(f"pool model {candidate.name!r}: no local model directory ({where}); "
-                        "set its path (models cannot be downloaded from a hub here)")
+    where = model_dir(candidate)
     try:
         return AutoModelForCausalLM.from_pretrained(where), AutoTokenizer.from_pretrained(where)
     except (OSError, ValueError) as err:
@@ -75,7 +92,7 @@ def evaluate_candidates(
             log.info("  evaluated %s on %s in %.1f s", c.name, split, time.perf_counter() - started)
             outcomes = tuple(Outcome(c.name, o.example_id, o.category, o.correct, o.output) for o in result.outcomes)
             results[split][c.name] = EvalResult(result.scores, outcomes)
-            tmp = cached.with_suffix(".partial")
+            tmp = cached.with_suffix(f".{os.getpid()}.partial")  # concurrent jobs may evaluate the same candidate
             tmp.write_text(json.dumps({"model": c.name, "split": split, "scores": result.scores,
                                        "outcomes": [{k: v for k, v in o.__dict__.items() if k != "model"} for o in outcomes]}))
             tmp.rename(cached)

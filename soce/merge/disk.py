@@ -156,6 +156,7 @@ def merge_to_disk(
     model_ids: Sequence[str] | None = None,
     chunk_bytes: int = 1 << 20,
     progress: bool = True,
+    all_processes: bool = True,
 ) -> Path:
     """Write the soup sum_i weights[i] * models[i] to `output` as a Hugging Face model directory.
 
@@ -164,9 +165,10 @@ def merge_to_disk(
     model_ids: how the mergekit YAML beside the soup names the models (default: their paths).
     chunk_bytes: float32 bytes summed at a time; 1 MiB keeps the arithmetic in the CPU's cache
     (measured: 2.7 s for 3 x 1 GiB, against 5.7 s with 64 MiB chunks).
-    Under `accelerate launch`, call it from every process: they split the shards.
+    Under `accelerate launch`, call it from every process: they split the shards (or, with
+    all_processes=False, from one process, which writes them all).
     """
-    from accelerate import PartialState
+    from soce.processes import Processes
 
     if not models:
         raise SoceError("merge.models is empty: name the model directories to average")
@@ -182,22 +184,24 @@ def merge_to_disk(
         raise SoceError(f"merge.config_from={config_from}: not one of merge.models")
     check_output(output, paths, overwrite)
 
-    state = PartialState()
-    device = torch.device(device) if device is not None else (state.device if state.num_processes > 1 else torch.device("cpu"))
+    state = Processes(alone=not all_processes)
+    device = torch.device(device or state.device or "cpu")
     shards = plan_shards(checkpoints[0], OUTPUT_DTYPES.get(dtype), parse_size(shard_size))
     partial = output.parent / f".{output.name}.partial"
-    if state.is_main_process:
+    if state.is_main:
         shutil.rmtree(partial, ignore_errors=True)  # left by a killed merge
         partial.mkdir(parents=True)
-    state.wait_for_everyone()
+    state.wait()
 
-    mine = shards[state.process_index::state.num_processes]
+    mine = shards[state.rank::state.count]
+    if state.count > 1:
+        log.info("process %d of %d: %d of the %d shards", state.rank, state.count, len(mine), len(shards))
     started = time.perf_counter()
     error = None
     streamer = _Streamer(checkpoints, weights, device, chunk_bytes, allow_nonfinite)
     try:
         with tqdm(total=sum(s.nbytes for s in mine), unit="B", unit_scale=True, desc="merge",
-                  disable=not progress or not state.is_main_process) as bar:
+                  disable=not progress or not state.is_main) as bar:
             for shard in mine:
                 with (partial / shard.file).open("wb") as f:
                     f.write(shard_header(shard))
@@ -205,24 +209,24 @@ def merge_to_disk(
                         streamer.write_tensor(f, t.name, d, bar)
     except BaseException as err:  # noqa: BLE001 - tell the other processes, then re-raise
         error = err
-        (partial / f"error-{state.process_index}").write_text(str(err))
+        (partial / f"error-{state.rank}").write_text(str(err))
     finally:
         streamer.close()
-    state.wait_for_everyone()
+    state.wait()
     failed = sorted(partial.glob("error-*"))
     if error is not None or failed:
-        state.wait_for_everyone()
-        if state.is_main_process:
+        state.wait()
+        if state.is_main:
             shutil.rmtree(partial, ignore_errors=True)
         if error is not None:
             raise error
         raise SoceError(f"merge failed in another process: {failed[0].read_text()}")
 
-    if state.is_main_process:
+    if state.is_main:
         _finish(partial, output, shards, source, weights, model_ids or [str(p) for p in paths], dtype or _dtype_name(shards), overwrite)
         log.info("soup of %d models written to %s (%d shard%s, %.2f GB) in %.1f s", len(paths), output, len(shards),
                  "" if len(shards) == 1 else "s", sum(s.nbytes for s in shards) / 1e9, time.perf_counter() - started)
-    state.wait_for_everyone()
+    state.wait()
     return output
 
 

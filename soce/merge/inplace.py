@@ -25,16 +25,21 @@ class InPlaceSoup:
 
     Tied parameters (tie_word_embeddings) are one parameter in the model and are written once.
     Memory: the experts' tensors (their own dtype) plus two float32 buffers (4 MiB each on CPU,
-    the largest tensor on a GPU).
+    the largest tensor on a GPU); with offload=True on a GPU, the experts' tensors are in pinned
+    CPU memory instead, and the GPU holds the model, the two buffers and one tensor per expert.
     """
 
     def __init__(self, model: torch.nn.Module, experts: Sequence[str | Path], *, device: str | torch.device | None = None,
-                 allow_nonfinite: bool = False) -> None:
+                 allow_nonfinite: bool = False, offload: bool = False) -> None:
         checkpoints = [open_checkpoint(p) for p in experts]
         check_compatible(checkpoints)
         self.model = model
         self.n_experts = len(checkpoints)
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        # offload: the experts stay in CPU memory (pinned, for fast copies) and each tensor is
+        # copied to the device when it is souped; the device then holds only the model.
+        self.offload = offload and self.device.type != "cpu"
+        storage = torch.device("cpu") if self.offload else self.device
         params = dict(model.named_parameters())  # a tied parameter appears once
         ref = checkpoints[0]
         for name, p in params.items():
@@ -51,7 +56,9 @@ class InPlaceSoup:
             for name, p in params.items():
                 tensors = []
                 for ck in checkpoints:
-                    t = reader.read(ck.tensors[name]).to(self.device, copy=True)
+                    t = reader.read(ck.tensors[name]).to(storage, copy=True)
+                    if self.offload:
+                        t = t.pin_memory()
                     if not allow_nonfinite and not torch.isfinite(t).all():
                         raise SoceError(f"{ck.path}: tensor {name!r} has NaN or Inf values")
                     tensors.append(t)
@@ -74,6 +81,8 @@ class InPlaceSoup:
     def apply(self, weights: Sequence[float], normalize: bool = False) -> None:
         weights = check_weights(weights, self.n_experts, normalize)
         for p, tensors in self.slots:
+            if self.offload:
+                tensors = [t.to(self.device, non_blocking=True) for t in tensors]
             flat, flats = p.view(-1), [t.view(-1) for t in tensors]
             for start in range(0, flat.numel(), self.chunk):
                 end = min(start + self.chunk, flat.numel())

@@ -75,7 +75,7 @@ def _soup_sections(run: stages.Run, experts: list[str]) -> list[str]:
     cfg = run.cfg
     split = cfg.search.select_on
     evaluator, candidates = stages.evaluated_pool(run)
-    souper = Souper([candidates[n] for n in experts], evaluator, stages.open_store(run), cfg.search.objective, run.tracker, kind="shapley")
+    souper = Souper([candidates[n] for n in experts], evaluator, run.store, cfg.search.objective, run.tracker, kind="shapley")
     points = stages.sweep_points(souper.store, experts, split)
     md = _baselines_section(run, points)
     md += _landscape_section(run, experts, points)

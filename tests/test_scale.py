@@ -1,0 +1,106 @@
+"""Sharded sweeps: Hydra multirun with the basic, joblib and submitit_local launchers, a
+2-process `accelerate launch`, and what goes wrong with shards; all give the unsharded result."""
+
+import json
+
+import pytest
+
+from conftest import accelerate_launch
+
+STUDY = ["benchmark=toy_fc", "benchmark.backend=direct", "benchmark.per_category=20", "pool=toy_zoo_micro",
+         "selection.tau=0.5", "selection.max_experts=3", "search.budget=7", "tracker=none"]
+
+
+def points(directory):
+    """Every stored sweep point of a store directory, by its weights."""
+    out = {}
+    for path in sorted(directory.glob("sweep*.jsonl")):
+        for line in path.read_text().splitlines():
+            r = json.loads(line)
+            if r["kind"] == "sweep":
+                out[tuple(r["weights"]), r["split"]] = r["scores"]
+    return out
+
+
+@pytest.fixture(scope="module")
+def unsharded(zoo_cache, tmp_path_factory):
+    """The study run in one job, one process: the result every sharded run must give."""
+    import os
+    import subprocess
+    import sys
+
+    run = tmp_path_factory.mktemp("unsharded") / "run"
+    r = subprocess.run([sys.executable, "-m", "soce", *STUDY, f"pool.cache_dir={zoo_cache}", f"hydra.run.dir={run}"],
+                       capture_output=True, text=True, timeout=300, cwd=run.parent,
+                       env={k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    return run
+
+
+def assert_same_study(run, reference):
+    assert json.loads((run / "results.json").read_text())["rows"] == json.loads((reference / "results.json").read_text())["rows"]
+    assert points(run) == points(reference)
+    assert (run / "report.md").exists()
+
+
+@pytest.mark.parametrize("launcher", ["basic", "joblib", "submitit_local"])
+def test_a_three_shard_multirun_gives_the_unsharded_study(soce, zoo_cache, tmp_path, unsharded, launcher):
+    sweep_dir = tmp_path / "multirun"
+    r = soce("-m", f"hydra/launcher={launcher}", *STUDY, f"pool.cache_dir={zoo_cache}", "sweep.shard=range(0,3)",
+             "sweep.num_shards=3", f"hydra.sweep.dir={sweep_dir}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    shards = {k: [json.loads(line) for line in (sweep_dir / f"sweep.shard-{k}-of-3.jsonl").read_text().splitlines()] for k in range(3)}
+    assert [len(s) for s in shards.values()] == [3, 2, 2]  # points 0,3,6 / 1,4 / 2,5 of the 7
+    assert "7 points on dev (7 already in the store)" in r.stdout + r.stderr  # the collect step evaluated no point again
+    assert_same_study(sweep_dir, unsharded)
+
+
+def test_two_accelerate_processes_give_the_unsharded_study(zoo_cache, tmp_path, unsharded):
+    run = tmp_path / "run"
+    r = accelerate_launch([*STUDY, f"pool.cache_dir={zoo_cache}", f"hydra.run.dir={run}"], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "shard 0 of 2 done: 4 points" in r.stdout and "shard 1 of 2 done: 3 points" in r.stdout
+    assert sorted(p.name for p in run.glob("sweep*.jsonl")) == ["sweep.jsonl", "sweep.shard-0-of-2.jsonl", "sweep.shard-1-of-2.jsonl"]
+    assert [d for d in tmp_path.iterdir() if d.name != "run"] == []  # one run directory for both processes
+    assert_same_study(run, unsharded)
+
+
+def test_a_shard_index_outside_the_range_is_refused(soce, tmp_path):
+    r = soce("sweep.shard=3", "sweep.num_shards=3", "tracker=none", f"hydra.run.dir={tmp_path / 'run'}")
+    assert r.returncode == 1 and "sweep.shard=3 is outside [0, 3)" in r.stderr
+
+
+def test_a_dead_shard_is_finished_by_the_collect_step_and_bad_reruns_are_refused(soce, zoo_cache, tmp_path, unsharded):
+    store = tmp_path / "store"
+    args = [*STUDY, f"pool.cache_dir={zoo_cache}", f"sweep.store={store}", "sweep.num_shards=3"]
+    for k in (0, 1):  # shard 2 never ran (its job died)
+        r = soce(*args, f"sweep.shard={k}", "stage=sweep", f"hydra.run.dir={tmp_path / f'job{k}'}")
+        assert r.returncode == 0, r.stderr[-2000:]
+    # shard 1 died mid-write: its last point is torn
+    shard1 = store / "sweep.shard-1-of-3.jsonl"
+    shard1.write_text(shard1.read_text()[:-20])
+    r = soce(*args[:-1], "sweep.num_shards=2", "sweep.shard=0", "stage=sweep", f"hydra.run.dir={tmp_path / 'other'}")
+    assert r.returncode == 1 and "holds the shards of a sweep split 3 ways" in r.stderr and "sweep.num_shards=3" in r.stderr
+    r = soce(*args, "sweep.shard=1", "stage=sweep", f"hydra.run.dir={tmp_path / 'job1'}")  # re-run shard 1: it resumes
+    assert r.returncode == 0 and "1 points evaluated now" in r.stdout
+    # the collect step: the store directory as run directory, unsharded; it evaluates shard 2's points itself
+    r = soce(*STUDY, f"pool.cache_dir={zoo_cache}", f"hydra.run.dir={store}")
+    assert r.returncode == 0 and "7 points on dev (5 already in the store)" in r.stdout, r.stderr[-2000:]
+    assert_same_study(store, unsharded)
+
+
+def test_two_jobs_cannot_write_one_shard(tmp_path):
+    from soce.errors import SoceError
+    from soce.store import SweepStore
+
+    first = SweepStore(tmp_path, 0, 2)
+    with pytest.raises(SoceError, match="being written by another process"):
+        SweepStore(tmp_path, 0, 2)
+    first.close()
+    SweepStore(tmp_path, 0, 2)  # once the first job is gone, the shard can be run again (and resumes)
+
+
+def test_sequential_searches_cannot_be_sharded(soce, zoo_cache, tmp_path):
+    r = soce(*[a for a in STUDY if a != "search.budget=7"], "search=greedy", f"pool.cache_dir={zoo_cache}", "sweep.shard=0", "sweep.num_shards=2", "stage=sweep",
+             f"hydra.run.dir={tmp_path / 'run'}")
+    assert r.returncode == 1 and "search=greedy chooses each point from the scores before it" in r.stderr
