@@ -79,7 +79,12 @@ class LmEvalBenchmark:
     dev_tasks: List[str] = MISSING  # weights are chosen on these
     test_tasks: Optional[List[str]] = None  # and reported on these: the same categories, in the same order
     include_path: Optional[str] = None  # a folder of local task YAMLs
-    metric: str = "acc"
+    categories: Optional[List[str]] = None  # the categories' names, one per dev task; default: the dev tasks' names
+    # A score table (e.g. a leaderboard) with these categories as columns: analysis and selection
+    # read it instead of evaluating the pool (the paper's protocol); the sweep still evaluates.
+    table: Optional[str] = None
+    table_format: TableFormat = TableFormat.csv
+    metric: str = "acc"  # a metric name ('acc'), or with its filter ('exact_match,flexible-extract')
     batch_size: int = 16
     max_length: int = 2048
 
@@ -299,6 +304,12 @@ def validate(cfg: DictConfig) -> None:
             raise SoceError(f"{key}={OmegaConf.select(cfg, key)!r}: expected {' or '.join(allowed)}")
     if cfg.report.shapley.samples < 2:
         raise SoceError(f"report.shapley.samples={cfg.report.shapley.samples}: at least 2 permutations are needed for an error estimate")
+    b = cfg.benchmark
+    if b.kind == "lm_eval":
+        for key in ("categories", "test_tasks"):
+            if b[key] is not None and len(b[key]) != len(b.dev_tasks):
+                raise SoceError(f"benchmark.{key} has {len(b[key])} entries, benchmark.dev_tasks {len(b.dev_tasks)}: "
+                                "one per category, in the same order")
     shard, n = cfg.sweep.shard, cfg.sweep.num_shards
     if n < 1:
         raise SoceError(f"sweep.num_shards={n}: must be at least 1")

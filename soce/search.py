@@ -90,4 +90,6 @@ def expected_points(search, n: int, shard: tuple[int, int] = (0, 1)) -> int | No
     points = planned_points(search, n)
     if points is not None:
         return len(points[shard[0]::shard[1]])
-    return {"optuna": search.budget, "greedy": n}.get(search.name)
+    if search.name == "optuna":
+        return search.budget
+    return n if search.name == "greedy" else None

@@ -91,12 +91,10 @@ def make_evaluator(benchmark: DictConfig):
     if benchmark.kind == "lm_eval":
         from soce.evaluate.lm_eval_backend import LmEvalBackend
 
-        tasks = {"dev": {t: t for t in benchmark.dev_tasks}}
+        categories = benchmark.categories or benchmark.dev_tasks
+        tasks = {"dev": dict(zip(categories, benchmark.dev_tasks))}
         if benchmark.test_tasks:
-            if len(benchmark.test_tasks) != len(benchmark.dev_tasks):
-                raise SoceError(f"benchmark.test_tasks has {len(benchmark.test_tasks)} tasks, benchmark.dev_tasks {len(benchmark.dev_tasks)}: "
-                                "one test task per category, in the same order")
-            tasks["test"] = dict(zip(benchmark.dev_tasks, benchmark.test_tasks))
+            tasks["test"] = dict(zip(categories, benchmark.test_tasks))
         return LmEvalBackend(tasks, include_path=benchmark.include_path, metric=benchmark.metric,
                              batch_size=benchmark.batch_size, max_length=benchmark.max_length)
     raise SoceError(f"benchmark.kind={benchmark.kind!r}: expected table, toy_fc or lm_eval")
@@ -109,9 +107,19 @@ def load_scores(cfg: DictConfig) -> dict[str, ScoreTable]:
         table = read_table(b.path, format=b.format.value, model_column=b.model_column, overall_column=b.overall_column,
                            categories=b.categories, exclude=b.exclude)
         return {"dev": table}
+    if b.kind == "lm_eval" and b.table:
+        log.info("analysis and selection on the scores of %s; the sweep evaluates with lm-eval", b.table)
+        return {"dev": read_table(b.table, format=b.table_format.value, categories=list(b.categories or b.dev_tasks))}
+    return evaluate_pool(cfg)
+
+
+def evaluate_pool(cfg: DictConfig, refs: list[Candidate] | None = None) -> dict[str, ScoreTable]:
+    """The pool's candidates (`refs`, default: as configured) evaluated by the benchmark's
+    evaluator, per split (cached)."""
+    b = cfg.benchmark
     from soce.evaluate.candidates import evaluate_candidates
 
-    refs = pool_refs(cfg)
+    refs = refs or pool_refs(cfg)
     if refs is None:
         raise SoceError(f"benchmark={b.name} evaluates the pool's models: choose a pool that names them (pool=toy_zoo, or pool.models with paths)")
     check = None
@@ -249,13 +257,19 @@ def _print_selection(selection: Selection) -> None:
 
 
 # --- sweep --------------------------------------------------------------------------------------
-def evaluated_pool(run: Run) -> tuple[object, dict[str, Candidate]]:
+def evaluated_pool(run: Run, experts: list[str] = ()) -> tuple[object, dict[str, Candidate]]:
+    """The evaluator and the pool's candidates by name; the experts' model directories are found
+    (or fetched) first, so that a missing model fails before anything is evaluated."""
+    from soce.evaluate.candidates import model_dir
+
     b = run.cfg.benchmark
     if b.kind == "table":
         raise SoceError(f"stage={run.cfg.stage.value} soups and evaluates models: benchmark={b.name} only reads a score table "
                         "(choose an evaluating benchmark: toy_fc, lm_eval)")
-    refs = pool_refs(run.cfg) or []
-    return make_evaluator(b), {c.name: c for c in refs}
+    candidates = {c.name: c for c in pool_candidates(run.cfg, read_scores(run.path("scores.csv")))}  # named as in the scores
+    for name in experts:
+        model_dir(candidates[name])
+    return make_evaluator(b), candidates
 
 
 def current_selection(run: Run) -> list[str]:
@@ -277,7 +291,7 @@ def sweep(run: Run):
 
     cfg = run.cfg
     experts = current_selection(run)
-    evaluator, candidates = evaluated_pool(run)
+    evaluator, candidates = evaluated_pool(run, experts)
     store = run.store
     souper = Souper([candidates[n] for n in experts], evaluator, store, cfg.search.objective, run.tracker,
                     device=run.device or cfg.sweep.device, offload=cfg.sweep.offload)
@@ -328,16 +342,15 @@ def soup(run: Run) -> dict:
     store = souper.store
     best = max(sweep_points(store, experts, split), key=lambda r: r["objective"])
     everyone = Souper(list(candidates.values()), evaluator, store, cfg.search.objective, run.tracker, kind="uniform_all")
-    tables = {"dev": read_scores(run.path("scores.csv")), "test": read_scores(run.path("scores_test.csv"))}
+    tables = candidate_scores(run)
     single = max(tables["dev"].models, key=lambda m: tables["dev"].overall_of(m))
 
     rows = [{"name": "best single candidate", "models": [single], "weights": [1.0],
-             **{s: {"objective": aggregate(tables[s].row(single), cfg.search.objective), "scores": tables[s].row(single)}
-                for s in ("dev", "test")}}]
+             **{s: {"objective": aggregate(t.row(single), cfg.search.objective), "scores": t.row(single)} for s, t in tables.items()}}]
     for name, sp, weights in (("uniform soup, all candidates", everyone, uniform(len(candidates))),
                               ("uniform soup, SoCE experts", souper, uniform(len(experts))),
                               (f"SoCE ({cfg.search.name} search)", souper, tuple(best["weights"]))):
-        records = {s: sp.evaluate(weights, s) for s in ("dev", "test")}
+        records = {s: sp.evaluate(weights, s) for s in tables}
         rows.append({"name": name, "models": sp.names, "weights": list(weights),
                      **{s: {"objective": r["objective"], "scores": r["scores"]} for s, r in records.items()}})
     protocol = ("weights chosen on dev, reported on test" if split == "dev"
@@ -352,19 +365,34 @@ def soup(run: Run) -> dict:
     _print_results(results)
     log.info("soup: %s (%s)", run.path("soup"), _weights_text(experts, best["weights"]))
     run.tracker.log_table("baselines", ["row", f"dev {cfg.search.objective}", f"test {cfg.search.objective}", "models", "weights"],
-                          [[r["name"], r["dev"]["objective"], r["test"]["objective"], ", ".join(r["models"]),
+                          [[r["name"], r["dev"]["objective"], _test(r), ", ".join(r["models"]),
                             ", ".join(f"{w:.3f}" for w in r["weights"])] for r in rows])
-    run.tracker.log_summary({"soup/dev": rows[-1]["dev"]["objective"], "soup/test": rows[-1]["test"]["objective"],
+    run.tracker.log_summary({"soup/dev": rows[-1]["dev"]["objective"], "soup/test": _test(rows[-1]),
                              "soup/protocol": protocol})
     run.tracker.log_reference("soup", run.path("soup"))
     return results
+
+
+def candidate_scores(run: Run) -> dict[str, ScoreTable]:
+    """The candidates' own scores by the sweep's evaluator, per split: those the analysis wrote,
+    or, where the analysis read a score table (a leaderboard), the candidates evaluated now (cached)."""
+    if run.cfg.benchmark.kind == "lm_eval" and run.cfg.benchmark.table:
+        return evaluate_pool(run.cfg, pool_candidates(run.cfg, read_scores(run.path("scores.csv"))))
+    tables = {"dev": read_scores(run.path("scores.csv"))}
+    if run.path("scores_test.csv").exists():
+        tables["test"] = read_scores(run.path("scores_test.csv"))
+    return tables
+
+
+def _test(row: dict) -> float | None:
+    return row["test"]["objective"] if "test" in row else None
 
 
 def _print_results(results: dict) -> None:
     log.info("results (%s over all categories; %s):", results["objective"], results["protocol"])
     log.info("  %-30s %8s %8s", "", "dev", "test")
     for r in results["rows"]:
-        log.info("  %-30s %8.4f %8.4f", r["name"], r["dev"]["objective"], r["test"]["objective"])
+        log.info("  %-30s %8.4f %8s", r["name"], r["dev"]["objective"], "n/a" if "test" not in r else f"{r['test']['objective']:.4f}")
 
 
 # --- report ----------------------------------------------------------------------------------

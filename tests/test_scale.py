@@ -104,3 +104,35 @@ def test_sequential_searches_cannot_be_sharded(soce, zoo_cache, tmp_path):
     r = soce(*[a for a in STUDY if a != "search.budget=7"], "search=greedy", f"pool.cache_dir={zoo_cache}", "sweep.shard=0", "sweep.num_shards=2", "stage=sweep",
              f"hydra.run.dir={tmp_path / 'run'}")
     assert r.returncode == 1 and "search=greedy chooses each point from the scores before it" in r.stderr
+
+
+# --- real studies as configs ----------------------------------------------------------------------
+@pytest.mark.parametrize("size, first", [("70b", "CoALM-70B"), ("8b", "ToolACE-2-8B (FC)")])
+def test_the_paper_experiments_compose_select_and_stop_at_the_first_missing_model(soce, tmp_path, size, first):
+    from conftest import BFCL_FIXTURE
+    from test_config import compose_cfg
+
+    from soce import config
+
+    cfg = compose_cfg([f"experiment=paper_bfcl_{size}", f"benchmark.table={BFCL_FIXTURE}"])
+    config.validate(cfg)
+    assert cfg.pool.name == f"bfcl_v3_{size}" and all(m.hub_id for m in cfg.pool.models)
+    assert (cfg.search.name, cfg.search.lo, cfg.search.hi, cfg.search.step) == ("grid", 0.1, 0.9, 0.1)
+    assert cfg.benchmark.kind == "lm_eval" and len(cfg.benchmark.categories) == len(cfg.benchmark.dev_tasks) == 14
+
+    r = soce(f"experiment=paper_bfcl_{size}", f"benchmark.table={BFCL_FIXTURE}", "tracker=none",
+             f"hydra.run.dir={tmp_path / 'run'}", env={"HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 1 and f"error: pool model {first!r}: cannot fetch" in r.stderr, r.stderr[-2000:]
+    assert "set its path in the pool config" in r.stderr
+    assert json.loads((tmp_path / "run" / "selection.json").read_text())["experts"][0]["model"] == first  # selected on the table
+
+
+def test_mgsm_has_one_category_per_language_and_lm_eval_knows_its_tasks():
+    from test_config import compose_cfg
+
+    from soce.stages import make_evaluator
+
+    cfg = compose_cfg(["benchmark=mgsm"])
+    evaluator = make_evaluator(cfg.benchmark)  # lm-eval's TaskManager checks every task name
+    assert evaluator.categories == ("bn", "de", "en", "es", "fr", "ja", "ru", "sw", "te", "th", "zh")
+    assert evaluator.tasks["dev"]["sw"] == "mgsm_direct_sw" and evaluator.splits == ("dev",)

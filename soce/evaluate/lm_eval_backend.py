@@ -69,15 +69,19 @@ class LmEvalBackend:
         scores, outcomes = {}, []
         for category, task in mapping.items():
             result = out["results"][task]
-            key = next((k for k in result if k.split(",")[0] == self.metric), None)
+            # 'acc' matches 'acc,none'; 'exact_match,flexible-extract' names one filter's result
+            key = next((k for k in result if k == self.metric or k.split(",")[0] == self.metric), None)
             if key is None:
                 raise SoceError(f"lm-eval task {task!r} reports no metric {self.metric!r} (it has {', '.join(result)})")
             scores[category] = float(result[key])
+            name, _, filter_name = key.partition(",")
             for sample in out["samples"][task]:
+                if sample.get("filter", filter_name) != filter_name:  # a task with several filters logs each
+                    continue
                 doc = sample["doc"]
                 response = sample["filtered_resps"][0] if sample["filtered_resps"] else ""
                 outcomes.append(Outcome("", str(doc.get("id", f"{task}-{sample['doc_id']}")), category,
-                                        bool(sample[self.metric]), str(response)))
+                                        bool(sample[name]), str(response)))
         return EvalResult(scores, tuple(outcomes))
 
 

@@ -20,7 +20,6 @@ from soce.report.consistency import Consistency, consistency
 from soce.report.plots import plot_consistency, plot_shapley, plot_ternary
 from soce.report.shapley import ShapleyResult, shapley
 from soce.report.winrate import WinRates, win_rates
-from soce.scores import read_scores
 from soce.sweep import Souper, aggregate, solved_by_id
 from soce.weights import uniform
 
@@ -96,7 +95,8 @@ def _baselines_section(run: stages.Run, points: list[dict]) -> list[str]:
     md += [f"{obj} over all categories; {results['protocol']}.", "", f"| | dev {obj} | test {obj} | weights |", "|---|---|---|---|"]
     for r in results["rows"]:
         weights = ", ".join(f"{m} {w:.2f}" for m, w in zip(r["models"], r["weights"]) if w > 0)
-        md.append(f"| {r['name']} | {r['dev']['objective']:.4f} | {r['test']['objective']:.4f} | {weights} |")
+        test = f"{r['test']['objective']:.4f}" if "test" in r else "n/a"
+        md.append(f"| {r['name']} | {r['dev']['objective']:.4f} | {test} | {weights} |")
     return md + [""]
 
 
@@ -164,7 +164,7 @@ def _shapley_section(run: stages.Run, experts_souper: Souper, candidates: dict) 
     else:
         souper = experts_souper
     players = souper.names
-    table = read_scores(run.path("scores.csv") if split == "dev" else run.path("scores_test.csv"))
+    table = stages.candidate_scores(run)[split]
     own = {m: aggregate(table.row(m), obj) for m in players}
     before = len(souper.store)
     log.info("report: Shapley values of %d %s (coalition value: %s soup, %s on %s)", len(players), r.players, r.value, obj, split)
@@ -194,7 +194,7 @@ def _consistency_section(run: stages.Run, points: list[dict], categories: Sequen
     md = ["## Consistency across categories", ""]
     if len(points) < 3:
         return md + [f"_{len(points)} sweep points stored: at least 3 soups are needed for a correlation._", ""]
-    table = read_scores(run.path("scores.csv") if run.cfg.search.select_on == "dev" else run.path("scores_test.csv"))
+    table = stages.candidate_scores(run)[run.cfg.search.select_on]
     soups = np.array([[p["scores"][c] for c in categories] for p in points], dtype=float)
     c: Consistency = consistency(tuple(categories), table.values, soups, run.cfg.analysis.method.value)
     plot_consistency(c, run.path("consistency.png"))
@@ -215,9 +215,9 @@ def _win_rate_section(run: stages.Run, souper: Souper, points: list[dict]) -> li
         weights, which = max(points, key=lambda p: p["objective"])["weights"], "the best sweep point so far (the soup stage has not run)"
     else:
         return md + ["_No soup yet._", ""]
-    if not run.path("scores_test.csv").exists():
+    test = stages.candidate_scores(run).get("test")
+    if test is None:
         return md + ["_The benchmark has no test split._", ""]
-    test = read_scores(run.path("scores_test.csv"))
     ingredients = [n for n, w in zip(souper.names, weights) if w > 0]
     outcomes = {m: {} for m in ingredients}
     for o in test.outcomes:
