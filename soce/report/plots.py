@@ -4,6 +4,7 @@ landscape of a 3-expert sweep on the simplex."""
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 from typing import Sequence
 
@@ -29,18 +30,21 @@ def plot_shapley(players: Sequence[str], result: ShapleyResult, title: str, path
     order = sorted(range(len(players)), key=lambda i: result.values[i])
     fig, ax = plt.subplots(figsize=(7.5, max(2.6, 0.45 * len(players) + 1.4)))
     values = [result.values[i] for i in order]
-    errors = None if result.errors is None else [2 * result.errors[i] for i in order]
-    ax.barh(range(len(order)), values, xerr=errors, color=["firebrick" if v < 0 else "steelblue" for v in values], capsize=3)
+    errors = [0.0] * len(order) if result.errors is None else [2 * result.errors[i] for i in order]
+    ax.barh(range(len(order)), values, xerr=errors if result.errors else None,
+            color=["firebrick" if v < 0 else "steelblue" for v in values], capsize=3)
     ax.set_yticks(range(len(order)), [players[i] for i in order], fontsize=9)
-    for y, v in enumerate(values):
-        ax.text(v, y, f" {v:+.3f} ", va="center", ha="left" if v >= 0 else "right", fontsize=8)
+    lo = min(0.0, *(v - e for v, e in zip(values, errors)))
+    hi = max(0.0, *(v + e for v, e in zip(values, errors)))
+    pad = 0.22 * (hi - lo or 1.0)
+    for y, (v, e) in enumerate(zip(values, errors)):  # the value beyond the end of its bar and error bar
+        end = v + e if v >= 0 else v - e
+        ax.text(end, y, f" {v:+.3f} ", va="center", ha="left" if v >= 0 else "right", fontsize=8)
     ax.axvline(0, color="black", linewidth=0.8)
-    lo, hi = min(0.0, *values), max(0.0, *values)
-    pad = 0.25 * (hi - lo or 1.0)
     ax.set_xlim(lo - (pad if lo < 0 else 0), hi + pad)
     how = "exact" if result.errors is None else f"Monte Carlo, {result.samples} permutations, bars +-2 s.e."
     ax.set_xlabel(f"Shapley value ({how})")
-    ax.set_title(title, fontsize=10)
+    ax.set_title(textwrap.fill(title, 70), fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)
