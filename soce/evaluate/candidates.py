@@ -53,7 +53,9 @@ def model_dir(candidate: Candidate) -> str:
 
 def load_model(candidate: Candidate):
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # a bar per model loaded: soce prints what it loads
     where = model_dir(candidate)
     try:
         return AutoModelForCausalLM.from_pretrained(where), AutoTokenizer.from_pretrained(where)

@@ -27,6 +27,7 @@ class LmEvalBackend:
 
         for name in ("lm_eval", "lm-eval"):
             logging.getLogger(name).setLevel(logging.ERROR)
+        _quiet_request_building()
         self.tasks = tasks
         self.categories = tuple(next(iter(tasks.values())))
         self.splits = tuple(tasks)
@@ -83,6 +84,17 @@ class LmEvalBackend:
                 outcomes.append(Outcome("", str(doc.get("id", f"{task}-{sample['doc_id']}")), category,
                                         bool(sample[name]), str(response)))
         return EvalResult(scores, tuple(outcomes))
+
+
+def _quiet_request_building() -> None:
+    """lm-eval draws a progress bar per task while it builds requests, one evaluation after
+    another (hundreds in a sweep) and with no switch to turn it off: turn it off in its module."""
+    import functools
+
+    import lm_eval.api.task
+    from tqdm import tqdm
+
+    lm_eval.api.task.tqdm = functools.partial(tqdm, disable=True)
 
 
 def toy_fc_backend(seed: int = 0, per_category: int = 100, batch_size: int = 64) -> LmEvalBackend:
