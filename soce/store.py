@@ -71,8 +71,8 @@ class SweepStore:
             fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             self._file.close()
-            raise SoceError(f"{self.path} is being written by another process: each shard of a sweep "
-                            "runs in one job at a time (wait for it, or give this job another sweep.shard)") from None
+            raise SoceError(f"{self.path} is being written by another process (a soce run in the same directory, "
+                            "or a job given the same sweep.shard): wait for it to finish, or give this job another shard") from None
 
     @staticmethod
     def _key(record: dict) -> tuple[str, str, str]:
