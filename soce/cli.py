@@ -113,8 +113,8 @@ def run_sharded(context: stages.Run, todo: list, processes: Processes) -> None:
     sharded.store.close()
     processes.wait()
     if cfg.sweep.shard is not None:
-        log.info("shard %d of %d is done; the collect step (at the multirun's end, or `soce stage=soup "
-                 "hydra.run.dir=%s`) runs the soup and the report", k, n, context.store_dir)
+        log.info("shard %d of %d is done; the collect step (at the multirun's end, or `soce hydra.run.dir=%s` "
+                 "with the same overrides) runs the soup and the report", k, n, context.store_dir)
         return
     if processes.is_main:
         for run_stage in todo[i:]:  # the sweep again, unsharded: it finds every point in the store
