@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -267,9 +267,17 @@ def evaluated_pool(run: Run, experts: list[str] = ()) -> tuple[object, dict[str,
         raise SoceError(f"stage={run.cfg.stage.value} soups and evaluates models: benchmark={b.name} only reads a score table "
                         "(choose an evaluating benchmark: toy_fc, lm_eval)")
     candidates = {c.name: c for c in pool_candidates(run.cfg, read_scores(run.path("scores.csv")))}  # named as in the scores
-    for name in experts:
-        model_dir(candidates[name])
+    for name in experts:  # found (or fetched) once: later uses read the path
+        candidates[name] = replace(candidates[name], path=model_dir(candidates[name]))
     return make_evaluator(b), candidates
+
+
+def make_souper(run: Run, models: list[Candidate], evaluator, kind: str = "sweep"):
+    """A Souper of `models` on the sweep's device (this process's under accelerate), storing into the run's store."""
+    from soce.sweep import Souper
+
+    return Souper(models, evaluator, run.store, run.cfg.search.objective, run.tracker, kind=kind,
+                  device=run.device or run.cfg.sweep.device, offload=run.cfg.sweep.offload)
 
 
 def current_selection(run: Run) -> list[str]:
@@ -287,14 +295,12 @@ def _by_own_score(run: Run, names: list[str]) -> list[int]:
 
 def sweep(run: Run):
     from soce.search import expected_points, run_search
-    from soce.sweep import Souper
 
     cfg = run.cfg
     experts = current_selection(run)
     evaluator, candidates = evaluated_pool(run, experts)
     store = run.store
-    souper = Souper([candidates[n] for n in experts], evaluator, store, cfg.search.objective, run.tracker,
-                    device=run.device or cfg.sweep.device, offload=cfg.sweep.offload)
+    souper = make_souper(run, [candidates[n] for n in experts], evaluator)
     split = cfg.search.select_on
     already = len(store)
     k, n = run.shard
@@ -326,22 +332,20 @@ def _weights_text(names: list[str], weights: list[float]) -> str:
 def soup(run: Run) -> dict:
     from soce.evaluate.candidates import model_dir
     from soce.merge import merge_to_disk
-    from soce.sweep import Souper, aggregate
+    from soce.sweep import aggregate
     from soce.weights import uniform
 
     cfg = run.cfg
     split = cfg.search.select_on
     experts = current_selection(run)
     evaluator, candidates = evaluated_pool(run)
-    store = run.store
-    if sweep_points(store, experts, split):
-        souper = Souper([candidates[n] for n in experts], evaluator, store, cfg.search.objective, run.tracker)
+    if sweep_points(run.store, experts, split):
+        souper = make_souper(run, [candidates[n] for n in experts], evaluator)
     else:
         log.info("no sweep in %s yet: running stage sweep", run.dir)
         souper = sweep(run)
-    store = souper.store
-    best = max(sweep_points(store, experts, split), key=lambda r: r["objective"])
-    everyone = Souper(list(candidates.values()), evaluator, store, cfg.search.objective, run.tracker, kind="uniform_all")
+    best = max(sweep_points(run.store, experts, split), key=lambda r: r["objective"])
+    everyone = make_souper(run, list(candidates.values()), evaluator, kind="uniform_all")
     tables = candidate_scores(run)
     single = max(tables["dev"].models, key=lambda m: tables["dev"].overall_of(m))
 

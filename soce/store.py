@@ -40,7 +40,6 @@ class SweepStore:
         self.path = self.dir / store_file(shard, num_shards)
         if shard is not None:
             _check_shards(self.dir, num_shards)
-        self._file = None
         self._open()
         self.records: dict[tuple[str, str, str], dict] = {}
         self.reload()

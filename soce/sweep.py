@@ -41,29 +41,37 @@ def solved_by_id(bits: str, example_ids: Sequence[str]) -> dict[str, bool]:
 
 
 class Souper:
-    """One live model souped in place from `experts`, evaluated by `evaluator`, stored in `store`."""
+    """One live model souped in place from `experts`, evaluated by `evaluator`, stored in `store`.
+    The model and the experts are loaded only when a point is not in the store yet."""
 
     def __init__(self, experts: Sequence[Candidate], evaluator: Evaluator, store: SweepStore, objective: str,
                  tracker: Tracker | None = None, kind: str = "sweep", device: str | None = None, offload: bool = False) -> None:
+        self.experts, self.device, self.offload = list(experts), device, offload
         self.names = [e.name for e in experts]
-        self.model, self.tokenizer = load_model(experts[0])
-        if device is not None:
-            self.model.to(device)
-        self.soup = InPlaceSoup(self.model, [model_dir(e) for e in experts], offload=offload)
         self.evaluator, self.store, self.objective, self.kind = evaluator, store, objective, kind
         self.tracker = tracker or NoTracker()
         self.best: dict | None = None
         self.bar: tqdm | None = None
+        self.live = None  # (model, tokenizer, in-place soup): loaded for the first point not in the store
+
+    def _load(self):
+        if self.live is None:
+            model, tokenizer = load_model(self.experts[0])
+            if self.device is not None:
+                model.to(self.device)
+            self.live = model, tokenizer, InPlaceSoup(model, [model_dir(e) for e in self.experts], offload=self.offload)
+        return self.live
 
     def evaluate(self, weights: Sequence[float], split: str = "dev", need_outcomes: bool = False) -> dict:
         """The stored record of the soup at `weights` on `split`: evaluated now, or from the store
         (evaluated again if `need_outcomes` and the stored record predates per-example outcomes)."""
         record = self.store.get(self.names, weights, split)
         if record is None or (need_outcomes and "correct" not in record):
+            model, tokenizer, soup = self._load()
             started = time.perf_counter()
-            self.soup.apply(weights)
+            soup.apply(weights)
             merged = time.perf_counter()
-            result = self.evaluator.evaluate(self.model, self.tokenizer, split)
+            result = self.evaluator.evaluate(model, tokenizer, split)
             record = {
                 "kind": self.kind, "experts": self.names, "weights": [float(w) for w in weights], "split": split,
                 "scores": result.scores, "objective": aggregate(result.scores, self.objective),

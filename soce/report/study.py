@@ -20,6 +20,7 @@ from soce.report.consistency import Consistency, consistency
 from soce.report.plots import plot_consistency, plot_shapley, plot_ternary
 from soce.report.shapley import ShapleyResult, shapley
 from soce.report.winrate import WinRates, win_rates
+from soce.scores import ScoreTable
 from soce.sweep import Souper, aggregate, solved_by_id
 from soce.weights import uniform
 
@@ -74,13 +75,14 @@ def _soup_sections(run: stages.Run, experts: list[str]) -> list[str]:
     cfg = run.cfg
     split = cfg.search.select_on
     evaluator, candidates = stages.evaluated_pool(run)
-    souper = Souper([candidates[n] for n in experts], evaluator, run.store, cfg.search.objective, run.tracker, kind="shapley")
-    points = stages.sweep_points(souper.store, experts, split)
+    souper = stages.make_souper(run, [candidates[n] for n in experts], evaluator, kind="shapley")
+    points = stages.sweep_points(run.store, experts, split)
+    own = stages.candidate_scores(run)  # split -> the candidates' own scores
     md = _baselines_section(run, points)
     md += _landscape_section(run, experts, points)
-    md += _shapley_section(run, souper, candidates)
-    md += _consistency_section(run, points, evaluator.categories)
-    md += _win_rate_section(run, souper, points)
+    md += _shapley_section(run, souper, candidates, own[split])
+    md += _consistency_section(run, points, evaluator.categories, own[split])
+    md += _win_rate_section(run, souper, points, own.get("test"))
     return md
 
 
@@ -156,15 +158,14 @@ def shapley_of(souper: Souper, own_scores: dict[str, float], split: str, method:
     return shapley(n, v, method, max_exact, samples, seed)
 
 
-def _shapley_section(run: stages.Run, experts_souper: Souper, candidates: dict) -> list[str]:
+def _shapley_section(run: stages.Run, experts_souper: Souper, candidates: dict, table: ScoreTable) -> list[str]:
     cfg, r = run.cfg, run.cfg.report.shapley
     split, obj = cfg.search.select_on, cfg.search.objective
     if r.players == "candidates" and list(candidates) != experts_souper.names:
-        souper = Souper(list(candidates.values()), experts_souper.evaluator, experts_souper.store, obj, run.tracker, kind="shapley")
+        souper = stages.make_souper(run, list(candidates.values()), experts_souper.evaluator, kind="shapley")
     else:
         souper = experts_souper
     players = souper.names
-    table = stages.candidate_scores(run)[split]
     own = {m: aggregate(table.row(m), obj) for m in players}
     before = len(souper.store)
     log.info("report: Shapley values of %d %s (coalition value: %s soup, %s on %s)", len(players), r.players, r.value, obj, split)
@@ -188,13 +189,12 @@ def _shapley_section(run: stages.Run, experts_souper: Souper, candidates: dict) 
     return md + [""]
 
 
-def _consistency_section(run: stages.Run, points: list[dict], categories: Sequence[str]) -> list[str]:
+def _consistency_section(run: stages.Run, points: list[dict], categories: Sequence[str], table: ScoreTable) -> list[str]:
     import numpy as np
 
     md = ["## Consistency across categories", ""]
     if len(points) < 3:
         return md + [f"_{len(points)} sweep points stored: at least 3 soups are needed for a correlation._", ""]
-    table = stages.candidate_scores(run)[run.cfg.search.select_on]
     soups = np.array([[p["scores"][c] for c in categories] for p in points], dtype=float)
     c: Consistency = consistency(tuple(categories), table.values, soups, run.cfg.analysis.method.value)
     plot_consistency(c, run.path("consistency.png"))
@@ -206,7 +206,7 @@ def _consistency_section(run: stages.Run, points: list[dict], categories: Sequen
     return md
 
 
-def _win_rate_section(run: stages.Run, souper: Souper, points: list[dict]) -> list[str]:
+def _win_rate_section(run: stages.Run, souper: Souper, points: list[dict], test: ScoreTable | None) -> list[str]:
     md = ["## Win rates on test", ""]
     results = run.path("results.json")
     if results.exists():
@@ -215,7 +215,6 @@ def _win_rate_section(run: stages.Run, souper: Souper, points: list[dict]) -> li
         weights, which = max(points, key=lambda p: p["objective"])["weights"], "the best sweep point so far (the soup stage has not run)"
     else:
         return md + ["_No soup yet._", ""]
-    test = stages.candidate_scores(run).get("test")
     if test is None:
         return md + ["_The benchmark has no test split._", ""]
     ingredients = [n for n, w in zip(souper.names, weights) if w > 0]
