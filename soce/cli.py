@@ -20,9 +20,9 @@ from soce.tracking import NoTracker, Tracker, WandbTracker
 
 log = logging.getLogger("soce")
 
-# conf/ sits beside the package (editable install): an absolute path, since Hydra resolves a
-# relative one as a Python package when soce runs as an installed console script.
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+# The configs ship inside the package (soce/conf), found through this file wherever soce is
+# installed: an absolute path, never the working directory.
+CONF_DIR = str(Path(__file__).resolve().parent / "conf")
 
 # stage=all runs these in order (a score table without an evaluator stops after select)
 PIPELINE = {"analyze": stages.analyze, "select": stages.select, "sweep": stages.sweep, "soup": stages.soup, "report": stages.report}
