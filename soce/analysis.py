@@ -14,6 +14,7 @@ from typing import Sequence
 import numpy as np
 
 from soce.scores import ScoreTable
+from soce.errors import ConfigError
 
 METHODS = ("pearson", "spearman")
 
@@ -25,7 +26,7 @@ def correlation_matrix(values: np.ndarray, method: str = "pearson") -> tuple[np.
     value are dropped. NaN where fewer than two rows remain or a column is constant there.
     """
     if method not in METHODS:
-        raise ValueError(f"method {method!r}: expected one of {METHODS}")
+        raise ConfigError(f"method {method!r}: expected one of {METHODS}")
     if method == "spearman":
         from scipy.stats import rankdata  # 0.5 s to import: only when asked for
 
@@ -126,7 +127,7 @@ def _json_float(v: float) -> float | None:
 def analyze(table: ScoreTable, tau: float, method: str = "pearson") -> Analysis:
     """Correlations between the categories of `table` across its models, and L at `tau`."""
     if not 0.0 <= tau <= 1.0:
-        raise ValueError(f"tau={tau} is outside [0, 1]")
+        raise ConfigError(f"tau={tau} is outside [0, 1]")
     matrix, counts = correlation_matrix(table.values, method)
     return Analysis(method, tau, table.models, table.categories, matrix, counts)
 

@@ -11,13 +11,23 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, List, Optional
 
-from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from soce.errors import SoceError
+from soce.errors import ConfigError
 
 
-class Stage(Enum):
+class Choice(str, Enum):
+    """A closed set of choices: a value outside it fails at composition, with Hydra's message.
+    Compares, prints and serialises as its value ('mean', not 'Objective.mean')."""
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return self.value.__format__(spec)
+
+
+class Stage(Choice):
     analyze = "analyze"
     select = "select"
     sweep = "sweep"
@@ -28,19 +38,62 @@ class Stage(Enum):
     zoo = "zoo"  # a tool: build (or verify) the pool's model family
 
 
-class Method(Enum):
+class Method(Choice):
     pearson = "pearson"
     spearman = "spearman"
 
 
-class Population(Enum):
+class Population(Choice):
     all = "all"  # every row of the score table
     pool = "pool"  # only the pool's candidates
 
 
-class TableFormat(Enum):
+class TableFormat(Choice):
     csv = "csv"
     bfcl = "bfcl"
+
+
+class Backend(Choice):
+    lm_eval = "lm_eval"  # through lm-evaluation-harness
+    direct = "direct"  # batched generation and the scorer, no harness
+
+
+class Objective(Choice):
+    mean = "mean"
+    sum = "sum"
+
+
+class Split(Choice):
+    dev = "dev"
+    test = "test"
+
+
+class Players(Choice):
+    experts = "experts"
+    candidates = "candidates"  # every candidate of the pool
+
+
+class CoalitionValue(Choice):
+    uniform = "uniform"  # the coalition's uniform soup
+    best = "best"  # the best soup of the study's search over the coalition's members
+
+
+class ShapleyMethod(Choice):
+    auto = "auto"  # exact up to max_exact players, Monte Carlo beyond
+    exact = "exact"
+    monte_carlo = "monte_carlo"
+
+
+class WandbMode(Choice):
+    offline = "offline"
+    online = "online"
+    disabled = "disabled"
+
+
+class Dtype(Choice):
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+    float32 = "float32"
 
 
 # --- benchmark: where the score table comes from ---------------------------------------
@@ -66,7 +119,7 @@ class ToyFcBenchmark:
     kind: str = "toy_fc"
     seed: int = 0
     per_category: int = 100  # examples per category in each of dev and test
-    backend: str = "lm_eval"  # lm_eval | direct
+    backend: Backend = Backend.lm_eval
     batch_size: int = 64
 
 
@@ -135,8 +188,8 @@ class ManualSelection:
 # --- search: the weight search of the sweep stage ------------------------------------------
 @dataclass
 class SearchBase:
-    objective: str = "mean"  # aggregate over all categories of the benchmark: mean | sum
-    select_on: str = "dev"  # dev | test (test: the paper's protocol, tuned on the reported split)
+    objective: Objective = Objective.mean  # aggregate over all categories of the benchmark
+    select_on: Split = Split.dev  # test: the paper's protocol, tuned on the reported split
 
 
 @dataclass
@@ -185,7 +238,7 @@ class LinearMerge:
     models: Optional[List[str]] = None  # stage=merge: model directories
     weights: Optional[List[float]] = None
     output: Optional[str] = None
-    dtype: Optional[str] = None  # bfloat16 | float16 | float32; default: the inputs' dtype
+    dtype: Optional[Dtype] = None  # default: the inputs' dtype
     device: Optional[str] = None  # default: cpu (under accelerate launch: each process's device)
     shard_size: str = "2GB"
     normalize: bool = False  # rescale weights that do not sum to 1 (otherwise an error)
@@ -201,7 +254,7 @@ class WandbTrackerConfig:
     name: str = "wandb"
     project: str = "soce"
     entity: Optional[str] = None
-    mode: str = "offline"
+    mode: WandbMode = WandbMode.offline  # offline: runs land in <run dir>/wandb, no account needed
     group: Optional[str] = None  # default: the study name
     tags: List[str] = field(default_factory=list)
 
@@ -225,9 +278,9 @@ class SweepConfig:
 # --- report -------------------------------------------------------------------------------
 @dataclass
 class ShapleyConfig:
-    players: str = "experts"  # experts | candidates (every candidate of the pool)
-    value: str = "uniform"  # a coalition's value: its uniform soup | the best soup of `search` over its members
-    method: str = "auto"  # auto (exact up to max_exact players) | exact | monte_carlo
+    players: Players = Players.experts
+    value: CoalitionValue = CoalitionValue.uniform  # a coalition's value
+    method: ShapleyMethod = ShapleyMethod.auto
     max_exact: int = 8
     samples: int = 200  # Monte Carlo permutations
     seed: int = 0
@@ -278,6 +331,8 @@ SCHEMAS = {
 
 def register() -> None:
     """Put the schemas in the ConfigStore and the `soce.data` resolver in OmegaConf."""
+    from hydra.core.config_store import ConfigStore
+
     cs = ConfigStore.instance()
     for group, nodes in SCHEMAS.items():
         for name, node in nodes.items():
@@ -290,34 +345,30 @@ def validate(cfg: DictConfig) -> None:
     """Checks that the schemas' types cannot express; each error names its key."""
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
-        raise SoceError(f"no value for {', '.join(missing)}: set it on the command line, e.g. {missing[0]}=...")
+        raise ConfigError(f"no value for {', '.join(missing)}: set it on the command line, e.g. {missing[0]}=...")
     for key in ("selection.tau", "analysis.tau"):
         tau = OmegaConf.select(cfg, key)
         if tau is not None and not 0.0 <= tau <= 1.0:
-            raise SoceError(f"{key}={tau} is outside [0, 1]")
+            raise ConfigError(f"{key}={tau} is outside [0, 1]")
     max_experts = OmegaConf.select(cfg, "selection.max_experts")
     if max_experts is not None and max_experts < 1:
-        raise SoceError(f"selection.max_experts={max_experts}: must be at least 1")
-    for key, allowed in (("report.shapley.players", ("experts", "candidates")), ("report.shapley.value", ("uniform", "best")),
-                         ("report.shapley.method", ("auto", "exact", "monte_carlo"))):
-        if OmegaConf.select(cfg, key) not in allowed:
-            raise SoceError(f"{key}={OmegaConf.select(cfg, key)!r}: expected {' or '.join(allowed)}")
+        raise ConfigError(f"selection.max_experts={max_experts}: must be at least 1")
     if cfg.report.shapley.samples < 2:
-        raise SoceError(f"report.shapley.samples={cfg.report.shapley.samples}: at least 2 permutations are needed for an error estimate")
+        raise ConfigError(f"report.shapley.samples={cfg.report.shapley.samples}: at least 2 permutations are needed for an error estimate")
     b = cfg.benchmark
     if b.kind == "lm_eval":
         for key in ("categories", "test_tasks"):
             if b[key] is not None and len(b[key]) != len(b.dev_tasks):
-                raise SoceError(f"benchmark.{key} has {len(b[key])} entries, benchmark.dev_tasks {len(b.dev_tasks)}: "
+                raise ConfigError(f"benchmark.{key} has {len(b[key])} entries, benchmark.dev_tasks {len(b.dev_tasks)}: "
                                 "one per category, in the same order")
     shard, n = cfg.sweep.shard, cfg.sweep.num_shards
     if n < 1:
-        raise SoceError(f"sweep.num_shards={n}: must be at least 1")
+        raise ConfigError(f"sweep.num_shards={n}: must be at least 1")
     if shard is not None and not 0 <= shard < n:
-        raise SoceError(f"sweep.shard={shard} is outside [0, {n}): with sweep.num_shards={n} the shards are 0 to {n - 1}")
+        raise ConfigError(f"sweep.shard={shard} is outside [0, {n}): with sweep.num_shards={n} the shards are 0 to {n - 1}")
     if shard is not None and n > 1 and cfg.search.name in ("greedy", "optuna"):
-        raise SoceError(f"search={cfg.search.name} chooses each point from the scores before it: it cannot be split "
+        raise ConfigError(f"search={cfg.search.name} chooses each point from the scores before it: it cannot be split "
                         "into shards (use search=grid or search=random, or one job)")
     k = OmegaConf.select(cfg, "selection.k")
     if k is not None and k < 1:
-        raise SoceError(f"selection.k={k}: must be at least 1")
+        raise ConfigError(f"selection.k={k}: must be at least 1")

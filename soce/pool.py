@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from typing import Sequence
 
-from soce.errors import SoceError
+from soce.errors import ConfigError
 from soce.scores import closest
 
 _MODE_SUFFIX = re.compile(r"\s*\((FC|Prompt)\)\s*$", re.IGNORECASE)
@@ -34,7 +34,7 @@ def resolve_pool(candidates: Sequence[Candidate] | None, table_models: Sequence[
     if candidates is None:
         return [Candidate(m) for m in table_models]
     if not candidates:
-        raise SoceError("pool.models is empty: name at least one model, or use pool=all for every model of the table")
+        raise ConfigError("the pool is empty: name at least one model, or none for every model of the table")
     resolved = []
     for c in candidates:
         if c.name in table_models:
@@ -42,13 +42,13 @@ def resolve_pool(candidates: Sequence[Candidate] | None, table_models: Sequence[
         else:
             rows = [m for m in table_models if _key(m) == _key(c.name)]
             if not rows:
-                raise SoceError(f"pool model {c.name!r} is not in {source}{closest(c.name, table_models)}")
+                raise ConfigError(f"pool model {c.name!r} is not in {source}{closest(c.name, table_models)}")
             if len(rows) > 1:
-                raise SoceError(f"pool model {c.name!r} matches several rows of {source}: {', '.join(map(repr, rows))}; name one exactly")
+                raise ConfigError(f"pool model {c.name!r} matches several rows of {source}: {', '.join(map(repr, rows))}; name one exactly")
             row = rows[0]
         resolved.append(Candidate(row, c.hub_id, c.path))
     names = [c.name for c in resolved]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
-        raise SoceError(f"pool.models names the same table row twice: {', '.join(dupes)}")
+        raise ConfigError(f"the pool names the same table row twice: {', '.join(dupes)}")
     return resolved

@@ -12,7 +12,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from soce.errors import SoceError
+from soce.errors import DataError
 
 MISSING_CELLS = {"", "n/a", "na", "nan", "none", "-", "—"}
 
@@ -52,13 +52,13 @@ class ScoreTable:
 
     def __post_init__(self) -> None:
         if self.values.shape != (len(self.models), len(self.categories)):
-            raise ValueError(f"values has shape {self.values.shape}, expected {(len(self.models), len(self.categories))}")
+            raise DataError(f"values has shape {self.values.shape}, expected {(len(self.models), len(self.categories))}")
         if self.overall.shape != (len(self.models),):
-            raise ValueError(f"overall has shape {self.overall.shape}, expected {(len(self.models),)}")
+            raise DataError(f"overall has shape {self.overall.shape}, expected {(len(self.models),)}")
         for kind, names in (("model", self.models), ("category", self.categories)):
             dupes = sorted({n for n in names if names.count(n) > 1})
             if dupes:
-                raise SoceError(f"{self.source or 'score table'}: duplicate {kind} names: {', '.join(dupes)}")
+                raise DataError(f"{self.source or 'score table'}: duplicate {kind} names: {', '.join(dupes)}")
 
     def score(self, model: str, category: str) -> float:
         return float(self.values[self.models.index(model), self.categories.index(category)])
@@ -129,28 +129,28 @@ def read_table(
         model_column = model_column or header[0]
         skip = set()
     else:
-        raise SoceError(f"benchmark.format={format!r}: expected 'csv' or 'bfcl'")
+        raise DataError(f"benchmark.format={format!r}: expected 'csv' or 'bfcl'")
 
     for key, col in (("model_column", model_column), ("overall_column", overall_column)):
         if col is not None and col not in header:
-            raise SoceError(f"{path}: no column {col!r} (benchmark.{key}){closest(col, header)}; columns: {', '.join(header)}")
+            raise DataError(f"{path}: no column {col!r} (benchmark.{key}){closest(col, header)}; columns: {', '.join(header)}")
     for col in exclude:
         if col not in header:
-            raise SoceError(f"{path}: benchmark.exclude names {col!r}, which is not a column{closest(col, header)}")
+            raise DataError(f"{path}: benchmark.exclude names {col!r}, which is not a column{closest(col, header)}")
 
     columns = {c: [r[header.index(c)] for r in rows] for c in header}
     models = [m.strip() for m in columns[model_column]]
     for i, m in enumerate(models):
         if not m:
-            raise SoceError(f"{path}: row {i + 2} has an empty model name in column {model_column!r}")
+            raise DataError(f"{path}: row {i + 2} has an empty model name in column {model_column!r}")
     dupes = sorted({m for m in models if models.count(m) > 1})
     if dupes:
-        raise SoceError(f"{path}: duplicate model names in column {model_column!r}: {', '.join(dupes)}")
+        raise DataError(f"{path}: duplicate model names in column {model_column!r}: {', '.join(dupes)}")
 
     if categories:
         for c in categories:
             if c not in header:
-                raise SoceError(f"{path}: category {c!r} (benchmark.categories) is not a column{closest(c, header)}")
+                raise DataError(f"{path}: category {c!r} (benchmark.categories) is not a column{closest(c, header)}")
         chosen = list(categories)
     else:
         chosen = [c for c in header if c not in skip and c not in exclude and c not in (model_column, overall_column)]
@@ -161,12 +161,12 @@ def read_table(
         bad = [(i, columns[c][i]) for i, v in enumerate(parsed) if v is None]
         if bad and (categories or len(bad) < len(parsed)):
             i, cell = bad[0]
-            raise SoceError(f"{path}: column {c!r}, row {i + 2} ({models[i]}): {cell!r} is not a number")
+            raise DataError(f"{path}: column {c!r}, row {i + 2} ({models[i]}): {cell!r} is not a number")
         if not bad:  # a column of text (links, licences) is not a category
             values.append(parsed)
             kept.append(c)
     if not kept:
-        raise SoceError(f"{path}: no numeric category columns (columns: {', '.join(header)})")
+        raise DataError(f"{path}: no numeric category columns (columns: {', '.join(header)})")
 
     matrix = np.array(values, dtype=np.float64).T
     if overall_column is not None:
@@ -179,7 +179,7 @@ def read_table(
 def _as_number(path: Path, column: str, model: str, cell: str) -> float:
     value = parse_score(cell)
     if value is None:
-        raise SoceError(f"{path}: column {column!r} ({model}): {cell!r} is not a number")
+        raise DataError(f"{path}: column {column!r} ({model}): {cell!r} is not a number")
     return value
 
 
@@ -188,11 +188,11 @@ def _read_csv(path: Path) -> tuple[list[str], list[list[str]]]:
         with path.open(newline="", encoding="utf-8-sig") as f:
             lines = [row for row in csv.reader(f) if any(cell.strip() for cell in row)]
     except FileNotFoundError:
-        raise SoceError(f"score file {path}: not found") from None
+        raise DataError(f"score file {path}: not found") from None
     except (OSError, UnicodeDecodeError, csv.Error) as err:
-        raise SoceError(f"score file {path}: cannot be read ({err})") from None
+        raise DataError(f"score file {path}: cannot be read ({err})") from None
     if len(lines) < 2:
-        raise SoceError(f"score file {path}: needs a header and at least one row")
+        raise DataError(f"score file {path}: needs a header and at least one row")
     header = [h.strip() for h in lines[0]]
     while header and not header[-1]:  # BFCL files end every line with a comma
         header.pop()
@@ -200,7 +200,7 @@ def _read_csv(path: Path) -> tuple[list[str], list[list[str]]]:
     for n, row in enumerate(lines[1:], start=2):
         row = row + [""] * (len(header) - len(row))
         if any(cell.strip() for cell in row[len(header):]):
-            raise SoceError(f"score file {path}: row {n} has {len(row)} cells, the header {len(header)}")
+            raise DataError(f"score file {path}: row {n} has {len(row)} cells, the header {len(header)}")
         rows.append(row[: len(header)])
     return header, rows
 

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
-from soce.errors import SoceError
+from soce.config import GreedySearch, GridSearch, OptunaSearch, RandomSearch, UniformSearch
+from soce.errors import ConfigError
 from soce.weights import close, dirichlet, simplex_grid, uniform
 
 Evaluate = Callable[[tuple[float, ...]], float]
+Search = GridSearch | UniformSearch | RandomSearch | GreedySearch | OptunaSearch
 
 
 def grid_points(n: int, lo: float, hi: float, step: float, include_uniform: bool, budget: int | None = None) -> list[tuple[float, ...]]:
@@ -44,7 +46,7 @@ def optuna_search(n: int, budget: int, seed: int, evaluate: Evaluate) -> None:
     try:
         import optuna
     except ImportError:
-        raise SoceError("search=optuna needs optuna: pip install 'soce[optuna]'") from None
+        raise ConfigError("search=optuna needs optuna: pip install 'soce[optuna]'") from None
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
 
@@ -55,41 +57,41 @@ def optuna_search(n: int, budget: int, seed: int, evaluate: Evaluate) -> None:
     study.optimize(objective, n_trials=budget)
 
 
-def planned_points(search, n: int) -> list[tuple[float, ...]] | None:
+def planned_points(search: Search, n: int) -> list[tuple[float, ...]] | None:
     """The points a strategy evaluates, where they are known before any is evaluated; None for
     the sequential strategies (greedy, optuna), whose next point depends on the last score."""
-    if search.name == "grid":
+    if isinstance(search, GridSearch):
         return grid_points(n, search.lo, search.hi, search.step, search.include_uniform, search.budget)
-    if search.name == "uniform":
+    if isinstance(search, UniformSearch):
         return [uniform(n)]
-    if search.name == "random":
+    if isinstance(search, RandomSearch):
         return [uniform(n), *dirichlet(n, search.budget, search.concentration, search.seed)][: search.budget]
     return None
 
 
-def run_search(search, n: int, evaluate: Evaluate, order: Sequence[int], shard: tuple[int, int] = (0, 1)) -> None:
-    """The strategy named by the search config; `order`: experts by their own score, best first;
+def run_search(search: Search, n: int, evaluate: Evaluate, order: Sequence[int], shard: tuple[int, int] = (0, 1)) -> None:
+    """The strategy `search` over n experts; `order`: experts by their own score, best first;
     `shard` (k, N): evaluate only points k, k+N, k+2N, ... of a strategy's planned points."""
     k, num = shard
     points = planned_points(search, n)
     if points is not None:
         run_points(points[k::num], evaluate)
     elif num > 1:
-        raise SoceError(f"search={search.name} chooses each point from the scores before it: it cannot be split "
-                        "into shards (use search=grid or search=random, or one job and one process)")
-    elif search.name == "greedy":
+        raise ConfigError(f"search {search.name} chooses each point from the scores before it: it cannot be split "
+                          "into shards (use the grid or random search, or one job and one process)")
+    elif isinstance(search, GreedySearch):
         greedy_soup(order, n, evaluate)
-    elif search.name == "optuna":
+    elif isinstance(search, OptunaSearch):
         optuna_search(n, search.budget, search.seed, evaluate)
     else:
-        raise SoceError(f"search.name={search.name!r}: expected grid, uniform, random, greedy or optuna")
+        raise ConfigError(f"search={search!r}: expected a GridSearch, UniformSearch, RandomSearch, GreedySearch or OptunaSearch")
 
 
-def expected_points(search, n: int, shard: tuple[int, int] = (0, 1)) -> int | None:
+def expected_points(search: Search, n: int, shard: tuple[int, int] = (0, 1)) -> int | None:
     """How many points the strategy evaluates, where known in advance (for the progress bar)."""
     points = planned_points(search, n)
     if points is not None:
         return len(points[shard[0]::shard[1]])
-    if search.name == "optuna":
+    if isinstance(search, OptunaSearch):
         return search.budget
-    return n if search.name == "greedy" else None
+    return n if isinstance(search, GreedySearch) else None

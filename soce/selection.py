@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 
 from soce.analysis import Analysis
-from soce.errors import SoceError
+from soce.errors import ConfigError
 from soce.scores import ScoreTable, closest
 
 
@@ -68,7 +68,7 @@ def _expert(table: ScoreTable, model: str, reason: str, leads: Sequence[str] = (
 def best_overall(table: ScoreTable, pool: Sequence[str]) -> str:
     ranked = _by_overall(table, pool)
     if math.isnan(table.overall_of(ranked[0])):
-        raise SoceError("no pool model has an overall score (a category score is missing for each)")
+        raise ConfigError("no pool model has an overall score (a category score is missing for each)")
     return ranked[0]
 
 
@@ -88,7 +88,7 @@ def select_soce(
         if pairs:
             t, a, b = min(pairs)
             hint = f"; the weakest pair is {a} and {b} (|rho|={t:.3f}): any tau above {t:.3f} gives a non-empty set"
-        raise SoceError(f"the selection is empty: no pair of categories has |rho| < tau={analysis.tau:g}{hint}")
+        raise ConfigError(f"the selection is empty: no pair of categories has |rho| < tau={analysis.tau:g}{hint}")
     scores = table.subset(pool)
     leads: dict[str, list[str]] = {}
     for cat in weak:
@@ -136,7 +136,7 @@ def select_all(table: ScoreTable, pool: Sequence[str]) -> Selection:
 
 def select_topk(table: ScoreTable, pool: Sequence[str], k: int) -> Selection:
     if k < 1:
-        raise SoceError(f"selection.k={k}: must be at least 1")
+        raise ConfigError(f"k={k}: must be at least 1")
     ranked = _by_overall(table, pool)
     experts = tuple(_expert(table, m, f"top {k} overall (#{i + 1})") for i, m in enumerate(ranked[:k]))
     excluded = {m: f"overall rank #{i + k + 1}, below the top {k}" for i, m in enumerate(ranked[k:])}
@@ -145,9 +145,9 @@ def select_topk(table: ScoreTable, pool: Sequence[str], k: int) -> Selection:
 
 def select_manual(table: ScoreTable, pool: Sequence[str], models: Sequence[str]) -> Selection:
     if not models:
-        raise SoceError("selection.models is empty: name the experts to use")
+        raise ConfigError("models is empty: name the experts to use")
     for m in models:
         if m not in pool:
-            raise SoceError(f"selection.models names {m!r}, which is not in the pool{closest(m, pool)}")
+            raise ConfigError(f"models names {m!r}, which is not in the pool{closest(m, pool)}")
     experts = tuple(_expert(table, m, "named in selection.models") for m in _by_overall(table, list(models)))
     return Selection("manual", experts, {m: "not named in selection.models" for m in pool if m not in models})

@@ -12,26 +12,26 @@ from typing import Iterator
 
 import numpy as np
 
-from soce.errors import SoceError
+from soce.errors import ConfigError
 
 
 def _units(value: float, step: float, key: str) -> int:
     units = value / step
     if abs(units - round(units)) > 1e-9:
-        raise SoceError(f"search.{key}={value} is not a multiple of search.step={step}")
+        raise ConfigError(f"{key}={value} is not a multiple of step={step}")
     return round(units)
 
 
 def simplex_grid(n: int, lo: float = 0.1, hi: float = 0.9, step: float = 0.1) -> list[tuple[float, ...]]:
     """Every vector of n weights in {lo, lo+step, ..., hi} that sums to 1, in lexicographic order."""
     if n < 1:
-        raise SoceError("the grid needs at least one expert")
+        raise ConfigError("the grid needs at least one expert")
     if not 0 < step <= 1:
-        raise SoceError(f"search.step={step}: must be in (0, 1]")
+        raise ConfigError(f"step={step}: must be in (0, 1]")
     total = _units(1.0, step, "step")
     low, high = _units(lo, step, "lo"), _units(hi, step, "hi")
     if low < 0 or high < low:
-        raise SoceError(f"search.lo={lo}, search.hi={hi}: need 0 <= lo <= hi")
+        raise ConfigError(f"lo={lo}, hi={hi}: need 0 <= lo <= hi")
 
     def compositions(k: int, left: int) -> Iterator[tuple[int, ...]]:
         if k == 1:
@@ -52,7 +52,7 @@ def uniform(n: int) -> tuple[float, ...]:
 def dirichlet(n: int, count: int, concentration: float = 1.0, seed: int = 0) -> list[tuple[float, ...]]:
     """`count` random points of the simplex (Dirichlet with equal concentrations)."""
     if concentration <= 0:
-        raise SoceError(f"search.concentration={concentration}: must be positive")
+        raise ConfigError(f"concentration={concentration}: must be positive")
     rng = np.random.default_rng(seed)
     return [tuple(float(w) for w in row) for row in rng.dirichlet([concentration] * n, size=count)]
 

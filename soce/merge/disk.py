@@ -23,7 +23,7 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from soce.errors import SoceError
+from soce.errors import CheckpointError
 from soce.merge.checkpoint import DTYPE_NAMES, INDEX, Checkpoint, TensorInfo, TensorReader, check_compatible, open_checkpoint
 from soce.merge.linear import check_weights, mergekit_yaml, parse_size, weighted_sum_into
 
@@ -113,9 +113,9 @@ class _Streamer:
         """Name the input holding NaN or Inf (the sum may also have overflowed on finite values)."""
         for ck, chunk in zip(self.checkpoints, chunks):
             if not torch.isfinite(chunk).all():
-                raise SoceError(f"{ck.path}: tensor {name!r} has NaN or Inf values (merge.allow_nonfinite=true merges it anyway)")
+                raise CheckpointError(f"{ck.path}: tensor {name!r} has NaN or Inf values (merge.allow_nonfinite=true merges it anyway)")
         if not torch.isfinite(acc).all():
-            raise SoceError(f"the soup of tensor {name!r} overflows float32")
+            raise CheckpointError(f"the soup of tensor {name!r} overflows float32")
 
     def close(self) -> None:
         for r in self.readers:
@@ -135,9 +135,9 @@ def check_output(output: Path, inputs: Sequence[Path], overwrite: bool) -> None:
     for p in inputs:
         src = p.resolve()
         if out == src or src in out.parents or out in src.parents:
-            raise SoceError(f"merge.output {output} overlaps the input model directory {p}: write the soup elsewhere")
+            raise CheckpointError(f"merge.output {output} overlaps the input model directory {p}: write the soup elsewhere")
     if output.exists() and not overwrite:
-        raise SoceError(f"merge.output {output} already exists (merge.overwrite=true replaces it)")
+        raise CheckpointError(f"merge.output {output} already exists (merge.overwrite=true replaces it)")
 
 
 def merge_to_disk(
@@ -171,17 +171,17 @@ def merge_to_disk(
     from soce.processes import Processes
 
     if not models:
-        raise SoceError("merge.models is empty: name the model directories to average")
+        raise CheckpointError("merge.models is empty: name the model directories to average")
     paths = [Path(m) for m in models]
     output = Path(output)
     checkpoints = [open_checkpoint(p) for p in paths]
     check_compatible(checkpoints, allow_vocab_mismatch)
     weights = check_weights(weights, len(paths), normalize)
     if dtype is not None and dtype not in OUTPUT_DTYPES:
-        raise SoceError(f"merge.dtype={dtype!r}: expected one of {', '.join(OUTPUT_DTYPES)}")
+        raise CheckpointError(f"merge.dtype={dtype!r}: expected one of {', '.join(OUTPUT_DTYPES)}")
     source = Path(config_from) if config_from is not None else paths[0]
     if source.resolve() not in [p.resolve() for p in paths]:
-        raise SoceError(f"merge.config_from={config_from}: not one of merge.models")
+        raise CheckpointError(f"merge.config_from={config_from}: not one of merge.models")
     check_output(output, paths, overwrite)
 
     state = Processes(alone=not all_processes)
@@ -220,7 +220,7 @@ def merge_to_disk(
             shutil.rmtree(partial, ignore_errors=True)
         if error is not None:
             raise error
-        raise SoceError(f"merge failed in another process: {failed[0].read_text()}")
+        raise CheckpointError(f"merge failed in another process: {failed[0].read_text()}")
 
     if state.is_main:
         _finish(partial, output, shards, source, weights, model_ids or [str(p) for p in paths], dtype or _dtype_name(shards), overwrite)

@@ -11,7 +11,7 @@ from typing import Sequence
 
 import torch
 
-from soce.errors import SoceError
+from soce.errors import CheckpointError
 from soce.merge.checkpoint import TensorReader, check_compatible, open_checkpoint
 from soce.merge.linear import check_weights, weighted_sum_into
 
@@ -44,9 +44,9 @@ class InPlaceSoup:
         ref = checkpoints[0]
         for name, p in params.items():
             if name not in ref.tensors:
-                raise SoceError(f"model parameter {name!r} is not in {ref.path}")
+                raise CheckpointError(f"model parameter {name!r} is not in {ref.path}")
             if tuple(p.shape) != ref.tensors[name].shape:
-                raise SoceError(f"model parameter {name!r} has shape {list(p.shape)}, {ref.path} has {list(ref.tensors[name].shape)}")
+                raise CheckpointError(f"model parameter {name!r} has shape {list(p.shape)}, {ref.path} has {list(ref.tensors[name].shape)}")
         unused = [n for n in ref.tensors if n not in params]
         if unused:
             log.info("checkpoint tensors without a model parameter (tied or unused): %s", ", ".join(unused[:5]))
@@ -60,7 +60,7 @@ class InPlaceSoup:
                     if self.offload:
                         t = t.pin_memory()
                     if not allow_nonfinite and not torch.isfinite(t).all():
-                        raise SoceError(f"{ck.path}: tensor {name!r} has NaN or Inf values")
+                        raise CheckpointError(f"{ck.path}: tensor {name!r} has NaN or Inf values")
                     tensors.append(t)
                 self.slots.append((p, tensors))
         finally:

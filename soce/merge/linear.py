@@ -14,25 +14,25 @@ from typing import Sequence
 
 import torch
 
-from soce.errors import SoceError
+from soce.errors import ConfigError
 
 
 def check_weights(weights: Sequence[float], n_models: int, normalize: bool = False) -> list[float]:
     """Finite, non-negative, one per model, summing to 1 (or rescaled to, with normalize=True)."""
     weights = [float(w) for w in weights]
     if len(weights) != n_models:
-        raise SoceError(f"merge.weights has {len(weights)} values for {n_models} models")
+        raise ConfigError(f"weights has {len(weights)} values for {n_models} models")
     for i, w in enumerate(weights):
         if not math.isfinite(w):
-            raise SoceError(f"merge.weights[{i}]={w} is not finite")
+            raise ConfigError(f"weights[{i}]={w} is not finite")
         if w < 0:
-            raise SoceError(f"merge.weights[{i}]={w} is negative")
+            raise ConfigError(f"weights[{i}]={w} is negative")
     total = math.fsum(weights)
     if total <= 0:
-        raise SoceError("merge.weights sum to 0")
+        raise ConfigError("weights sum to 0")
     if abs(total - 1.0) > 1e-6:
         if not normalize:
-            raise SoceError(f"merge.weights sum to {total:g}, not 1 (merge.normalize=true rescales them)")
+            raise ConfigError(f"weights sum to {total:g}, not 1 (normalize=True rescales them)")
         weights = [w / total for w in weights]
     return weights
 
@@ -51,7 +51,7 @@ def parse_size(size: str | int) -> int:
         return size
     m = re.fullmatch(r"\s*([\d.]+)\s*([KMGT]?i?B)?\s*", str(size), re.IGNORECASE)
     if not m:
-        raise SoceError(f"merge.shard_size={size!r}: expected a size such as 2GB, 500MB or 1GiB")
+        raise ConfigError(f"shard_size={size!r}: expected a size such as 2GB, 500MB or 1GiB")
     unit = (m.group(2) or "B").upper()
     scale = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
              "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}[unit]

@@ -13,6 +13,7 @@ import random
 from dataclasses import dataclass
 from itertools import combinations
 from typing import Callable
+from soce.errors import ConfigError
 
 Value = Callable[[frozenset[int]], float]
 
@@ -54,7 +55,7 @@ def monte_carlo_shapley(n: int, value: Value, samples: int, seed: int = 0, empty
     """Mean marginal contribution over `samples` random orders of the players; each value's
     standard error is the sample standard deviation of its contributions over sqrt(samples)."""
     if samples < 2:
-        raise ValueError(f"samples={samples}: need at least 2 permutations for an error estimate")
+        raise ConfigError(f"samples={samples}: need at least 2 permutations for an error estimate")
     v = _Memo(value, empty)
     rng = random.Random(seed)
     contributions: list[list[float]] = [[] for _ in range(n)]
@@ -76,7 +77,7 @@ def shapley(n: int, value: Value, method: str = "auto", max_exact: int = 8, samp
             empty: float = 0.0) -> ShapleyResult:
     """Exact for up to `max_exact` players (method=auto), Monte Carlo beyond."""
     if method not in ("auto", "exact", "monte_carlo"):
-        raise ValueError(f"method={method!r}: expected auto, exact or monte_carlo")
+        raise ConfigError(f"method={method!r}: expected auto, exact or monte_carlo")
     if method == "exact" or (method == "auto" and n <= max_exact):
         return exact_shapley(n, value, empty)
     return monte_carlo_shapley(n, value, samples, seed, empty)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Mapping
+from soce.errors import DataError
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,7 @@ def win_rates(ingredients: Mapping[str, Mapping[str, bool]], soup: Mapping[str, 
     for model, outcomes in ingredients.items():
         missing = [t for t in tasks if t not in outcomes]
         if missing:
-            raise ValueError(f"{model}: no outcome for {len(missing)} of the soup's {len(tasks)} tasks (e.g. {missing[0]!r})")
+            raise DataError(f"{model}: no outcome for {len(missing)} of the soup's {len(tasks)} tasks (e.g. {missing[0]!r})")
     kept = {m: Share(sum(soup[t] for t in tasks if o[t]), sum(bool(o[t]) for t in tasks)) for m, o in ingredients.items()}
     failures = {t: sum(not o[t] for o in ingredients.values()) for t in tasks}
     n = len(ingredients)
