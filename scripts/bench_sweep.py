@@ -36,7 +36,8 @@ def naive_python(experts: list[Path], weights, work: Path) -> float:
     start = time.perf_counter()
     out = merge_to_disk(experts, weights, work / "naive-soup", overwrite=True, progress=False)
     model, tokenizer = AutoModelForCausalLM.from_pretrained(out), AutoTokenizer.from_pretrained(out)
-    toy_fc_backend().evaluate(model, tokenizer, "dev")  # a fresh harness and wrapper, as a script would
+    # a fresh harness and wrapper, as a script would
+    toy_fc_backend(seed=0, per_category=100, batch_size=64).evaluate(model, tokenizer, "dev")
     return time.perf_counter() - start
 
 
@@ -72,7 +73,7 @@ def main() -> None:
 
     model, tokenizer = load_model(Candidate(EXPERTS[0], path=str(experts[0])))
     soup = InPlaceSoup(model, experts)
-    backend = toy_fc_backend()
+    backend = toy_fc_backend(seed=0, per_category=100, batch_size=64)
     backend.evaluate(model, tokenizer, "dev")  # warm-up: the HFLM wrapper is built once per sweep
     merge_t, eval_t, ours, py_naive, cli_naive = [], [], [], [], []
     for w in points:

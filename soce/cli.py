@@ -13,7 +13,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from soce import config, stages
+from soce import config, pipeline
 from soce.processes import Processes
 from soce.errors import SoceError
 from soce.tracking import NoTracker, Tracker, WandbTracker
@@ -25,8 +25,8 @@ log = logging.getLogger("soce")
 CONF_DIR = str(Path(__file__).resolve().parent / "conf")
 
 # stage=all runs these in order (a score table without an evaluator stops after select)
-PIPELINE = {"analyze": stages.analyze, "select": stages.select, "sweep": stages.sweep, "soup": stages.soup, "report": stages.report}
-TOOLS = {"merge": stages.merge, "zoo": stages.zoo}
+PIPELINE = {"analyze": pipeline.analyze, "select": pipeline.select, "sweep": pipeline.sweep, "soup": pipeline.soup, "report": pipeline.report}
+TOOLS = {"merge": pipeline.merge, "zoo": pipeline.zoo}
 
 
 class BelowWarning(logging.Filter):
@@ -44,7 +44,7 @@ def make_tracker(cfg: DictConfig, run_dir: Path, name: str | None = None) -> Tra
     return WandbTracker(
         project=cfg.tracker.project,
         entity=cfg.tracker.entity,
-        mode=cfg.tracker.mode,
+        mode=cfg.tracker.mode.value,
         group=cfg.tracker.group or cfg.study,
         name=name,
         config=settings,
@@ -61,56 +61,63 @@ def plan(cfg: DictConfig) -> list:
         return [{**PIPELINE, **TOOLS}[stage]]
     if cfg.benchmark.kind == "table":
         log.info("benchmark=%s is a score table: analysis, selection and report only (the sweep needs an evaluator)", cfg.benchmark.name)
-        return [stages.analyze, stages.select, stages.report]
+        return [pipeline.analyze, pipeline.select, pipeline.report]
     return list(PIPELINE.values())
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="soce")
 def run(cfg: DictConfig) -> None:
+    hc = HydraConfig.get()
     try:
-        config.validate(cfg)
-        hc = HydraConfig.get()
-        multirun = hc.mode == RunMode.MULTIRUN
-        run_dir = Path(hc.runtime.output_dir)
-        processes = Processes()
-        if processes.count > 1:
-            run_dir = processes.main_process_dir(run_dir)
-        shard_job = cfg.sweep.shard is not None
-        # The shards of a multirun share one store: the sweep directory above the jobs' directories.
-        store_dir = Path(cfg.sweep.store) if cfg.sweep.store else (run_dir.parent if shard_job and multirun else run_dir)
-        tracker = make_tracker(cfg, run_dir, f"{cfg.study}/{hc.job.num}" if multirun else None)
-        try:
-            todo = plan(cfg)
-            context = stages.Run(cfg, run_dir, tracker, store_dir)
-            if stages.sweep in todo and (shard_job or processes.count > 1):
-                run_sharded(context, todo, processes)
-            else:
-                for run_stage in todo:
-                    run_stage(context)
-        finally:
-            tracker.finish()
-        if processes.is_main:
-            print_files(run_dir)
+        run_study(cfg, Path(hc.runtime.output_dir), job=hc.job.num if hc.mode == RunMode.MULTIRUN else None)
     except SoceError as err:
         fail(err)
 
 
-def run_sharded(context: stages.Run, todo: list, processes: Processes) -> None:
+def run_study(cfg: DictConfig, run_dir: Path, job: int | None = None, tracker: Tracker | None = None) -> Path:
+    """The stages `cfg.stage` asks for, in `run_dir` (Hydra's output directory; `job`: the job's
+    number in a multirun). Returns the run directory (under accelerate, the main process's)."""
+    config.validate(cfg)
+    processes = Processes()
+    if processes.count > 1:
+        run_dir = processes.main_process_dir(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    shard_job = cfg.sweep.shard is not None
+    # The shards of a multirun share one store: the sweep directory above the jobs' directories.
+    store_dir = Path(cfg.sweep.store) if cfg.sweep.store else (run_dir.parent if shard_job and job is not None else run_dir)
+    tracker = tracker or make_tracker(cfg, run_dir, None if job is None else f"{cfg.study}/{job}")
+    context = pipeline.Run(cfg, run_dir, tracker, store_dir)
+    try:
+        todo = plan(cfg)
+        if pipeline.sweep in todo and (shard_job or processes.count > 1):
+            run_sharded(context, todo, processes)
+        else:
+            for run_stage in todo:
+                run_stage(context)
+    finally:
+        context.close()
+        tracker.finish()
+    if processes.is_main:
+        print_files(run_dir)
+    return run_dir
+
+
+def run_sharded(context: pipeline.Run, todo: list, processes: Processes) -> None:
     """The stages before the sweep on the main process; the sweep's points split over this job's
     shard and the processes; then, unless this is one shard of a multirun, the stages after it
     on the main process."""
     cfg = context.cfg
-    i = todo.index(stages.sweep)
+    i = todo.index(pipeline.sweep)
     k, n = (cfg.sweep.shard, cfg.sweep.num_shards) if cfg.sweep.shard is not None else (0, 1)
     if processes.is_main:
         for run_stage in todo[:i]:
             run_stage(context)
     processes.wait()
     # shard k of n, process r of w: points k + n*r, k + n*r + n*w, ...
-    sharded = stages.Run(cfg, context.dir, context.tracker, context.store_dir,
+    sharded = pipeline.Run(cfg, context.dir, context.tracker, context.store_dir,
                          (k + n * processes.rank, n * processes.count), processes.device)
-    stages.sweep(sharded)
-    sharded.store.close()
+    pipeline.sweep(sharded)
+    sharded.close()
     processes.wait()
     if cfg.sweep.shard is not None:
         log.info("shard %d of %d is done; the collect step (at the multirun's end, or `soce hydra.run.dir=%s` "
@@ -133,14 +140,15 @@ class CollectShards(Callback):
         store_dir = Path(config.sweep.store or str(config.hydra.sweep.dir))
         log.info("collecting the %d shards in %s", config.sweep.num_shards, store_dir)
         tracker = make_tracker(cfg, store_dir, f"{cfg.study}/collect")
+        context = pipeline.Run(cfg, store_dir, tracker, store_dir)
         try:
-            context = stages.Run(cfg, store_dir, tracker, store_dir)
-            for run_stage in (stages.sweep, stages.soup, stages.report):
+            for run_stage in (pipeline.sweep, pipeline.soup, pipeline.report):
                 run_stage(context)
             print_files(store_dir)
         except SoceError as err:
             fail(err)
         finally:
+            context.close()
             tracker.finish()
 
 

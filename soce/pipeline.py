@@ -1,5 +1,5 @@
 """The stages of a study. Each reads earlier stages' artifacts from the run directory and
-writes its own; a stage whose inputs are missing or out of date runs the stage before it.
+writes its own; an artifact missing or made with other settings is made again first.
 
     analyze: benchmark -> scores.csv (dev; scores_test.csv where the benchmark evaluates)
              -> analysis.json, correlation.png, entry_tau.png
@@ -24,7 +24,9 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from soce import analysis as corr
-from soce.errors import SoceError
+from soce import artifacts
+from soce.artifacts import ANALYSIS, RESULTS, SCORES, SCORES_TEST, SELECTION, SOUP
+from soce.errors import ConfigError
 from soce.pool import Candidate, resolve_pool
 from soce.scores import ScoreTable, read_scores, read_table, write_scores
 from soce.selection import Selection, select_all, select_manual, select_soce, select_topk
@@ -60,6 +62,17 @@ class Run:
             self._store = SweepStore(self.store_dir or self.dir, None if n == 1 else k, n)
         return self._store
 
+    def close(self) -> None:
+        """Let go of the store's lock (a later run in this process may open it again)."""
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+    @property
+    def search(self):
+        """The search strategy as its typed schema (GridSearch, RandomSearch, ...)."""
+        return OmegaConf.to_object(self.cfg.search)
+
 
 def cache_dir(cfg: DictConfig) -> Path:
     from soce.zoo.family import default_cache_dir
@@ -77,27 +90,35 @@ def pool_refs(cfg: DictConfig) -> list[Candidate] | None:
     return None if cfg.pool.models is None else [Candidate(m.name, m.hub_id, m.path) for m in cfg.pool.models]
 
 
-def make_evaluator(benchmark: DictConfig):
-    if benchmark.kind == "toy_fc":
-        if benchmark.backend == "direct":
+def make_evaluator(cfg: DictConfig):
+    """The benchmark's evaluator, built from its typed schema."""
+    from soce.config import Backend, LmEvalBenchmark, ToyFcBenchmark
+
+    b = OmegaConf.to_object(cfg.benchmark)
+    if isinstance(b, ToyFcBenchmark):
+        if b.backend == Backend.direct:
             from soce.evaluate.direct import ToyFcDirect
 
-            return ToyFcDirect(benchmark.seed, benchmark.per_category, benchmark.batch_size)
-        if benchmark.backend == "lm_eval":
-            from soce.evaluate.lm_eval_backend import toy_fc_backend
+            return ToyFcDirect(seed=b.seed, per_category=b.per_category, batch_size=b.batch_size)
+        from soce.evaluate.lm_eval_backend import toy_fc_backend
 
-            return toy_fc_backend(benchmark.seed, benchmark.per_category, benchmark.batch_size)
-        raise SoceError(f"benchmark.backend={benchmark.backend!r}: expected lm_eval or direct")
-    if benchmark.kind == "lm_eval":
+        return toy_fc_backend(seed=b.seed, per_category=b.per_category, batch_size=b.batch_size)
+    if isinstance(b, LmEvalBenchmark):
         from soce.evaluate.lm_eval_backend import LmEvalBackend
 
-        categories = benchmark.categories or benchmark.dev_tasks
-        tasks = {"dev": dict(zip(categories, benchmark.dev_tasks))}
-        if benchmark.test_tasks:
-            tasks["test"] = dict(zip(categories, benchmark.test_tasks))
-        return LmEvalBackend(tasks, include_path=benchmark.include_path, metric=benchmark.metric,
-                             batch_size=benchmark.batch_size, max_length=benchmark.max_length)
-    raise SoceError(f"benchmark.kind={benchmark.kind!r}: expected table, toy_fc or lm_eval")
+        categories = b.categories or b.dev_tasks
+        tasks = {"dev": dict(zip(categories, b.dev_tasks))}
+        if b.test_tasks:
+            tasks["test"] = dict(zip(categories, b.test_tasks))
+        return LmEvalBackend(tasks, include_path=b.include_path, metric=b.metric, batch_size=b.batch_size,
+                             max_length=b.max_length)
+    raise ConfigError(f"benchmark={cfg.benchmark.name} reads a score table: it has no evaluator")
+
+
+def question(cfg: DictConfig, evaluator) -> dict:
+    """What an evaluation's scores depend on besides the model: the benchmark's settings and
+    the evaluator's code and task files."""
+    return {**artifacts.resolved(cfg, "benchmark"), "evaluator": evaluator.fingerprint}
 
 
 def load_scores(cfg: DictConfig) -> dict[str, ScoreTable]:
@@ -115,34 +136,27 @@ def load_scores(cfg: DictConfig) -> dict[str, ScoreTable]:
 
 def evaluate_pool(cfg: DictConfig, refs: list[Candidate] | None = None) -> dict[str, ScoreTable]:
     """The pool's candidates (`refs`, default: as configured) evaluated by the benchmark's
-    evaluator, per split (cached)."""
+    evaluator, per split (cached by the models' files and the question)."""
     b = cfg.benchmark
     from soce.evaluate.candidates import evaluate_candidates
 
     refs = refs or pool_refs(cfg)
     if refs is None:
-        raise SoceError(f"benchmark={b.name} evaluates the pool's models: choose a pool that names them (pool=toy_zoo, or pool.models with paths)")
+        raise ConfigError(f"benchmark={b.name} evaluates the pool's models: choose a pool that names them "
+                          "(pool=toy_zoo, or pool.models with paths)")
     check = None
     if b.kind == "toy_fc":
         from soce.evaluate.direct import check_tokenizer as check
     log.info("evaluating %d candidates on %s (cached per candidate and split)", len(refs), b.name)
-    key = OmegaConf.to_container(b, resolve=True, enum_to_str=True)
-    evaluator = make_evaluator(b)
-    return evaluate_candidates(refs, evaluator, evaluator.splits, cache_dir(cfg).parent / "evals", key, check)
+    evaluator = make_evaluator(cfg)
+    return evaluate_candidates(refs, evaluator, evaluator.splits, cache_dir(cfg).parent / "evals", question(cfg, evaluator), check)
 
 
 def pool_candidates(cfg: DictConfig, table: ScoreTable) -> list[Candidate]:
     if cfg.pool.zoo and cfg.benchmark.kind == "table":
-        raise SoceError(f"pool={cfg.pool.name} is a model family, but benchmark={cfg.benchmark.name} reads its scores from a table: "
-                        "choose a pool of the table's models (pool=all, or one naming them)")
+        raise ConfigError(f"pool={cfg.pool.name} is a model family, but benchmark={cfg.benchmark.name} reads its scores from a table: "
+                          "choose a pool of the table's models (pool=all, or one naming them)")
     return resolve_pool(pool_refs(cfg), table.models, table.source)
-
-
-def analysis_settings(cfg: DictConfig) -> dict:
-    """What analysis.json depends on: when these change, the analysis is recomputed."""
-    # Resolved in place: a node copied into a new config would lose the interpolations'
-    # root (analysis.tau follows selection.tau).
-    return {key: OmegaConf.to_container(cfg[key], resolve=True, enum_to_str=True) for key in ("benchmark", "pool", "analysis")}
 
 
 # --- analyze ------------------------------------------------------------------------------
@@ -150,14 +164,13 @@ def analyze(run: Run) -> corr.Analysis:
     cfg = run.cfg
     tables = load_scores(cfg)
     table = tables["dev"]
-    write_scores(table, run.path("scores.csv"))
+    write_scores(table, run.path(SCORES))
     if "test" in tables:
-        write_scores(tables["test"], run.path("scores_test.csv"))
+        write_scores(tables["test"], run.path(SCORES_TEST))
     pool = pool_candidates(cfg, table)
     population = table if cfg.analysis.population.value == "all" else table.subset([c.name for c in pool])
     result = corr.analyze(population, float(cfg.analysis.tau), cfg.analysis.method.value)
-    record = {"settings": analysis_settings(cfg), **result.to_dict(list(cfg.analysis.tau_grid))}
-    run.path("analysis.json").write_text(json.dumps(record, indent=2))
+    artifacts.write_json(run.path(ANALYSIS), artifacts.analysis_settings(cfg), result.to_dict(list(cfg.analysis.tau_grid)))
     corr.plot_correlation(result, run.path("correlation.png"))
     corr.plot_entry_tau(result, run.path("entry_tau.png"))
     _print_analysis(result, cfg.analysis.population.value)
@@ -195,38 +208,36 @@ def _na(v: float) -> float | None:
     return None if math.isnan(v) else float(v)
 
 
-def current_analysis(run: Run) -> corr.Analysis:
-    """analysis.json from the run directory, recomputed first if missing or made with other settings."""
-    path = run.path("analysis.json")
-    if not path.exists() or not run.path("scores.csv").exists():
-        log.info("no analysis in %s yet: running stage analyze", run.dir)
-        return analyze(run)
-    record = json.loads(path.read_text())
-    if record.get("settings") != analysis_settings(run.cfg):
-        log.info("analysis.json in %s was made with other settings: running stage analyze again", run.dir)
-        return analyze(run)
-    return corr.Analysis.from_dict(record)
+def current_analysis(run: Run) -> dict:
+    """analysis.json from the run directory, made again first if missing or made with other settings."""
+    record = artifacts.read_current(run.path(ANALYSIS), artifacts.analysis_settings(run.cfg))
+    if record is None or not run.path(SCORES).exists():
+        log.info("running stage analyze")
+        analyze(run)
+        record = json.loads(run.path(ANALYSIS).read_text())
+    return record
 
 
 # --- select -------------------------------------------------------------------------------
 def select(run: Run) -> Selection:
     cfg = run.cfg
-    analysis = current_analysis(run)
-    table = read_scores(run.path("scores.csv"))
+    analysis = corr.Analysis.from_dict(current_analysis(run))
+    table = read_scores(run.path(SCORES))
     pool = pool_candidates(cfg, table)
     names = [c.name for c in pool]
     s = cfg.selection
-    if s.name == "soce":
-        selection = select_soce(table, names, analysis, keep_best_overall=s.keep_best_overall, max_experts=s.max_experts)
-    elif s.name == "all":
-        selection = select_all(table, names)
-    elif s.name == "topk":
-        selection = select_topk(table, names, s.k)
-    elif s.name == "manual":
-        chosen = resolve_pool([Candidate(m) for m in s.models], names, "the pool")
-        selection = select_manual(table, names, [c.name for c in chosen])
-    else:
-        raise SoceError(f"selection.name={s.name!r}: expected soce, all, topk or manual")
+    try:
+        if s.name == "soce":
+            selection = select_soce(table, names, analysis, keep_best_overall=s.keep_best_overall, max_experts=s.max_experts)
+        elif s.name == "all":
+            selection = select_all(table, names)
+        elif s.name == "topk":
+            selection = select_topk(table, names, s.k)
+        else:  # manual
+            chosen = resolve_pool([Candidate(m) for m in s.models], names, "the pool")
+            selection = select_manual(table, names, [c.name for c in chosen])
+    except ConfigError as err:
+        raise ConfigError(f"selection: {err}") from None
     if len(selection.experts) == 1:
         log.warning("only one expert (%s): its soup is the model itself", selection.experts[0].model)
     hub = {c.name: c.hub_id or c.path for c in pool}
@@ -235,7 +246,7 @@ def select(run: Run) -> Selection:
         e["hub_id"] = hub.get(e["model"])
     record["weak_set"] = list(analysis.weak_set) if s.name == "soce" else None
     record["tau"] = analysis.tau if s.name == "soce" else None
-    run.path("selection.json").write_text(json.dumps(record, indent=2))
+    artifacts.write_json(run.path(SELECTION), artifacts.selection_settings(cfg), record)
     _print_selection(selection)
     run.tracker.log_table("selection", ["model", "hub_id", "reason", "leads", "overall"],
                           [[e.model, hub.get(e.model), e.reason, ", ".join(e.leads), _na(e.overall)] for e in selection.experts])
@@ -256,6 +267,20 @@ def _print_selection(selection: Selection) -> None:
             log.info("    %s: %s", m, why)
 
 
+def current_selection(run: Run) -> dict:
+    """selection.json from the run directory, made again first if missing or made with other settings."""
+    record = artifacts.read_current(run.path(SELECTION), artifacts.selection_settings(run.cfg))
+    if record is None:
+        log.info("running stage select")
+        select(run)
+        record = json.loads(run.path(SELECTION).read_text())
+    return record
+
+
+def current_experts(run: Run) -> list[str]:
+    return [e["model"] for e in current_selection(run)["experts"]]
+
+
 # --- sweep --------------------------------------------------------------------------------------
 def evaluated_pool(run: Run, experts: list[str] = ()) -> tuple[object, dict[str, Candidate]]:
     """The evaluator and the pool's candidates by name; the experts' model directories are found
@@ -264,64 +289,67 @@ def evaluated_pool(run: Run, experts: list[str] = ()) -> tuple[object, dict[str,
 
     b = run.cfg.benchmark
     if b.kind == "table":
-        raise SoceError(f"stage={run.cfg.stage.value} soups and evaluates models: benchmark={b.name} only reads a score table "
-                        "(choose an evaluating benchmark: toy_fc, lm_eval)")
-    candidates = {c.name: c for c in pool_candidates(run.cfg, read_scores(run.path("scores.csv")))}  # named as in the scores
+        raise ConfigError(f"stage={run.cfg.stage.value} soups and evaluates models: benchmark={b.name} only reads a score table "
+                          "(choose an evaluating benchmark: toy_fc, lm_eval)")
+    candidates = {c.name: c for c in pool_candidates(run.cfg, read_scores(run.path(SCORES)))}  # named as in the scores
     for name in experts:  # found (or fetched) once: later uses read the path
         candidates[name] = replace(candidates[name], path=model_dir(candidates[name]))
-    return make_evaluator(b), candidates
+    return make_evaluator(run.cfg), candidates
+
+
+def checked_question(run: Run, evaluator, candidates: dict[str, Candidate]) -> dict:
+    """The question the study's soups answer now; the store is refused if it holds answers to
+    another (stored soups of models no longer in the pool are left alone)."""
+    from soce.evaluate.candidates import fingerprint
+
+    stored = {m for r in run.store for m in (r.get("question") or {}).get("models", {})}
+    now = {**question(run.cfg, evaluator), "models": {m: fingerprint(candidates[m]) for m in stored if m in candidates}}
+    run.store.check_question(now)
+    return now
 
 
 def make_souper(run: Run, models: list[Candidate], evaluator, kind: str = "sweep"):
     """A Souper of `models` on the sweep's device (this process's under accelerate), storing into the run's store."""
     from soce.sweep import Souper
 
-    return Souper(models, evaluator, run.store, run.cfg.search.objective, run.tracker, kind=kind,
-                  device=run.device or run.cfg.sweep.device, offload=run.cfg.sweep.offload)
-
-
-def current_selection(run: Run) -> list[str]:
-    path = run.path("selection.json")
-    if not path.exists():
-        log.info("no selection in %s yet: running stage select", run.dir)
-        select(run)
-    return [e["model"] for e in json.loads(path.read_text())["experts"]]
+    return Souper(models, evaluator, run.store, question(run.cfg, evaluator), run.cfg.search.objective, run.tracker,
+                  kind=kind, device=run.device or run.cfg.sweep.device, offload=run.cfg.sweep.offload)
 
 
 def _by_own_score(run: Run, names: list[str]) -> list[int]:
-    table = read_scores(run.path("scores.csv"))
+    table = read_scores(run.path(SCORES))
     return sorted(range(len(names)), key=lambda i: -table.overall_of(names[i]))
 
 
 def sweep(run: Run):
     from soce.search import expected_points, run_search
 
-    cfg = run.cfg
-    experts = current_selection(run)
+    search = run.search
+    experts = current_experts(run)
     evaluator, candidates = evaluated_pool(run, experts)
+    checked_question(run, evaluator, candidates)
     store = run.store
     souper = make_souper(run, [candidates[n] for n in experts], evaluator)
-    split = cfg.search.select_on
+    split = search.select_on.value
     already = len(store)
     k, n = run.shard
-    what = f"sweep ({cfg.search.name})" + (f" shard {k}/{n}" if n > 1 else "")
-    with tqdm(total=expected_points(cfg.search, len(experts), run.shard), desc=what, unit="point") as bar:
-        souper.bar = bar
-        run_search(cfg.search, len(experts), souper.objective_of(split), _by_own_score(run, experts), run.shard)
+    what = f"sweep ({search.name})" + (f" shard {k}/{n}" if n > 1 else "")
+    try:
+        with tqdm(total=expected_points(search, len(experts), run.shard), desc=what, unit="point") as bar:
+            souper.bar = bar
+            run_search(search, len(experts), souper.objective_of(split), _by_own_score(run, experts), run.shard)
+    except ConfigError as err:
+        raise ConfigError(f"search: {err}") from None
     if n > 1:
         log.info("sweep: shard %d of %d done: %d points evaluated now, into %s", k, n, len(store) - already, store.path)
         return souper
-    points = sweep_points(store, experts, split)
+    points = souper.points(split)
     best = max(points, key=lambda r: r["objective"])
     log.info("sweep: %d points on %s (%d already in the store), best %s %.4f at %s", len(points), split, already,
-             cfg.search.objective, best["objective"], _weights_text(experts, best["weights"]))
+             search.objective, best["objective"], _weights_text(experts, best["weights"]))
     run.tracker.log_table("sweep", [*experts, "objective", *evaluator.categories],
                           [[*r["weights"], r["objective"], *r["scores"].values()] for r in points])
     return souper
-
-
-def sweep_points(store, experts: list[str], split: str) -> list[dict]:
-    return [r for r in store if r["kind"] == "sweep" and r["experts"] == experts and r["split"] == split]
 
 
 def _weights_text(names: list[str], weights: list[float]) -> str:
@@ -335,45 +363,45 @@ def soup(run: Run) -> dict:
     from soce.sweep import aggregate
     from soce.weights import uniform
 
-    cfg = run.cfg
-    split = cfg.search.select_on
-    experts = current_selection(run)
+    search = run.search
+    split, objective = search.select_on.value, search.objective
+    experts = current_experts(run)
     evaluator, candidates = evaluated_pool(run)
-    if sweep_points(run.store, experts, split):
-        souper = make_souper(run, [candidates[n] for n in experts], evaluator)
-    else:
+    checked_question(run, evaluator, candidates)
+    souper = make_souper(run, [candidates[n] for n in experts], evaluator)
+    if not souper.points(split):
         log.info("no sweep in %s yet: running stage sweep", run.dir)
         souper = sweep(run)
-    best = max(sweep_points(run.store, experts, split), key=lambda r: r["objective"])
+    best = max(souper.points(split), key=lambda r: r["objective"])
     everyone = make_souper(run, list(candidates.values()), evaluator, kind="uniform_all")
     tables = candidate_scores(run)
     single = max(tables["dev"].models, key=lambda m: tables["dev"].overall_of(m))
 
     rows = [{"name": "best single candidate", "models": [single], "weights": [1.0],
-             **{s: {"objective": aggregate(t.row(single), cfg.search.objective), "scores": t.row(single)} for s, t in tables.items()}}]
+             **{s: {"objective": aggregate(t.row(single), objective), "scores": t.row(single)} for s, t in tables.items()}}]
     for name, sp, weights in (("uniform soup, all candidates", everyone, uniform(len(candidates))),
                               ("uniform soup, SoCE experts", souper, uniform(len(experts))),
-                              (f"SoCE ({cfg.search.name} search)", souper, tuple(best["weights"]))):
+                              (f"SoCE ({search.name} search)", souper, tuple(best["weights"]))):
         records = {s: sp.evaluate(weights, s) for s in tables}
         rows.append({"name": name, "models": sp.names, "weights": list(weights),
                      **{s: {"objective": r["objective"], "scores": r["scores"]} for s, r in records.items()}})
     protocol = ("weights chosen on dev, reported on test" if split == "dev"
                 else "weights chosen on TEST, the split reported (the paper's protocol): test scores are optimistic")
-    results = {"protocol": protocol, "objective": cfg.search.objective, "search": cfg.search.name, "rows": rows}
-    run.path("results.json").write_text(json.dumps(results, indent=2))
+    results = {"protocol": protocol, "objective": objective.value, "search": search.name, "rows": rows}
+    run.path(RESULTS).write_text(json.dumps(results, indent=2))
 
     paths = [model_dir(candidates[n]) for n in experts]
     ids = [candidates[n].hub_id or candidates[n].path for n in experts]
-    merge_to_disk(paths, best["weights"], run.path("soup"), model_ids=ids, overwrite=True, progress=False,
+    merge_to_disk(paths, best["weights"], run.path(SOUP), model_ids=ids, overwrite=True, progress=False,
                   all_processes=False)  # the soup stage runs on the main process alone
     _print_results(results)
-    log.info("soup: %s (%s)", run.path("soup"), _weights_text(experts, best["weights"]))
-    run.tracker.log_table("baselines", ["row", f"dev {cfg.search.objective}", f"test {cfg.search.objective}", "models", "weights"],
+    log.info("soup: %s (%s)", run.path(SOUP), _weights_text(experts, best["weights"]))
+    run.tracker.log_table("baselines", ["row", f"dev {objective}", f"test {objective}", "models", "weights"],
                           [[r["name"], r["dev"]["objective"], _test(r), ", ".join(r["models"]),
                             ", ".join(f"{w:.3f}" for w in r["weights"])] for r in rows])
     run.tracker.log_summary({"soup/dev": rows[-1]["dev"]["objective"], "soup/test": _test(rows[-1]),
                              "soup/protocol": protocol})
-    run.tracker.log_reference("soup", run.path("soup"))
+    run.tracker.log_reference("soup", run.path(SOUP))
     return results
 
 
@@ -381,10 +409,10 @@ def candidate_scores(run: Run) -> dict[str, ScoreTable]:
     """The candidates' own scores by the sweep's evaluator, per split: those the analysis wrote,
     or, where the analysis read a score table (a leaderboard), the candidates evaluated now (cached)."""
     if run.cfg.benchmark.kind == "lm_eval" and run.cfg.benchmark.table:
-        return evaluate_pool(run.cfg, pool_candidates(run.cfg, read_scores(run.path("scores.csv"))))
-    tables = {"dev": read_scores(run.path("scores.csv"))}
-    if run.path("scores_test.csv").exists():
-        tables["test"] = read_scores(run.path("scores_test.csv"))
+        return evaluate_pool(run.cfg, pool_candidates(run.cfg, read_scores(run.path(SCORES))))
+    tables = {"dev": read_scores(run.path(SCORES))}
+    if run.path(SCORES_TEST).exists():
+        tables["test"] = read_scores(run.path(SCORES_TEST))
     return tables
 
 
@@ -401,9 +429,41 @@ def _print_results(results: dict) -> None:
 
 # --- report ----------------------------------------------------------------------------------
 def report(run: Run) -> Path:
-    from soce.report.study import report as write_report
+    """report.md from what the earlier stages left in the run directory (the report module is
+    handed its inputs; it knows nothing of the pipeline)."""
+    from soce.report.study import StudyReport, write_report
 
-    return write_report(run)
+    cfg, search = run.cfg, run.search
+    selection = current_selection(run)
+    experts = [e["model"] for e in selection["experts"]]
+    inputs = StudyReport(
+        study=cfg.study, dir=run.dir, tracker=run.tracker, config=_config_rows(cfg),
+        analysis=json.loads(run.path(ANALYSIS).read_text()), selection=selection, experts=experts,
+        search=search, shapley=OmegaConf.to_object(cfg.report.shapley), top_points=cfg.report.top_points,
+        correlation_method=cfg.analysis.method.value)
+    if cfg.benchmark.kind != "table":
+        evaluator, candidates = evaluated_pool(run)
+        checked_question(run, evaluator, candidates)
+        souper = make_souper(run, [candidates[n] for n in experts], evaluator, kind="shapley")
+        results = run.path(RESULTS)
+        inputs = replace(
+            inputs, categories=evaluator.categories, souper=souper, points=souper.points(search.select_on.value),
+            candidate_souper=lambda: make_souper(run, list(candidates.values()), evaluator, kind="shapley"),
+            own=candidate_scores(run), results=json.loads(results.read_text()) if results.exists() else None)
+    return write_report(inputs)
+
+
+def _config_rows(cfg: DictConfig) -> list[tuple[str, str]]:
+    s = cfg.search
+    return [("benchmark", cfg.benchmark.name), ("pool", cfg.pool.name), ("selection", _options(cfg.selection)),
+            ("search", _options(s)), ("objective", f"{s.objective} over all categories"),
+            ("weights chosen on", str(s.select_on)), ("analysis", f"{cfg.analysis.method.value}, population {cfg.analysis.population.value}")]
+
+
+def _options(node) -> str:
+    d = OmegaConf.to_container(node, resolve=True, enum_to_str=True)
+    name = d.pop("name")
+    return name + (" (" + ", ".join(f"{k}={v}" for k, v in d.items() if k not in ("objective", "select_on")) + ")" if d else "")
 
 
 # --- merge (a tool stage) -------------------------------------------------------------------
@@ -413,12 +473,14 @@ def merge(run: Run) -> Path:
     m = run.cfg.merge
     for key in ("models", "weights", "output"):
         if not m[key]:
-            raise SoceError(f"stage=merge needs merge.{key}, e.g. 'merge.models=[a,b]' 'merge.weights=[0.6,0.4]' merge.output=soup")
-    output = merge_to_disk(
-        list(m.models), list(m.weights), m.output, dtype=m.dtype, shard_size=m.shard_size, normalize=m.normalize,
-        overwrite=m.overwrite, allow_nonfinite=m.allow_nonfinite, allow_vocab_mismatch=m.allow_vocab_mismatch,
-        config_from=m.config_from, device=m.device,
-    )
+            raise ConfigError(f"stage=merge needs merge.{key}, e.g. 'merge.models=[a,b]' 'merge.weights=[0.6,0.4]' merge.output=soup")
+    try:
+        output = merge_to_disk(
+            list(m.models), list(m.weights), m.output, dtype=m.dtype and m.dtype.value, shard_size=m.shard_size,
+            normalize=m.normalize, overwrite=m.overwrite, allow_nonfinite=m.allow_nonfinite,
+            allow_vocab_mismatch=m.allow_vocab_mismatch, config_from=m.config_from, device=m.device)
+    except ConfigError as err:
+        raise ConfigError(f"merge: {err}") from None
     log.info("soup: %s (load it with AutoModelForCausalLM.from_pretrained; mergekit.yaml beside it)", output)
     run.tracker.log_summary({"merge/output": str(output), "merge/models": list(m.models), "merge/weights": list(m.weights)})
     return output
@@ -429,7 +491,7 @@ def zoo(run: Run) -> None:
     from soce.zoo.family import build_family
 
     if not run.cfg.pool.zoo:
-        raise SoceError("stage=zoo builds a model family: choose pool=toy_zoo (or toy_zoo_micro)")
+        raise ConfigError("stage=zoo builds a model family: choose pool=toy_zoo (or toy_zoo_micro)")
     family = build_family(run.cfg.pool.zoo, cache_dir(run.cfg))
     log.info("zoo %s: base and %d candidates in %s", family.spec.name, len(family.candidates), family.root)
     for name, path in family.candidates.items():

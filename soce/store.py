@@ -21,7 +21,8 @@ import re
 from pathlib import Path
 from typing import Iterator
 
-from soce.errors import SoceError
+from soce.artifacts import question_differences
+from soce.errors import DataError
 from soce.weights import key
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ class SweepStore:
             fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             self._file.close()
-            raise SoceError(f"{self.path} is being written by another process (a soce run in the same directory, "
+            raise DataError(f"{self.path} is being written by another process (a soce run in the same directory, "
                             "or a job given the same sweep.shard): wait for it to finish, or give this job another shard") from None
 
     @staticmethod
@@ -86,6 +87,17 @@ class SweepStore:
         os.fsync(self._file.fileno())
         self.records[self._key(record)] = record
 
+    def check_question(self, question: dict) -> None:
+        """Refuse a store holding soups evaluated for another question (another benchmark
+        setting, evaluator, or models' files): their scores do not answer this one."""
+        stale = [(r, changed) for r in self if (changed := question_differences(r.get("question"), question))]
+        if stale:
+            changed = stale[0][1]
+            raise DataError(
+                f"{self.dir}: {len(stale)} of the {len(self)} stored soups were evaluated for another question "
+                f"({'; '.join(changed[:3])}): their scores do not answer this one. Start fresh in a new run directory "
+                f"(leave out hydra.run.dir, or give sweep.store another directory), or move {self.dir}/sweep*.jsonl away")
+
     def close(self) -> None:
         self._file.close()
 
@@ -100,6 +112,6 @@ def _check_shards(directory: Path, num_shards: int) -> None:
     for path in sorted(directory.glob("sweep.shard-*.jsonl")):
         m = SHARD_FILE.match(path.name)
         if m and int(m.group(2)) != num_shards:
-            raise SoceError(f"sweep.num_shards={num_shards}, but {directory} holds the shards of a sweep split "
+            raise DataError(f"sweep.num_shards={num_shards}, but {directory} holds the shards of a sweep split "
                             f"{m.group(2)} ways ({path.name}): the points of one study are split one way. "
                             f"Use sweep.num_shards={m.group(2)}, or another store directory (sweep.store=...)")

@@ -11,8 +11,8 @@ from typing import Sequence
 from tqdm.auto import tqdm
 
 from soce.evaluate import Evaluator
-from soce.errors import SoceError
-from soce.evaluate.candidates import load_model, model_dir
+from soce.errors import ConfigError, DataError
+from soce.evaluate.candidates import fingerprint, load_model, model_dir
 from soce.merge import InPlaceSoup
 from soce.pool import Candidate
 from soce.scores import Outcome
@@ -23,6 +23,8 @@ from soce.tracking import NoTracker, Tracker
 def aggregate(scores: dict[str, float], objective: str) -> float:
     """The objective over all categories: their mean or their sum."""
     values = list(scores.values())
+    if objective not in ("mean", "sum"):
+        raise ConfigError(f"objective={objective!r}: expected mean or sum")
     return math.fsum(values) / len(values) if objective == "mean" else math.fsum(values)
 
 
@@ -35,20 +37,26 @@ def solved_by_id(bits: str, example_ids: Sequence[str]) -> dict[str, bool]:
     """solved_bits read back, given the split's example ids."""
     ids = sorted(example_ids)
     if len(ids) != len(bits):
-        raise SoceError(f"a stored soup has outcomes for {len(bits)} examples, the split has {len(ids)}: "
+        raise DataError(f"a stored soup has outcomes for {len(bits)} examples, the split has {len(ids)}: "
                         "the benchmark changed since it was evaluated")
     return {i: b == "1" for i, b in zip(ids, bits)}
 
 
 class Souper:
     """One live model souped in place from `experts`, evaluated by `evaluator`, stored in `store`.
-    The model and the experts are loaded only when a point is not in the store yet."""
+    The model and the experts are loaded only when a point is not in the store yet.
 
-    def __init__(self, experts: Sequence[Candidate], evaluator: Evaluator, store: SweepStore, objective: str,
-                 tracker: Tracker | None = None, kind: str = "sweep", device: str | None = None, offload: bool = False) -> None:
+    Each stored record carries `question` (what its scores depend on: the benchmark's settings,
+    the evaluator, the experts' files); the objective is recomputed from the stored
+    per-category scores on every read, so a changed objective never reuses an old one."""
+
+    def __init__(self, experts: Sequence[Candidate], evaluator: Evaluator, store: SweepStore, question: dict,
+                 objective: str, tracker: Tracker | None = None, kind: str = "sweep", device: str | None = None,
+                 offload: bool = False) -> None:
         self.experts, self.device, self.offload = list(experts), device, offload
         self.names = [e.name for e in experts]
-        self.evaluator, self.store, self.objective, self.kind = evaluator, store, objective, kind
+        self.evaluator, self.store, self.objective, self.kind = evaluator, store, str(objective), kind
+        self.question = {**question, "models": {e.name: fingerprint(e) for e in self.experts}}
         self.tracker = tracker or NoTracker()
         self.best: dict | None = None
         self.bar: tqdm | None = None
@@ -66,6 +74,8 @@ class Souper:
         """The stored record of the soup at `weights` on `split`: evaluated now, or from the store
         (evaluated again if `need_outcomes` and the stored record predates per-example outcomes)."""
         record = self.store.get(self.names, weights, split)
+        if record is not None:
+            record = self._with_objective(record)
         if record is None or (need_outcomes and "correct" not in record):
             model, tokenizer, soup = self._load()
             started = time.perf_counter()
@@ -74,6 +84,7 @@ class Souper:
             result = self.evaluator.evaluate(model, tokenizer, split)
             record = {
                 "kind": self.kind, "experts": self.names, "weights": [float(w) for w in weights], "split": split,
+                "question": self.question,
                 "scores": result.scores, "objective": aggregate(result.scores, self.objective),
                 "correct": solved_bits(result.outcomes),
                 "merge_s": merged - started, "eval_s": time.perf_counter() - merged, "time": time.time(),
@@ -89,6 +100,14 @@ class Souper:
             self.bar.update(1)
             self.bar.set_postfix(best=f"{self.best['objective']:.4f}", s_per_point=f"{record['merge_s'] + record['eval_s']:.2f}", refresh=False)
         return record
+
+    def _with_objective(self, record: dict) -> dict:
+        return {**record, "objective": aggregate(record["scores"], self.objective)}
+
+    def points(self, split: str) -> list[dict]:
+        """The sweep's stored points of these experts on `split`, with the objective as asked now."""
+        return [self._with_objective(r) for r in self.store
+                if r["kind"] == "sweep" and r["experts"] == self.names and r["split"] == split]
 
     def objective_of(self, split: str):
         return lambda weights: self.evaluate(weights, split)["objective"]

@@ -1,4 +1,4 @@
-"""Experiment tracking: a Tracker protocol, a W&B tracker and a no-op one.
+"""Experiment tracking: a Tracker protocol, a W&B tracker, a no-op one and one that records.
 
 A tracker never costs a result: every W&B failure is logged as a warning and the tracker
 goes quiet, while the stages keep writing their files to the run directory.
@@ -43,6 +43,37 @@ class NoTracker:
 
     def finish(self) -> None:
         pass
+
+
+class RecordingTracker:
+    """Keeps what it is given in memory: for a Python caller that wants the study's logs as data,
+    and for tests. `metrics` is every log_metrics call, `tables` name -> (columns, rows)."""
+
+    def __init__(self) -> None:
+        self.metrics: list[dict[str, float]] = []
+        self.summary: dict[str, Any] = {}
+        self.tables: dict[str, tuple[list[str], list[list[Any]]]] = {}
+        self.images: dict[str, Path] = {}
+        self.references: dict[str, Path] = {}
+        self.finished = False
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        self.metrics.append(dict(metrics))
+
+    def log_summary(self, values: dict[str, Any]) -> None:
+        self.summary.update(values)
+
+    def log_table(self, name: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        self.tables[name] = (list(columns), [list(r) for r in rows])
+
+    def log_image(self, name: str, path: Path) -> None:
+        self.images[name] = Path(path)
+
+    def log_reference(self, name: str, path: Path) -> None:
+        self.references[name] = Path(path)
+
+    def finish(self) -> None:
+        self.finished = True
 
 
 def _guarded(method):

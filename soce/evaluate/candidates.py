@@ -1,10 +1,10 @@
 """Score a pool's candidates with an evaluator: one score table per split, cached per
-candidate and split (keyed by the model's files and the benchmark), so re-runs cost nothing.
+candidate and split (keyed by the model's files and the question: the benchmark's settings and
+the evaluator's fingerprint), so re-runs cost nothing.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import json
 import logging
@@ -14,7 +14,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from soce.errors import SoceError
+from soce.artifacts import digest, model_fingerprint
+from soce.errors import CheckpointError
 from soce.evaluate import EvalResult, Evaluator
 from soce.pool import Candidate
 from soce.scores import Outcome, ScoreTable
@@ -22,14 +23,10 @@ from soce.scores import Outcome, ScoreTable
 log = logging.getLogger(__name__)
 
 
-def model_fingerprint(path: Path) -> str:
-    """The zoo's manifest (sha256 of every file) where there is one, else names, sizes and mtimes."""
-    manifest = path / "manifest.json"
-    if manifest.exists():
-        blob = manifest.read_bytes()
-    else:
-        blob = json.dumps([(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(path.iterdir()) if p.is_file()]).encode()
-    return hashlib.sha256(blob).hexdigest()
+def fingerprint(candidate: Candidate) -> str:
+    """What the candidate's scores depend on: the files of its model directory (for a Hub id,
+    the snapshot fetched: its revision's files), never its name alone."""
+    return model_fingerprint(Path(model_dir(candidate)))
 
 
 def model_dir(candidate: Candidate) -> str:
@@ -37,16 +34,16 @@ def model_dir(candidate: Candidate) -> str:
     Face cache (weights, config and tokenizer files only)."""
     if candidate.path:
         if not Path(candidate.path).is_dir():
-            raise SoceError(f"pool model {candidate.name!r}: {candidate.path} is not a model directory")
+            raise CheckpointError(f"pool model {candidate.name!r}: {candidate.path} is not a model directory")
         return candidate.path
     if not candidate.hub_id:
-        raise SoceError(f"pool model {candidate.name!r} has neither a path nor a hub_id: set one in the pool config")
+        raise CheckpointError(f"pool model {candidate.name!r} has neither a path nor a hub_id: set one in the pool config")
     from huggingface_hub import snapshot_download
 
     try:
         return snapshot_download(candidate.hub_id, allow_patterns=["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt"])
     except Exception as err:  # offline, gated, missing: every cause ends here, with the model named
-        raise SoceError(f"pool model {candidate.name!r}: cannot fetch {candidate.hub_id} from the Hugging Face Hub "
+        raise CheckpointError(f"pool model {candidate.name!r}: cannot fetch {candidate.hub_id} from the Hugging Face Hub "
                         f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
                         "download it where there is a network and set its path in the pool config") from None
 
@@ -60,7 +57,7 @@ def load_model(candidate: Candidate):
     try:
         return AutoModelForCausalLM.from_pretrained(where), AutoTokenizer.from_pretrained(where)
     except (OSError, ValueError) as err:
-        raise SoceError(f"pool model {candidate.name!r}: cannot load {where} ({err})") from None
+        raise CheckpointError(f"pool model {candidate.name!r}: cannot load {where} ({err})") from None
 
 
 def evaluate_candidates(
@@ -68,17 +65,17 @@ def evaluate_candidates(
     evaluator: Evaluator,
     splits: Sequence[str],
     cache_dir: Path,
-    benchmark_key: dict,
+    question: dict,
     check: Callable[[object, str], None] | None = None,
 ) -> dict[str, ScoreTable]:
     """Per split, the table of the candidates' scores (overall: the mean over categories)."""
     cache_dir.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict[str, EvalResult]] = {s: {} for s in splits}
     for c in candidates:
-        fingerprint = model_fingerprint(Path(c.path)) if c.path else c.name
+        files = fingerprint(c)
         loaded = None
         for split in splits:
-            key = hashlib.sha256(json.dumps([fingerprint, benchmark_key, split], sort_keys=True).encode()).hexdigest()[:20]
+            key = digest([files, question, split])[:20]
             cached = cache_dir / f"{key}.json"
             if cached.exists():
                 data = json.loads(cached.read_text())

@@ -5,9 +5,12 @@ It serves as the reference the lm-eval backend is checked against, and as the qu
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
-from soce.errors import SoceError
+from soce.artifacts import files_digest
+from soce.errors import EvaluationError
 from soce.evaluate import EvalResult, scores_from_outcomes
 from soce.scores import Outcome
 from soce.zoo import fc
@@ -20,16 +23,18 @@ def check_tokenizer(tokenizer, where: str) -> None:
     from soce.zoo.tokenizer import vocabulary
 
     if tokenizer.get_vocab() != {t: i for i, t in enumerate(vocabulary())}:
-        raise SoceError(f"{where}: its tokenizer does not match toy_fc's vocabulary (benchmark=toy_fc needs the zoo's tokenizer)")
+        raise EvaluationError(f"{where}: its tokenizer does not match toy_fc's vocabulary (benchmark=toy_fc needs the zoo's tokenizer)")
 
 
 class ToyFcDirect:
     categories = fc.CATEGORIES
     splits = ("dev", "test")
 
-    def __init__(self, seed: int = 0, per_category: int = 100, batch_size: int = 200) -> None:
+    def __init__(self, *, seed: int, per_category: int, batch_size: int) -> None:
         self.examples = fc.splits(seed, per_category)
         self.batch_size = batch_size
+        # the examples, the decoding and the scorer are this code's: a change to it is a new question
+        self.fingerprint = {"backend": "direct", "code": files_digest([Path(fc.__file__), Path(__file__)])}
 
     @torch.no_grad()
     def evaluate(self, model, tokenizer, split: str) -> EvalResult:

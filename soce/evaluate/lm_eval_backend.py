@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Sequence
 
-from soce.errors import SoceError
+from soce.artifacts import files_digest
+from soce.errors import EvaluationError
 from soce.evaluate import EvalResult
 from soce.scores import Outcome, closest
 
@@ -20,14 +22,17 @@ TOY_FC_TASKS = Path(__file__).parent / "tasks" / "toy_fc"
 class LmEvalBackend:
     """tasks: split -> {category: lm-eval task name}."""
 
-    def __init__(self, tasks: dict[str, dict[str, str]], *, include_path: str | Path | None = None, metric: str = "acc",
-                 batch_size: int = 64, max_length: int = 256, metadata: dict | None = None,
-                 include_defaults: bool = True) -> None:
+    def __init__(self, tasks: dict[str, dict[str, str]], *, include_path: str | Path | None, metric: str, batch_size: int,
+                 max_length: int, metadata: dict | None = None, include_defaults: bool = True,
+                 code: Sequence[Path] = ()) -> None:
+        """`code`: source files the tasks' scoring depends on besides the task folder (a changed
+        file is a new question: results stored before it are not reused)."""
+        import lm_eval
         from lm_eval.tasks import TaskManager
 
         for name in ("lm_eval", "lm-eval"):
             logging.getLogger(name).setLevel(logging.ERROR)
-        _quiet_request_building()
+        _quiet_lm_eval()
         self.tasks = tasks
         self.categories = tuple(next(iter(tasks.values())))
         self.splits = tuple(tasks)
@@ -38,9 +43,12 @@ class LmEvalBackend:
         for split, mapping in tasks.items():
             for task in mapping.values():
                 if task not in known:
-                    raise SoceError(f"lm-eval task {task!r} (benchmark.tasks.{split}) does not exist{closest(task, known)}")
+                    raise EvaluationError(f"lm-eval task {task!r} (benchmark.tasks.{split}) does not exist{closest(task, known)}")
         self._lm = None
         self._wrapped = None
+        task_files = [p for p in Path(include_path).rglob("*") if p.is_file() and p.suffix in (".yaml", ".py")] if include_path else []
+        self.fingerprint = {"backend": "lm_eval", "lm_eval": lm_eval.__version__, "tasks": tasks, "metric": metric,
+                            "max_length": max_length, "metadata": metadata, "files": files_digest([*task_files, *code])}
 
     def _harness_model(self, model, tokenizer):
         from lm_eval.models.huggingface import HFLM
@@ -63,7 +71,7 @@ class LmEvalBackend:
         from lm_eval import simple_evaluate
 
         if split not in self.tasks:
-            raise SoceError(f"benchmark.tasks has no {split!r} split (it has {', '.join(self.tasks)})")
+            raise EvaluationError(f"benchmark.tasks has no {split!r} split (it has {', '.join(self.tasks)})")
         mapping = self.tasks[split]
         out = simple_evaluate(model=self._harness_model(model, tokenizer), tasks=list(mapping.values()),
                               task_manager=self.task_manager, log_samples=True, bootstrap_iters=0, verbosity="ERROR")
@@ -73,7 +81,7 @@ class LmEvalBackend:
             # 'acc' matches 'acc,none'; 'exact_match,flexible-extract' names one filter's result
             key = next((k for k in result if k == self.metric or k.split(",")[0] == self.metric), None)
             if key is None:
-                raise SoceError(f"lm-eval task {task!r} reports no metric {self.metric!r} (it has {', '.join(result)})")
+                raise EvaluationError(f"lm-eval task {task!r} reports no metric {self.metric!r} (it has {', '.join(result)})")
             scores[category] = float(result[key])
             name, _, filter_name = key.partition(",")
             for sample in out["samples"][task]:
@@ -86,21 +94,27 @@ class LmEvalBackend:
         return EvalResult(scores, tuple(outcomes))
 
 
-def _quiet_request_building() -> None:
-    """lm-eval draws a progress bar per task while it builds requests, one evaluation after
-    another (hundreds in a sweep) and with no switch to turn it off: turn it off in its module."""
+def _quiet_lm_eval() -> None:
+    """What lm-eval does on every evaluation (hundreds in a sweep) that soce never uses, with no
+    switch to turn it off, turned off in its modules: a progress bar per task while it builds
+    requests; `git describe` in the working directory (outside a repository it prints 'fatal: not
+    a git repository' each time); and torch's environment report (0.4 s of subprocesses each time)."""
     import functools
 
     import lm_eval.api.task
+    import lm_eval.evaluator
     from tqdm import tqdm
 
     lm_eval.api.task.tqdm = functools.partial(tqdm, disable=True)
+    lm_eval.evaluator.get_git_commit_hash = lambda: None
+    lm_eval.evaluator.add_env_info = lambda results: None
 
 
-def toy_fc_backend(seed: int = 0, per_category: int = 100, batch_size: int = 64) -> LmEvalBackend:
-    from soce.zoo.fc import CATEGORIES
+def toy_fc_backend(*, seed: int, per_category: int, batch_size: int) -> LmEvalBackend:
+    from soce.zoo import fc
 
-    tasks = {split: {c: f"toy_fc_{split}_{c}" for c in CATEGORIES} for split in ("dev", "test")}
+    tasks = {split: {c: f"toy_fc_{split}_{c}" for c in fc.CATEGORIES} for split in ("dev", "test")}
     # Only soce's own tasks: indexing lm-eval's thousands of built-in ones takes 7 s.
-    return LmEvalBackend(tasks, include_path=TOY_FC_TASKS, batch_size=batch_size, include_defaults=False,
-                         metadata={"seed": seed, "per_category": per_category})
+    return LmEvalBackend(tasks, include_path=TOY_FC_TASKS, metric="acc", batch_size=batch_size, max_length=256,
+                         include_defaults=False, metadata={"seed": seed, "per_category": per_category},
+                         code=[Path(fc.__file__)])

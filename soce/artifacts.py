@@ -1,0 +1,110 @@
+"""The run directory's files, each with the settings it was made with.
+
+A stage reuses a file of an earlier stage only when the settings stored in it equal the
+settings now; otherwise it says which setting changed and makes the file again. The sweep
+store's records carry the question their scores answer (`question`): the benchmark's
+settings, the evaluator's code and task files, and a fingerprint of each model's files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger("soce")
+
+SCORES, SCORES_TEST = "scores.csv", "scores_test.csv"
+ANALYSIS, SELECTION, RESULTS, REPORT, SOUP = "analysis.json", "selection.json", "results.json", "report.md", "soup"
+
+
+def resolved(cfg: DictConfig, *keys: str) -> dict:
+    """The config nodes `keys` as plain data, resolved in place (a node copied into a new
+    config would lose its interpolations' root: analysis.tau follows selection.tau)."""
+    return {key: OmegaConf.to_container(cfg[key], resolve=True, enum_to_str=True) for key in keys}
+
+
+def analysis_settings(cfg: DictConfig) -> dict:
+    """What scores.csv and analysis.json depend on."""
+    return resolved(cfg, "benchmark", "pool", "analysis")
+
+
+def selection_settings(cfg: DictConfig) -> dict:
+    """What selection.json depends on: the analysis and the selection strategy."""
+    return {**analysis_settings(cfg), **resolved(cfg, "selection")}
+
+
+def differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """'key: old -> new' for every leaf that differs between two nested dicts."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for k in sorted(set(old) | set(new), key=str):
+            where = f"{prefix}.{k}" if prefix else str(k)
+            if k not in old:
+                out.append(f"{where}: (absent) -> {json.dumps(new[k])}")
+            elif k not in new:
+                out.append(f"{where}: {json.dumps(old[k])} -> (absent)")
+            else:
+                out += differences(old[k], new[k], where)
+        return out
+    return [] if old == new else [f"{prefix or 'value'}: {json.dumps(old)} -> {json.dumps(new)}"]
+
+
+def write_json(path: Path, settings: dict, record: dict) -> None:
+    path.write_text(json.dumps({"settings": settings, **record}, indent=2))
+
+
+def read_current(path: Path, settings: dict) -> dict | None:
+    """The record in `path` if it was made with `settings`; None (and why) if missing or stale."""
+    if not path.exists():
+        log.info("no %s in %s yet", path.name, path.parent)
+        return None
+    record = json.loads(path.read_text())
+    changed = differences(record.get("settings"), settings)
+    if changed:
+        log.info("%s in %s was made with other settings (%s): making it again", path.name, path.parent, "; ".join(changed[:3]))
+        return None
+    return record
+
+
+def digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def files_digest(paths: Iterable[Path]) -> str:
+    """sha256 over the names and contents of small files (task YAMLs, scorer code)."""
+    h = hashlib.sha256()
+    for p in sorted(paths):
+        h.update(p.name.encode() + b"\0" + p.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def model_fingerprint(path: Path) -> str:
+    """What a model's scores depend on, without reading its weights: every file's name and size,
+    and for the Hugging Face cache's links the blob they point to (named by its content's hash),
+    for other files their modification time. Rewritten weights (or a rebuilt zoo model, or
+    another revision of a Hub model) give another fingerprint."""
+    files = []
+    for p in sorted(path.iterdir()):
+        if p.is_file():
+            stat = p.stat()
+            files.append((p.name, stat.st_size, Path(os.readlink(p)).name if p.is_symlink() else stat.st_mtime_ns))
+    return digest(files)
+
+
+def question_differences(stored: dict | None, now: dict) -> list[str]:
+    """How the question a stored soup answered differs from the question asked now: the
+    benchmark and evaluator must be equal, and each model both name must have the same files."""
+    if not stored:
+        return ["the record predates question fingerprints (soce < 0.2)"]
+    out = differences({k: stored.get(k) for k in ("benchmark", "evaluator")}, {k: now.get(k) for k in ("benchmark", "evaluator")})
+    for model, was in stored.get("models", {}).items():
+        is_now = now.get("models", {}).get(model)
+        if is_now is not None and is_now != was:
+            out.append(f"the files of model {model!r} changed")
+    return out
