@@ -9,9 +9,12 @@ output and compares calls by name and arguments (an AST check, as BFCL does), ne
 from __future__ import annotations
 
 import ast
+import hashlib
 import json
 import random
 from dataclasses import asdict, dataclass
+from typing import Literal
+from soce.errors import ConfigError
 
 CATEGORIES = ("simple", "multiple", "parallel", "parallel_multiple", "irrelevance", "json")
 ORDER_FREE = {"parallel", "parallel_multiple"}  # the order of the calls does not matter there
@@ -90,7 +93,7 @@ def make_example(rng: random.Random, category: str) -> tuple[str, list[tuple[str
         _, request = _draw_call(rng, asked)
         return _prompt(offered, syntax, request), [], syntax
     else:
-        raise ValueError(f"unknown category {category!r}")
+        raise ConfigError(f"unknown category {category!r}")
     drawn = [_draw_call(rng, n) for n in wanted]
     request = " and ".join(r for _, r in drawn)
     return _prompt(offered, syntax, request), [c for c, _ in drawn], syntax
@@ -100,8 +103,20 @@ def _prompt(offered: list[str], syntax: str, request: str) -> str:
     return f"functions: {' ; '.join(signature(n) for n in offered)} | format: {syntax} | request: {request} | calls:"
 
 
-def generate_examples(seed: int, per_category: int, exclude: set[str] = frozenset(), tag: str = "") -> list[Example]:
-    """`per_category` distinct examples of each category, none whose prompt is in `exclude`."""
+Side = Literal["train", "dev", "test"]
+
+
+def side_of(prompt: str) -> Side:
+    """Which part of the prompt space a prompt belongs to, fixed by its hash: an eighth of all
+    prompts to dev, an eighth to test, the rest to training. Whatever the seed or size, a dev or
+    test split and the training data never share a prompt, and dev and test are drawn alike."""
+    bucket = int(hashlib.sha256(prompt.encode()).hexdigest()[:8], 16) % 8
+    return "dev" if bucket == 0 else "test" if bucket == 1 else "train"
+
+
+def generate_examples(seed: int, per_category: int, side: Side, exclude: set[str] = frozenset(), tag: str = "") -> list[Example]:
+    """`per_category` distinct examples of each category from `side` of the prompt space, none
+    whose prompt is in `exclude`."""
     rng = random.Random(seed)
     out = []
     for category in CATEGORIES:
@@ -110,9 +125,10 @@ def generate_examples(seed: int, per_category: int, exclude: set[str] = frozense
         while len(seen) < per_category:
             attempts += 1
             if attempts > 200 * per_category:
-                raise RuntimeError(f"toy_fc: cannot draw {per_category} distinct {category} examples")
+                raise ConfigError(f"per_category={per_category}: toy_fc cannot draw that many distinct {category} "
+                                  f"examples for {side} (it has {len(seen)} after {attempts - 1} draws)")
             prompt, calls, syntax = make_example(rng, category)
-            if prompt in seen or prompt in exclude:
+            if prompt in seen or prompt in exclude or side_of(prompt) != side:
                 continue
             seen.add(prompt)
             out.append(Example(f"{tag}{category}-{len(seen) - 1}", category, prompt, render(calls, syntax), json.dumps(calls)))
@@ -120,9 +136,10 @@ def generate_examples(seed: int, per_category: int, exclude: set[str] = frozense
 
 
 def splits(seed: int = 0, per_category: int = 100) -> dict[str, list[Example]]:
-    """dev and test: `per_category` examples of each category each, no prompt shared."""
-    dev = generate_examples(seed, per_category, tag="dev-")
-    test = generate_examples(seed + 1, per_category, exclude={e.prompt for e in dev}, tag="test-")
+    """dev and test: `per_category` examples of each category each, from the dev and the test part
+    of the prompt space (fc.side_of)."""
+    dev = generate_examples(seed, per_category, "dev", tag="dev-")
+    test = generate_examples(seed + 1, per_category, "test", tag="test-")
     return {"dev": dev, "test": test}
 
 

@@ -23,7 +23,7 @@ def vocabulary() -> list[str]:
     """Every token toy_fc can produce: from generated examples and every value in both quotings."""
     pre = _pre_tokenizer()
     tokens: set[str] = set()
-    texts = [e.prompt + " " + e.answer for e in fc.generate_examples(seed=12345, per_category=400)]
+    texts = [e.prompt + " " + e.answer for e in fc.generate_examples(seed=12345, per_category=400, side="train")]
     for name, (params, _) in fc.FUNCTIONS.items():
         texts.append(fc.signature(name))
         for p, values in params.items():
