@@ -7,6 +7,8 @@ checkout=$(cd "$(dirname "$0")/.." && pwd)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
+# setuptools builds in the source tree, and a stale build/ could carry deleted files into the wheel
+rm -rf "$checkout/build"
 "$PYTHON" -m pip wheel -q --no-deps -w "$work/dist" "$checkout"
 rm -rf "$checkout/build"
 "$PYTHON" -m venv "$work/venv"

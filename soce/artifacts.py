@@ -39,6 +39,11 @@ def selection_settings(cfg: DictConfig) -> dict:
     return {**analysis_settings(cfg), **resolved(cfg, "selection")}
 
 
+def results_settings(cfg: DictConfig) -> dict:
+    """What results.json depends on: the selection and the search (its objective and split too)."""
+    return {**selection_settings(cfg), **resolved(cfg, "search")}
+
+
 def differences(old: Any, new: Any, prefix: str = "") -> list[str]:
     """'key: old -> new' for every leaf that differs between two nested dicts."""
     if isinstance(old, dict) and isinstance(new, dict):
@@ -65,7 +70,7 @@ def read_current(path: Path, settings: dict) -> dict | None:
         log.info("no %s in %s yet", path.name, path.parent)
         return None
     record = json.loads(path.read_text())
-    changed = differences(record.get("settings"), settings)
+    changed = differences(record["settings"], settings) if "settings" in record else ["its settings were not recorded"]
     if changed:
         log.info("%s in %s was made with other settings (%s): making it again", path.name, path.parent, "; ".join(changed[:3]))
         return None

@@ -388,7 +388,7 @@ def soup(run: Run) -> dict:
     protocol = ("weights chosen on dev, reported on test" if split == "dev"
                 else "weights chosen on TEST, the split reported (the paper's protocol): test scores are optimistic")
     results = {"protocol": protocol, "objective": objective.value, "search": search.name, "rows": rows}
-    run.path(RESULTS).write_text(json.dumps(results, indent=2))
+    artifacts.write_json(run.path(RESULTS), artifacts.results_settings(run.cfg), results)
 
     paths = [model_dir(candidates[n]) for n in experts]
     ids = [candidates[n].hub_id or candidates[n].path for n in experts]
@@ -445,11 +445,10 @@ def report(run: Run) -> Path:
         evaluator, candidates = evaluated_pool(run)
         checked_question(run, evaluator, candidates)
         souper = make_souper(run, [candidates[n] for n in experts], evaluator, kind="shapley")
-        results = run.path(RESULTS)
         inputs = replace(
             inputs, categories=evaluator.categories, souper=souper, points=souper.points(search.select_on.value),
             candidate_souper=lambda: make_souper(run, list(candidates.values()), evaluator, kind="shapley"),
-            own=candidate_scores(run), results=json.loads(results.read_text()) if results.exists() else None)
+            own=candidate_scores(run), results=artifacts.read_current(run.path(RESULTS), artifacts.results_settings(cfg)))
     return write_report(inputs)
 
 

@@ -1,28 +1,65 @@
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hydra import compose, initialize_config_dir
+
+from soce import cli, config
+from soce.tracking import RecordingTracker
 
 ROOT = Path(__file__).resolve().parents[1]
 BFCL_FIXTURE = ROOT / "tests" / "data" / "bfcl_overall_fixture.csv"
 
+config.register()
+
+
+def compose_cfg(overrides=(), conf_dir=cli.CONF_DIR):
+    """The config `soce OVERRIDES...` runs with, composed by Hydra's compose API."""
+    with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
+        return compose("soce", overrides=list(overrides))
+
+
+@dataclass
+class Study:
+    dir: Path
+    tracker: RecordingTracker
+    log: str  # what the study printed (its INFO and WARNING lines)
+
+
+@pytest.fixture
+def study(tmp_path, caplog):
+    """Run a study in this process, as `soce OVERRIDES... hydra.run.dir=RUN_DIR` would: the config
+    composed by Hydra, the stages run by the entrypoint's own function, a recording tracker."""
+
+    def run(*overrides: str, run_dir: Path | None = None) -> Study:
+        caplog.set_level(logging.INFO, logger="soce")
+        caplog.clear()
+        run_dir = Path(run_dir or tmp_path / "run")
+        tracker = RecordingTracker()
+        cli.run_study(compose_cfg(overrides), run_dir, tracker=tracker)
+        assert tracker.finished
+        return Study(run_dir, tracker, caplog.text)
+
+    return run
+
 
 @pytest.fixture
 def soce(tmp_path):
-    """Run the real CLI (`python -m soce ...`) in a subprocess, with W&B kept inside tmp_path."""
+    """Run the real CLI (`python -m soce ...`) in a subprocess, with W&B kept inside tmp_path.
+    No timeout: a busy machine is slow, not wrong."""
 
     def run(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
         environ = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
         environ.update(WANDB_CONFIG_DIR=str(tmp_path / ".wandb-config"), WANDB_CACHE_DIR=str(tmp_path / ".wandb-cache"))
         environ.update(env or {})
-        return subprocess.run(
-            [sys.executable, "-m", "soce", *args], cwd=cwd or tmp_path, env=environ,
-            capture_output=True, text=True, timeout=300,
-        )
+        return subprocess.run([sys.executable, "-m", "soce", *args], cwd=cwd or tmp_path, env=environ,
+                              capture_output=True, text=True)
 
     return run
 
@@ -35,7 +72,7 @@ def accelerate_launch(args: list[str], cwd: Path, processes: int = 2) -> subproc
     return subprocess.run(
         [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "soce", *args],
-        capture_output=True, text=True, timeout=300, env=env, cwd=cwd,
+        capture_output=True, text=True, env=env, cwd=cwd,
     )
 
 

@@ -1,4 +1,5 @@
-"""The real entrypoint, end to end, in subprocesses: what a user types and sees."""
+"""The entrypoint: a few true command-line runs (what a user types and sees: W&B's offline run,
+a multirun, one-line errors), and the pipeline on score tables in this process."""
 
 import json
 
@@ -6,35 +7,88 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import BFCL_FIXTURE, write_csv
-from wandb_log import logged_keys, run_record
+from conftest import BFCL_FIXTURE, compose_cfg, write_csv
+from soce.cli import make_tracker
+from soce.errors import ConfigError, DataError, SoceError
 
 BFCL = ["benchmark=bfcl_leaderboard", f"benchmark.path={BFCL_FIXTURE}"]
 BFCL_ALL = [*BFCL, "pool=all"]  # every row of the table is a candidate
 
 
-def wandb_runs(run_dir):
-    return sorted(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
-
-
-def test_the_synthetic_leaderboard_runs_with_wandb(soce, tmp_path):
+# --- on the command line --------------------------------------------------------------------------
+def test_the_synthetic_leaderboard_runs_with_wandb_offline(soce, tmp_path):
     r = soce("benchmark=demo", "pool=all", f"hydra.run.dir={tmp_path / 'run'}")
     assert r.returncode == 0, r.stderr
     run = tmp_path / "run"
-    for name in ("scores.csv", "analysis.json", "correlation.png", "entry_tau.png", "selection.json", "soce.log"):
+    for name in ("scores.csv", "analysis.json", "correlation.png", "entry_tau.png", "selection.json", "report.md", "soce.log"):
         assert (run / name).is_file(), name
     assert "weak set L" in r.stdout and "selection: soce" in r.stdout and f"files: {run}/" in r.stdout
     selection = json.loads((run / "selection.json").read_text())
     assert selection["experts"] and all(e["leads"] for e in selection["experts"])
-    (run_file,) = wandb_runs(run)  # one offline W&B run, named by the study
-    assert run_record(run_file).run_group == "demo-all"
-    assert {"scores", "correlation", "selection", "excluded"} <= logged_keys(run_file)
+    (offline,) = run.glob("wandb/offline-run-*")  # one offline W&B run, with the tables and plots as W&B media
+    tables = {p.name.split("_")[0] for p in offline.glob("files/media/table/*.table.json")}
+    assert {"scores", "correlation", "selection", "excluded"} <= tables
+    assert len(list(offline.glob("files/media/images/*.png"))) == 2
 
 
-def test_bfcl_select_matches_pandas_and_explains_the_selection(soce, tmp_path):
-    run = tmp_path / "run"
-    r = soce(*BFCL, "pool=bfcl_v3_70b", "stage=select", "selection.tau=0.1", "tracker=none", f"hydra.run.dir={run}")
+def test_multirun_over_tau_one_run_dir_and_one_wandb_run_per_job(soce, tmp_path):
+    sweep = tmp_path / "multi"
+    r = soce("-m", "selection.tau=0.03,0.1,0.3", "stage=select", *BFCL, "pool=bfcl_v3_70b", f"hydra.sweep.dir={sweep}")
     assert r.returncode == 0, r.stderr
+    weak_sets = []
+    for job in ("0", "1", "2"):
+        analysis = json.loads((sweep / job / "analysis.json").read_text())
+        assert (sweep / job / "selection.json").is_file() and (sweep / job / "correlation.png").is_file()
+        weak_sets.append(set(analysis["weak_set"]))
+        assert len(list((sweep / job).glob("wandb/offline-run-*"))) == 1
+    assert weak_sets[0] < weak_sets[1] < weak_sets[2]  # L grows with tau
+
+
+def test_a_wandb_run_is_named_by_job_and_grouped_by_study(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / ".wandb-config"))
+    tracker = make_tracker(compose_cfg([*BFCL, "pool=bfcl_v3_70b"]), tmp_path, "bfcl-bfcl_v3_70b/2")
+    try:
+        assert (tracker.run.group, tracker.run.name) == ("bfcl-bfcl_v3_70b", "bfcl-bfcl_v3_70b/2")
+        assert "hydra" not in tracker.run.config and tracker.run.config["selection"]["tau"] == 0.2
+    finally:
+        tracker.finish()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["benchmark=table", "benchmark.path=/nonexistent/scores.csv"], "error: score file /nonexistent/scores.csv: not found"),
+        (["selection.tau=1.5"], "error: selection.tau=1.5 is outside [0, 1]"),
+    ],
+)
+def test_bad_input_is_one_clear_line_and_a_nonzero_exit(soce, tmp_path, args, message):
+    r = soce(*args, "tracker=none", f"hydra.run.dir={tmp_path / 'run'}")
+    assert r.returncode == 1
+    assert message in r.stderr and "Traceback" not in r.stderr + r.stdout
+    assert len([line for line in r.stderr.splitlines() if line.startswith("error:")]) == 1
+
+
+def test_hydra_full_error_shows_the_traceback(soce, tmp_path):
+    r = soce("selection.tau=1.5", "tracker=none", f"hydra.run.dir={tmp_path / 'run'}", env={"HYDRA_FULL_ERROR": "1"})
+    assert r.returncode == 1 and "Traceback" in r.stderr and "ConfigError" in r.stderr
+
+
+def test_a_misspelt_key_or_choice_on_the_command_line(soce):
+    r = soce("selection.tauu=0.1")
+    assert r.returncode == 1 and "tauu" in r.stderr
+    r = soce("search.objective=mena")
+    assert r.returncode == 1 and "mena" in r.stderr and "mean, sum" in r.stderr
+
+
+def test_cfg_job_prints_the_composed_config(soce):
+    r = soce("--cfg", "job")
+    assert r.returncode == 0 and "selection:" in r.stdout and "tau: 0.2" in r.stdout and "zoo: default" in r.stdout
+
+
+# --- in this process --------------------------------------------------------------------------------
+def test_bfcl_select_matches_pandas_and_explains_the_selection(study, tmp_path):
+    r = study(*BFCL, "pool=bfcl_v3_70b", "stage=select", "selection.tau=0.1")
+    run = r.dir
     analysis = json.loads((run / "analysis.json").read_text())
     raw = pd.read_csv(BFCL_FIXTURE, index_col=False)
     numeric = raw[analysis["categories"]].apply(lambda s: pd.to_numeric(s.astype(str).str.rstrip("%"), errors="coerce"))
@@ -49,47 +103,44 @@ def test_bfcl_select_matches_pandas_and_explains_the_selection(soce, tmp_path):
     for e in experts.values():  # each expert really is the pool's best on what it leads
         for cat in e["leads"]:
             assert e["scores"][cat] == max(ex["scores"][cat] for ex in experts.values())
-    assert not list(run.glob("wandb"))  # tracker=none
+    columns, rows = r.tracker.tables["selection"]
+    assert [row[0] for row in rows] == list(experts) and columns[:2] == ["model", "hub_id"]
 
 
-def test_multirun_over_tau_one_run_dir_and_one_wandb_run_per_job(soce, tmp_path):
-    sweep = tmp_path / "multi"
-    r = soce("-m", "selection.tau=0.03,0.1,0.3", "stage=select", *BFCL, "pool=bfcl_v3_70b", f"hydra.sweep.dir={sweep}")
-    assert r.returncode == 0, r.stderr
-    weak_sets, groups, names = [], set(), set()
-    for job in ("0", "1", "2"):
-        analysis = json.loads((sweep / job / "analysis.json").read_text())
-        assert (sweep / job / "selection.json").is_file() and (sweep / job / "correlation.png").is_file()
-        weak_sets.append(set(analysis["weak_set"]))
-        (run_file,) = wandb_runs(sweep / job)
-        record = run_record(run_file)
-        groups.add(record.run_group)
-        names.add(record.display_name)
-    assert weak_sets[0] < weak_sets[1] < weak_sets[2]  # L grows with tau
-    assert groups == {"bfcl-bfcl_v3_70b"} and len(names) == 3
+def test_stages_reuse_artifacts_and_recompute_when_settings_change(study, tmp_path):
+    run = tmp_path / "run"
+    study(*BFCL_ALL, "stage=analyze")
+    assert not (run / "selection.json").exists()
+    again = study(*BFCL_ALL, "stage=select")
+    assert "running stage analyze" not in again.log
+    changed = study(*BFCL_ALL, "stage=select", "selection.tau=0.05")
+    assert "analysis.json in" in changed.log and "analysis.tau: 0.2 -> 0.05" in changed.log
+    assert json.loads((run / "analysis.json").read_text())["tau"] == 0.05
 
 
-def test_stages_reuse_artifacts_and_recompute_when_settings_change(soce, tmp_path):
-    run = f"hydra.run.dir={tmp_path / 'run'}"
-    assert soce(*BFCL_ALL, "stage=analyze", "tracker=none", run).returncode == 0
-    assert not (tmp_path / "run" / "selection.json").exists()
-    again = soce(*BFCL_ALL, "stage=select", "tracker=none", run)
-    assert again.returncode == 0 and "running stage analyze" not in again.stdout
-    changed = soce(*BFCL_ALL, "stage=select", "selection.tau=0.05", "tracker=none", run)
-    assert "other settings: running stage analyze again" in changed.stdout
-    assert json.loads((tmp_path / "run" / "analysis.json").read_text())["tau"] == 0.05
+def test_a_selection_made_with_other_settings_is_made_again(study, tmp_path):
+    """selection.json is reused only for the selection settings it was made with."""
+    run = tmp_path / "run"
+    study(*BFCL_ALL, "stage=select", "selection.tau=0.3")
+    assert len(json.loads((run / "selection.json").read_text())["experts"]) > 1
+    r = study(*BFCL_ALL, "stage=report", "selection.tau=0.3", "selection.max_experts=1")
+    assert "selection.json in" in r.log and "selection.max_experts: null -> 1" in r.log
+    assert len(json.loads((run / "selection.json").read_text())["experts"]) == 1
+    assert (run / "report.md").read_text().count("| best on") + (run / "report.md").read_text().count("| best overall") == 1
 
 
-def test_a_wandb_failure_is_a_warning_and_the_files_are_written(soce, tmp_path):
-    r = soce(*BFCL_ALL, "stage=select", "tracker.mode=bogus", f"hydra.run.dir={tmp_path / 'run'}")
-    assert r.returncode == 0, r.stderr
-    assert "W&B could not start a run" in r.stderr
+def test_a_wandb_failure_is_a_warning_and_the_files_are_written(tmp_path, monkeypatch, caplog):
+    import wandb
+
+    from soce.cli import run_study
+
+    def unreachable(**kwargs):
+        raise ConnectionError("api.wandb.ai unreachable")
+
+    monkeypatch.setattr(wandb, "init", unreachable)  # the one thing here that stands for the network
+    run_study(compose_cfg([*BFCL_ALL, "stage=select", "tracker.mode=online"]), tmp_path / "run")
+    assert "W&B could not start a run (ConnectionError: api.wandb.ai unreachable)" in caplog.text
     assert (tmp_path / "run" / "selection.json").is_file()
-
-
-def test_cfg_job_prints_the_composed_config(soce):
-    r = soce("--cfg", "job")
-    assert r.returncode == 0 and "selection:" in r.stdout and "tau: 0.2" in r.stdout and "zoo: default" in r.stdout
 
 
 @pytest.fixture
@@ -101,32 +152,19 @@ def bad_tables(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "args, message",
+    "args, kind, message",
     [
-        (["benchmark=table", "benchmark.path=/nonexistent/scores.csv"], "error: score file /nonexistent/scores.csv: not found"),
-        (["benchmark=table", "benchmark.path=DUPES"], "duplicate model names in column 'model': m1"),
-        (["benchmark=table", "benchmark.path=TEXT"], "no numeric category columns"),
-        ([*BFCL_ALL, "pool.models=[{name: watt-tool-7B}]"], "pool model 'watt-tool-7B' is not in"),
-        ([*BFCL], "pool=toy_zoo is a model family, but benchmark=bfcl reads its scores from a table"),
-        ([*BFCL_ALL, "benchmark.categories=[Multi Turn Bse]"], "category 'Multi Turn Bse' (benchmark.categories) is not a column"),
-        (["selection.tau=1.5"], "error: selection.tau=1.5 is outside [0, 1]"),
-        ([*BFCL_ALL, "selection.tau=0.01"], "the selection is empty: no pair of categories has |rho| < tau=0.01; the weakest pair is"),
-        (["benchmark=table"], "error: no value for benchmark.path"),
+        (["benchmark=table", "benchmark.path=DUPES"], DataError, "duplicate model names in column 'model': m1"),
+        (["benchmark=table", "benchmark.path=TEXT"], DataError, "no numeric category columns"),
+        ([*BFCL_ALL, "pool.models=[{name: watt-tool-7B}]"], ConfigError, "pool model 'watt-tool-7B' is not in"),
+        ([*BFCL], ConfigError, "pool=toy_zoo is a model family, but benchmark=bfcl reads its scores from a table"),
+        ([*BFCL_ALL, "benchmark.categories=[Multi Turn Bse]"], DataError, "category 'Multi Turn Bse' (benchmark.categories) is not a column"),
+        ([*BFCL_ALL, "selection.tau=0.01"], ConfigError, "the selection is empty: no pair of categories has |rho| < tau=0.01; the weakest pair is"),
+        (["benchmark=table"], ConfigError, "no value for benchmark.path"),
     ],
 )
-def test_bad_input_is_one_clear_line_and_a_nonzero_exit(soce, tmp_path, bad_tables, args, message):
+def test_bad_input_raises_the_kind_of_error_with_a_message_naming_the_fault(study, bad_tables, args, kind, message):
     args = [a.replace("DUPES", str(bad_tables["dupes"])).replace("TEXT", str(bad_tables["text"])) for a in args]
-    r = soce(*args, "tracker=none", f"hydra.run.dir={tmp_path / 'run'}")
-    assert r.returncode == 1
-    assert message in r.stderr and "Traceback" not in r.stderr + r.stdout
-    assert len([line for line in r.stderr.splitlines() if line.startswith("error:")]) == 1
-
-
-def test_hydra_full_error_shows_the_traceback(soce, tmp_path):
-    r = soce("selection.tau=1.5", "tracker=none", f"hydra.run.dir={tmp_path / 'run'}", env={"HYDRA_FULL_ERROR": "1"})
-    assert r.returncode == 1 and "Traceback" in r.stderr and "SoceError" in r.stderr
-
-
-def test_a_misspelt_key_on_the_command_line(soce):
-    r = soce("selection.tauu=0.1")
-    assert r.returncode == 1 and "tauu" in r.stderr
+    with pytest.raises(kind) as err:
+        study(*args)
+    assert message in str(err.value) and isinstance(err.value, SoceError)

@@ -1,25 +1,20 @@
+import dataclasses
 import shutil
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
-from omegaconf import OmegaConf
+from omegaconf import MISSING, OmegaConf
 
+from conftest import compose_cfg
 from soce import config
 from soce.cli import CONF_DIR
-from soce.errors import SoceError
+from soce.errors import ConfigError, SoceError
 
-config.register()
 GROUPS = ["benchmark", "pool", "selection", "search", "merge", "tracker", "experiment"]
 # Values a group option leaves to the command line.
 REQUIRED = {"benchmark": ["benchmark.path=x.csv"], "selection=manual": ["selection.models=[a]"],
             "benchmark=lm_eval": ["benchmark.dev_tasks=[a,b]", "benchmark.test_tasks=[c,d]"]}
-
-
-def compose_cfg(overrides=(), conf_dir=CONF_DIR):
-    with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
-        return compose("soce", overrides=list(overrides))
 
 
 def options():
@@ -73,6 +68,51 @@ def test_misspelt_keys_and_bad_values_fail_at_composition(override, fragment):
     assert fragment in str(err.value) or fragment in str(err.value.__cause__)
 
 
+@pytest.mark.parametrize(
+    "override, allowed",
+    [
+        ("search.objective=mena", "mean, sum"),
+        ("search.select_on=tset", "dev, test"),
+        ("benchmark.backend=direkt", "lm_eval, direct"),
+        ("report.shapley.players=everyone", "experts, candidates"),
+        ("report.shapley.value=best_of", "uniform, best"),
+        ("report.shapley.method=mc", "auto, exact, monte_carlo"),
+        ("tracker.mode=offlin", "offline, online, disabled"),
+        ("merge.dtype=bf16", "bfloat16, float16, float32"),
+        ("selection.population=everyone", "all, pool"),
+        ("analysis.method=kendall", "pearson, spearman"),
+        ("stage=sweeep", "analyze, select, sweep"),
+    ],
+)
+def test_a_typo_in_a_closed_choice_fails_at_composition_naming_the_choices(override, allowed):
+    with pytest.raises(ConfigCompositionException) as err:
+        compose_cfg([override])
+    text = str(err.value) + str(err.value.__cause__)
+    assert override.split("=")[1] in text and allowed in text
+
+
+def _schema_defaults(schema) -> dict:
+    return {f.name: (f.default if f.default is not dataclasses.MISSING else f.default_factory())
+            for f in dataclasses.fields(schema) if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
+
+
+@pytest.mark.parametrize("group, option", [(g, o) for g, o in options() if g != "experiment"])
+def test_yaml_options_do_not_repeat_their_schemas_defaults(group, option):
+    """Defaults live in one place, the schema: an option's YAML sets only what differs from it."""
+    yaml = OmegaConf.to_container(OmegaConf.load(Path(CONF_DIR) / group / f"{option}.yaml"))
+    schema = next(config.SCHEMAS[group][d] for d in yaml.pop("defaults") if d in config.SCHEMAS[group])
+    defaults = _schema_defaults(schema)
+    for key, value in yaml.items():
+        default = defaults.get(key, MISSING)
+        default = default.value if isinstance(default, config.Choice) else default
+        assert value != default, f"{group}/{option}.yaml sets {key}: {value!r}, the default of {schema.__name__}"
+
+
+def test_the_primary_config_does_not_repeat_the_schemas_defaults():
+    yaml = OmegaConf.to_container(OmegaConf.load(Path(CONF_DIR) / "soce.yaml"))
+    assert set(yaml) == {"defaults", "study", "hydra"}
+
+
 def test_a_typo_in_a_yaml_file_fails_at_composition(tmp_path):
     conf = shutil.copytree(CONF_DIR, tmp_path / "conf")
     (conf / "selection" / "typo.yaml").write_text("defaults:\n  - schema_soce\n  - _self_\nname: soce\ntaau: 0.1\n")
@@ -92,6 +132,6 @@ def test_a_typo_in_a_yaml_file_fails_at_composition(tmp_path):
     ],
 )
 def test_validation_names_the_key(overrides, message):
-    with pytest.raises(SoceError) as err:
+    with pytest.raises(ConfigError) as err:
         config.validate(compose_cfg(overrides))
-    assert message in str(err.value)
+    assert message in str(err.value) and isinstance(err.value, SoceError)

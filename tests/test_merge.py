@@ -194,6 +194,45 @@ def test_incompatible_models(zoo, tmp_path, other, message):
     assert not (tmp_path / "soup").exists()
 
 
+@pytest.mark.parametrize("dtype, name", [
+    (torch.uint16, "U16"), (torch.uint32, "U32"), (torch.uint64, "U64"), (torch.float8_e4m3fn, "F8_E4M3"),
+    (torch.float8_e5m2, "F8_E5M2"), (torch.float8_e8m0fnu, "F8_E8M0"), (torch.int16, "I16"), (torch.bool, "BOOL"),
+    (torch.complex64, "C64"),
+])
+def test_every_safetensors_dtype_is_read(tmp_path, dtype, name):
+    from soce.merge.checkpoint import TensorReader, read_header
+
+    tensor = torch.arange(12, dtype=torch.float32).reshape(3, 4).to(dtype)
+    save_file({"t": tensor}, tmp_path / "x.safetensors")
+    info = read_header(tmp_path / "x.safetensors")["t"]
+    assert info.dtype == dtype and info.shape == (3, 4)
+    raw = (tmp_path / "x.safetensors").read_bytes()
+    assert json.loads(raw[8:8 + int.from_bytes(raw[:8], "little")])["t"]["dtype"] == name  # the file names it so
+    reader = TensorReader(info.nbytes)
+    assert torch.equal(reader.read(info).view(torch.uint8), tensor.view(torch.uint8))
+    reader.close()
+
+
+def test_an_unreadable_dtype_is_refused_by_name_and_integers_are_not_averaged(zoo, tmp_path):
+    from soce.errors import CheckpointError
+    from soce.merge.checkpoint import read_header
+
+    header = json.dumps({"t": {"dtype": "F4", "shape": [2], "data_offsets": [0, 1]}}).encode()
+    (tmp_path / "f4.safetensors").write_bytes(len(header).to_bytes(8, "little") + header + b"\0")
+    with pytest.raises(CheckpointError, match="tensor 't' has dtype F4, which soce cannot read") as err:
+        read_header(tmp_path / "f4.safetensors")
+    assert "corrupt" not in str(err.value)
+
+    expert = copy_expert(zoo[("float32", False)][0], tmp_path / "ints")
+    f = first_shard(expert)
+    tensors = load_file(f)
+    name = sorted(tensors)[0]
+    tensors[name] = tensors[name].to(torch.uint16)
+    save_file(tensors, f, metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match=f"tensor {name!r} is U16: only floating-point tensors can be averaged"):
+        merge_to_disk([expert, zoo[("float32", False)][1]], [0.5, 0.5], tmp_path / "soup", progress=False)
+
+
 def test_tensor_sets_must_match(zoo, tmp_path):
     untied, tied = zoo[("float32", False)][0], zoo[("float32", True)][0]
     with pytest.raises(SoceError, match=r"has extra tensor 'lm_head.weight'|lacks tensor 'lm_head.weight'"):
@@ -203,10 +242,10 @@ def test_tensor_sets_must_match(zoo, tmp_path):
 @pytest.mark.parametrize(
     "weights, message",
     [
-        ([0.5, 0.5], "merge.weights has 2 values for 3 models"),
-        ([0.5, -0.2, 0.7], "merge.weights[1]=-0.2 is negative"),
-        ([0.5, float("nan"), 0.5], "merge.weights[1]=nan is not finite"),
-        ([0.5, 0.5, 0.5], "merge.weights sum to 1.5, not 1 (merge.normalize=true rescales them)"),
+        ([0.5, 0.5], "weights has 2 values for 3 models"),
+        ([0.5, -0.2, 0.7], "weights[1]=-0.2 is negative"),
+        ([0.5, float("nan"), 0.5], "weights[1]=nan is not finite"),
+        ([0.5, 0.5, 0.5], "weights sum to 1.5, not 1 (normalize=True rescales them)"),
     ],
 )
 def test_bad_weights(zoo, tmp_path, weights, message):

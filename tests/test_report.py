@@ -9,6 +9,7 @@ import random
 import numpy as np
 import pytest
 
+from soce.errors import ConfigError, DataError
 from soce.report.consistency import consistency, mean_off_diagonal
 from soce.report.shapley import exact_shapley, monte_carlo_shapley, shapley
 from soce.report.winrate import win_rates
@@ -63,7 +64,7 @@ def test_auto_switches_to_monte_carlo_beyond_max_exact():
     v = _random_game(5, seed=0)
     assert shapley(5, v, "auto", max_exact=8).method == "exact"
     assert shapley(5, v, "auto", max_exact=4, samples=20).method == "monte_carlo"
-    with pytest.raises(ValueError, match="at least 2"):
+    with pytest.raises(ConfigError, match="at least 2"):
         monte_carlo_shapley(3, v, samples=1)
 
 
@@ -79,7 +80,7 @@ def test_win_rates_on_a_hand_made_outcome_table():
     assert (rates.all_fail.solved, rates.all_fail.of) == (1, 2)  # t4 t6 failed by both; the soup solves t4
     assert (rates.one_fails.solved, rates.one_fails.of) == (1, 2)  # t2 (b fails) t3 (a fails)
     assert rates.kept["a"].rate == pytest.approx(2 / 3)
-    with pytest.raises(ValueError, match="b: no outcome for 1"):
+    with pytest.raises(DataError, match="b: no outcome for 1"):
         win_rates({"a": a, "b": {k: v for k, v in b.items() if k != "6"}}, soup)
 
 
@@ -92,14 +93,13 @@ def test_consistency_means_off_the_diagonal():
 
 
 STUDY = ["benchmark=toy_fc", "benchmark.backend=direct", "benchmark.per_category=20", "pool=toy_zoo_micro",
-         "selection.tau=0.5", "selection.max_experts=3", "search.budget=6", "tracker=none"]
+         "selection=topk", "selection.k=3", "search.budget=6"]
 
 
-def test_the_report_on_the_micro_family_has_every_section_and_costs_nothing_twice(soce, zoo_cache, tmp_path):
+def test_the_report_on_the_micro_family_has_every_section_and_costs_nothing_twice(study, zoo_cache, tmp_path):
     run = tmp_path / "run"
-    args = [*STUDY, f"pool.cache_dir={zoo_cache}", f"hydra.run.dir={run}"]
-    r = soce(*args)
-    assert r.returncode == 0, r.stderr[-2000:]
+    args = [*STUDY, f"pool.cache_dir={zoo_cache}"]
+    r = study(*args)
     report = (run / "report.md").read_text()
     for section in ("## The study", "## Weak set and experts", "## Baselines", "## Weight landscape", "## Shapley values",
                     "## Consistency across categories", "## Win rates on test"):
@@ -118,27 +118,30 @@ def test_the_report_on_the_micro_family_has_every_section_and_costs_nothing_twic
     uniform = next(p for p in records if p["kind"] == "sweep" and p["split"] == "dev"
                    and all(math.isclose(w, 1 / 3) for w in p["weights"]))
     assert sum(values) == pytest.approx(uniform["objective"], abs=2e-4)  # efficiency, at the table's 4 decimals
+    shapley = {row[0]: row[1] for row in r.tracker.tables["report/shapley"][1]}
+    assert sorted(shapley.values()) == pytest.approx(sorted(values), abs=5e-5)
+
+    # consistency: the soups' correlation matrix is the correlation of the sweep's per-category dev scores
+    categories = [c for c in r.tracker.tables["scores"][0][1:-1]]
+    soups = np.array([[p["scores"][c] for c in categories] for p in records if p["kind"] == "sweep" and p["split"] == "dev"])
+    from soce.analysis import correlation_matrix
+
+    expected = mean_off_diagonal(correlation_matrix(soups)[0])
+    assert r.tracker.summary["report/consistency_soups"] == pytest.approx(expected)
+    assert f"soups {expected:.3f}" in report
 
     before = (run / "sweep.jsonl").read_text()
-    r = soce(*args, "stage=report")
-    assert r.returncode == 0, r.stderr[-2000:]
+    study(*args, "stage=report")
     assert (run / "sweep.jsonl").read_text() == before and "(0 soups evaluated for this report" in (run / "report.md").read_text()
 
 
-def test_the_report_of_an_interrupted_run(soce, zoo_cache, tmp_path):
+def test_the_report_of_an_interrupted_run(study, zoo_cache, tmp_path):
     run = tmp_path / "run"
-    args = [*STUDY, "search.budget=3", f"pool.cache_dir={zoo_cache}", f"hydra.run.dir={run}"]
-    r = soce(*args, "stage=sweep")
-    assert r.returncode == 0, r.stderr[-2000:]
-    r = soce(*args, "report.shapley.players=candidates", "report.shapley.method=monte_carlo", "report.shapley.samples=20", "stage=report")
-    assert r.returncode == 0, r.stderr[-2000:]
+    args = [*STUDY, "search.budget=3", f"pool.cache_dir={zoo_cache}"]
+    study(*args, "stage=sweep")
+    study(*args, "report.shapley.players=candidates", "report.shapley.method=monte_carlo", "report.shapley.samples=20", "stage=report")
     report = (run / "report.md").read_text()
-    assert "The soup stage has not run in this directory (3 sweep points stored so far)" in report
+    assert "The soup stage has not run in this directory with these settings (3 sweep points stored so far)" in report
     assert "the best sweep point so far (the soup stage has not run)" in report
     assert "Players: the 4 candidates" in report and "Monte Carlo over 20 random orders" in report and "std. error" in report
     assert not (run / "results.json").exists() and not (run / "soup").exists()  # the report never runs the soup
-
-
-def test_report_settings_are_checked(soce, tmp_path):
-    r = soce("report.shapley.players=everyone", "tracker=none", f"hydra.run.dir={tmp_path / 'run'}")
-    assert r.returncode == 1 and "report.shapley.players='everyone': expected experts or candidates" in r.stderr

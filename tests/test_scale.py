@@ -2,13 +2,16 @@
 2-process `accelerate launch`, and what goes wrong with shards; all give the unsharded result."""
 
 import json
+import re
 
 import pytest
 
-from conftest import accelerate_launch
+from conftest import accelerate_launch, compose_cfg
+from soce.cli import run_study
+from soce.errors import SoceError
 
 STUDY = ["benchmark=toy_fc", "benchmark.backend=direct", "benchmark.per_category=20", "pool=toy_zoo_micro",
-         "selection.tau=0.5", "selection.max_experts=3", "search.budget=7", "tracker=none"]
+         "selection=topk", "selection.k=3", "search.budget=7", "tracker=none"]
 
 
 def points(directory):
@@ -24,16 +27,9 @@ def points(directory):
 
 @pytest.fixture(scope="module")
 def unsharded(zoo_cache, tmp_path_factory):
-    """The study run in one job, one process: the result every sharded run must give."""
-    import os
-    import subprocess
-    import sys
-
+    """The study run in one job, one process (in this one): the result every sharded run must give."""
     run = tmp_path_factory.mktemp("unsharded") / "run"
-    r = subprocess.run([sys.executable, "-m", "soce", *STUDY, f"pool.cache_dir={zoo_cache}", f"hydra.run.dir={run}"],
-                       capture_output=True, text=True, timeout=300, cwd=run.parent,
-                       env={k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"})
-    assert r.returncode == 0, r.stderr[-2000:]
+    run_study(compose_cfg([*STUDY, f"pool.cache_dir={zoo_cache}"]), run)
     return run
 
 
@@ -65,32 +61,30 @@ def test_two_accelerate_processes_give_the_unsharded_study(zoo_cache, tmp_path, 
     assert_same_study(run, unsharded)
 
 
-def test_a_shard_index_outside_the_range_is_refused(soce, tmp_path):
-    r = soce("sweep.shard=3", "sweep.num_shards=3", "tracker=none", f"hydra.run.dir={tmp_path / 'run'}")
-    assert r.returncode == 1 and "sweep.shard=3 is outside [0, 3)" in r.stderr
+def test_a_shard_index_outside_the_range_is_refused(study):
+    with pytest.raises(SoceError, match=re.escape("sweep.shard=3 is outside [0, 3)")):
+        study("sweep.shard=3", "sweep.num_shards=3")
 
 
-def test_a_dead_shard_is_finished_by_the_collect_step_and_bad_reruns_are_refused(soce, zoo_cache, tmp_path, unsharded):
+def test_a_dead_shard_is_finished_by_the_collect_step_and_bad_reruns_are_refused(study, zoo_cache, tmp_path, unsharded):
     store = tmp_path / "store"
     args = [*STUDY, f"pool.cache_dir={zoo_cache}", f"sweep.store={store}", "sweep.num_shards=3"]
     for k in (0, 1):  # shard 2 never ran (its job died)
-        r = soce(*args, f"sweep.shard={k}", "stage=sweep", f"hydra.run.dir={tmp_path / f'job{k}'}")
-        assert r.returncode == 0, r.stderr[-2000:]
+        study(*args, f"sweep.shard={k}", "stage=sweep", run_dir=tmp_path / f"job{k}")
     # shard 1 died mid-write: its last point is torn
     shard1 = store / "sweep.shard-1-of-3.jsonl"
     shard1.write_text(shard1.read_text()[:-20])
-    r = soce(*args[:-1], "sweep.num_shards=2", "sweep.shard=0", "stage=sweep", f"hydra.run.dir={tmp_path / 'other'}")
-    assert r.returncode == 1 and "holds the shards of a sweep split 3 ways" in r.stderr and "sweep.num_shards=3" in r.stderr
-    r = soce(*args, "sweep.shard=1", "stage=sweep", f"hydra.run.dir={tmp_path / 'job1'}")  # re-run shard 1: it resumes
-    assert r.returncode == 0 and "1 points evaluated now" in r.stdout
+    with pytest.raises(SoceError, match="holds the shards of a sweep split 3 ways.*sweep.num_shards=3"):
+        study(*args[:-1], "sweep.num_shards=2", "sweep.shard=0", "stage=sweep", run_dir=tmp_path / "other")
+    r = study(*args, "sweep.shard=1", "stage=sweep", run_dir=tmp_path / "job1")  # re-run shard 1: it resumes
+    assert "1 points evaluated now" in r.log
     # the collect step: the store directory as run directory, unsharded; it evaluates shard 2's points itself
-    r = soce(*STUDY, f"pool.cache_dir={zoo_cache}", f"hydra.run.dir={store}")
-    assert r.returncode == 0 and "7 points on dev (5 already in the store)" in r.stdout, r.stderr[-2000:]
+    r = study(*STUDY, f"pool.cache_dir={zoo_cache}", run_dir=store)
+    assert "7 points on dev (5 already in the store)" in r.log
     assert_same_study(store, unsharded)
 
 
 def test_two_jobs_cannot_write_one_shard(tmp_path):
-    from soce.errors import SoceError
     from soce.store import SweepStore
 
     first = SweepStore(tmp_path, 0, 2)
@@ -100,17 +94,16 @@ def test_two_jobs_cannot_write_one_shard(tmp_path):
     SweepStore(tmp_path, 0, 2)  # once the first job is gone, the shard can be run again (and resumes)
 
 
-def test_sequential_searches_cannot_be_sharded(soce, zoo_cache, tmp_path):
-    r = soce(*[a for a in STUDY if a != "search.budget=7"], "search=greedy", f"pool.cache_dir={zoo_cache}", "sweep.shard=0", "sweep.num_shards=2", "stage=sweep",
-             f"hydra.run.dir={tmp_path / 'run'}")
-    assert r.returncode == 1 and "search=greedy chooses each point from the scores before it" in r.stderr
+def test_sequential_searches_cannot_be_sharded(study, zoo_cache):
+    with pytest.raises(SoceError, match="search=greedy chooses each point from the scores before it"):
+        study(*[a for a in STUDY if a != "search.budget=7"], "search=greedy", f"pool.cache_dir={zoo_cache}", "sweep.shard=0",
+              "sweep.num_shards=2", "stage=sweep")
 
 
 # --- real studies as configs ----------------------------------------------------------------------
 @pytest.mark.parametrize("size, first", [("70b", "CoALM-70B"), ("8b", "ToolACE-2-8B (FC)")])
 def test_the_paper_experiments_compose_select_and_stop_at_the_first_missing_model(soce, tmp_path, size, first):
     from conftest import BFCL_FIXTURE
-    from test_config import compose_cfg
 
     from soce import config
 
@@ -128,11 +121,9 @@ def test_the_paper_experiments_compose_select_and_stop_at_the_first_missing_mode
 
 
 def test_mgsm_has_one_category_per_language_and_lm_eval_knows_its_tasks():
-    from test_config import compose_cfg
-
-    from soce.stages import make_evaluator
+    from soce.pipeline import make_evaluator
 
     cfg = compose_cfg(["benchmark=mgsm"])
-    evaluator = make_evaluator(cfg.benchmark)  # lm-eval's TaskManager checks every task name
+    evaluator = make_evaluator(cfg)  # lm-eval's TaskManager checks every task name
     assert evaluator.categories == ("bn", "de", "en", "es", "fr", "ja", "ru", "sw", "te", "th", "zh")
     assert evaluator.tasks["dev"]["sw"] == "mgsm_direct_sw" and evaluator.splits == ("dev",)

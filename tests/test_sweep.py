@@ -5,6 +5,7 @@ import math
 
 import pytest
 
+from soce.config import OptunaSearch
 from soce.errors import SoceError
 from soce.search import greedy_soup, grid_points, run_search
 from soce.store import SweepStore
@@ -25,7 +26,7 @@ def test_grid_options_and_errors():
     assert len(grid_points(3, 0.1, 0.9, 0.1, include_uniform=True)) == 37  # the grid, plus 1/3 each
     assert len(grid_points(2, 0.1, 0.9, 0.1, include_uniform=True)) == 9  # 0.5/0.5 is already there
     assert len(grid_points(4, 0.1, 0.9, 0.1, include_uniform=True, budget=10)) == 10
-    with pytest.raises(SoceError, match="search.lo=0.15 is not a multiple of search.step=0.1"):
+    with pytest.raises(SoceError, match="lo=0.15 is not a multiple of step=0.1"):
         simplex_grid(3, lo=0.15)
 
 
@@ -44,14 +45,9 @@ def test_greedy_soup_keeps_only_what_helps():
     assert greedy_soup([0, 1, 2, 3], 4, evaluate) == [0, 1, 3]
 
 
-class Search:
-    def __init__(self, **kw):
-        self.__dict__.update(kw)
-
-
 def test_optuna_search_runs_its_budget():
     seen = []
-    run_search(Search(name="optuna", budget=6, seed=0), 3, lambda w: seen.append(w) or -abs(w[0] - 0.5), [0, 1, 2])
+    run_search(OptunaSearch(budget=6, seed=0), 3, lambda w: seen.append(w) or -abs(w[0] - 0.5), [0, 1, 2])
     assert len(seen) == 6 and all(math.isclose(sum(w), 1.0) for w in seen)
 
 
@@ -92,14 +88,13 @@ def test_shards_share_a_store_directory_and_each_file_has_one_writer(tmp_path):
 
 # --- the sweep on the micro family -------------------------------------------------------------
 STUDY = ["benchmark=toy_fc", "benchmark.backend=direct", "benchmark.per_category=20", "pool=toy_zoo_micro",
-         "selection.tau=0.5", "selection.max_experts=3", "search.budget=6", "tracker=none"]
+         "selection=topk", "selection.k=3", "search.budget=6"]
 
 
-def test_sweep_resumes_and_the_soup_stage_reports_four_rows(soce, zoo_cache, tmp_path):
+def test_sweep_resumes_and_the_soup_stage_reports_four_rows(study, zoo_cache, tmp_path):
     run = tmp_path / "run"
-    args = [*STUDY, f"pool.cache_dir={zoo_cache}", f"hydra.run.dir={run}"]
-    r = soce(*args, "stage=sweep")
-    assert r.returncode == 0, r.stderr[-2000:]
+    args = [*STUDY, f"pool.cache_dir={zoo_cache}"]
+    study(*args, "stage=sweep")
     lines = (run / "sweep.jsonl").read_text().splitlines()
     assert len(lines) == 6
     first = json.loads(lines[0])
@@ -108,76 +103,69 @@ def test_sweep_resumes_and_the_soup_stage_reports_four_rows(soce, zoo_cache, tmp
 
     # A killed sweep: drop the last two points and tear the last line; the re-run evaluates just those.
     (run / "sweep.jsonl").write_text("\n".join(lines[:4]) + "\n" + lines[4][:30])
-    r = soce(*args, "stage=sweep")
-    assert r.returncode == 0 and "6 points on dev (4 already in the store)" in r.stdout
+    r = study(*args, "stage=sweep")
+    assert "6 points on dev (4 already in the store)" in r.log
     resumed = [json.loads(line) for line in (run / "sweep.jsonl").read_text().splitlines()]
     assert [p["weights"] for p in resumed] == [json.loads(line)["weights"] for line in lines]
     assert [p["scores"] for p in resumed] == [json.loads(line)["scores"] for line in lines]  # deterministic
 
-    r = soce(*args, "stage=soup")
-    assert r.returncode == 0, r.stderr[-2000:]
+    r = study(*args, "stage=soup")
     results = json.loads((run / "results.json").read_text())
     names = [row["name"] for row in results["rows"]]
     assert names == ["best single candidate", "uniform soup, all candidates", "uniform soup, SoCE experts", "SoCE (grid search)"]
     assert results["protocol"] == "weights chosen on dev, reported on test"
     best = max(resumed, key=lambda p: p["objective"])
     assert results["rows"][-1]["weights"] == best["weights"] and results["rows"][-1]["dev"]["objective"] == best["objective"]
-    assert "SoCE (grid search)" in r.stdout and (run / "soup" / "mergekit.yaml").exists()
+    assert "SoCE (grid search)" in r.log and (run / "soup" / "mergekit.yaml").exists()
 
     from transformers import AutoModelForCausalLM
 
     AutoModelForCausalLM.from_pretrained(run / "soup")
 
 
-def test_the_papers_protocol_is_labelled(soce, zoo_cache, tmp_path):
-    r = soce(*STUDY, "search.budget=2", "search.select_on=test", f"pool.cache_dir={zoo_cache}", f"hydra.run.dir={tmp_path / 'run'}")
-    assert r.returncode == 0, r.stderr[-2000:]
+def test_the_papers_protocol_is_labelled(study, zoo_cache, tmp_path):
+    study(*STUDY, "search.budget=2", "search.select_on=test", f"pool.cache_dir={zoo_cache}")
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["protocol"].startswith("weights chosen on TEST")
     searched = [json.loads(line) for line in (tmp_path / "run" / "sweep.jsonl").read_text().splitlines()][:2]
     assert [p["split"] for p in searched] == ["test", "test"]  # the search ran on test; the rows add dev figures after
 
 
-def test_a_table_benchmark_stops_after_selection_and_its_report(soce, tmp_path):
+def test_a_table_benchmark_stops_after_selection_and_its_report(study, tmp_path):
     from conftest import BFCL_FIXTURE
 
-    r = soce("benchmark=bfcl_leaderboard", f"benchmark.path={BFCL_FIXTURE}", "pool=all", "tracker=none",
-             f"hydra.run.dir={tmp_path / 'run'}")
-    assert r.returncode == 0 and "analysis, selection and report only" in r.stdout
+    r = study("benchmark=bfcl_leaderboard", f"benchmark.path={BFCL_FIXTURE}", "pool=all")
+    assert "analysis, selection and report only" in r.log
     report = (tmp_path / "run" / "report.md").read_text()
     assert "## Weak set and experts" in report and "no soups were evaluated" in report and "## Shapley" not in report
-    r = soce("benchmark=bfcl_leaderboard", f"benchmark.path={BFCL_FIXTURE}", "pool=all", "stage=sweep", "tracker=none",
-             f"hydra.run.dir={tmp_path / 'run'}")
-    assert r.returncode == 1 and "only reads a score table" in r.stderr
+    with pytest.raises(SoceError, match="only reads a score table"):
+        study("benchmark=bfcl_leaderboard", f"benchmark.path={BFCL_FIXTURE}", "pool=all", "stage=sweep")
 
 
-def test_wandb_gets_every_point_the_tables_and_the_soup(soce, zoo_cache, tmp_path):
-    from wandb_log import logged_keys, records, run_record
-
-    run = tmp_path / "run"
-    r = soce(*[a for a in STUDY if a != "tracker=none"], "search.budget=2", f"pool.cache_dir={zoo_cache}", f"hydra.run.dir={run}")
-    assert r.returncode == 0, r.stderr[-2000:]
-    (run_file,) = run.glob("wandb/offline-run-*/run-*.wandb")
-    assert run_record(run_file).run_group == "toy_fc-toy_zoo_micro"
-    keys = logged_keys(run_file)
-    assert {"scores", "correlation", "selection", "sweep", "baselines", "uniform_all"} <= keys
-    logged = {k.split("/")[0] + "/" + k.split("/")[1] for k in logged_keys(run_file, full=True) if k.startswith("report/")}
-    assert {"report/shapley", "report/win_rates", "report/top_points", "report/landscape_chart", "report/shapley_chart"} <= logged
-    points = [rec for rec in records(run_file) if rec.WhichOneof("record_type") == "history"
-              and any((item.key or "/".join(item.nested_key)) == "sweep/dev/objective" for item in rec.history.item)]
-    assert len(points) >= 2  # one history row per evaluated point
-    assert any(rec.WhichOneof("record_type") == "artifact" for rec in records(run_file))  # the soup, by reference
+def test_every_point_the_tables_and_the_soup_are_tracked(study, zoo_cache):
+    r = study(*STUDY, "search.budget=2", f"pool.cache_dir={zoo_cache}")
+    t = r.tracker
+    assert {"scores", "correlation", "entry_tau", "selection", "excluded", "sweep", "baselines", "report/shapley",
+            "report/win_rates", "report/top_points"} <= set(t.tables)
+    assert {"correlation", "entry_tau", "report/landscape_chart", "report/shapley_chart", "report/consistency_chart"} <= set(t.images)
+    columns, rows = t.tables["sweep"]
+    experts = [e["model"] for e in json.loads((r.dir / "selection.json").read_text())["experts"]]
+    assert columns[:4] == [*experts, "objective"]
+    assert len(rows) == 2 and all(math.isclose(sum(row[:3]), 1.0) for row in rows)
+    points = [m for m in t.metrics if "sweep/dev/objective" in m]  # the 2 searched, then the soup stage's uniform soup
+    assert len(points) == 3 and all(set(m) >= {"sweep/merge_s", "sweep/eval_s", "sweep/dev/json"} for m in points)
+    assert [m["sweep/dev/objective"] for m in points[:2]] == [row[3] for row in rows]
+    assert t.references["soup"] == r.dir / "soup"
+    assert t.summary["soup/dev"] == json.loads((r.dir / "results.json").read_text())["rows"][-1]["dev"]["objective"]
 
 
 @pytest.mark.parametrize("search, points", [("uniform", 1), ("greedy", None), ("random", 3), ("optuna", 3)])
-def test_every_search_strategy_runs_the_sweep(soce, zoo_cache, tmp_path, search, points):
-    run = tmp_path / "run"
-    args = [a for a in STUDY if a != "search.budget=6"] + [f"search={search}", f"pool.cache_dir={zoo_cache}", f"hydra.run.dir={run}"]
+def test_every_search_strategy_runs_the_sweep(study, zoo_cache, tmp_path, search, points):
+    args = [a for a in STUDY if a != "search.budget=6"] + [f"search={search}", f"pool.cache_dir={zoo_cache}"]
     if points and search != "uniform":
         args.append(f"search.budget={points}")
-    r = soce(*args, "stage=sweep")
-    assert r.returncode == 0, r.stderr[-2000:]
-    records = [json.loads(line) for line in (run / "sweep.jsonl").read_text().splitlines()]
+    study(*args, "stage=sweep")
+    records = [json.loads(line) for line in (tmp_path / "run" / "sweep.jsonl").read_text().splitlines()]
     if points:
         assert len(records) == points
     else:  # greedy: the best expert alone, then one trial per other expert

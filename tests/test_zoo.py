@@ -24,6 +24,42 @@ def test_splits_are_large_disjoint_and_deterministic():
     assert fc.splits(seed=0) == s and fc.splits(seed=1) != s
 
 
+@pytest.fixture(scope="module")
+def training_prompts():
+    """Every prompt the families train on (default and micro), as their trainers draw them."""
+    from soce.zoo.family import Trainer
+
+    return {e.prompt for spec in FAMILIES.values() for examples in Trainer(spec).by_category.values() for e in examples}
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 7, 1234])
+@pytest.mark.parametrize("per_category", [5, 20, 100, 300])
+def test_no_split_of_any_seed_or_size_shares_a_prompt_with_training(training_prompts, seed, per_category):
+    splits = fc.splits(seed, per_category)
+    held_out = {e.prompt for split in splits.values() for e in split}
+    assert len(held_out) == 2 * per_category * len(fc.CATEGORIES)
+    assert not held_out & training_prompts
+    for split, examples in splits.items():  # by construction: each split from its own part of the prompt space
+        assert {fc.side_of(e.prompt) for e in examples} == {split}
+
+
+def test_training_data_comes_from_the_train_side_only(training_prompts):
+    assert len(training_prompts) >= 6 * 2000  # the default family's 2000 per category, at least
+    assert {fc.side_of(p) for p in training_prompts} == {"train"}
+
+
+def test_a_split_larger_than_its_part_of_the_prompt_space_is_refused():
+    with pytest.raises(SoceError, match="per_category=600: toy_fc cannot draw that many distinct simple examples for dev"):
+        fc.splits(0, 600)
+
+
+def test_dev_and_test_are_drawn_alike():
+    """The same mixture of functions in dev and test: no split takes the rare prompts first."""
+    s = fc.splits(0, 100)
+    share = {split: sum(json.loads(e.calls)[0][0] == "convert" for e in s[split] if e.category == "json") / 100 for split in s}
+    assert abs(share["dev"] - share["test"]) < 0.15, share
+
+
 def ex(category: str, calls: list, offered: str = "get_weather(city, unit)") -> fc.Example:
     return fc.Example("x", category, f"functions: {offered} | ...", "", json.dumps(calls))
 
@@ -110,19 +146,21 @@ def micro_json(zoo_cache):
 
 def test_lm_eval_backend_agrees_with_direct_computation(micro_json):
     model, tokenizer = micro_json
-    direct = ToyFcDirect().evaluate(model, tokenizer, "dev")
-    harness = toy_fc_backend().evaluate(model, tokenizer, "dev")
+    direct = ToyFcDirect(seed=0, per_category=100, batch_size=64).evaluate(model, tokenizer, "dev")
+    harness = toy_fc_backend(seed=0, per_category=100, batch_size=64).evaluate(model, tokenizer, "dev")
     assert harness.scores == pytest.approx(direct.scores, abs=1e-12)
     assert {o.example_id: (o.correct, o.output) for o in harness.outcomes} == {o.example_id: (o.correct, o.output) for o in direct.outcomes}
     assert len(direct.outcomes) == 600 and 0 < sum(o.correct for o in direct.outcomes) < 600
-    wrong = [o for o in direct.outcomes if not o.correct]
-    assert all(o.output is not None for o in wrong)  # unparseable outputs are kept, scored wrong
+    examples = {e.id: e for e in fc.splits(0, 100)["dev"]}
+    assert all(fc.is_correct(o.output, examples[o.example_id]) == o.correct for o in direct.outcomes)  # the output kept is the one scored
+    assert any(fc.parse_calls(o.output, "json" if o.category == "json" else "python") is None for o in direct.outcomes
+               if not o.correct)  # unparseable outputs are kept too, scored wrong
 
 
 def test_the_harness_sees_weights_changed_in_place(micro_json):
     """One HFLM wrapper across soups: no cached answers from the weights before."""
     model, tokenizer = micro_json
-    backend = toy_fc_backend(per_category=20)
+    backend = toy_fc_backend(seed=0, per_category=20, batch_size=64)
     before = backend.evaluate(model, tokenizer, "dev")
     saved = {k: v.clone() for k, v in model.state_dict().items()}
     with torch.no_grad():
@@ -137,20 +175,19 @@ def test_a_foreign_tokenizer_is_refused(tmp_path):
 
     path = build_tiny_llama(tmp_path / "foreign", seed=0)
     with pytest.raises(SoceError, match="tokenizer does not match toy_fc's vocabulary"):
-        ToyFcDirect(per_category=5).evaluate(AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path), "dev")
+        ToyFcDirect(seed=0, per_category=5, batch_size=64).evaluate(AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path), "dev")
 
 
 def test_an_unknown_lm_eval_task_is_named():
     with pytest.raises(SoceError, match="lm-eval task 'toy_fc_dev_simpel' .* does not exist; closest: 'toy_fc_dev_simple'"):
-        LmEvalBackend({"dev": {"simple": "toy_fc_dev_simpel"}}, include_path=TOY_FC_TASKS, include_defaults=False)
+        LmEvalBackend({"dev": {"simple": "toy_fc_dev_simpel"}}, include_path=TOY_FC_TASKS, metric="acc", batch_size=8,
+                      max_length=256, include_defaults=False)
 
 
 # --- the pipeline on the micro family -------------------------------------------------------------
-def test_analyze_end_to_end_on_the_micro_family(soce, zoo_cache, tmp_path):
-    args = ["benchmark=toy_fc", "pool=toy_zoo_micro", f"pool.cache_dir={zoo_cache}", "stage=select", "selection.tau=0.5",
-            "tracker=none"]
-    r = soce(*args, f"hydra.run.dir={tmp_path / 'run'}")
-    assert r.returncode == 0, r.stderr[-2000:]
+def test_analyze_end_to_end_on_the_micro_family(study, zoo_cache, tmp_path):
+    args = ["benchmark=toy_fc", "pool=toy_zoo_micro", f"pool.cache_dir={zoo_cache}", "stage=select", "selection.tau=0.6"]
+    r = study(*args)
     run = tmp_path / "run"
     header = (run / "scores.csv").read_text().splitlines()[0]
     assert header == "model," + ",".join(fc.CATEGORIES) + ",overall"
@@ -158,21 +195,20 @@ def test_analyze_end_to_end_on_the_micro_family(soce, zoo_cache, tmp_path):
     outcomes = [json.loads(line) for line in (run / "outcomes.jsonl").read_text().splitlines()]
     assert len(outcomes) == 4 * 600 and {o["model"] for o in outcomes} == {c.name for c in FAMILIES["micro"].candidates}
     assert json.loads((run / "selection.json").read_text())["experts"]
-    assert "evaluated micro-json on dev" in r.stdout
-    again = soce(*args, f"hydra.run.dir={tmp_path / 'run2'}")  # every evaluation comes from the cache
-    assert again.returncode == 0 and "evaluated" not in again.stdout
+    assert "evaluated micro-json on dev" in r.log
+    again = study(*args, run_dir=tmp_path / "run2")  # every evaluation comes from the cache
+    assert "evaluated" not in again.log
     assert (tmp_path / "run2" / "scores.csv").read_text() == (run / "scores.csv").read_text()
 
 
-def test_any_lm_eval_task_group_through_the_generic_benchmark(soce, zoo_cache, tmp_path):
+def test_any_lm_eval_task_group_through_the_generic_benchmark(study, zoo_cache, tmp_path):
     """benchmark=lm_eval with local tasks (here toy_fc's own YAMLs) and a pool of model paths."""
     family = build_family("micro", zoo_cache / "zoo", progress=False)
     models = ",".join(f"{{name: {n}, path: '{p}'}}" for n, p in family.candidates.items())
-    r = soce("benchmark=lm_eval", "benchmark.dev_tasks=[toy_fc_dev_simple,toy_fc_dev_json,toy_fc_dev_parallel]",
-             "benchmark.test_tasks=[toy_fc_test_simple,toy_fc_test_json,toy_fc_test_parallel]",
-             f"benchmark.include_path={TOY_FC_TASKS}", "pool=all", f"pool.models=[{models}]", f"pool.cache_dir={tmp_path / 'cache'}",
-             "stage=analyze", "tracker=none", f"hydra.run.dir={tmp_path / 'run'}")
-    assert r.returncode == 0, r.stderr[-2000:]
+    study("benchmark=lm_eval", "benchmark.dev_tasks=[toy_fc_dev_simple,toy_fc_dev_json,toy_fc_dev_parallel]",
+          "benchmark.test_tasks=[toy_fc_test_simple,toy_fc_test_json,toy_fc_test_parallel]",
+          f"benchmark.include_path={TOY_FC_TASKS}", "pool=all", f"pool.models=[{models}]", f"pool.cache_dir={tmp_path / 'cache'}",
+          "stage=analyze")
     header = (tmp_path / "run" / "scores.csv").read_text().splitlines()[0]
     assert header == "model,toy_fc_dev_simple,toy_fc_dev_json,toy_fc_dev_parallel,overall"
     assert (tmp_path / "run" / "scores_test.csv").exists()

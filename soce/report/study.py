@@ -109,7 +109,7 @@ def _baselines_section(r: StudyReport) -> list[str]:
     md = ["## Baselines", ""]
     if r.results is None:
         state = f"{len(r.points)} sweep points stored so far" if r.points else "no sweep points stored yet"
-        return md + [f"_The soup stage has not run in this directory ({state}): no baseline table._", ""]
+        return md + [f"_The soup stage has not run in this directory with these settings ({state}): no baseline table._", ""]
     obj = r.results["objective"]
     md += [f"{obj} over all categories; {r.results['protocol']}.", "", f"| | dev {obj} | test {obj} | weights |", "|---|---|---|---|"]
     for row in r.results["rows"]:

@@ -1,0 +1,124 @@
+"""A result is reused only for the question it answered: the objective, the benchmark's
+settings, the evaluator's task files and the models' files are part of every stored soup and
+cached evaluation; a changed question recomputes what it can and refuses to mix the rest."""
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from soce.errors import DataError
+from soce.evaluate.candidates import evaluate_candidates
+from soce.evaluate.direct import ToyFcDirect
+from soce.evaluate.lm_eval_backend import TOY_FC_TASKS, LmEvalBackend
+from soce.pool import Candidate
+from soce.zoo.family import build_family
+
+STUDY = ["benchmark=toy_fc", "benchmark.backend=direct", "benchmark.per_category=20", "pool=toy_zoo_micro",
+         "selection=topk", "selection.k=3", "search.budget=3"]
+
+
+def sweep_records(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "sweep.jsonl").read_text().splitlines()]
+
+
+def test_a_changed_objective_is_recomputed_from_the_stored_scores(study, zoo_cache, tmp_path):
+    args = [*STUDY, f"pool.cache_dir={zoo_cache}"]
+    study(*args, "stage=sweep")  # objective: mean
+    stored = sweep_records(tmp_path / "run")
+    study(*args, "stage=soup", "search.objective=sum")
+    assert sweep_records(tmp_path / "run")[:3] == stored  # the searched points are not evaluated again
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["objective"] == "sum"
+    for row in results["rows"]:
+        for split in ("dev", "test"):
+            assert row[split]["objective"] == pytest.approx(math.fsum(row[split]["scores"].values()))
+    best = max(stored, key=lambda p: math.fsum(p["scores"].values()))
+    assert results["rows"][-1]["weights"] == best["weights"]
+
+    # the report never shows a baseline table made for another objective
+    study(*args, "stage=report", "search.objective=mean")
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "The soup stage has not run in this directory with these settings" in report and "| SoCE (grid search) |" not in report
+    study(*args, "stage=report", "search.objective=sum")
+    assert "| SoCE (grid search) |" in (tmp_path / "run" / "report.md").read_text()
+
+
+@pytest.mark.parametrize("override, changed", [
+    ("benchmark.per_category=10", "benchmark.per_category: 20 -> 10"),
+    ("benchmark.seed=1", "benchmark.seed: 0 -> 1"),
+    ("benchmark.backend=lm_eval", 'benchmark.backend: "direct" -> "lm_eval"'),
+])
+def test_a_changed_benchmark_setting_refuses_the_old_soups(study, zoo_cache, tmp_path, override, changed):
+    args = [*STUDY, f"pool.cache_dir={zoo_cache}"]
+    study(*args, "stage=sweep")
+    before = (tmp_path / "run" / "sweep.jsonl").read_text()
+    with pytest.raises(DataError) as err:
+        study(*args, override, "stage=sweep")
+    message = str(err.value)
+    assert "were evaluated for another question" in message and changed in message
+    assert "new run directory" in message and "sweep*.jsonl" in message  # how to start fresh
+    assert (tmp_path / "run" / "sweep.jsonl").read_text() == before  # nothing lost, nothing mixed
+
+
+def test_changed_model_files_refuse_the_old_soups(study, zoo_cache, tmp_path):
+    family = build_family("micro", zoo_cache / "zoo", progress=False)
+    copies = {n: shutil.copytree(p, tmp_path / "models" / n) for n, p in family.candidates.items()}
+    models = ",".join(f"{{name: {n}, path: '{p}'}}" for n, p in copies.items())
+    args = [*STUDY, "pool=all", f"pool.models=[{models}]", f"pool.cache_dir={tmp_path / 'cache'}"]
+    study(*args, "stage=sweep")
+    expert = sweep_records(tmp_path / "run")[0]["experts"][0]
+    weights = copies[expert] / "model.safetensors"  # the expert's weights, rewritten (a new revision of the model)
+    tensors = load_file(weights)
+    save_file({k: v * 1.01 if v.dtype == torch.float32 else v for k, v in tensors.items()}, weights, metadata={"format": "pt"})
+    with pytest.raises(DataError, match=f"the files of model '{expert}' changed"):
+        study(*args, "stage=sweep")
+
+
+def test_a_store_from_before_question_fingerprints_is_refused(study, zoo_cache, tmp_path):
+    args = [*STUDY, f"pool.cache_dir={zoo_cache}"]
+    study(*args, "stage=sweep")
+    path = tmp_path / "run" / "sweep.jsonl"
+    path.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "question"}) + "\n" for r in sweep_records(tmp_path / "run")))
+    with pytest.raises(DataError, match="predates question fingerprints"):
+        study(*args, "stage=soup")
+
+
+def test_a_hub_model_is_cached_by_its_revision_not_its_name(zoo_cache, tmp_path, monkeypatch, caplog):
+    """Two revisions of one Hub id (here two different local models standing for them: the Hub
+    cannot be reached from here) are two evaluations, not one cached under the name."""
+    import huggingface_hub
+
+    family = build_family("micro", zoo_cache / "zoo", progress=False)
+    revision = {"now": family.candidates["micro-json"]}
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo_id, **kw: str(revision["now"]))
+    evaluator = ToyFcDirect(seed=0, per_category=5, batch_size=64)
+    hub_model = [Candidate("org-model", hub_id="org/model")]
+    question = {"benchmark": "toy_fc", "evaluator": evaluator.fingerprint}
+    caplog.set_level("INFO")
+    first = evaluate_candidates(hub_model, evaluator, ["dev"], tmp_path / "evals", question)["dev"]
+    revision["now"] = family.candidates["micro-parallel"]  # the Hub id now resolves to other files
+    second = evaluate_candidates(hub_model, evaluator, ["dev"], tmp_path / "evals", question)["dev"]
+    assert caplog.text.count("evaluated org-model on dev") == 2
+    assert first.row("org-model") != second.row("org-model")
+    third = evaluate_candidates(hub_model, evaluator, ["dev"], tmp_path / "evals", question)["dev"]  # same revision: cached
+    assert caplog.text.count("evaluated org-model on dev") == 2 and third.row("org-model") == second.row("org-model")
+
+
+def test_the_evaluators_fingerprint_follows_its_task_files(tmp_path):
+    tasks = shutil.copytree(TOY_FC_TASKS, tmp_path / "tasks")
+    mapping = {"dev": {"simple": "toy_fc_dev_simple"}}
+
+    def backend():
+        return LmEvalBackend(mapping, include_path=tasks, metric="acc", batch_size=8, max_length=256,
+                             include_defaults=False, metadata={"seed": 0, "per_category": 5})
+
+    before = backend().fingerprint
+    assert backend().fingerprint == before
+    yaml = tasks / "toy_fc_dev_simple.yaml"
+    yaml.write_text(yaml.read_text() + "# a changed task file\n")
+    assert backend().fingerprint != before
