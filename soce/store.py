@@ -90,12 +90,11 @@ class SweepStore:
     def check_question(self, question: dict) -> None:
         """Refuse a store holding soups evaluated for another question (another benchmark
         setting, evaluator, or models' files): their scores do not answer this one."""
-        stale = [(r, changed) for r in self if (changed := question_differences(r.get("question"), question))]
+        stale = [changed for r in self if (changed := question_differences(r.get("question"), question))]
         if stale:
-            changed = stale[0][1]
             raise DataError(
                 f"{self.dir}: {len(stale)} of the {len(self)} stored soups were evaluated for another question "
-                f"({'; '.join(changed[:3])}): their scores do not answer this one. Start fresh in a new run directory "
+                f"({'; '.join(stale[0][:3])}): their scores do not answer this one. Start fresh in a new run directory "
                 f"(leave out hydra.run.dir, or give sweep.store another directory), or move {self.dir}/sweep*.jsonl away")
 
     def close(self) -> None:
