@@ -104,7 +104,7 @@ def model_fingerprint(path: Path) -> str:
 
 def question_differences(stored: dict | None, now: dict) -> list[str]:
     """How the question a stored soup answered differs from the question asked now: the
-    benchmark and evaluator must be equal, and each model both name must have the same files."""
+    benchmark and evaluator must be equal, and each model that both name must have the same files."""
     if not stored:
         return ["the record predates question fingerprints (soce < 0.2)"]
     out = differences({k: stored.get(k) for k in ("benchmark", "evaluator")}, {k: now.get(k) for k in ("benchmark", "evaluator")})

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -48,6 +49,7 @@ class Run:
     shard: tuple[int, int] = (0, 1)
     device: str | None = None
     _store: object = field(default=None, repr=False)
+    _fingerprints: dict = field(default_factory=dict, repr=False)
 
     def path(self, name: str) -> Path:
         return self.dir / name
@@ -67,6 +69,15 @@ class Run:
         if self._store is not None:
             self._store.close()
             self._store = None
+
+    def fingerprint(self, candidate: Candidate) -> str:
+        """The candidate's files' fingerprint, found once per run (for a Hub id, resolving the
+        snapshot may ask the Hub)."""
+        if candidate.name not in self._fingerprints:
+            from soce.evaluate.candidates import fingerprint
+
+            self._fingerprints[candidate.name] = fingerprint(candidate)
+        return self._fingerprints[candidate.name]
 
     @property
     def search(self):
@@ -113,6 +124,15 @@ def make_evaluator(cfg: DictConfig):
         return LmEvalBackend(tasks, include_path=b.include_path, metric=b.metric, batch_size=b.batch_size,
                              max_length=b.max_length)
     raise ConfigError(f"benchmark={cfg.benchmark.name} reads a score table: it has no evaluator")
+
+
+@contextmanager
+def config_group(group: str):
+    """A library's ConfigError names its argument ('k=0'); for the command line, say its group too."""
+    try:
+        yield
+    except ConfigError as err:
+        raise ConfigError(f"{group}: {err}") from None
 
 
 def question(cfg: DictConfig, evaluator) -> dict:
@@ -226,7 +246,7 @@ def select(run: Run) -> Selection:
     pool = pool_candidates(cfg, table)
     names = [c.name for c in pool]
     s = cfg.selection
-    try:
+    with config_group("selection"):
         if s.name == "soce":
             selection = select_soce(table, names, analysis, keep_best_overall=s.keep_best_overall, max_experts=s.max_experts)
         elif s.name == "all":
@@ -236,8 +256,6 @@ def select(run: Run) -> Selection:
         else:  # manual
             chosen = resolve_pool([Candidate(m) for m in s.models], names, "the pool")
             selection = select_manual(table, names, [c.name for c in chosen])
-    except ConfigError as err:
-        raise ConfigError(f"selection: {err}") from None
     if len(selection.experts) == 1:
         log.warning("only one expert (%s): its soup is the model itself", selection.experts[0].model)
     hub = {c.name: c.hub_id or c.path for c in pool}
@@ -297,22 +315,21 @@ def evaluated_pool(run: Run, experts: list[str] = ()) -> tuple[object, dict[str,
     return make_evaluator(run.cfg), candidates
 
 
-def checked_question(run: Run, evaluator, candidates: dict[str, Candidate]) -> dict:
-    """The question the study's soups answer now; the store is refused if it holds answers to
-    another (stored soups of models no longer in the pool are left alone)."""
-    from soce.evaluate.candidates import fingerprint
-
+def check_store(run: Run, evaluator, candidates: dict[str, Candidate]) -> None:
+    """Refuse a store holding answers to another question than the study's now (stored soups
+    of models no longer in the pool are left alone)."""
     stored = {m for r in run.store for m in (r.get("question") or {}).get("models", {})}
-    now = {**question(run.cfg, evaluator), "models": {m: fingerprint(candidates[m]) for m in stored if m in candidates}}
-    run.store.check_question(now)
-    return now
+    run.store.check_question({**question(run.cfg, evaluator),
+                              "models": {m: run.fingerprint(candidates[m]) for m in stored if m in candidates}})
 
 
 def make_souper(run: Run, models: list[Candidate], evaluator, kind: str = "sweep"):
-    """A Souper of `models` on the sweep's device (this process's under accelerate), storing into the run's store."""
+    """A Souper of `models` on the sweep's device (this process's under accelerate), storing into
+    the run's store; its soups' question names these models' files."""
     from soce.sweep import Souper
 
-    return Souper(models, evaluator, run.store, question(run.cfg, evaluator), run.cfg.search.objective, run.tracker,
+    asked = {**question(run.cfg, evaluator), "models": {c.name: run.fingerprint(c) for c in models}}
+    return Souper(models, evaluator, run.store, asked, run.cfg.search.objective, run.tracker,
                   kind=kind, device=run.device or run.cfg.sweep.device, offload=run.cfg.sweep.offload)
 
 
@@ -327,19 +344,16 @@ def sweep(run: Run):
     search = run.search
     experts = current_experts(run)
     evaluator, candidates = evaluated_pool(run, experts)
-    checked_question(run, evaluator, candidates)
+    check_store(run, evaluator, candidates)
     store = run.store
     souper = make_souper(run, [candidates[n] for n in experts], evaluator)
     split = search.select_on.value
     already = len(store)
     k, n = run.shard
     what = f"sweep ({search.name})" + (f" shard {k}/{n}" if n > 1 else "")
-    try:
-        with tqdm(total=expected_points(search, len(experts), run.shard), desc=what, unit="point") as bar:
-            souper.bar = bar
-            run_search(search, len(experts), souper.objective_of(split), _by_own_score(run, experts), run.shard)
-    except ConfigError as err:
-        raise ConfigError(f"search: {err}") from None
+    with config_group("search"), tqdm(total=expected_points(search, len(experts), run.shard), desc=what, unit="point") as bar:
+        souper.bar = bar
+        run_search(search, len(experts), souper.objective_of(split), _by_own_score(run, experts), run.shard)
     if n > 1:
         log.info("sweep: shard %d of %d done: %d points evaluated now, into %s", k, n, len(store) - already, store.path)
         return souper
@@ -367,7 +381,7 @@ def soup(run: Run) -> dict:
     split, objective = search.select_on.value, search.objective
     experts = current_experts(run)
     evaluator, candidates = evaluated_pool(run)
-    checked_question(run, evaluator, candidates)
+    check_store(run, evaluator, candidates)
     souper = make_souper(run, [candidates[n] for n in experts], evaluator)
     if not souper.points(split):
         log.info("no sweep in %s yet: running stage sweep", run.dir)
@@ -443,7 +457,7 @@ def report(run: Run) -> Path:
         correlation_method=cfg.analysis.method.value)
     if cfg.benchmark.kind != "table":
         evaluator, candidates = evaluated_pool(run)
-        checked_question(run, evaluator, candidates)
+        check_store(run, evaluator, candidates)
         souper = make_souper(run, [candidates[n] for n in experts], evaluator, kind="shapley")
         inputs = replace(
             inputs, categories=evaluator.categories, souper=souper, points=souper.points(search.select_on.value),
@@ -473,13 +487,11 @@ def merge(run: Run) -> Path:
     for key in ("models", "weights", "output"):
         if not m[key]:
             raise ConfigError(f"stage=merge needs merge.{key}, e.g. 'merge.models=[a,b]' 'merge.weights=[0.6,0.4]' merge.output=soup")
-    try:
+    with config_group("merge"):
         output = merge_to_disk(
             list(m.models), list(m.weights), m.output, dtype=m.dtype and m.dtype.value, shard_size=m.shard_size,
             normalize=m.normalize, overwrite=m.overwrite, allow_nonfinite=m.allow_nonfinite,
             allow_vocab_mismatch=m.allow_vocab_mismatch, config_from=m.config_from, device=m.device)
-    except ConfigError as err:
-        raise ConfigError(f"merge: {err}") from None
     log.info("soup: %s (load it with AutoModelForCausalLM.from_pretrained; mergekit.yaml beside it)", output)
     run.tracker.log_summary({"merge/output": str(output), "merge/models": list(m.models), "merge/weights": list(m.weights)})
     return output

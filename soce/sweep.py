@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from soce.evaluate import Evaluator
 from soce.errors import ConfigError, DataError
-from soce.evaluate.candidates import fingerprint, load_model, model_dir
+from soce.evaluate.candidates import load_model, model_dir
 from soce.merge import InPlaceSoup
 from soce.pool import Candidate
 from soce.scores import Outcome
@@ -47,7 +47,7 @@ class Souper:
     The model and the experts are loaded only when a point is not in the store yet.
 
     Each stored record carries `question` (what its scores depend on: the benchmark's settings,
-    the evaluator, the experts' files); the objective is recomputed from the stored
+    the evaluator, the fingerprints of the experts' files, as the caller found them); the objective is recomputed from the stored
     per-category scores on every read, so a changed objective never reuses an old one."""
 
     def __init__(self, experts: Sequence[Candidate], evaluator: Evaluator, store: SweepStore, question: dict,
@@ -56,7 +56,7 @@ class Souper:
         self.experts, self.device, self.offload = list(experts), device, offload
         self.names = [e.name for e in experts]
         self.evaluator, self.store, self.objective, self.kind = evaluator, store, str(objective), kind
-        self.question = {**question, "models": {e.name: fingerprint(e) for e in self.experts}}
+        self.question = question
         self.tracker = tracker or NoTracker()
         self.best: dict | None = None
         self.bar: tqdm | None = None
