@@ -2,8 +2,10 @@
 study's store directory.
 
 Each record is appended and fsynced before the next point starts, so a killed sweep loses
-at most the point in flight; a line cut short by the kill is dropped when the store is
-opened again, and the points already stored are skipped.
+at most the point in flight; a last line cut short by the kill is dropped when the store is
+opened again, and the points already stored are skipped. Nothing else is ever deleted: a line
+anywhere else that is not a record (garbage, a hand edit, bytes that are not UTF-8) is moved to
+`<file>.rejected` beside the store with its line number, and every record around it is kept.
 
 A store reads every `sweep*.jsonl` file of its directory and appends to its own: `sweep.jsonl`,
 or `sweep.shard-K-of-N.jsonl` for shard K of a sweep split N ways (Hydra multirun jobs,
@@ -51,28 +53,72 @@ class SweepStore:
             self._load(path)
 
     def _load(self, path: Path) -> None:
-        good = 0
-        with path.open("rb") as f:
-            for line in f:
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    if path == self.path:  # only a writer trims its own file; another's may be mid-write
-                        log.warning("%s: dropping an unfinished last record (a killed sweep)", path)
-                    break
+        own = path == self.path  # only a writer changes its own file; another's may be mid-write
+        lines = path.read_bytes().split(b"\n")
+        torn = lines.pop()  # what follows the last newline: empty, or a record cut short by a kill
+        kept, rejected = [], []
+        for number, line in enumerate(lines, 1):
+            record = parse_record(line)
+            if record is None:
+                rejected.append((number, line))
+            else:
                 self.records[self._key(record)] = record
-                good += len(line)
-        if path == self.path and good != path.stat().st_size:
-            self._file.truncate(good)
+                kept.append(line)
+        last = parse_record(torn) if torn else None
+        if last is not None:  # a whole record whose newline is not written yet (or was lost)
+            self.records[self._key(last)] = last
+            kept.append(torn)
+        if torn and last is None and own:
+            log.warning("%s: dropping an unfinished last record (a killed sweep): %d bytes", path, len(torn))
+        if rejected:
+            many = len(rejected) > 1
+            numbers = ", ".join(str(n) for n, _ in rejected[:5]) + (" ..." if len(rejected) > 5 else "")
+            if own:
+                log.warning("%s: %d line%s that %s not a sweep record (line %s) moved to %s; the %d records around %s are kept",
+                            path, len(rejected), "s" if many else "", "are" if many else "is", numbers, self.rejected_path,
+                            len(kept), "them" if many else "it")
+            else:
+                log.warning("%s: skipping %d line%s that %s not a sweep record (line %s)", path, len(rejected),
+                            "s" if many else "", "are" if many else "is", numbers)
+        if own and (rejected or torn):
+            self._rewrite(kept, rejected)
+
+    @property
+    def rejected_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".rejected")
+
+    def _rewrite(self, kept: list[bytes], rejected: list[tuple[int, bytes]]) -> None:
+        """Move the lines that are not records to the rejected file (saved first), then replace
+        the store by its records, keeping this writer's lock across the swap."""
+        if rejected:
+            with self.rejected_path.open("ab") as f:
+                for number, line in rejected:
+                    f.write(f"# {self.path.name} line {number}:\n".encode() + line + b"\n")
+                f.flush()
+                os.fsync(f.fileno())
+        tmp = self.path.with_name(self.path.name + ".rewrite")
+        with tmp.open("wb") as f:
+            f.write(b"".join(line + b"\n" for line in kept))
+            f.flush()
+            os.fsync(f.fileno())
+        old = self._file
+        self._file = tmp.open("a+b")
+        fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a file only this process knows of yet
+        tmp.rename(self.path)
+        old.close()
 
     def _open(self) -> None:
-        self._file = self.path.open("a+b")
-        try:
-            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._file.close()
-            raise DataError(f"{self.path} is being written by another process (a soce run in the same directory, "
-                            "or a job given the same sweep.shard): wait for it to finish, or give this job another shard") from None
+        while True:
+            self._file = self.path.open("a+b")
+            try:
+                fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                self._file.close()
+                raise DataError(f"{self.path} is being written by another process (a soce run in the same directory, "
+                                "or a job given the same sweep.shard): wait for it to finish, or give this job another shard") from None
+            if _same_file(self._file, self.path):
+                return
+            self._file.close()  # locked a file that a writer swapped away meanwhile: lock the new one
 
     @staticmethod
     def _key(record: dict) -> tuple[str, str, str]:
@@ -105,6 +151,27 @@ class SweepStore:
 
     def __len__(self) -> int:
         return len(self.records)
+
+
+def parse_record(line: bytes) -> dict | None:
+    """A sweep record (a JSON object naming its experts, weights, split and scores), or None."""
+    try:
+        record = json.loads(line)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not (isinstance(record, dict) and isinstance(record.get("experts"), list) and isinstance(record.get("weights"), list)
+            and len(record["experts"]) == len(record["weights"]) and isinstance(record.get("split"), str)
+            and isinstance(record.get("scores"), dict) and all(isinstance(e, str) for e in record["experts"])
+            and all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in record["weights"])):
+        return None
+    return record
+
+
+def _same_file(f, path: Path) -> bool:
+    try:
+        return os.fstat(f.fileno()).st_ino == path.stat().st_ino
+    except FileNotFoundError:
+        return False
 
 
 def _check_shards(directory: Path, num_shards: int) -> None:

@@ -55,19 +55,19 @@ def test_the_store_survives_a_kill_mid_write(tmp_path):
     path = tmp_path / "sweep.jsonl"
     store = SweepStore(tmp_path)
     for w in ([0.5, 0.5], [0.1, 0.9]):
-        store.append({"kind": "sweep", "experts": ["a", "b"], "weights": w, "split": "dev", "objective": w[0]})
+        store.append(_point(w, w[0]))
     with path.open("a") as f:
         f.write('{"kind": "sweep", "experts": ["a", "b"], "weights": [0.2')  # the point in flight
     store.close()
     again = SweepStore(tmp_path)
     assert len(again) == 2 and again.get(["a", "b"], (0.1, 0.9), "dev")["objective"] == 0.1
     assert again.get(["a", "b"], [0.1, 0.9], "test") is None
-    again.append({"kind": "sweep", "experts": ["a", "b"], "weights": [0.3, 0.7], "split": "dev", "objective": 0.3})
+    again.append(_point([0.3, 0.7], 0.3))
     assert [json.loads(line)["weights"] for line in path.read_text().splitlines()] == [[0.5, 0.5], [0.1, 0.9], [0.3, 0.7]]
 
 
 def _point(w, objective=0.0):
-    return {"kind": "sweep", "experts": ["a", "b"], "weights": w, "split": "dev", "objective": objective}
+    return {"kind": "sweep", "experts": ["a", "b"], "weights": w, "split": "dev", "scores": {"x": objective}, "objective": objective}
 
 
 def test_shards_share_a_store_directory_and_each_file_has_one_writer(tmp_path):
