@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 from soce.errors import ConfigError
 from soce.scores import closest
+
+log = logging.getLogger(__name__)
 
 _MODE_SUFFIX = re.compile(r"\s*\((FC|Prompt)\)\s*$", re.IGNORECASE)
 
@@ -51,4 +55,20 @@ def resolve_pool(candidates: Sequence[Candidate] | None, table_models: Sequence[
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise ConfigError(f"the pool names the same table row twice: {', '.join(dupes)}")
+    located = [c for c in resolved if c.path or c.hub_id]
+    warn_duplicates([c.path or c.hub_id for c in located], "pool", "two candidates that are one",
+                    [f"pool model {c.name!r}" for c in located])
     return resolved
+
+
+def warn_duplicates(models: Sequence[str | Path], where: str, consequence: str, names: Sequence[str] | None = None) -> None:
+    """Warn when the same model (the same directory, or Hub id) is listed twice, naming both entries."""
+    seen: dict[str, int] = {}
+    for i, m in enumerate(models):
+        same = str(Path(m).resolve()) if Path(m).exists() else str(m)
+        if same in seen:
+            j = seen[same]
+            first, second = (names[j], names[i]) if names else (f"{where}[{j}]", f"{where}[{i}]")
+            log.warning("%s and %s are the same model (%s): %s", first, second, m, consequence)
+        else:
+            seen[same] = i

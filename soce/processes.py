@@ -26,8 +26,22 @@ class Processes:
         if self.state is not None:
             self.state.wait_for_everyone()
 
-    def main_process_dir(self, run_dir: Path) -> Path:
-        """One run directory for all processes: the main process's (their clocks may differ by a second)."""
+    def share(self, value):
+        """The main process's `value`, on every process."""
+        if self.state is None:
+            return value
         from accelerate.utils import broadcast_object_list
 
-        return Path(broadcast_object_list([str(run_dir)])[0])
+        return broadcast_object_list([value])[0]
+
+    def gather(self, value) -> list:
+        """Every process's `value`, on every process (in rank order)."""
+        if self.state is None:
+            return [value]
+        from accelerate.utils import gather_object
+
+        return gather_object([value])
+
+    def main_process_dir(self, run_dir: Path) -> Path:
+        """One run directory for all processes: the main process's (their clocks may differ by a second)."""
+        return Path(self.share(str(run_dir)))

@@ -17,6 +17,7 @@ from soce.merge import InPlaceSoup
 from soce.pool import Candidate
 from soce.scores import Outcome
 from soce.store import SweepStore
+from soce.threads import compute_threads
 from soce.tracking import NoTracker, Tracker
 
 
@@ -81,7 +82,8 @@ class Souper:
             started = time.perf_counter()
             soup.apply(weights)
             merged = time.perf_counter()
-            result = self.evaluator.evaluate(model, tokenizer, split)
+            with compute_threads(model.device):
+                result = self.evaluator.evaluate(model, tokenizer, split)
             record = {
                 "kind": self.kind, "experts": self.names, "weights": [float(w) for w in weights], "split": split,
                 "question": self.question,

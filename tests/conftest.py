@@ -54,12 +54,12 @@ def soce(tmp_path):
     """Run the real CLI (`python -m soce ...`) in a subprocess, with W&B kept inside tmp_path.
     No timeout: a busy machine is slow, not wrong."""
 
-    def run(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    def run(*args: str, cwd: Path | None = None, env: dict | None = None, preexec=None) -> subprocess.CompletedProcess:
         environ = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
         environ.update(WANDB_CONFIG_DIR=str(tmp_path / ".wandb-config"), WANDB_CACHE_DIR=str(tmp_path / ".wandb-cache"))
         environ.update(env or {})
         return subprocess.run([sys.executable, "-m", "soce", *args], cwd=cwd or tmp_path, env=environ,
-                              capture_output=True, text=True)
+                              capture_output=True, text=True, preexec_fn=preexec)
 
     return run
 

@@ -267,10 +267,14 @@ def test_existing_output_is_refused_unless_overwrite(zoo, tmp_path):
     (out / "keep.txt").write_text("mine")
     with pytest.raises(SoceError, match="already exists"):
         merge_to_disk(experts, WEIGHTS, out, progress=False)
+    with pytest.raises(SoceError, match="is a directory that is not a soup .*replaces only a soup soce wrote"):
+        merge_to_disk(experts, WEIGHTS, out, overwrite=True, progress=False)
     assert (out / "keep.txt").read_text() == "mine"
+    (out / "keep.txt").unlink()
     before = {p: p.read_bytes() for e in experts for p in e.iterdir()}
-    merge_to_disk(experts, WEIGHTS, out, overwrite=True, progress=False)
-    assert not (out / "keep.txt").exists() and (out / "config.json").exists()
+    merge_to_disk(experts, WEIGHTS, out, overwrite=True, progress=False)  # an empty directory
+    merge_to_disk(experts, [0.2, 0.2, 0.6], out, overwrite=True, progress=False)  # a soup
+    assert yaml.safe_load((out / "mergekit.yaml").read_text())["models"][2]["parameters"]["weight"] == 0.6
     assert before == {p: p.read_bytes() for e in experts for p in e.iterdir()}  # inputs untouched
     assert not list(tmp_path.glob(".soup*"))
 

@@ -1,5 +1,6 @@
 """The embedded default: toy_fc, its AST scorer, the micro model family, the evaluators."""
 
+import dataclasses
 import json
 import shutil
 
@@ -212,3 +213,22 @@ def test_any_lm_eval_task_group_through_the_generic_benchmark(study, zoo_cache, 
     header = (tmp_path / "run" / "scores.csv").read_text().splitlines()[0]
     assert header == "model,toy_fc_dev_simple,toy_fc_dev_json,toy_fc_dev_parallel,overall"
     assert (tmp_path / "run" / "scores_test.csv").exists()
+
+
+def test_the_family_trains_to_the_same_bits_with_any_thread_count():
+    """soce picks the thread count by the machine's load (soce.threads): it must not change a model."""
+    from soce.zoo.family import Trainer
+
+    before = torch.get_num_threads()
+    trainer = Trainer(dataclasses.replace(FAMILIES["micro"], train_per_category=40, batch_size=16))
+    bar = type("Bar", (), {"update": lambda *a: None, "set_postfix": lambda *a, **k: None})()
+    models = []
+    for threads in (1, 2):
+        model = trainer.new_model()
+        torch.set_num_threads(threads)
+        opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+        trainer._steps(model, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0), ["simple", "json"], [0.5, 0.5],
+                       __import__("random").Random(0), 8, bar)
+        models.append(model.state_dict())
+    torch.set_num_threads(before)
+    assert all(torch.equal(models[0][k], models[1][k]) for k in models[0])

@@ -19,6 +19,7 @@ from soce.errors import CheckpointError
 from soce.evaluate import EvalResult, Evaluator
 from soce.pool import Candidate
 from soce.scores import Outcome, ScoreTable
+from soce.threads import compute_threads
 
 log = logging.getLogger(__name__)
 
@@ -49,15 +50,26 @@ def model_dir(candidate: Candidate) -> str:
 
 
 def load_model(candidate: Candidate):
+    """The candidate's model and tokenizer. Its weights are checked first as the merge reads them
+    (safetensors only, inside its directory, headers valid): soce and transformers then load the
+    same files, and a pickle is never unpickled."""
+    import pickle
+
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
+
+    from soce.merge import open_checkpoint
 
     hf_logging.disable_progress_bar()  # a bar per model loaded: soce prints what it loads
     where = model_dir(candidate)
     try:
+        open_checkpoint(where)
+    except CheckpointError as err:
+        raise CheckpointError(f"pool model {candidate.name!r}: {err}") from None
+    try:
         return AutoModelForCausalLM.from_pretrained(where), AutoTokenizer.from_pretrained(where)
-    except (OSError, ValueError) as err:
-        raise CheckpointError(f"pool model {candidate.name!r}: cannot load {where} ({err})") from None
+    except (OSError, ValueError, pickle.UnpicklingError) as err:
+        raise CheckpointError(f"pool model {candidate.name!r}: cannot load {where} ({type(err).__name__}: {err})") from None
 
 
 def evaluate_candidates(
@@ -87,7 +99,8 @@ def evaluate_candidates(
                 if check is not None:
                     check(loaded[1], c.path or c.name)
             started = time.perf_counter()
-            result = evaluator.evaluate(*loaded, split)
+            with compute_threads(loaded[0].device):
+                result = evaluator.evaluate(*loaded, split)
             log.info("  evaluated %s on %s in %.1f s", c.name, split, time.perf_counter() - started)
             outcomes = tuple(Outcome(c.name, o.example_id, o.category, o.correct, o.output) for o in result.outcomes)
             results[split][c.name] = EvalResult(result.scores, outcomes)

@@ -83,17 +83,77 @@ def read_header(file: Path) -> dict[str, TensorInfo]:
                                   f"(it reads {', '.join(DTYPES)})")
         try:
             dtype = DTYPES[entry["dtype"]]
-            shape = tuple(int(d) for d in entry["shape"])
-            begin, end = (int(o) for o in entry["data_offsets"])
-        except (KeyError, TypeError, ValueError):
+            shape, offsets = list(entry["shape"]), list(entry["data_offsets"])
+        except (KeyError, TypeError):
             raise CheckpointError(f"{file}: corrupt safetensors header entry for tensor {name!r}") from None
+        if not all(_is_count(d) for d in shape) or len(offsets) != 2 or not all(_is_count(o) for o in offsets):
+            raise CheckpointError(f"{file}: corrupt safetensors header: tensor {name!r} has shape {shape} and offsets "
+                                  f"{offsets} (expected integers >= 0)")
+        begin, end = offsets
         nbytes = math.prod(shape) * dtype.itemsize
-        if end - begin != nbytes or begin < 0:
-            raise CheckpointError(f"{file}: tensor {name!r} has {end - begin} bytes for shape {list(shape)} {entry['dtype']}")
-        if base + end > size:
-            raise CheckpointError(f"{file}: truncated: tensor {name!r} ends at byte {base + end}, the file has {size}")
-        out[name] = TensorInfo(name, file, dtype, shape, base + begin, nbytes)
+        if end - begin != nbytes:
+            raise CheckpointError(f"{file}: tensor {name!r} has {end - begin} bytes for shape {shape} {entry['dtype']}")
+        out[name] = TensorInfo(name, file, dtype, tuple(shape), base + begin, nbytes)
+    # As safetensors itself requires: the tensors' data is contiguous, without overlap or gap,
+    # and ends where the file does.
+    at = 0
+    for t in sorted(out.values(), key=lambda t: (t.start, t.nbytes)):
+        if t.start - base != at:
+            what = "overlaps the tensor before it" if t.start - base < at else f"leaves a gap of {t.start - base - at} bytes before it"
+            raise CheckpointError(f"{file}: corrupt safetensors header: tensor {t.name!r} {what}")
+        at += t.nbytes
+    if base + at != size:
+        if base + at > size:
+            raise CheckpointError(f"{file}: truncated: its tensors end at byte {base + at}, the file has {size}")
+        raise CheckpointError(f"{file}: corrupt safetensors file: {size - base - at} bytes after its last tensor")
     return out
+
+
+def _is_count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def weight_files(path: Path, config: dict) -> tuple[list[str], dict | None]:
+    """The safetensors files that hold a model directory's weights, decided as transformers'
+    from_pretrained decides (config.json's transformers_weights, then model.safetensors, then
+    model.safetensors.index.json), so that soce and transformers always read the same weights.
+    Returns the file names and the index's weight_map (None without an index). A file outside
+    the directory is refused, and so is a checkpoint that is not safetensors (a pickle)."""
+    explicit = config.get("transformers_weights")
+    if explicit is not None:
+        name = str(explicit)
+    elif (path / SINGLE).is_file():
+        name = SINGLE
+    elif (path / INDEX).is_file():
+        name = INDEX
+    else:
+        pickles = sorted(p.name for p in path.glob("*.bin")) + sorted(p.name for p in path.glob("*.pt"))
+        found = f" (it has {', '.join(pickles[:3])}: pickled weights, which soce never loads)" if pickles else ""
+        raise CheckpointError(f"model directory {path}: no {SINGLE} or {INDEX}{found}; only safetensors checkpoints are supported")
+    if not _inside(path, name):
+        raise CheckpointError(f"{path / 'config.json'}: transformers_weights={name!r} is outside the model directory")
+    if not name.endswith(INDEX.removeprefix("model")):
+        if not name.endswith(".safetensors"):
+            raise CheckpointError(f"{path / 'config.json'}: transformers_weights={name!r} is not a safetensors file; "
+                                  "only safetensors checkpoints are supported")
+        return [name], None
+    index = path / name
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+        files = list(dict.fromkeys(weight_map.values()))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
+        raise CheckpointError(f"{index}: unreadable ({type(err).__name__}: {err})") from None
+    for f in files:
+        if not isinstance(f, str) or not f.endswith(".safetensors") or not _inside(path, f):
+            raise CheckpointError(f"{index}: names {f!r}, which is not a safetensors file in the model directory: "
+                                  "a model's weights are its own files")
+    return files, weight_map
+
+
+def _inside(directory: Path, name: str) -> bool:
+    """`name` is a file in `directory` itself (no '..', no absolute path, no link leading out)."""
+    target = (directory / name).resolve()
+    return not Path(name).is_absolute() and ".." not in Path(name).parts and target.parent == directory.resolve()
 
 
 def open_checkpoint(path: str | Path) -> Checkpoint:
@@ -106,34 +166,29 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
         config = json.loads(config_file.read_text())
     except FileNotFoundError:
         raise CheckpointError(f"model directory {path}: no config.json") from None
-    except (OSError, json.JSONDecodeError) as err:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise CheckpointError(f"{config_file}: unreadable ({err})") from None
-    index = path / INDEX
-    if index.exists():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (OSError, json.JSONDecodeError, KeyError) as err:
-            raise CheckpointError(f"{index}: unreadable ({err})") from None
-        files = list(dict.fromkeys(weight_map.values()))
-    elif (path / SINGLE).exists():
-        files, weight_map = [SINGLE], None
-    else:
-        raise CheckpointError(f"model directory {path}: no {SINGLE} or {INDEX} (only safetensors checkpoints are supported)")
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{config_file}: not a model config (a JSON object)")
+    files, weight_map = weight_files(path, config)
     tensors: dict[str, TensorInfo] = {}
     for name in files:
         file = path / name
-        if not file.exists():
-            raise CheckpointError(f"{path}: {name} is named in {INDEX} but missing")
+        if not file.is_file():
+            raise CheckpointError(f"{path}: {name} is named in its weights index but missing")
         for t in sorted(read_header(file).values(), key=lambda t: t.start):
+            if t.name in tensors:
+                raise CheckpointError(f"{path}: tensor {t.name!r} is in both {tensors[t.name].file.name} and {name}")
             tensors[t.name] = t
     if weight_map is not None and set(weight_map) != set(tensors):
         diff = sorted(set(weight_map) ^ set(tensors))
-        raise CheckpointError(f"{index}: its weight_map and the files disagree on {diff[:3]}")
+        raise CheckpointError(f"{path / INDEX}: its weight_map and the files disagree on {diff[:3]}")
     return Checkpoint(path, config, tensors)
 
 
-def check_compatible(checkpoints: Sequence[Checkpoint], allow_vocab_mismatch: bool = False) -> None:
-    """Same architecture, tensor names, shapes and vocabulary; names the first model and tensor that differ."""
+def check_compatible(checkpoints: Sequence[Checkpoint], allow_vocab_mismatch: bool = False) -> str | None:
+    """Same architecture, tensor names, shapes and vocabulary, floating-point tensors only; names
+    the first model and tensor that differ. Returns what differs in dtype (allowed), or None."""
     ref = checkpoints[0]
     for key in ("architectures", "model_type"):
         for ck in checkpoints[1:]:
@@ -152,9 +207,18 @@ def check_compatible(checkpoints: Sequence[Checkpoint], allow_vocab_mismatch: bo
         for name, t in ref.tensors.items():
             if ck.tensors[name].shape != t.shape:
                 raise CheckpointError(f"{ck.path}: tensor {name!r} has shape {list(ck.tensors[name].shape)}, {ref.path} has {list(t.shape)}")
-    for name, t in ref.tensors.items():
-        if not t.dtype.is_floating_point:
-            raise CheckpointError(f"{ref.path}: tensor {name!r} is {DTYPE_NAMES[t.dtype]}: only floating-point tensors can be averaged")
+    mixed = []
+    for ck in checkpoints:
+        for name, t in ck.tensors.items():
+            if not t.dtype.is_floating_point:
+                raise CheckpointError(f"{ck.path}: tensor {name!r} is {DTYPE_NAMES[t.dtype]}: only floating-point tensors can be averaged")
+            if t.dtype != ref.tensors[name].dtype:
+                mixed.append((ck, name, t.dtype))
+    if not mixed:
+        return None
+    ck, name, dtype = mixed[0]
+    return (f"the models' dtypes differ: tensor {name!r} is {DTYPE_NAMES[dtype]} in {ck.path} and "
+            f"{DTYPE_NAMES[ref.tensors[name].dtype]} in {ref.path}" + (f" ({len(mixed) - 1} more such tensors)" if len(mixed) > 1 else ""))
 
 
 class TensorReader:

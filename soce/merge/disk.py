@@ -4,18 +4,24 @@ sharded safetensors files, one chunk of rows at a time.
 Memory stays flat as models grow: each shard's header is computed before any data (every
 shape and dtype is known), then its tensors are written chunk by chunk. The output is built
 in a hidden '.NAME.partial' directory beside it and renamed into place when complete, so an
-interrupted merge never leaves a directory at the output path. Under `accelerate launch`
-the processes split the output shards; the main process writes the index and renames.
+interrupted merge never leaves a directory at the output path. A merge owns its output path
+for its whole life (a lock on '.NAME.lock' beside it): a second merge to the same path is
+refused, so an output is always one complete soup or absent. Under `accelerate launch` the
+processes split the output shards; the main process holds the lock, writes the index and renames.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import logging
 import math
+import os
 import shutil
 import struct
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -26,6 +32,8 @@ from tqdm.auto import tqdm
 from soce.errors import CheckpointError
 from soce.merge.checkpoint import DTYPE_NAMES, INDEX, Checkpoint, TensorInfo, TensorReader, check_compatible, open_checkpoint
 from soce.merge.linear import check_weights, mergekit_yaml, parse_size, weighted_sum_into
+from soce.pool import warn_duplicates
+from soce.threads import torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -99,15 +107,29 @@ class _Streamer:
             chunks = [reader.read(ck.tensors[name], start, end).to(self.device) for ck, reader in zip(self.checkpoints, self.readers)]
             numel = chunks[0].numel()
             acc = weighted_sum_into(self.acc[:numel].view(chunks[0].shape), self.scratch[:numel].view(chunks[0].shape), chunks, self.weights)
-            # With weights >= 0 summing to 1 the soup is finite exactly where every input is, and a
-            # sum carries NaN and Inf along: one cheap check, 30x faster than isfinite on the inputs.
-            if not self.allow_nonfinite and not math.isfinite(acc.sum().item()):
-                self._check_finite(name, chunks, acc)
             nbytes = numel * dtype.itemsize
             out = self.out[:nbytes].view(dtype).view(acc.shape)
             out.copy_(acc)
+            if not self.allow_nonfinite:
+                self._check_chunk(name, chunks, acc, out)
             f.write(memoryview(self.out[:nbytes].numpy()))
             progress.update(nbytes)
+
+    def _check_chunk(self, name: str, chunks: Sequence[torch.Tensor], acc: torch.Tensor, out: torch.Tensor) -> None:
+        """The soup's values are finite and fit the output dtype. With weights >= 0 summing to 1
+        the soup is finite exactly where every input is, and a min and max carry NaN and Inf
+        along: one pass over the chunk, not one per input."""
+        low, high = (v.item() for v in torch.aminmax(acc))
+        if not (math.isfinite(low) and math.isfinite(high)):
+            self._check_finite(name, chunks, acc)
+        if max(-low, high) > torch.finfo(out.dtype).max and not torch.isfinite(out).all():  # beyond the dtype's range
+            at = int(torch.argmax((~torch.isfinite(out)).view(-1).to(torch.uint8)))
+            terms = [float(chunk.reshape(-1)[at]) for chunk in chunks]
+            largest = max(range(len(terms)), key=lambda i: abs(terms[i]))
+            dtype = str(out.dtype).removeprefix("torch.")
+            raise CheckpointError(f"the soup of tensor {name!r} has the value {acc.view(-1)[at].item():.6g}, which {dtype} cannot "
+                                  f"hold (its largest is {torch.finfo(out.dtype).max:.6g}; the value {terms[largest]:.6g} comes "
+                                  f"from {self.checkpoints[largest].path}): merge.dtype=float32 or bfloat16 keeps it")
 
     def _check_finite(self, name: str, chunks: Sequence[torch.Tensor], acc: torch.Tensor) -> None:
         """Name the input holding NaN or Inf (the sum may also have overflowed on finite values)."""
@@ -136,8 +158,50 @@ def check_output(output: Path, inputs: Sequence[Path], overwrite: bool) -> None:
         src = p.resolve()
         if out == src or src in out.parents or out in src.parents:
             raise CheckpointError(f"merge.output {output} overlaps the input model directory {p}: write the soup elsewhere")
-    if output.exists() and not overwrite:
+    if not (output.exists() or output.is_symlink()):
+        return
+    if not overwrite:
         raise CheckpointError(f"merge.output {output} already exists (merge.overwrite=true replaces it)")
+    # overwrite replaces a soup, never whatever else a typo may name
+    if output.is_symlink() or not output.is_dir():
+        kind = "a symbolic link" if output.is_symlink() else "a file"
+        raise CheckpointError(f"merge.output {output} is {kind}, not a soup directory: merge.overwrite=true replaces only "
+                              "a soup soce wrote. Remove it yourself, or write the soup elsewhere")
+    if not (output / "mergekit.yaml").is_file() and any(output.iterdir()):
+        raise CheckpointError(f"merge.output {output} is a directory that is not a soup (no mergekit.yaml): "
+                              "merge.overwrite=true replaces only a soup soce wrote. Empty it yourself, or write the soup elsewhere")
+
+
+@contextmanager
+def output_lock(output: Path):
+    """Hold '.NAME.lock' beside `output` for the merge's life; refuse if another merge holds it."""
+    path = output.parent / f".{output.name}.lock"
+    while True:
+        f = path.open("a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.close()
+            raise CheckpointError(f"merge.output {output} is being written by another merge (it holds {path}): "
+                                  "wait for it to finish, or write this soup elsewhere") from None
+        try:
+            if os.fstat(f.fileno()).st_ino == path.stat().st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        f.close()  # the merge before us removed the file after we opened it: lock the new one
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)  # while still holding it: a waiter then locks a new file
+        f.close()
+
+
+def io_error(err: OSError, output: Path) -> CheckpointError:
+    """One sentence for a failed read or write: the path and the cause."""
+    hint = {errno.ENOSPC: ": free some space, or write the soup elsewhere", errno.EACCES: ": write the soup where you can write",
+            errno.EROFS: ": write the soup where you can write"}.get(err.errno or 0, "")
+    return CheckpointError(f"the merge to {output} failed: {err.filename or output}: {err.strerror or err}{hint}")
 
 
 def merge_to_disk(
@@ -174,11 +238,15 @@ def merge_to_disk(
         raise CheckpointError("merge.models is empty: name the model directories to average")
     paths = [Path(m) for m in models]
     output = Path(output)
+    warn_duplicates(paths, "merge.models", "it is averaged in twice, with the sum of their weights")
     checkpoints = [open_checkpoint(p) for p in paths]
-    check_compatible(checkpoints, allow_vocab_mismatch)
+    mixed = check_compatible(checkpoints, allow_vocab_mismatch)
     weights = check_weights(weights, len(paths), normalize)
     if dtype is not None and dtype not in OUTPUT_DTYPES:
         raise CheckpointError(f"merge.dtype={dtype!r}: expected one of {', '.join(OUTPUT_DTYPES)}")
+    if mixed:
+        log.warning("%s; the soup stores %s", mixed, f"every tensor as {dtype}" if dtype else
+                    f"each tensor as {paths[0]} has it (merge.dtype chooses one)")
     source = Path(config_from) if config_from is not None else paths[0]
     if source.resolve() not in [p.resolve() for p in paths]:
         raise CheckpointError(f"merge.config_from={config_from}: not one of merge.models")
@@ -188,46 +256,83 @@ def merge_to_disk(
     device = torch.device(device or state.device or "cpu")
     shards = plan_shards(checkpoints[0], OUTPUT_DTYPES.get(dtype), parse_size(shard_size))
     partial = output.parent / f".{output.name}.partial"
-    if state.is_main:
-        shutil.rmtree(partial, ignore_errors=True)  # left by a killed merge
-        partial.mkdir(parents=True)
-    state.wait()
+    with _claim(output, partial, state, lambda: check_output(output, paths, overwrite)):
+        mine = shards[state.rank::state.count]
+        if state.count > 1:
+            log.info("process %d of %d: %d of the %d shards", state.rank, state.count, len(mine), len(shards))
+        started = time.perf_counter()
+        try:
+            # The arithmetic is memory-bound, in 1 MiB chunks: one thread (scripts/bench_threads.py:
+            # two threads stall whenever one is descheduled on a busy machine)
+            with torch_threads(1):
+                _write_shards(partial, mine, _Streamer(checkpoints, weights, device, chunk_bytes, allow_nonfinite),
+                              progress and state.is_main)
+        except OSError as err:
+            error = io_error(err, output)
+        except BaseException as err:  # noqa: BLE001 - tell the other processes, remove the partial output, re-raise
+            error = err
+        else:
+            error = None
+        errors = [e for e in state.gather(None if error is None else str(error)) if e is not None]
+        if errors:
+            if state.is_main:
+                shutil.rmtree(partial, ignore_errors=True)
+            state.wait()
+            if error is not None:
+                raise error
+            raise CheckpointError(f"merge failed in another process: {errors[0]}")
 
-    mine = shards[state.rank::state.count]
-    if state.count > 1:
-        log.info("process %d of %d: %d of the %d shards", state.rank, state.count, len(mine), len(shards))
-    started = time.perf_counter()
-    error = None
-    streamer = _Streamer(checkpoints, weights, device, chunk_bytes, allow_nonfinite)
+        if state.is_main:
+            try:
+                _finish(partial, output, shards, source, weights, model_ids or [str(p) for p in paths],
+                        dtype or _dtype_name(shards), overwrite)
+            except BaseException as err:
+                shutil.rmtree(partial, ignore_errors=True)
+                if isinstance(err, OSError):
+                    raise io_error(err, output) from None
+                raise
+            log.info("soup of %d models written to %s (%d shard%s, %.2f GB) in %.1f s", len(paths), output, len(shards),
+                     "" if len(shards) == 1 else "s", sum(s.nbytes for s in shards) / 1e9, time.perf_counter() - started)
+        state.wait()
+    return output
+
+
+@contextmanager
+def _claim(output: Path, partial: Path, state, check) -> None:
+    """The main process locks the output path for the merge's life, checks it again (another
+    merge may have written it meanwhile) and makes an empty partial directory; every process
+    raises the same error if that fails."""
+    from contextlib import ExitStack
+
+    with ExitStack() as stack:
+        refused = None
+        if state.is_main:
+            try:
+                output.parent.mkdir(parents=True, exist_ok=True)
+                stack.enter_context(output_lock(output))
+                check()
+                shutil.rmtree(partial, ignore_errors=True)  # left by a killed merge (a live one would hold the lock)
+                partial.mkdir()
+            except CheckpointError as err:
+                refused = str(err)
+            except OSError as err:
+                refused = str(io_error(err, output))
+        refused = state.share(refused)
+        if refused:
+            raise CheckpointError(refused)
+        yield
+
+
+def _write_shards(partial: Path, shards: Sequence[Shard], streamer: _Streamer, progress: bool) -> None:
     try:
-        with tqdm(total=sum(s.nbytes for s in mine), unit="B", unit_scale=True, desc="merge",
-                  disable=not progress or not state.is_main) as bar:
-            for shard in mine:
+        with tqdm(total=sum(s.nbytes for s in shards), unit="B", unit_scale=True, desc="merge", disable=not progress) as bar:
+            for shard in shards:
                 with (partial / shard.file).open("wb") as f:
                     f.write(shard_header(shard))
                     for t, d in zip(shard.tensors, shard.dtypes):
                         streamer.write_tensor(f, t.name, d, bar)
-    except BaseException as err:  # noqa: BLE001 - tell the other processes, then re-raise
-        error = err
-        (partial / f"error-{state.rank}").write_text(str(err))
     finally:
         streamer.close()
-    state.wait()
-    failed = sorted(partial.glob("error-*"))
-    if error is not None or failed:
-        state.wait()
-        if state.is_main:
-            shutil.rmtree(partial, ignore_errors=True)
-        if error is not None:
-            raise error
-        raise CheckpointError(f"merge failed in another process: {failed[0].read_text()}")
-
-    if state.is_main:
-        _finish(partial, output, shards, source, weights, model_ids or [str(p) for p in paths], dtype or _dtype_name(shards), overwrite)
-        log.info("soup of %d models written to %s (%d shard%s, %.2f GB) in %.1f s", len(paths), output, len(shards),
-                 "" if len(shards) == 1 else "s", sum(s.nbytes for s in shards) / 1e9, time.perf_counter() - started)
-    state.wait()
-    return output
 
 
 def _dtype_name(shards: Sequence[Shard]) -> str:
@@ -250,11 +355,13 @@ def _finish(partial: Path, output: Path, shards: Sequence[Shard], source: Path, 
             config[key] = dtype
     (partial / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     (partial / "mergekit.yaml").write_text(mergekit_yaml(model_ids, weights, dtype))
-    if output.exists() and overwrite:
+    if output.exists() and overwrite:  # a soup (check_output): set aside, replaced, then removed
         old = output.parent / f".{output.name}.old"
         shutil.rmtree(old, ignore_errors=True)
         output.rename(old)
         partial.rename(output)
         shutil.rmtree(old)
+    elif output.exists() or output.is_symlink():
+        raise CheckpointError(f"merge.output {output} appeared while the soup was written (not by soce): it is left as it is")
     else:
         partial.rename(output)

@@ -14,6 +14,7 @@ import torch
 from soce.errors import CheckpointError
 from soce.merge.checkpoint import TensorReader, check_compatible, open_checkpoint
 from soce.merge.linear import check_weights, weighted_sum_into
+from soce.threads import torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,10 @@ class InPlaceSoup:
         self.chunk = CPU_CHUNK if self.device.type == "cpu" else numel
         self.acc = torch.empty(min(numel, self.chunk), dtype=torch.float32, device=self.device)
         self.scratch = torch.empty_like(self.acc)
+        # parameters of a narrower range than the experts' (float16 from float32) can overflow
+        self.narrowing = {p for p, ts in self.slots if not allow_nonfinite and p.dtype.is_floating_point
+                          and torch.finfo(p.dtype).max < max(torch.finfo(t.dtype).max for t in ts)}
+        self.names = {p: name for name, p in params.items()}
 
     @property
     def nbytes(self) -> int:
@@ -80,11 +85,16 @@ class InPlaceSoup:
     @torch.no_grad()
     def apply(self, weights: Sequence[float], normalize: bool = False) -> None:
         weights = check_weights(weights, self.n_experts, normalize)
-        for p, tensors in self.slots:
-            if self.offload:
-                tensors = [t.to(self.device, non_blocking=True) for t in tensors]
-            flat, flats = p.view(-1), [t.view(-1) for t in tensors]
-            for start in range(0, flat.numel(), self.chunk):
-                end = min(start + self.chunk, flat.numel())
-                acc = weighted_sum_into(self.acc[: end - start], self.scratch[: end - start], [t[start:end] for t in flats], weights)
-                flat[start:end].copy_(acc)
+        # memory-bound chunks on the CPU: one thread (see soce.threads); a GPU ignores it
+        with torch_threads(1 if self.device.type == "cpu" else torch.get_num_threads()):
+            for p, tensors in self.slots:
+                if self.offload:
+                    tensors = [t.to(self.device, non_blocking=True) for t in tensors]
+                flat, flats = p.view(-1), [t.view(-1) for t in tensors]
+                for start in range(0, flat.numel(), self.chunk):
+                    end = min(start + self.chunk, flat.numel())
+                    acc = weighted_sum_into(self.acc[: end - start], self.scratch[: end - start], [t[start:end] for t in flats], weights)
+                    flat[start:end].copy_(acc)
+                    if p in self.narrowing and not torch.isfinite(flat[start:end]).all():
+                        raise CheckpointError(f"the soup of parameter {self.names[p]!r} at weights {list(weights)} overflows the "
+                                              f"model's {str(p.dtype).removeprefix('torch.')}: load the model in float32 or bfloat16")

@@ -59,9 +59,11 @@ def parse_size(size: str | int) -> int:
 
 
 def mergekit_yaml(models: Sequence[str | Path], weights: Sequence[float], dtype: str) -> str:
-    """The same soup as a mergekit config: `mergekit-yaml mergekit.yaml OUT` reproduces it."""
-    lines = ["# Reproduce this soup with mergekit: mergekit-yaml mergekit.yaml OUTPUT_DIR", "merge_method: linear", f"dtype: {dtype}",
-             "parameters:", "  normalize: false", "models:"]
-    for m, w in zip(models, weights):
-        lines += [f"  - model: {m}", "    parameters:", f"      weight: {w!r}"]
-    return "\n".join(lines) + "\n"
+    """The same soup as a mergekit config: `mergekit-yaml mergekit.yaml OUT` reproduces it.
+    Written by a YAML library, so that any path (with '#', ': ', quotes) reads back as itself."""
+    import yaml
+
+    recipe = {"merge_method": "linear", "dtype": dtype, "parameters": {"normalize": False},
+              "models": [{"model": str(m), "parameters": {"weight": float(w)}} for m, w in zip(models, weights)]}
+    return ("# Reproduce this soup with mergekit: mergekit-yaml mergekit.yaml OUTPUT_DIR\n"
+            + yaml.safe_dump(recipe, sort_keys=False, allow_unicode=True))

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from soce.artifacts import files_digest
 from soce.errors import ConfigError
+from soce.threads import compute_threads
 from soce.zoo import fc
 
 log = logging.getLogger(__name__)
@@ -109,12 +110,14 @@ def _sha256(path: Path) -> str:
 
 
 def _is_intact(model_dir: Path) -> bool:
-    """The model directory holds exactly the files its manifest names, with their checksums."""
+    """The model directory holds exactly the files its manifest names (no more: an extra weights
+    index would change what is loaded), with their checksums."""
     manifest = model_dir / "manifest.json"
     try:
         files = json.loads(manifest.read_text())["files"]
-        return all(_sha256(model_dir / name) == digest for name, digest in files.items())
-    except (OSError, ValueError, KeyError, TypeError):
+        present = {p.name for p in model_dir.iterdir()} - {manifest.name}
+        return present == set(files) and all(_sha256(model_dir / name) == digest for name, digest in files.items())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return False
 
 
@@ -141,7 +144,7 @@ def build_family(variant: str = "default", cache_dir: str | Path | None = None, 
         return family
     for name in todo:
         if (family.root / name).exists():
-            log.warning("zoo: %s in %s is missing files or corrupt: rebuilding it", name, family.root)
+            log.warning("zoo: %s in %s does not match its manifest (missing, extra or changed files): rebuilding it", name, family.root)
     family.root.mkdir(parents=True, exist_ok=True)
     Trainer(spec).build(family, todo, progress)
     return family
@@ -220,6 +223,11 @@ class Trainer:
         warmup = max(1, min(50, steps // 5))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) * max(0.05, 1 - s / steps))
         model.train()
+        with compute_threads():  # tiny models: the free cores, chosen again for each model (soce.threads)
+            self._steps(model, opt, sched, categories, shares, rng, steps, bar)
+        model.eval()
+
+    def _steps(self, model, opt, sched, categories, shares, rng, steps: int, bar: tqdm) -> None:
         for _ in range(steps):
             cats = rng.choices(categories, shares, k=self.spec.batch_size)
             loss = model(**self.batch([rng.choice(self.by_category[c]) for c in cats])).loss
@@ -230,4 +238,3 @@ class Trainer:
             opt.zero_grad(set_to_none=True)
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
-        model.eval()

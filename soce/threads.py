@@ -1,0 +1,56 @@
+"""How many threads torch uses on the CPU, chosen per path (measured in scripts/bench_threads.py).
+
+Many small operations (1 MiB merge chunks, tiny models) stall in torch's thread pool whenever
+one of its threads is descheduled: on a 2-core machine beside two busy processes, the in-place
+soup took 66x as long with 2 threads as with 1. So:
+
+- memory-bound chunked arithmetic (the disk merge, the in-place CPU soup): one thread, always;
+  more threads add nothing the memory bus can carry (1.1x to 1.7x idle, 3x to 60x loaded).
+- compute on tiny models (the family's training, their evaluation): the cores no other process
+  is using right now, at least one.
+
+OMP_NUM_THREADS, when set, is the user's choice and is left as it is.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from contextlib import contextmanager
+
+import torch
+
+
+@contextmanager
+def torch_threads(n: int):
+    """torch.set_num_threads(n) inside the block, restored after (unless OMP_NUM_THREADS is set)."""
+    if "OMP_NUM_THREADS" in os.environ:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def free_cores(samples: int = 10, interval: float = 0.002) -> int:
+    """The cores not busy with other processes now: this machine's cores less the median count of
+    other runnable tasks (/proc/loadavg's running count, less this process's probing thread)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    counts = []
+    try:
+        for _ in range(samples):
+            with open("/proc/loadavg") as f:
+                counts.append(int(f.read().split()[3].split("/")[0]) - 1)
+            time.sleep(interval)
+    except (OSError, ValueError, IndexError):
+        return 1  # no way to tell: the choice that never stalls
+    counts.sort()
+    return max(1, cores - counts[len(counts) // 2])
+
+
+def compute_threads(device: torch.device | str = "cpu"):
+    """torch_threads for compute on `device`: on the CPU the free cores; elsewhere unchanged."""
+    return torch_threads(free_cores() if torch.device(device).type == "cpu" else torch.get_num_threads())
