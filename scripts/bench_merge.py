@@ -8,12 +8,14 @@ Generated Llama-shaped checkpoints (random bfloat16 weights, several shards each
 in --workdir. soce and mergekit run as their command-line tools, alternately, with the same
 weights, dtype and shard size; each figure is the median over --runs. The page cache is warm
 for every run alike (the inputs fit in memory and are read once before timing), and each
-timed run starts after a sync, with no dirty pages left by the run before.
+timed run starts after a sync, with no dirty pages left by the run before. Then both tools
+run again beside a busy loop on every core (a shared machine): --loaded-runs each.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -92,6 +94,18 @@ def run_timed(cmd: list[str], cwd: Path) -> tuple[float, int]:
     if proc.returncode != 0:
         sys.exit(f"{cmd[0]} failed:\n{err[-3000:]}")
     return elapsed, usage.ru_maxrss * 1024
+
+
+@contextlib.contextmanager
+def busy_cores():
+    """A busy loop on every core, for the block's duration."""
+    loops = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 1)]
+    try:
+        yield len(loops)
+    finally:
+        for p in loops:
+            p.kill()
+            p.wait()
 
 
 def physical_limit(inputs: list[Path], out_bytes: int, out_file: Path) -> float:
@@ -204,6 +218,7 @@ def main() -> None:
     ap.add_argument("--out-shard-mb", type=int, default=500, help="output shard size, the same for both tools")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--points", type=int, default=5, help="weight points for the in-place figure")
+    ap.add_argument("--loaded-runs", type=int, default=3, help="runs of each tool beside a busy loop per core (0: none)")
     args = ap.parse_args()
 
     work = args.workdir.resolve()
@@ -255,6 +270,19 @@ def main() -> None:
     api_med = statistics.median(api_t)
     print(f"soce / physical floor: {soce_med / floor_med:.2f}x with the CLI's start-up (Python, Hydra, torch); "
           f"merge_to_disk in-process {api_med:.2f} s = {api_med / floor_med:.2f}x (target <= 2x)")
+
+    if args.loaded_runs:
+        loaded_soce, loaded_mk = [], []
+        with busy_cores() as n:
+            for run in range(args.loaded_runs):
+                for out in (soce_out, mk_out):
+                    shutil.rmtree(out, ignore_errors=True)
+                loaded_soce.append(run_timed(soce_cmd, work)[0])
+                loaded_mk.append(run_timed(mk_cmd, work)[0])
+                print(f"loaded run {run + 1}: soce {loaded_soce[-1]:.2f} s, mergekit {loaded_mk[-1]:.2f} s")
+        ls, lm = statistics.median(loaded_soce), statistics.median(loaded_mk)
+        print(f"beside {n} busy loops (one per core): soce {ls:.2f} s, mergekit {lm:.2f} s (medians of {args.loaded_runs}); "
+              f"soce / mergekit {ls / lm:.3f}x (target <= 1x); soce loaded / idle {ls / soce_med:.2f}x")
 
     ex = exactness(experts, soce_out, mk_out)
     print(f"exactness, soce vs float64 reference: {ex['total'] - ex['over_one']} of {ex['total']} elements within 1 bf16 ulp; "
