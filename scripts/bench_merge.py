@@ -18,12 +18,14 @@ import argparse
 import contextlib
 import json
 import math
+import multiprocessing
 import os
 import shutil
 import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
@@ -227,8 +229,11 @@ def main() -> None:
     shapes = llama_tensors(args.layers, args.hidden, args.intermediate, args.vocab, args.kv_heads, 128)
     model_bytes = sum(math.prod(s) * 2 for s in shapes.values())
     experts = [work / f"expert{i}" for i in range(3)]
-    for i, e in enumerate(experts):
-        write_expert(e, config, shapes, seed=i, shard_bytes=args.shard_mb * 10**6)
+    # Written by another process: a child's peak RSS (ru_maxrss) counts the memory of the
+    # parent it was forked from, which generating 3 GiB of tensors here would inflate.
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        for i, e in enumerate(experts):
+            pool.submit(write_expert, e, config, shapes, i, args.shard_mb * 10**6).result()
     inputs = sorted(p for e in experts for p in e.glob("*.safetensors"))
     print(f"setup: 3 experts x {model_bytes / 2**30:.2f} GiB bfloat16, {len(inputs) // 3} shards each; "
           f"torch threads {torch.get_num_threads()}, {os.cpu_count()} cpus")

@@ -74,8 +74,16 @@ def paths(work: Path):
         f"merge to disk (3 x {size / 2**20:.0f} MiB bf16)": merge,
         "in-place soup (one sweep point, same experts)": lambda: soup.apply([0.5, 0.2, 0.3]),
         "family training (5 steps, batch 64, hidden 128)": lambda: trainer.train(tiny, {"simple": 1.0}, 5, 1e-3, 0, bar),
-        "evaluation (96 examples, greedy, hidden 128)": lambda: evaluator.evaluate(tiny, trainer.tokenizer, "dev"),
+        "evaluation (96 examples, greedy, hidden 128)": lambda: evaluate(evaluator, tiny, trainer.tokenizer),
     }
+
+
+def evaluate(evaluator, model, tokenizer) -> None:
+    """As soce's sweep and candidate scoring call an evaluator: inside compute_threads."""
+    from soce.threads import compute_threads
+
+    with compute_threads(model.device):
+        evaluator.evaluate(model, tokenizer, "dev")
 
 
 def main() -> None:

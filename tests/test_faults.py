@@ -255,6 +255,16 @@ def test_transformers_weights_in_config_is_followed_and_kept_inside(experts, tmp
     with pytest.raises(CheckpointError, match="transformers_weights=.* is outside the model directory"):
         open_checkpoint(odd)
 
+    inside = shutil.copytree(experts[1], tmp_path / "inside")  # its own single file, named by its config
+    save_file(load_file(_single(experts[1], tmp_path / "single")), inside / "weights.safetensors", metadata={"format": "pt"})
+    for f in inside.glob("model*"):
+        f.unlink()
+    (inside / "config.json").write_text(json.dumps({**config, "transformers_weights": "weights.safetensors"}))
+    assert {t.file.name for t in open_checkpoint(inside).tensors.values()} == {"weights.safetensors"}
+    soup = merge_to_disk([inside, experts[0]], [0.5, 0.5], tmp_path / "soup", progress=False)
+    assert "transformers_weights" not in json.loads((soup / "config.json").read_text())  # the soup's weights are its own
+    AutoModelForCausalLM.from_pretrained(soup)
+
 
 def test_a_zoo_model_with_an_extra_file_is_not_intact(zoo_cache, tmp_path):
     from soce.zoo.family import _is_intact, build_family

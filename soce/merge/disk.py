@@ -353,6 +353,7 @@ def _finish(partial: Path, output: Path, shards: Sequence[Shard], source: Path, 
     for key in ("torch_dtype", "dtype"):
         if key in config or key == "dtype":
             config[key] = dtype
+    config.pop("transformers_weights", None)  # the soup's weights are its own index, not the source's file
     (partial / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     (partial / "mergekit.yaml").write_text(mergekit_yaml(model_ids, weights, dtype))
     if output.exists() and overwrite:  # a soup (check_output): set aside, replaced, then removed
