@@ -269,7 +269,7 @@ def test_transformers_weights_in_config_is_followed_and_kept_inside(experts, tmp
 def test_a_zoo_model_with_an_extra_file_is_not_intact(zoo_cache, tmp_path):
     from soce.zoo.family import _is_intact, build_family
 
-    family = build_family("micro", zoo_cache, progress=False)
+    family = build_family("micro", zoo_cache / "zoo", progress=False)
     model = shutil.copytree(next(iter(family.candidates.values())), tmp_path / "model")
     assert _is_intact(model)
     (model / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"x": "../other/model.safetensors"}}))
