@@ -5,7 +5,8 @@ one of its threads is descheduled: on a 2-core machine beside two busy processes
 soup took 66x as long with 2 threads as with 1. So:
 
 - memory-bound chunked arithmetic (the disk merge, the in-place CPU soup): one thread, always;
-  more threads add nothing the memory bus can carry (1.1x to 1.7x idle, 3x to 60x loaded).
+  a second adds little the memory bus can carry (idle: 1.0x for the merge, 1.6x for the
+  in-place soup) and costs the most under load (loaded: 2.9x to 66x slower with two).
 - compute on tiny models (the family's training, their evaluation): the cores no other process
   is using right now, at least one.
 
@@ -36,8 +37,8 @@ def torch_threads(n: int):
 
 
 def free_cores(samples: int = 10, interval: float = 0.002) -> int:
-    """The cores not busy with other processes now: this machine's cores less the median count of
-    other runnable tasks (/proc/loadavg's running count, less this process's probing thread)."""
+    """The cores not busy with other processes now: this process's cores less the median count
+    of other runnable tasks over 20 ms (/proc/loadavg's running count, less the probing thread)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     counts = []
     try:
