@@ -22,6 +22,7 @@ BFCL_METADATA = {"Rank", "Model", "Model Link", "Organization", "License"}
 BFCL_METADATA_PREFIXES = ("Cost", "Latency")
 BFCL_AGGREGATES = {"Overall Acc", "Non-Live AST Acc", "Live Acc", "Multi Turn Acc", "AST Summary", "Simple AST"}
 OVERALL = "overall"  # the column soce writes the overall score to in scores.csv
+OVERALL_NAMES = ("overall", "overall score", "overall acc", "overall accuracy", "average", "mean")
 
 
 @dataclass(frozen=True)
@@ -115,18 +116,24 @@ def read_table(
     """Read a score table from a CSV file.
 
     format="csv": the model column (default: the first column) and one numeric column per
-    category. format="bfcl": a BFCL leaderboard file; metadata and aggregate columns are left
+    category; a column named like an overall score ('overall', 'average', ...) is the overall
+    score unless `categories` names it. format="bfcl": a BFCL leaderboard file; metadata and aggregate columns are left
     out unless named in `categories`, and the '... Overall Acc' column is the overall score.
     Cells may be percentages ('88.44%'); 'N/A' and empty cells are missing.
     """
     path = Path(path)
     header, rows = _read_csv(path)
+    repeated = sorted({c for c in header if header.count(c) > 1})
+    if repeated:
+        raise DataError(f"{path}: duplicate column names: {', '.join(map(repr, repeated))}; name each column once")
     if format == "bfcl":
         model_column = model_column or "Model"
         overall_column = overall_column or next((c for c in header if c.endswith("Overall Acc")), None)
         skip = {c for c in header if c in BFCL_METADATA or c in BFCL_AGGREGATES or c.startswith(BFCL_METADATA_PREFIXES)}
     elif format == "csv":
         model_column = model_column or header[0]
+        # a column named like the overall score is the overall score, unless named a category
+        overall_column = overall_column or next((c for c in header if c.lower() in OVERALL_NAMES and c not in (categories or ())), None)
         skip = set()
     else:
         raise DataError(f"benchmark.format={format!r}: expected 'csv' or 'bfcl'")

@@ -40,6 +40,29 @@ def test_plain_csv_first_column_is_the_model_and_overall_is_the_mean(tmp_path):
     assert t.overall[0] == 2.0 and math.isnan(t.overall[1])  # a missing score is never a zero
 
 
+@pytest.mark.parametrize("name", ["overall", "Overall", "average"])
+def test_a_column_named_like_the_overall_score_is_the_overall_score(tmp_path, name):
+    p = write_csv(tmp_path / "s.csv", f"""
+        model,{name},a,b
+        m1,0.9,0.1,0.2
+        m2,0.8,0.3,0.4
+    """)
+    t = read_table(p)
+    assert t.categories == ("a", "b") and list(t.overall) == [0.9, 0.8]
+    write_scores(t, tmp_path / "scores.csv")
+    assert (tmp_path / "scores.csv").read_text().splitlines()[0] == "model,a,b,overall"  # written once
+    assert read_table(p, categories=[name, "a"]).categories == (name, "a")  # unless named a category
+
+
+def test_duplicate_column_names_are_refused_by_name(tmp_path):
+    p = write_csv(tmp_path / "s.csv", """
+        model,a,b,a
+        m1,1,2,3
+    """)
+    with pytest.raises(SoceError, match=r"s.csv: duplicate column names: 'a'"):
+        read_table(p)
+
+
 def test_scores_csv_round_trip_with_outcomes(tmp_path):
     values = np.array([[0.5, np.nan], [0.25, 1 / 3]])
     outcomes = (Outcome("m1", "simple-0", "a", True, "f(x=1)"), Outcome("m2", "simple-0", "a", False, "garbage"))
