@@ -89,6 +89,17 @@ def files_digest(paths: Iterable[Path]) -> str:
     return h.hexdigest()
 
 
+def data_digest(paths: Iterable[Path], content_limit: int = 64 << 20) -> str:
+    """sha256 over data files: by path and content up to `content_limit` bytes each, by path,
+    size and modification time above it (a data set of gigabytes is not read at every start)."""
+    h = hashlib.sha256()
+    for p in sorted(paths):
+        stat = p.stat()
+        body = p.read_bytes() if stat.st_size <= content_limit else f"{stat.st_size}:{stat.st_mtime_ns}".encode()
+        h.update(str(p).encode() + b"\0" + body + b"\0")
+    return h.hexdigest()
+
+
 def model_fingerprint(path: Path) -> str:
     """What a model's scores depend on, without reading its weights: every file's name and size,
     and for the Hugging Face cache's links the blob they point to (named by its content's hash),

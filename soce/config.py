@@ -121,6 +121,7 @@ class ToyFcBenchmark:
     per_category: int = 100  # examples per category in each of dev and test
     backend: Backend = Backend.lm_eval
     batch_size: int = 64
+    cache: bool = True  # reuse the candidates' cached scores (false: evaluate them again, and re-cache)
 
 
 @dataclass
@@ -140,6 +141,7 @@ class LmEvalBenchmark:
     metric: str = "acc"  # a metric name ('acc'), or with its filter ('exact_match,flexible-extract')
     batch_size: int = 16
     max_length: int = 2048
+    cache: bool = True  # reuse the candidates' cached scores (false: evaluate them again, and re-cache)
 
 
 # --- pool: the candidates -----------------------------------------------------------------

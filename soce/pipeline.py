@@ -169,7 +169,8 @@ def evaluate_pool(cfg: DictConfig, refs: list[Candidate] | None = None) -> dict[
         from soce.evaluate.direct import check_tokenizer as check
     log.info("evaluating %d candidates on %s (cached per candidate and split)", len(refs), b.name)
     evaluator = make_evaluator(cfg)
-    return evaluate_candidates(refs, evaluator, evaluator.splits, cache_dir(cfg).parent / "evals", question(cfg, evaluator), check)
+    return evaluate_candidates(refs, evaluator, evaluator.splits, cache_dir(cfg).parent / "evals", question(cfg, evaluator), check,
+                               reuse=cfg.benchmark.cache)
 
 
 def pool_candidates(cfg: DictConfig, table: ScoreTable) -> list[Candidate]:

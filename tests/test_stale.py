@@ -122,3 +122,55 @@ def test_the_evaluators_fingerprint_follows_its_task_files(tmp_path):
     yaml = tasks / "toy_fc_dev_simple.yaml"
     yaml.write_text(yaml.read_text() + "# a changed task file\n")
     assert backend().fingerprint != before
+
+
+def _json_task(folder: Path, data: Path, metric: str = "acc") -> None:
+    """A generic lm-eval task reading a local JSON-lines file."""
+    folder.mkdir(exist_ok=True)
+    (folder / "my_task.yaml").write_text(
+        "task: my_task\ndataset_path: json\n"
+        f"dataset_kwargs:\n  data_files:\n    test: {data}\n"
+        "test_split: test\noutput_type: multiple_choice\ndoc_to_text: '{{q}}'\ndoc_to_target: 0\n"
+        "doc_to_choice: ['yes', 'no']\n"
+        f"metric_list:\n  - metric: {metric}\n    aggregation: mean\n    higher_is_better: true\n")
+
+
+def test_the_evaluators_fingerprint_follows_its_tasks_data_files(tmp_path):
+    data = tmp_path / "data" / "my.jsonl"
+    data.parent.mkdir()
+    data.write_text('{"q": "one?"}\n')
+    _json_task(tmp_path / "tasks", data)
+    (tmp_path / "tasks" / "notes.csv").write_text("a,b\n")
+
+    def fingerprint():
+        return LmEvalBackend({"dev": {"c": "my_task"}}, include_path=tmp_path / "tasks", metric="acc", batch_size=8,
+                             max_length=256, include_defaults=False).fingerprint
+
+    before = fingerprint()
+    assert fingerprint() == before
+    data.write_text('{"q": "two?"}\n')  # the data, outside the task folder
+    after_data = fingerprint()
+    (tmp_path / "tasks" / "notes.csv").write_text("a,c\n")  # a file of the task folder that is not YAML or code
+    after_notes = fingerprint()
+    assert before != after_data != after_notes != before
+
+
+def test_a_metric_the_task_does_not_report_is_refused_before_any_evaluation(tmp_path):
+    from soce.errors import EvaluationError
+
+    data = tmp_path / "my.jsonl"
+    data.write_text('{"q": "one?"}\n')
+    _json_task(tmp_path / "tasks", data, metric="exact_match")
+    with pytest.raises(EvaluationError, match=r"task 'my_task' does not report the metric 'acc' \(benchmark.metric\); "
+                                              r"it reports: exact_match. Set benchmark.metric=exact_match"):
+        LmEvalBackend({"dev": {"c": "my_task"}}, include_path=tmp_path / "tasks", metric="acc", batch_size=8,
+                      max_length=256, include_defaults=False)
+
+
+def test_benchmark_cache_false_evaluates_the_candidates_again(study, zoo_cache, tmp_path):
+    common = [*STUDY, "stage=analyze", f"pool.cache_dir={zoo_cache}"]
+    study(*common, run_dir=tmp_path / "a")
+    again = study(*common, "benchmark.cache=false", run_dir=tmp_path / "b")
+    assert again.log.count("evaluated micro-") == 8  # 4 candidates, dev and test
+    cached = study(*common, run_dir=tmp_path / "c")
+    assert "evaluated micro-" not in cached.log

@@ -79,8 +79,10 @@ def evaluate_candidates(
     cache_dir: Path,
     question: dict,
     check: Callable[[object, str], None] | None = None,
+    reuse: bool = True,
 ) -> dict[str, ScoreTable]:
-    """Per split, the table of the candidates' scores (overall: the mean over categories)."""
+    """Per split, the table of the candidates' scores (overall: the mean over categories).
+    reuse=False evaluates every candidate again (benchmark.cache=false) and caches the result."""
     cache_dir.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict[str, EvalResult]] = {s: {} for s in splits}
     for c in candidates:
@@ -89,7 +91,7 @@ def evaluate_candidates(
         for split in splits:
             key = digest([files, question, split])[:20]
             cached = cache_dir / f"{key}.json"
-            if cached.exists():
+            if reuse and cached.exists():
                 data = json.loads(cached.read_text())
                 outcomes = tuple(Outcome(**{**o, "model": c.name}) for o in data["outcomes"])
                 results[split][c.name] = EvalResult(data["scores"], outcomes)

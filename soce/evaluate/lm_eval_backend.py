@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
-from soce.artifacts import files_digest
+from soce.artifacts import data_digest, files_digest
 from soce.errors import EvaluationError
 from soce.evaluate import EvalResult
 from soce.scores import Outcome, closest
@@ -46,9 +46,35 @@ class LmEvalBackend:
                     raise EvaluationError(f"lm-eval task {task!r} (benchmark.tasks.{split}) does not exist{closest(task, known)}")
         self._lm = None
         self._wrapped = None
-        task_files = [p for p in Path(include_path).rglob("*") if p.is_file() and p.suffix in (".yaml", ".py")] if include_path else []
+        configs = {task: self._configs(task) for mapping in tasks.values() for task in mapping.values()}
+        self._check_metric(configs)
+        # Everything a score depends on: the task folder's files (YAMLs, code, data) and every
+        # local data file the tasks name, by content; a changed file is a new question.
+        task_files = [f for f in Path(include_path).rglob("*") if f.is_file() and "__pycache__" not in f.parts] if include_path else []
+        data_files = sorted({f for cfgs in configs.values() for cfg in cfgs for f in _local_data_files(cfg)} - set(task_files))
         self.fingerprint = {"backend": "lm_eval", "lm_eval": lm_eval.__version__, "tasks": tasks, "metric": metric,
-                            "max_length": max_length, "metadata": metadata, "files": files_digest([*task_files, *code])}
+                            "max_length": max_length, "metadata": metadata,
+                            "files": files_digest([*task_files, *code]), "data": data_digest(data_files)}
+
+    def _configs(self, name: str) -> list[dict]:
+        """The resolved configs of a task, or of every task of a group."""
+        entry = self.task_manager.task_index.get(name)
+        if entry is None:
+            return []
+        if entry.cfg and "task" in entry.cfg and isinstance(entry.cfg["task"], list):  # a group: its subtasks
+            return [c for sub in entry.cfg["task"] if isinstance(sub, str) for c in self._configs(sub)]
+        return [entry.cfg] if entry.cfg else []
+
+    def _check_metric(self, configs: dict[str, list[dict]]) -> None:
+        """benchmark.metric must be a metric every task reports: checked before any evaluation."""
+        wanted = self.metric.split(",")[0]
+        for task, cfgs in configs.items():
+            for cfg in cfgs:
+                listed = [m.get("metric") for m in cfg.get("metric_list") or [] if isinstance(m, dict)]
+                if listed and wanted not in listed:
+                    raise EvaluationError(f"lm-eval task {cfg.get('task', task)!r} does not report the metric {wanted!r} "
+                                          f"(benchmark.metric); it reports: {', '.join(map(str, listed))}. "
+                                          f"Set benchmark.metric={listed[0]}")
 
     def _harness_model(self, model, tokenizer):
         from lm_eval.models.huggingface import HFLM
@@ -108,6 +134,23 @@ def _quiet_lm_eval() -> None:
     lm_eval.api.task.tqdm = functools.partial(tqdm, disable=True)
     lm_eval.evaluator.get_git_commit_hash = lambda: None
     lm_eval.evaluator.add_env_info = lambda results: None
+
+
+def _local_data_files(cfg: dict) -> list[Path]:
+    """The local files a task's data comes from: dataset_path when it is a local file or
+    folder, and dataset_kwargs' data_files (a path, a list, or a dict of them)."""
+    candidates = [cfg.get("dataset_path")]
+    data_files = (cfg.get("dataset_kwargs") or {}).get("data_files")
+    if isinstance(data_files, dict):
+        data_files = list(data_files.values())
+    candidates += data_files if isinstance(data_files, list) else [data_files]
+    out = []
+    for c in candidates:
+        for item in (c if isinstance(c, list) else [c]):
+            if isinstance(item, str) and item and Path(item).exists():
+                path = Path(item)
+                out += [f for f in path.rglob("*") if f.is_file()] if path.is_dir() else [path]
+    return out
 
 
 def toy_fc_backend(*, seed: int, per_category: int, batch_size: int) -> LmEvalBackend:
