@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
-from tqdm.auto import tqdm
+from soce.progress import Progress
 
 from soce import analysis as corr
 from soce import artifacts
@@ -352,7 +352,7 @@ def sweep(run: Run):
     already = len(store)
     k, n = run.shard
     what = f"sweep ({search.name})" + (f" shard {k}/{n}" if n > 1 else "")
-    with config_group("search"), tqdm(total=expected_points(search, len(experts), run.shard), desc=what, unit="point") as bar:
+    with config_group("search"), Progress(expected_points(search, len(experts), run.shard), what, "point") as bar:
         souper.bar = bar
         run_search(search, len(experts), souper.objective_of(split), _by_own_score(run, experts), run.shard)
     if n > 1:

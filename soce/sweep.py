@@ -8,13 +8,12 @@ import math
 import time
 from typing import Sequence
 
-from tqdm.auto import tqdm
-
 from soce.evaluate import Evaluator
 from soce.errors import ConfigError, DataError
 from soce.evaluate.candidates import load_model, model_dir
 from soce.merge import InPlaceSoup
 from soce.pool import Candidate
+from soce.progress import Progress
 from soce.scores import Outcome
 from soce.store import SweepStore
 from soce.threads import compute_threads
@@ -60,7 +59,7 @@ class Souper:
         self.question = question
         self.tracker = tracker or NoTracker()
         self.best: dict | None = None
-        self.bar: tqdm | None = None
+        self.bar: Progress | None = None  # set by whoever runs a long series of points
         self.live = None  # (model, tokenizer, in-place soup): loaded for the first point not in the store
 
     def _load(self):

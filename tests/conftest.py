@@ -83,9 +83,11 @@ def write_csv(path: Path, text: str) -> Path:
 
 @pytest.fixture(scope="session")
 def zoo_cache(tmp_path_factory) -> Path:
-    """A cache holding the micro model family, built once per test session (about 30 s)."""
-    from soce.zoo.family import build_family
-
+    """A cache holding the micro model family, built once per test session (about 30 s) by the
+    command line, as a user would (`soce stage=zoo`): its log is `<cache>/build/soce.log`."""
     cache = tmp_path_factory.mktemp("soce-cache")
-    build_family("micro", cache / "zoo", progress=False)
+    environ = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    r = subprocess.run([sys.executable, "-m", "soce", "stage=zoo", "pool=toy_zoo_micro", f"pool.cache_dir={cache}",
+                        "tracker=none", f"hydra.run.dir={cache / 'build'}"], env=environ, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
     return cache

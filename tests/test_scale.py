@@ -59,6 +59,10 @@ def test_two_accelerate_processes_give_the_unsharded_study(zoo_cache, tmp_path, 
     assert sorted(p.name for p in run.glob("sweep*.jsonl")) == ["sweep.jsonl", "sweep.shard-0-of-2.jsonl", "sweep.shard-1-of-2.jsonl"]
     assert [d for d in tmp_path.iterdir() if d.name != "run"] == []  # one run directory for both processes
     assert_same_study(run, unsharded)
+    log = (run / "soce.log").read_text()  # no terminal: the long steps write progress lines
+    assert re.search(r"sweep \(grid\): done, 7/7 point in [\d.]+ s", log)
+    assert re.search(r"report: coalition soups: 1/4 soup in [\d.]+ s .*about [\d.]+ s left", log)
+    assert re.search(r"report: coalition soups: done, 4/4 soup in", log)
 
 
 def test_a_shard_index_outside_the_range_is_refused(study):

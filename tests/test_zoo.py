@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import re
 import shutil
 
 import pytest
@@ -232,3 +233,12 @@ def test_the_family_trains_to_the_same_bits_with_any_thread_count():
         models.append(model.state_dict())
     torch.set_num_threads(before)
     assert all(torch.equal(models[0][k], models[1][k]) for k in models[0])
+
+
+def test_the_family_build_writes_progress_lines_to_soce_log(zoo_cache):
+    """Built by `soce stage=zoo` with no terminal (conftest): soce.log says what it trains, how far
+    it is, how fast and how long is left, and when it is done."""
+    log = (zoo_cache / "build" / "soce.log").read_text()
+    assert "zoo micro: training base, micro-generalist, micro-json, micro-parallel, micro-relevance (600 steps" in log
+    assert re.search(r"zoo micro: 1/600 step in \d+ s \([\d.]+ (s/step|step/s), about [\d.]+ (s|min) left\)", log)
+    assert re.search(r"zoo micro: done, 600/600 step in [\d.]+ (s|min) \(", log)

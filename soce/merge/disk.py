@@ -27,12 +27,12 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-from tqdm.auto import tqdm
 
 from soce.errors import CheckpointError
 from soce.merge.checkpoint import DTYPE_NAMES, INDEX, Checkpoint, TensorInfo, TensorReader, check_compatible, open_checkpoint
 from soce.merge.linear import check_weights, mergekit_yaml, parse_size, weighted_sum_into
 from soce.pool import warn_duplicates
+from soce.progress import Progress
 from soce.threads import torch_threads
 
 log = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ class _Streamer:
         self.scratch = torch.empty(numel, dtype=torch.float32, device=device)
         self.out = torch.empty(numel * 4, dtype=torch.uint8)  # the largest output dtype is float32
 
-    def write_tensor(self, f, name: str, dtype: torch.dtype, progress: tqdm) -> None:
+    def write_tensor(self, f, name: str, dtype: torch.dtype, progress: Progress) -> None:
         ref = self.checkpoints[0].tensors[name]
         step = self.rows[name]
         for start in range(0, _nrows(ref), step):
@@ -325,7 +325,7 @@ def _claim(output: Path, partial: Path, state, check) -> None:
 
 def _write_shards(partial: Path, shards: Sequence[Shard], streamer: _Streamer, progress: bool) -> None:
     try:
-        with tqdm(total=sum(s.nbytes for s in shards), unit="B", unit_scale=True, desc="merge", disable=not progress) as bar:
+        with Progress(sum(s.nbytes for s in shards), "merge", "B", enabled=progress, unit_scale=True) as bar:
             for shard in shards:
                 with (partial / shard.file).open("wb") as f:
                     f.write(shard_header(shard))

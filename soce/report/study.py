@@ -15,6 +15,7 @@ from typing import Callable, Sequence
 
 from soce.artifacts import REPORT
 from soce.config import CoalitionValue, Players, ShapleyConfig
+from soce.progress import Progress
 from soce.report.consistency import Consistency, consistency
 from soce.report.plots import plot_consistency, plot_shapley, plot_ternary
 from soce.report.shapley import ShapleyResult, shapley
@@ -181,7 +182,16 @@ def _shapley_section(r: StudyReport) -> list[str]:
     own = {m: aggregate(r.own[split].row(m), obj) for m in players}
     before = len(souper.store)
     log.info("report: Shapley values of %d %s (coalition value: %s soup, %s on %s)", len(players), c.players, c.value, obj, split)
-    result = shapley_of(souper, own, split, c, r.search)
+    n = len(players)
+    exact = c.method.value == "exact" or (c.method.value == "auto" and n <= c.max_exact)
+    # every coalition of two or more is a soup (known ahead only for exact values of uniform soups)
+    total = 2 ** n - n - 1 if exact and c.value == CoalitionValue.uniform else None
+    with Progress(total, "report: coalition soups", "soup") as bar:
+        souper.bar = bar
+        try:
+            result = shapley_of(souper, own, split, c, r.search)
+        finally:
+            souper.bar = None
     evaluated = len(souper.store) - before
     what = "uniform soup" if c.value == CoalitionValue.uniform else f"best soup of a {r.search.name} search over its members"
     plot_shapley(players, result, f"Shapley values of the {c.players}: coalition value = {split} {obj} of its {what}", r.path("shapley.png"))

@@ -20,10 +20,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from soce.artifacts import files_digest
 from soce.errors import ConfigError
+from soce.progress import Progress
 from soce.threads import compute_threads
 from soce.zoo import fc
 
@@ -181,7 +181,9 @@ class Trainer:
         specs = {c.name: c for c in spec.candidates}
         total = sum(spec.base_steps if n == "base" else specs[n].steps for n in todo)
         started = time.perf_counter()
-        with tqdm(total=total, desc=f"zoo {spec.name}", unit="step", disable=not progress) as bar:
+        log.info("zoo %s: training %s (%d steps; a few minutes on 2 idle cores, more on a busy machine)",
+                 spec.name, ", ".join(todo), total)
+        with Progress(total, f"zoo {spec.name}", "step", enabled=progress) as bar:
             if "base" in todo:
                 model = self.new_model()
                 self.train(model, UNIFORM, spec.base_steps, spec.base_lr, spec.seed, bar)
@@ -214,7 +216,7 @@ class Trainer:
             labels[i, start: len(s)] = torch.tensor(s[start:])
         return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
-    def train(self, model, mixture: dict[str, float], steps: int, lr: float, seed: int, bar: tqdm) -> None:
+    def train(self, model, mixture: dict[str, float], steps: int, lr: float, seed: int, bar: Progress) -> None:
         torch.manual_seed(seed)
         rng = random.Random(seed)
         categories = list(mixture)
@@ -227,7 +229,7 @@ class Trainer:
             self._steps(model, opt, sched, categories, shares, rng, steps, bar)
         model.eval()
 
-    def _steps(self, model, opt, sched, categories, shares, rng, steps: int, bar: tqdm) -> None:
+    def _steps(self, model, opt, sched, categories, shares, rng, steps: int, bar: Progress) -> None:
         for _ in range(steps):
             cats = rng.choices(categories, shares, k=self.spec.batch_size)
             loss = model(**self.batch([rng.choice(self.by_category[c]) for c in cats])).loss

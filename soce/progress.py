@@ -1,0 +1,81 @@
+"""Progress of the long steps: a tqdm bar on a terminal; elsewhere (a log file, a batch job,
+W&B's console capture) log lines with the step, the count, the rate and the time left: one
+after the first item (the first estimate), then one every `every` seconds, then one at the end.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+from tqdm.auto import tqdm
+
+log = logging.getLogger("soce.progress")
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+class Progress:
+    def __init__(self, total: int | None, desc: str, unit: str = "it", *, every: float = 30.0, enabled: bool = True,
+                 terminal: bool | None = None, **bar_options) -> None:
+        self.total, self.desc, self.unit, self.every, self.enabled = total, desc, unit, every, enabled
+        self.terminal = sys.stderr.isatty() if terminal is None else terminal
+        self.bar = tqdm(total=total, desc=desc, unit=unit, disable=not enabled, **bar_options) if self.terminal else None
+        self.n, self.postfix = 0, ""
+        self.started = self.last = time.monotonic()
+        self.scale = bar_options.get("unit_scale", False)
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        if self.bar is not None:
+            self.bar.update(n)
+            return
+        now = time.monotonic()
+        if self.enabled and (self.n == n or now - self.last >= self.every) and self.n != self.total:
+            self.last = now
+            log.info("%s: %s", self.desc, self._line(now))
+
+    def set_postfix(self, refresh: bool = False, **values) -> None:
+        self.postfix = ", ".join(f"{k}={v}" for k, v in values.items())
+        if self.bar is not None:
+            self.bar.set_postfix(refresh=refresh, **values)
+
+    def _line(self, now: float) -> str:
+        elapsed = now - self.started
+        count = f"{self._amount(self.n)}/{self._amount(self.total)}" if self.total else self._amount(self.n)
+        rate = self.n / elapsed if elapsed > 0 else 0.0
+        if rate >= 1:
+            per = f"{self._amount(rate) if self.scale else f'{rate:.3g}' if rate < 100 else f'{rate:.0f}'} {self.unit}/s"
+        else:
+            per = f"{1 / rate:.3g} s/{self.unit}" if rate > 0 else "-"
+        left = f", about {_duration((self.total - self.n) / rate)} left" if self.total and rate > 0 and self.n < self.total else ""
+        return f"{count} {self.unit} in {_duration(elapsed)} ({per}{left})" + (f"; {self.postfix}" if self.postfix else "")
+
+    def _amount(self, x: float) -> str:
+        if self.scale:
+            for prefix in ("", "k", "M", "G", "T"):
+                if abs(x) < 1000:
+                    return f"{x:.3g}{prefix}"
+                x /= 1000
+            return f"{x:.3g}P"
+        return f"{int(x)}"
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        elif self.enabled and self.n:
+            log.info("%s: done, %s", self.desc, self._line(time.monotonic()))
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
