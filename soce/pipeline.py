@@ -207,8 +207,12 @@ def _print_analysis(result: corr.Analysis, population: str) -> None:
     log.info("  entry threshold per category (in L for any tau above it):")
     for cat, t in sorted(result.entry_tau.items(), key=lambda kv: (math.isnan(kv[1]), kv[1])):
         log.info("    %s  %s%s", "  n/a" if math.isnan(t) else f"{t:.3f}", cat, "  <- in L" if t < result.tau else "")
+    if len(result.models) < 3:
+        log.warning("  correlations over %d models are +-1 or undefined: the analysis needs at least 3 models", len(result.models))
     for a, b in result.undefined_pairs[:5]:
         log.warning("  correlation of %r and %r is undefined (fewer than 2 shared models, or a constant column)", a, b)
+    if len(result.undefined_pairs) > 5:
+        log.warning("  and %d more undefined pairs (every one in analysis.json)", len(result.undefined_pairs) - 5)
 
 
 def _track_analysis(run: Run, table: ScoreTable, result: corr.Analysis) -> None:
@@ -248,6 +252,10 @@ def select(run: Run) -> Selection:
     names = [c.name for c in pool]
     s = cfg.selection
     with config_group("selection"):
+        if s.name == "soce" and len(analysis.models) < 3:
+            raise ConfigError(f"selection=soce chooses experts by the correlations between categories, which need at least 3 "
+                              f"models; the analysis has {len(analysis.models)} ({', '.join(analysis.models)}). Add candidates "
+                              f"to the pool, or choose selection=all or selection=manual")
         if s.name == "soce":
             selection = select_soce(table, names, analysis, keep_best_overall=s.keep_best_overall, max_experts=s.max_experts)
         elif s.name == "all":
@@ -255,23 +263,27 @@ def select(run: Run) -> Selection:
         elif s.name == "topk":
             selection = select_topk(table, names, s.k)
         else:  # manual
-            chosen = resolve_pool([Candidate(m) for m in s.models], names, "the pool")
+            chosen = resolve_pool([Candidate(m) for m in s.models], names, f"the pool ({', '.join(names)})")
             selection = select_manual(table, names, [c.name for c in chosen])
     if len(selection.experts) == 1:
         log.warning("only one expert (%s): its soup is the model itself", selection.experts[0].model)
-    hub = {c.name: c.hub_id or c.path for c in pool}
+    where = {c.name: c for c in pool}
     record = selection.to_dict()
-    for e in record["experts"]:
-        e["hub_id"] = hub.get(e["model"])
+    for e in record["experts"]:  # where its weights are: a Hub id, or a local path
+        e["hub_id"], e["path"] = where[e["model"]].hub_id, where[e["model"]].path
     record["weak_set"] = list(analysis.weak_set) if s.name == "soce" else None
     record["tau"] = analysis.tau if s.name == "soce" else None
     artifacts.write_json(run.path(SELECTION), artifacts.selection_settings(cfg), record)
     _print_selection(selection)
-    run.tracker.log_table("selection", ["model", "hub_id", "reason", "leads", "overall"],
-                          [[e.model, hub.get(e.model), e.reason, ", ".join(e.leads), _na(e.overall)] for e in selection.experts])
+    run.tracker.log_table("selection", ["model", "weights at", "reason", "leads", "overall"],
+                          [[e.model, where[e.model].hub_id or where[e.model].path, e.reason, ", ".join(e.leads), _na(e.overall)]
+                           for e in selection.experts])
     run.tracker.log_table("excluded", ["model", "reason"], [[m, r] for m, r in selection.excluded.items()])
     run.tracker.log_summary({"selection/n_experts": len(selection.experts), "selection/experts": ", ".join(selection.models)})
     return selection
+
+
+LEFT_OUT_SHOWN = 10  # models the terminal lists as left out; selection.json has them all
 
 
 def _print_selection(selection: Selection) -> None:
@@ -282,8 +294,11 @@ def _print_selection(selection: Selection) -> None:
         log.info("  %-*s  overall %6s  %s", width, e.model, overall, e.reason)
     if selection.excluded:
         log.info("  left out:")
-        for m, why in selection.excluded.items():
+        shown = list(selection.excluded.items())[:LEFT_OUT_SHOWN]
+        for m, why in shown:
             log.info("    %s: %s", m, why)
+        if len(selection.excluded) > len(shown):
+            log.info("    and %d more (every one, with why, in selection.json)", len(selection.excluded) - len(shown))
 
 
 def current_selection(run: Run) -> dict:

@@ -7,6 +7,7 @@ goes quiet, while the stages keep writing their files to the run directory.
 from __future__ import annotations
 
 import functools
+import os
 import logging
 from pathlib import Path
 from typing import Any, Protocol, Sequence
@@ -93,6 +94,20 @@ def _guarded(method):
     return wrapper
 
 
+def wandb_credentials() -> bool:
+    """Whether W&B has an API key to use: WANDB_API_KEY, or the netrc entry `wandb login` writes."""
+    import netrc
+    from urllib.parse import urlparse
+
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    try:
+        return netrc.netrc(os.environ.get("NETRC")).authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
 class WandbTracker:
     """One W&B run per Hydra job, grouped by study; offline by default (no account needed)."""
 
@@ -110,6 +125,10 @@ class WandbTracker:
         job_type: str | None = None,
     ) -> None:
         self.run = None
+        if mode == "online" and not wandb_credentials():
+            log.warning("tracker.mode=online needs W&B credentials (`wandb login`, or WANDB_API_KEY) and there are none: "
+                        "logging offline to %s/wandb instead; upload it later with `wandb sync %s/wandb/offline-run-*`", dir, dir)
+            mode = "offline"
         try:
             import wandb
 

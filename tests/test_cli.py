@@ -54,6 +54,21 @@ def test_a_wandb_run_is_named_by_job_and_grouped_by_study(tmp_path, monkeypatch)
         tracker.finish()
 
 
+def test_online_without_credentials_logs_offline_and_says_how_to_sync(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / ".wandb-config"))
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    (tmp_path / "netrc").write_text("")
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
+    tracker = make_tracker(compose_cfg([*BFCL, "tracker.mode=online"]), tmp_path, "job")
+    try:
+        assert tracker.run is not None and tracker.run.settings.mode == "offline"
+    finally:
+        tracker.finish()
+    assert (f"tracker.mode=online needs W&B credentials (`wandb login`, or WANDB_API_KEY) and there are none: logging offline "
+            f"to {tmp_path}/wandb instead; upload it later with `wandb sync {tmp_path}/wandb/offline-run-*`") in caplog.text
+    assert list((tmp_path / "wandb").glob("offline-run-*"))
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -104,7 +119,7 @@ def test_bfcl_select_matches_pandas_and_explains_the_selection(study, tmp_path):
         for cat in e["leads"]:
             assert e["scores"][cat] == max(ex["scores"][cat] for ex in experts.values())
     columns, rows = r.tracker.tables["selection"]
-    assert [row[0] for row in rows] == list(experts) and columns[:2] == ["model", "hub_id"]
+    assert [row[0] for row in rows] == list(experts) and columns[:2] == ["model", "weights at"]
 
 
 def test_stages_reuse_artifacts_and_recompute_when_settings_change(study, tmp_path):
@@ -148,6 +163,7 @@ def bad_tables(tmp_path):
     return {
         "dupes": write_csv(tmp_path / "dupes.csv", "model,a,b\nm1,1,2\nm1,2,3"),
         "text": write_csv(tmp_path / "text.csv", "model,notes\nm1,fine"),
+        "two": write_csv(tmp_path / "two.csv", "model,a,b,c\nm1,1,2,3\nm2,3,1,2"),
     }
 
 
@@ -161,10 +177,16 @@ def bad_tables(tmp_path):
         ([*BFCL_ALL, "benchmark.categories=[Multi Turn Bse]"], DataError, "category 'Multi Turn Bse' (benchmark.categories) is not a column"),
         ([*BFCL_ALL, "selection.tau=0.01"], ConfigError, "the selection is empty: no pair of categories has |rho| < tau=0.01; the weakest pair is"),
         (["benchmark=table"], ConfigError, "no value for benchmark.path"),
+        ([*BFCL_ALL, "selection=manual", "selection.models=[nope]"], ConfigError,
+         "selection: pool model 'nope' is not in the pool (CoALM-70B, ToolACE-2-8B (FC), "),
+        (["benchmark=table", "benchmark.path=TWO", "pool=all"], ConfigError,
+         "selection=soce chooses experts by the correlations between categories, which need at least 3 models; "
+         "the analysis has 2 (m1, m2). Add candidates to the pool, or choose selection=all or selection=manual"),
     ],
 )
 def test_bad_input_raises_the_kind_of_error_with_a_message_naming_the_fault(study, bad_tables, args, kind, message):
-    args = [a.replace("DUPES", str(bad_tables["dupes"])).replace("TEXT", str(bad_tables["text"])) for a in args]
+    args = [a.replace("DUPES", str(bad_tables["dupes"])).replace("TEXT", str(bad_tables["text"])).replace("TWO", str(bad_tables["two"]))
+            for a in args]
     with pytest.raises(kind) as err:
         study(*args)
     assert message in str(err.value) and isinstance(err.value, SoceError)

@@ -73,6 +73,7 @@ def test_misspelt_keys_and_bad_values_fail_at_composition(override, fragment):
     [
         ("search.objective=mena", "mean, sum"),
         ("search.select_on=tset", "dev, test"),
+        ("search.select_on=val", "dev, test"),
         ("benchmark.backend=direkt", "lm_eval, direct"),
         ("report.shapley.players=everyone", "experts, candidates"),
         ("report.shapley.value=best_of", "uniform, best"),
