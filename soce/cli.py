@@ -96,9 +96,12 @@ def run_study(cfg: DictConfig, run_dir: Path, job: int | None = None, tracker: T
                 run_stage(context)
     finally:
         context.close()
+        where = getattr(tracker, "where", lambda: None)()
         tracker.finish()
     if processes.is_main:
         print_files(run_dir)
+        if where:
+            log.info("%s", where)
     return run_dir
 
 

@@ -341,6 +341,15 @@ def register() -> None:
             cs.store(group=group, name=name, node=node)
     if not OmegaConf.has_resolver("soce.data"):
         OmegaConf.register_new_resolver("soce.data", lambda name: str(Path(__file__).parent / "data" / name))
+    if not OmegaConf.has_resolver("soce.study"):
+        OmegaConf.register_new_resolver("soce.study", study_name)
+
+
+def study_name(stage, benchmark: str, pool: str) -> str:
+    """The study a run belongs to (its run directory and W&B group): benchmark-pool for the
+    study's stages; the tool's own name for the tools (a merge is no study of the default pool)."""
+    stage = getattr(stage, "value", stage)
+    return {"merge": "merge", "zoo": f"zoo-{pool}"}.get(str(stage), f"{benchmark}-{pool}")
 
 
 def validate(cfg: DictConfig) -> None:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
-from soce.progress import Progress
+from soce.progress import Progress, plural
 
 from soce import analysis as corr
 from soce import artifacts
@@ -154,6 +154,16 @@ def load_scores(cfg: DictConfig) -> dict[str, ScoreTable]:
     return evaluate_pool(cfg)
 
 
+def pool_base(cfg: DictConfig) -> Candidate | None:
+    """The model the pool's candidates were fine-tuned from, where the pool has one (the
+    embedded family's base), for the results' first row."""
+    if not cfg.pool.zoo:
+        return None
+    from soce.zoo.family import build_family
+
+    return Candidate("base", path=str(build_family(cfg.pool.zoo, cache_dir(cfg)).base))
+
+
 def evaluate_pool(cfg: DictConfig, refs: list[Candidate] | None = None) -> dict[str, ScoreTable]:
     """The pool's candidates (`refs`, default: as configured) evaluated by the benchmark's
     evaluator, per split (cached by the models' files and the question)."""
@@ -167,7 +177,7 @@ def evaluate_pool(cfg: DictConfig, refs: list[Candidate] | None = None) -> dict[
     check = None
     if b.kind == "toy_fc":
         from soce.evaluate.direct import check_tokenizer as check
-    log.info("evaluating %d candidates on %s (cached per candidate and split)", len(refs), b.name)
+    log.info("evaluating %s on %s (cached per candidate and split)", plural(len(refs), "candidate"), b.name)
     evaluator = make_evaluator(cfg)
     return evaluate_candidates(refs, evaluator, evaluator.splits, cache_dir(cfg).parent / "evals", question(cfg, evaluator), check,
                                reuse=cfg.benchmark.cache)
@@ -371,11 +381,11 @@ def sweep(run: Run):
         souper.bar = bar
         run_search(search, len(experts), souper.objective_of(split), _by_own_score(run, experts), run.shard)
     if n > 1:
-        log.info("sweep: shard %d of %d done: %d points evaluated now, into %s", k, n, len(store) - already, store.path)
+        log.info("sweep: shard %d of %d done: %s evaluated now, into %s", k, n, plural(len(store) - already, "point"), store.path)
         return souper
     points = souper.points(split)
     best = max(points, key=lambda r: r["objective"])
-    log.info("sweep: %d points on %s (%d already in the store), best %s %.4f at %s", len(points), split, already,
+    log.info("sweep: %s on %s (%d already in the store), best %s %.4f at %s", plural(len(points), "point"), split, already,
              search.objective, best["objective"], _weights_text(experts, best["weights"]))
     run.tracker.log_table("sweep", [*experts, "objective", *evaluator.categories],
                           [[*r["weights"], r["objective"], *r["scores"].values()] for r in points])
@@ -387,6 +397,21 @@ def _weights_text(names: list[str], weights: list[float]) -> str:
 
 
 # --- soup -------------------------------------------------------------------------------------
+def experts_label(cfg: DictConfig) -> str:
+    """What the experts are: SoCE's only when SoCE's selection chose them."""
+    s = cfg.selection
+    if s.name == "soce":
+        return "SoCE experts"
+    if s.name == "topk":
+        return f"top-{s.k} experts"
+    return "chosen experts" if s.name == "manual" else "all candidates (selection=all)"
+
+
+def searched_label(cfg: DictConfig) -> str:
+    return "SoCE" if cfg.selection.name == "soce" else f"searched soup, {experts_label(cfg)}"
+
+
+
 def soup(run: Run) -> dict:
     from soce.evaluate.candidates import model_dir
     from soce.merge import merge_to_disk
@@ -407,17 +432,22 @@ def soup(run: Run) -> dict:
     tables = candidate_scores(run)
     single = max(tables["dev"].models, key=lambda m: tables["dev"].overall_of(m))
 
-    rows = [{"name": "best single candidate", "models": [single], "weights": [1.0],
-             **{s: {"objective": aggregate(t.row(single), objective), "scores": t.row(single)} for s, t in tables.items()}}]
-    for name, sp, weights in (("uniform soup, all candidates", everyone, uniform(len(candidates))),
-                              ("uniform soup, SoCE experts", souper, uniform(len(experts))),
-                              (f"SoCE ({search.name} search)", souper, tuple(best["weights"]))):
+    def own_row(role: str, name: str, model: str, scores: dict[str, ScoreTable]) -> dict:
+        return {"role": role, "name": name, "models": [model], "weights": [1.0],
+                **{s: {"objective": aggregate(t.row(model), objective), "scores": t.row(model)} for s, t in scores.items()}}
+
+    base = pool_base(run.cfg)  # the model the candidates were fine-tuned from, where the pool knows it
+    rows = [own_row("base", "base model", base.name, evaluate_pool(run.cfg, [base]))] if base else []
+    rows.append(own_row("single", "best single candidate", single, tables))
+    for role, name, sp, weights in (("uniform_all", "uniform soup, all candidates", everyone, uniform(len(candidates))),
+                                    ("uniform_experts", f"uniform soup, {experts_label(run.cfg)}", souper, uniform(len(experts))),
+                                    ("searched", f"{searched_label(run.cfg)} ({search.name} search)", souper, tuple(best["weights"]))):
         records = {s: sp.evaluate(weights, s) for s in tables}
-        rows.append({"name": name, "models": sp.names, "weights": list(weights),
+        rows.append({"role": role, "name": name, "models": sp.names, "weights": list(weights),
                      **{s: {"objective": r["objective"], "scores": r["scores"]} for s, r in records.items()}})
     protocol = ("weights chosen on dev, reported on test" if split == "dev"
                 else "weights chosen on TEST, the split reported (the paper's protocol): test scores are optimistic")
-    results = {"protocol": protocol, "objective": objective.value, "search": search.name, "rows": rows}
+    results = {"protocol": protocol, "objective": objective.value, "search": search.name, "select_on": split, "rows": rows}
     artifacts.write_json(run.path(RESULTS), artifacts.results_settings(run.cfg), results)
 
     paths = [model_dir(candidates[n]) for n in experts]
@@ -452,9 +482,31 @@ def _test(row: dict) -> float | None:
 
 def _print_results(results: dict) -> None:
     log.info("results (%s over all categories; %s):", results["objective"], results["protocol"])
-    log.info("  %-30s %8s %8s", "", "dev", "test")
+    width = max(len(r["name"]) for r in results["rows"])
+    log.info("  %-*s %8s %8s", width, "", "dev", "test")
     for r in results["rows"]:
-        log.info("  %-30s %8.4f %8s", r["name"], r["dev"]["objective"], "n/a" if "test" not in r else f"{r['test']['objective']:.4f}")
+        log.info("  %-*s %8.4f %8s", width, r["name"], r["dev"]["objective"], "n/a" if "test" not in r else f"{r['test']['objective']:.4f}")
+    log.info("%s", results_summary(results))
+
+
+def results_summary(results: dict) -> str:
+    """What the table means, in two sentences: the searched soup against the best single model and
+    the uniform soups, on the reported split."""
+    role = {r.get("role"): r for r in results["rows"]}
+    single, everyone, experts, searched = role["single"], role["uniform_all"], role["uniform_experts"], role["searched"]
+    split = "test" if "test" in searched else "dev"
+    score = searched[split]["objective"]
+
+    def against(row: dict) -> str:
+        d = score - row[split]["objective"]
+        return f"{d:+.4f} against the {row['name']}" + (f" ({', '.join(row['models'])})" if len(row["models"]) == 1 else "")
+
+    verdict = ("beats every baseline" if all(score > r[split]["objective"] for r in (single, everyone, experts))
+               else "beats the uniform soups but not the best single model" if score > max(everyone[split]["objective"], experts[split]["objective"])
+               else "does not beat the baselines")
+    chosen = "" if results.get("select_on") is None else f" Its weights were chosen on {results['select_on']}."
+    return (f"On {split}, the {searched['name']} scores {score:.4f} and {verdict}: {against(single)}, {against(everyone)}, "
+            f"{against(experts)}.{chosen}")
 
 
 # --- report ----------------------------------------------------------------------------------

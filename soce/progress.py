@@ -14,6 +14,20 @@ from tqdm.auto import tqdm
 log = logging.getLogger("soce.progress")
 
 
+def plural(n: int, noun: str) -> str:
+    """'1 point', '2 points'."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def size_text(nbytes: float) -> str:
+    """Bytes as a person reads them: '812 B', '3.4 MB', '16.1 GB'."""
+    for unit in ("B", "kB", "MB", "GB"):
+        if nbytes < 1000:
+            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
+        nbytes /= 1000
+    return f"{nbytes:.1f} TB"
+
+
 def _duration(seconds: float) -> str:
     seconds = max(0.0, seconds)
     if seconds < 90:

@@ -166,6 +166,14 @@ class WandbTracker:
         self.run.log_artifact(artifact)
 
     @_guarded
+    def where(self) -> str | None:
+        """Where this run's W&B record is: its URL, or the offline run and how to upload it."""
+        if self.run.settings.mode == "offline":
+            local = Path(self.run.dir).parent
+            return f"W&B: offline run {local} (upload it with `wandb sync {local}`)"
+        return f"W&B: {self.run.url}" if self.run.url else None
+
+    @_guarded
     def finish(self) -> None:
         self.run.finish()
         self.run = None

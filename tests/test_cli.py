@@ -29,6 +29,7 @@ def test_the_synthetic_leaderboard_runs_with_wandb_offline(soce, tmp_path):
     tables = {p.name.split("_")[0] for p in offline.glob("files/media/table/*.table.json")}
     assert {"scores", "correlation", "selection", "excluded"} <= tables
     assert len(list(offline.glob("files/media/images/*.png"))) == 2
+    assert f"W&B: offline run {offline} (upload it with `wandb sync {offline}`)" in r.stdout  # the run's last line
 
 
 def test_multirun_over_tau_one_run_dir_and_one_wandb_run_per_job(soce, tmp_path):

@@ -136,3 +136,13 @@ def test_validation_names_the_key(overrides, message):
     with pytest.raises(ConfigError) as err:
         config.validate(compose_cfg(overrides))
     assert message in str(err.value) and isinstance(err.value, SoceError)
+
+
+@pytest.mark.parametrize("overrides, study", [
+    ([], "toy_fc-toy_zoo"),
+    (["stage=merge"], "merge"),
+    (["stage=zoo", "pool=toy_zoo_micro"], "zoo-toy_zoo_micro"),
+    (["benchmark=demo", "pool=all"], "demo-all"),
+])
+def test_the_study_names_the_run_directory_and_w_and_b_group(overrides, study):
+    assert compose_cfg(overrides).study == study  # a merge is no study of the default benchmark and pool

@@ -106,7 +106,7 @@ def test_the_report_on_the_micro_family_has_every_section_and_costs_nothing_twic
         assert section in report
     for image in ("correlation.png", "landscape.png", "shapley.png", "consistency.png"):
         assert f"]({image})" in report and (run / image).stat().st_size > 10_000
-    assert "| SoCE (grid search) |" in report and "failed by every ingredient" in report
+    assert "| searched soup, top-3 experts (grid search) |" in report and "failed by every ingredient" in report
     # Shapley: 3 experts, exact; pairs are souped and stored, single experts are their own scores.
     records = [json.loads(line) for line in (run / "sweep.jsonl").read_text().splitlines()]
     pairs = [p for p in records if p["kind"] == "shapley"]

@@ -43,9 +43,9 @@ def test_a_changed_objective_is_recomputed_from_the_stored_scores(study, zoo_cac
     # the report never shows a baseline table made for another objective
     study(*args, "stage=report", "search.objective=mean")
     report = (tmp_path / "run" / "report.md").read_text()
-    assert "The soup stage has not run in this directory with these settings" in report and "| SoCE (grid search) |" not in report
+    assert "The soup stage has not run in this directory with these settings" in report and "| searched soup, top-3 experts (grid search) |" not in report
     study(*args, "stage=report", "search.objective=sum")
-    assert "| SoCE (grid search) |" in (tmp_path / "run" / "report.md").read_text()
+    assert "| searched soup, top-3 experts (grid search) |" in (tmp_path / "run" / "report.md").read_text()
 
 
 @pytest.mark.parametrize("override, changed", [

@@ -1,6 +1,7 @@
 """Weight spaces, search strategies, the crash-safe store, and the sweep on real tiny models."""
 
 import json
+import re
 import math
 
 import pytest
@@ -112,11 +113,14 @@ def test_sweep_resumes_and_the_soup_stage_reports_four_rows(study, zoo_cache, tm
     r = study(*args, "stage=soup")
     results = json.loads((run / "results.json").read_text())
     names = [row["name"] for row in results["rows"]]
-    assert names == ["best single candidate", "uniform soup, all candidates", "uniform soup, SoCE experts", "SoCE (grid search)"]
+    assert names == ["base model", "best single candidate", "uniform soup, all candidates", "uniform soup, top-3 experts", "searched soup, top-3 experts (grid search)"]
     assert results["protocol"] == "weights chosen on dev, reported on test"
     best = max(resumed, key=lambda p: p["objective"])
     assert results["rows"][-1]["weights"] == best["weights"] and results["rows"][-1]["dev"]["objective"] == best["objective"]
-    assert "SoCE (grid search)" in r.log and (run / "soup" / "mergekit.yaml").exists()
+    assert "searched soup, top-3 experts (grid search)" in r.log and (run / "soup" / "mergekit.yaml").exists()
+    assert results["rows"][0]["models"] == ["base"] and {"dev", "test"} <= set(results["rows"][0])  # the family's base model
+    assert re.search(r"On test, the searched soup, top-3 experts \(grid search\) scores [\d.]+ and [a-z ]+: [+-][\d.]+ against "
+                     r"the best single candidate \(micro-\w+\), .* Its weights were chosen on dev\.", r.log)
 
     from transformers import AutoModelForCausalLM
 
@@ -171,3 +175,37 @@ def test_every_search_strategy_runs_the_sweep(study, zoo_cache, tmp_path, search
     else:  # greedy: the best expert alone, then one trial per other expert
         assert len(records) == 3 and records[0]["weights"].count(0.0) == 2
     assert all(math.isclose(sum(p["weights"]), 1.0) for p in records)
+
+
+def _row(role, name, test, models=("a", "b")):
+    return {"role": role, "name": name, "models": list(models), "dev": {"objective": test}, "test": {"objective": test}}
+
+
+@pytest.mark.parametrize("searched, verdict", [
+    (0.80, "beats every baseline: +0.0500 against the best single candidate (m1), +0.2000 against the uniform soup, all "
+           "candidates, +0.1000 against the uniform soup, SoCE experts."),
+    (0.74, "beats the uniform soups but not the best single model: -0.0100 against the best single candidate (m1)"),
+    (0.60, "does not beat the baselines: -0.1500"),
+])
+def test_the_results_are_said_in_a_sentence(searched, verdict):
+    from soce.pipeline import results_summary
+
+    rows = [_row("base", "base model", 0.1, ["base"]), _row("single", "best single candidate", 0.75, ["m1"]),
+            _row("uniform_all", "uniform soup, all candidates", 0.6), _row("uniform_experts", "uniform soup, SoCE experts", 0.7),
+            _row("searched", "SoCE (grid search)", searched)]
+    text = results_summary({"rows": rows, "select_on": "dev"})
+    assert text.startswith(f"On test, the SoCE (grid search) scores {searched:.4f} and {verdict}") and text.endswith("chosen on dev.")
+
+
+@pytest.mark.parametrize("selection, experts, searched", [
+    ([], "SoCE experts", "SoCE"),
+    (["selection=topk", "selection.k=2"], "top-2 experts", "searched soup, top-2 experts"),
+    (["selection=all"], "all candidates (selection=all)", "searched soup, all candidates (selection=all)"),
+    (["selection=manual", "selection.models=[a]"], "chosen experts", "searched soup, chosen experts"),
+])
+def test_the_baseline_rows_are_named_by_the_selection_that_chose_the_experts(selection, experts, searched):
+    from conftest import compose_cfg
+    from soce.pipeline import experts_label, searched_label
+
+    cfg = compose_cfg(selection)
+    assert (experts_label(cfg), searched_label(cfg)) == (experts, searched)

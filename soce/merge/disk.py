@@ -32,7 +32,7 @@ from soce.errors import CheckpointError
 from soce.merge.checkpoint import DTYPE_NAMES, INDEX, Checkpoint, TensorInfo, TensorReader, check_compatible, open_checkpoint
 from soce.merge.linear import check_weights, mergekit_yaml, parse_size, weighted_sum_into
 from soce.pool import warn_duplicates
-from soce.progress import Progress
+from soce.progress import Progress, plural, size_text
 from soce.threads import torch_threads
 
 log = logging.getLogger(__name__)
@@ -291,8 +291,8 @@ def merge_to_disk(
                 if isinstance(err, OSError):
                     raise io_error(err, output) from None
                 raise
-            log.info("soup of %d models written to %s (%d shard%s, %.2f GB) in %.1f s", len(paths), output, len(shards),
-                     "" if len(shards) == 1 else "s", sum(s.nbytes for s in shards) / 1e9, time.perf_counter() - started)
+            log.info("soup of %d models written to %s (%s, %s) in %.1f s", len(paths), output, plural(len(shards), "shard"),
+                     size_text(sum(s.nbytes for s in shards)), time.perf_counter() - started)
         state.wait()
     return output
 

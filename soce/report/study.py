@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 
 from soce.artifacts import REPORT
 from soce.config import CoalitionValue, Players, ShapleyConfig
-from soce.progress import Progress
+from soce.progress import Progress, plural
 from soce.report.consistency import Consistency, consistency
 from soce.report.plots import plot_consistency, plot_shapley, plot_ternary
 from soce.report.shapley import ShapleyResult, shapley
@@ -109,7 +109,7 @@ def _soup_sections(r: StudyReport) -> list[str]:
 def _baselines_section(r: StudyReport) -> list[str]:
     md = ["## Baselines", ""]
     if r.results is None:
-        state = f"{len(r.points)} sweep points stored so far" if r.points else "no sweep points stored yet"
+        state = f"{plural(len(r.points), 'sweep point')} stored so far" if r.points else "no sweep points stored yet"
         return md + [f"_The soup stage has not run in this directory with these settings ({state}): no baseline table._", ""]
     obj = r.results["objective"]
     md += [f"{obj} over all categories; {r.results['protocol']}.", "", f"| | dev {obj} | test {obj} | weights |", "|---|---|---|---|"]
@@ -132,7 +132,7 @@ def _landscape_section(r: StudyReport) -> list[str]:
                "![weight landscape](landscape.png)", ""]
         r.tracker.log_image("report/landscape_chart", r.path("landscape.png"))
     best = sorted(points, key=lambda p: -p["objective"])[:r.top_points]
-    md += [f"The best {len(best)} of {len(points)} points on {split}:", "",
+    md += [f"The best {len(best)} of {plural(len(points), 'point')} on {split}:", "",
            "| " + " | ".join(experts) + f" | {split} {obj} |", "|" + "---|" * (len(experts) + 1)]
     md += ["| " + " | ".join(f"{w:.2f}" for w in p["weights"]) + f" | {p['objective']:.4f} |" for p in best]
     r.tracker.log_table("report/top_points", [*experts, f"{split} {obj}"], [[*p["weights"], p["objective"]] for p in best])
@@ -216,13 +216,13 @@ def _consistency_section(r: StudyReport) -> list[str]:
 
     md = ["## Consistency across categories", ""]
     if len(r.points) < 3:
-        return md + [f"_{len(r.points)} sweep points stored: at least 3 soups are needed for a correlation._", ""]
+        return md + [f"_{plural(len(r.points), 'sweep point')} stored: at least 3 soups are needed for a correlation._", ""]
     soups = np.array([[p["scores"][c] for c in r.categories] for p in r.points], dtype=float)
     c: Consistency = consistency(tuple(r.categories), r.own[r.split].values, soups, r.correlation_method)
     plot_consistency(c, r.path("consistency.png"))
     md += [f"Correlation between categories over the {c.n_candidates} candidates and over the {c.n_soups} soups of the sweep "
-           f"({r.split} split). Mean off-diagonal correlation: candidates {c.mean_candidates:.3f}, "
-           f"soups {c.mean_soups:.3f}.", "", "![consistency](consistency.png)", ""]
+           f"({r.split} split). Mean off-diagonal correlation: candidates {_corr(c.mean_candidates)}, "
+           f"soups {_corr(c.mean_soups)}.", "", "![consistency](consistency.png)", ""]
     r.tracker.log_summary({"report/consistency_candidates": c.mean_candidates, "report/consistency_soups": c.mean_soups})
     r.tracker.log_image("report/consistency_chart", r.path("consistency.png"))
     return md
@@ -267,3 +267,8 @@ def _pct(v: float) -> str:
 
 def _na(v: float) -> float | None:
     return None if math.isnan(v) else v
+
+
+def _corr(v: float) -> str:
+    """A correlation, or 'undefined' (too few models or soups, or a constant column)."""
+    return "undefined" if math.isnan(v) else f"{v:.3f}"
