@@ -81,7 +81,7 @@ def test_a_dead_shard_is_finished_by_the_collect_step_and_bad_reruns_are_refused
     with pytest.raises(SoceError, match="holds the shards of a sweep split 3 ways.*sweep.num_shards=3"):
         study(*args[:-1], "sweep.num_shards=2", "sweep.shard=0", "stage=sweep", run_dir=tmp_path / "other")
     r = study(*args, "sweep.shard=1", "stage=sweep", run_dir=tmp_path / "job1")  # re-run shard 1: it resumes
-    assert "1 points evaluated now" in r.log
+    assert "1 point evaluated now" in r.log
     # the collect step: the store directory as run directory, unsharded; it evaluates shard 2's points itself
     r = study(*STUDY, f"pool.cache_dir={zoo_cache}", run_dir=store)
     assert "7 points on dev (5 already in the store)" in r.log
