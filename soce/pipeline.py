@@ -309,6 +309,8 @@ def _print_selection(selection: Selection) -> None:
             log.info("    %s: %s", m, why)
         if len(selection.excluded) > len(shown):
             log.info("    and %d more (every one, with why, in selection.json)", len(selection.excluded) - len(shown))
+    for note in selection.notes:
+        log.warning("  %s", note)
 
 
 def current_selection(run: Run) -> dict:

@@ -31,6 +31,7 @@ class Selection:
     strategy: str
     experts: tuple[Expert, ...]
     excluded: dict[str, str]
+    notes: tuple[str, ...] = ()  # what missing scores did to the choice
 
     @property
     def models(self) -> list[str]:
@@ -40,7 +41,7 @@ class Selection:
         experts = [{**asdict(e), "leads": list(e.leads), "overall": _json(e.overall)} for e in self.experts]
         for e in experts:
             e["scores"] = {k: _json(v) for k, v in (e["scores"] or {}).items()}
-        return {"strategy": self.strategy, "experts": experts, "excluded": self.excluded}
+        return {"strategy": self.strategy, "experts": experts, "excluded": self.excluded, "notes": list(self.notes)}
 
 
 def _json(v: float) -> float | None:
@@ -91,10 +92,18 @@ def select_soce(
         raise ConfigError(f"the selection is empty: no pair of categories has |rho| < tau={analysis.tau:g}{hint}")
     scores = table.subset(pool)
     leads: dict[str, list[str]] = {}
+    notes = []
     for cat in weak:
-        leader = _best(table, pool, scores.values[:, table.categories.index(cat)])
-        if leader is not None:
-            leads.setdefault(leader, []).append(cat)
+        column = scores.values[:, table.categories.index(cat)]
+        leader = _best(table, pool, column)
+        missing = [m for m, v in zip(pool, column) if math.isnan(v)]
+        if leader is None:
+            notes.append(f"category {cat!r} of L has no expert: no pool model has a score on it (all N/A)")
+            continue
+        leads.setdefault(leader, []).append(cat)
+        if missing:
+            notes.append(f"{cat!r}: {leader} leads among the {len(pool) - len(missing)} pool models with a score; "
+                         f"{len(missing)} without one (N/A) could not: {_some(missing)}")
     experts = {m: _expert(table, m, "best on " + ", ".join(cats), cats) for m, cats in leads.items()}
     if keep_best_overall:
         top = best_overall(table, pool)
@@ -110,7 +119,11 @@ def select_soce(
     for m in pool:
         if m not in experts and m not in excluded:
             excluded[m] = _why_not_leader(table, pool, m, weak)
-    return Selection("soce", tuple(experts[m] for m in _by_overall(table, list(experts))), excluded)
+    return Selection("soce", tuple(experts[m] for m in _by_overall(table, list(experts))), excluded, tuple(notes))
+
+
+def _some(names: Sequence[str], shown: int = 3) -> str:
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
 
 
 def _why_not_leader(table: ScoreTable, pool: Sequence[str], model: str, weak: Sequence[str]) -> str:
