@@ -132,7 +132,16 @@ def analyze(table: ScoreTable, tau: float, method: str = "pearson") -> Analysis:
     return Analysis(method, tau, table.models, table.categories, matrix, counts)
 
 
-def draw_heatmap(ax, matrix: np.ndarray, labels: Sequence[str]):
+def cell_text(v: float, tau: float | None = None) -> str:
+    """A correlation as written in its cell: 2 decimals, 3 where 2 would hide which side of tau it is."""
+    if math.isnan(v):
+        return "n/a"
+    if tau is not None and abs(abs(v) - tau) < 0.01:
+        return f"{v:.3f}"
+    return f"{v:.2f}"
+
+
+def draw_heatmap(ax, matrix: np.ndarray, labels: Sequence[str], tau: float | None = None):
     """A correlation matrix on `ax`: colours on [-1, 1], each value written in its cell."""
     k = len(labels)
     fontsize = 9 if k <= 12 else 7
@@ -140,8 +149,7 @@ def draw_heatmap(ax, matrix: np.ndarray, labels: Sequence[str]):
     for a in range(k):
         for b in range(k):
             v = matrix[a, b]
-            text = "n/a" if math.isnan(v) else f"{v:.2f}"
-            ax.text(b, a, text, ha="center", va="center", fontsize=fontsize, color="white" if abs(v) > 0.6 else "black")
+            ax.text(b, a, cell_text(v, tau), ha="center", va="center", fontsize=fontsize, color="white" if abs(v) > 0.6 else "black")
     ax.set_xticks(range(k), labels, rotation=45, ha="right", rotation_mode="anchor", fontsize=fontsize + 1)
     ax.set_yticks(range(k), labels, fontsize=fontsize + 1)
     return image
@@ -159,7 +167,7 @@ def plot_correlation(analysis: Analysis, path: Path) -> None:
     size = max(5.0, 0.62 * k + 2.5)
     fontsize = 9 if k <= 12 else 7
     fig, ax = plt.subplots(figsize=(size + 1.2, size))
-    image = draw_heatmap(ax, analysis.matrix, analysis.categories)
+    image = draw_heatmap(ax, analysis.matrix, analysis.categories, analysis.tau)
     for a in range(k):
         for b in range(k):
             if a != b and abs(analysis.matrix[a, b]) < analysis.tau:
@@ -198,10 +206,11 @@ def plot_entry_tau(analysis: Analysis, path: Path) -> None:
     ax.axvline(analysis.tau, color="firebrick", linestyle="--", label=f"tau = {analysis.tau:g}")
     ax.set_yticks(range(k), [c for c, _ in entries], fontsize=8)
     ax.invert_yaxis()
-    ax.set_xlim(0, 1)
+    finite = [t for _, t in entries if not math.isnan(t)]
+    ax.set_xlim(0, min(1.0, 1.15 * max([*finite, analysis.tau])))  # the thresholds' range, tau always in view
     ax.set_xlabel("entry threshold: min |rho| with any other category (in L for tau above it)")
     ax.set_title(f"Weak set L as tau varies ({len(analysis.weak_set)} of {k} in L at tau={analysis.tau:g})", fontsize=10)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)

@@ -81,3 +81,10 @@ def test_json_round_trip_and_plots(tmp_path):
 def test_tau_outside_unit_interval():
     with pytest.raises(ValueError, match="outside"):
         analyze(hand_table(), tau=1.5)
+
+
+def test_a_correlation_near_tau_is_written_with_the_digits_that_tell_its_side():
+    from soce.analysis import cell_text
+
+    assert cell_text(0.1972, 0.2) == "0.197" and cell_text(0.2031, 0.2) == "0.203" and cell_text(-0.1951, 0.2) == "-0.195"
+    assert cell_text(0.5612, 0.2) == "0.56" and cell_text(float("nan"), 0.2) == "n/a"
