@@ -503,9 +503,15 @@ def results_summary(results: dict) -> str:
         d = score - row[split]["objective"]
         return f"{d:+.4f} against the {row['name']}" + (f" ({', '.join(row['models'])})" if len(row["models"]) == 1 else "")
 
-    verdict = ("beats every baseline" if all(score > r[split]["objective"] for r in (single, everyone, experts))
-               else "beats the uniform soups but not the best single model" if score > max(everyone[split]["objective"], experts[split]["objective"])
-               else "does not beat the baselines")
+    baselines = (single, everyone, experts)
+    beaten = [r["name"] for r in baselines if score > r[split]["objective"]]
+    not_beaten = [r["name"] for r in baselines if score <= r[split]["objective"]]
+    if not not_beaten:
+        verdict = "beats every baseline"
+    elif not beaten:
+        verdict = "beats none of the baselines"
+    else:
+        verdict = f"beats the {' and the '.join(beaten)}, not the {' nor the '.join(not_beaten)}"
     chosen = "" if results.get("select_on") is None else f" Its weights were chosen on {results['select_on']}."
     return (f"On {split}, the {searched['name']} scores {score:.4f} and {verdict}: {against(single)}, {against(everyone)}, "
             f"{against(experts)}.{chosen}")

@@ -99,6 +99,7 @@ class Souper:
             self.best = record
         if self.bar is not None:
             self.bar.update(1)
+        if self.bar is not None and self.kind == "sweep":
             self.bar.set_postfix(best=f"{self.best['objective']:.4f}", s_per_point=f"{record['merge_s'] + record['eval_s']:.2f}", refresh=False)
         return record
 

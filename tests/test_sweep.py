@@ -184,8 +184,10 @@ def _row(role, name, test, models=("a", "b")):
 @pytest.mark.parametrize("searched, verdict", [
     (0.80, "beats every baseline: +0.0500 against the best single candidate (m1), +0.2000 against the uniform soup, all "
            "candidates, +0.1000 against the uniform soup, SoCE experts."),
-    (0.74, "beats the uniform soups but not the best single model: -0.0100 against the best single candidate (m1)"),
-    (0.60, "does not beat the baselines: -0.1500"),
+    (0.74, "beats the uniform soup, all candidates and the uniform soup, SoCE experts, not the best single candidate: "
+           "-0.0100 against the best single candidate (m1)"),
+    (0.65, "beats the uniform soup, all candidates, not the best single candidate nor the uniform soup, SoCE experts: -0.1000"),
+    (0.60, "beats none of the baselines: -0.1500"),
 ])
 def test_the_results_are_said_in_a_sentence(searched, verdict):
     from soce.pipeline import results_summary

@@ -66,8 +66,10 @@ def plot_consistency(c: Consistency, path: Path) -> None:
     plt.close(fig)
 
 
-def plot_ternary(experts: Sequence[str], points: Sequence[Sequence[float]], scores: Sequence[float], label: str, path: Path) -> None:
-    """A 3-expert sweep on the weight simplex: each corner is one expert alone; colour is the score."""
+def plot_ternary(experts: Sequence[str], points: Sequence[Sequence[float]], scores: Sequence[float], label: str, path: Path,
+                 alone: Sequence[float] | None = None) -> None:
+    """A 3-expert sweep on the weight simplex: each corner is one expert alone (its own score,
+    `alone`, as a square there); colour is the score, on one scale for soups and experts."""
     plt = _pyplot()
     w = np.asarray(points, dtype=float)
     x = w[:, 1] + 0.5 * w[:, 2]
@@ -76,21 +78,30 @@ def plot_ternary(experts: Sequence[str], points: Sequence[Sequence[float]], scor
     corners = np.array([[0, 0], [1, 0], [0.5, math.sqrt(3) / 2], [0, 0]])
     ax.plot(corners[:, 0], corners[:, 1], color="black", linewidth=1)
     s = np.asarray(scores, dtype=float)
+    both = np.concatenate([s, np.asarray(alone if alone is not None else [], dtype=float)])
+    vmin, vmax = np.nanmin(both), np.nanmax(both)
     if len(points) >= 4 and np.linalg.matrix_rank(np.c_[x, y, np.ones_like(x)]) == 3:  # a surface needs non-collinear points
-        ax.tricontourf(x, y, s, levels=12, cmap="viridis", alpha=0.35)
-    dots = ax.scatter(x, y, c=s, cmap="viridis", s=70, edgecolors="black", linewidths=0.4, zorder=3)
+        ax.tricontourf(x, y, s, levels=12, cmap="viridis", alpha=0.35, vmin=vmin, vmax=vmax)
+    dots = ax.scatter(x, y, c=s, cmap="viridis", s=70, edgecolors="black", linewidths=0.4, zorder=3, vmin=vmin, vmax=vmax)
     best = int(np.argmax(s))
     ax.scatter([x[best]], [y[best]], marker="*", s=380, color="gold", edgecolors="black", zorder=4,
-               label=f"best {s[best]:.4f} at ({', '.join(f'{v:.2f}' for v in w[best])})")
-    for (cx, cy), name, ha, va in ((corners[0], experts[0], "right", "top"), (corners[1], experts[1], "left", "top"),
+               label=f"best soup {s[best]:.4f}: " + ", ".join(f"{e} {v:.2f}" for e, v in zip(experts, w[best])))
+    if alone is not None:
+        ax.scatter(corners[:3, 0], corners[:3, 1], c=list(alone), cmap="viridis", marker="s", s=150, edgecolors="black",
+                   linewidths=1.2, zorder=4, vmin=vmin, vmax=vmax, clip_on=False)
+        top = int(np.nanargmax(alone))
+        if alone[top] > s[best]:
+            ax.scatter([], [], marker="s", color="white", edgecolors="black", label=f"{experts[top]} alone {alone[top]:.4f} beats every soup")
+    for (cx, cy), name, ha, va in ((corners[0], experts[0], "center", "top"), (corners[1], experts[1], "center", "top"),
                                    (corners[2], experts[2], "center", "bottom")):
-        ax.text(cx, cy + (0.03 if va == "bottom" else -0.03), name, ha=ha, va=va, fontsize=10, fontweight="bold")
-    fig.colorbar(dots, ax=ax, fraction=0.04, pad=0.02, label=label)
-    ax.set_xlim(-0.25, 1.25)
+        score = "" if alone is None else f" ({alone[list(experts).index(name)]:.4f})"
+        ax.text(cx, cy + (0.05 if va == "bottom" else -0.05), name + score, ha=ha, va=va, fontsize=10, fontweight="bold")
+    fig.colorbar(dots, ax=ax, fraction=0.04, pad=0.06, label=label)
+    ax.set_xlim(-0.35, 1.35)
     ax.set_ylim(-0.15, 1.0)
     ax.set_aspect("equal")
     ax.axis("off")
-    ax.legend(loc="upper left", fontsize=8, frameon=False)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, 0.0), fontsize=8, frameon=False)
     ax.set_title("Weight landscape: each point a soup, a corner one expert alone", fontsize=10)
     fig.savefig(path, dpi=130, bbox_inches="tight")
     plt.close(fig)

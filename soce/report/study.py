@@ -126,9 +126,11 @@ def _landscape_section(r: StudyReport) -> list[str]:
     if not points:
         return md + ["_No sweep points stored yet._", ""]
     if len(experts) == 3:
+        alone = [aggregate(r.own[split].row(e), obj) for e in experts] if r.own and split in r.own else None
         plot_ternary(experts, [p["weights"] for p in points], [p["objective"] for p in points], f"{split} {obj}",
-                     r.path("landscape.png"))
-        md += [f"The {len(points)} soups of the sweep on the weight simplex (colour: {split} {obj}).", "",
+                     r.path("landscape.png"), alone)
+        md += [f"The {plural(len(points), 'soup')} of the sweep on the weight simplex (colour: {split} {obj}); "
+               "each corner's square is that expert alone.", "",
                "![weight landscape](landscape.png)", ""]
         r.tracker.log_image("report/landscape_chart", r.path("landscape.png"))
     best = sorted(points, key=lambda p: -p["objective"])[:r.top_points]
