@@ -544,9 +544,10 @@ def report(run: Run) -> Path:
 
 def _config_rows(cfg: DictConfig) -> list[tuple[str, str]]:
     s = cfg.search
-    return [("benchmark", cfg.benchmark.name), ("pool", cfg.pool.name), ("selection", _options(cfg.selection)),
-            ("search", _options(s)), ("objective", f"{s.objective} over all categories"),
-            ("weights chosen on", str(s.select_on)), ("analysis", f"{cfg.analysis.method.value}, population {cfg.analysis.population.value}")]
+    rows = [("benchmark", cfg.benchmark.name), ("pool", cfg.pool.name), ("selection", _options(cfg.selection))]
+    if cfg.benchmark.kind != "table":  # a score table has no sweep: no search, objective or split to choose on
+        rows += [("search", _options(s)), ("objective", f"{s.objective} over all categories"), ("weights chosen on", str(s.select_on))]
+    return rows + [("analysis", f"{cfg.analysis.method.value}, population {cfg.analysis.population.value}")]
 
 
 def _options(node) -> str:

@@ -30,6 +30,8 @@ def test_the_synthetic_leaderboard_runs_with_wandb_offline(soce, tmp_path):
     assert {"scores", "correlation", "selection", "excluded"} <= tables
     assert len(list(offline.glob("files/media/images/*.png"))) == 2
     assert f"W&B: offline run {offline} (upload it with `wandb sync {offline}`)" in r.stdout  # the run's last line
+    report = (run / "report.md").read_text()  # a score table: no search, no split chosen on; its scores as it states them
+    assert "grid" not in report and "chosen on" not in report and "| nocall-guard-7b | 76.17 |" in report
 
 
 def test_multirun_over_tau_one_run_dir_and_one_wandb_run_per_job(soce, tmp_path):

@@ -260,7 +260,10 @@ def _win_rate_section(r: StudyReport) -> list[str]:
 
 
 def _num(v) -> str:
-    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
+    """A score as its table states it: 4 decimals for fractions (0.9533), 2 for percentages (78.45)."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "n/a"
+    return f"{v:.4f}" if abs(v) <= 1 else f"{v:.2f}"
 
 
 def _pct(v: float) -> str:
