@@ -141,6 +141,13 @@ class WandbTracker:
         except Exception as err:  # noqa: BLE001
             log.warning("W&B could not start a run (%s: %s); results are still written to the run directory", type(err).__name__, err)
             self.run = None
+        self._save_log(Path(dir) / "soce.log")
+
+    @_guarded
+    def _save_log(self, path: Path) -> None:
+        """The run's soce.log (progress lines included) in the W&B run's files, kept up to date."""
+        if path.is_file():
+            self.run.save(str(path), base_path=str(path.parent), policy="live")
 
     @_guarded
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:

@@ -29,6 +29,7 @@ def test_the_synthetic_leaderboard_runs_with_wandb_offline(soce, tmp_path):
     tables = {p.name.split("_")[0] for p in offline.glob("files/media/table/*.table.json")}
     assert {"scores", "correlation", "selection", "excluded"} <= tables
     assert len(list(offline.glob("files/media/images/*.png"))) == 2
+    assert "selection: soce" in (offline / "files" / "soce.log").read_text()  # the run's log travels with the W&B run
     assert f"W&B: offline run {offline} (upload it with `wandb sync {offline}`)" in r.stdout  # the run's last line
     report = (run / "report.md").read_text()  # a score table: no search, no split chosen on; its scores as it states them
     assert "grid" not in report and "chosen on" not in report and "| nocall-guard-7b | 76.17 |" in report
@@ -193,3 +194,17 @@ def test_bad_input_raises_the_kind_of_error_with_a_message_naming_the_fault(stud
     with pytest.raises(kind) as err:
         study(*args)
     assert message in str(err.value) and isinstance(err.value, SoceError)
+
+
+def test_help_lists_every_option_of_every_group_and_no_schema(soce):
+    from soce.cli import CONF_DIR
+    from pathlib import Path
+
+    r = soce("--help")
+    assert r.returncode == 0 and r.stdout.startswith("soce: Soup Of Category Experts")
+    assert "schema" not in r.stdout
+    for group in Path(CONF_DIR).iterdir():
+        if group.is_dir():
+            assert f"  {group.name} " in r.stdout, group.name
+            for option in group.glob("*.yaml"):
+                assert option.stem in r.stdout, f"{group.name}={option.stem} is missing from soce --help"
