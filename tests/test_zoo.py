@@ -159,6 +159,14 @@ def test_lm_eval_backend_agrees_with_direct_computation(micro_json):
                if not o.correct)  # unparseable outputs are kept too, scored wrong
 
 
+def test_lm_eval_prints_nothing_outside_a_git_checkout(micro_json, tmp_path, monkeypatch, capfd):
+    """lm-eval asks git for its hash at every evaluation; outside a checkout git printed 'fatal:
+    not a git repository' each time (85 lines a sweep). Captured at the file descriptors."""
+    monkeypatch.chdir(tmp_path)
+    toy_fc_backend(seed=0, per_category=5, batch_size=64).evaluate(*micro_json, "dev")
+    assert "not a git repository" not in capfd.readouterr().err
+
+
 def test_the_harness_sees_weights_changed_in_place(micro_json):
     """One HFLM wrapper across soups: no cached answers from the weights before."""
     model, tokenizer = micro_json
