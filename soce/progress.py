@@ -1,6 +1,8 @@
-"""Progress of the long steps: a tqdm bar on a terminal; elsewhere (a log file, a batch job,
-W&B's console capture) log lines with the step, the count, the rate and the time left: one
-after the first item (the first estimate), then one every `every` seconds, then one at the end.
+"""Progress of the long steps: a tqdm bar on a terminal; elsewhere (a log file, a batch job)
+log lines with the step, the count, the rate and the time left: the first once the step has
+run `first` seconds (the first estimate), then one every `every` seconds, then one at the end.
+The rate is measured from the first item on: the time before it (loading, warming up) is no
+guide to the time left.
 """
 
 from __future__ import annotations
@@ -38,13 +40,15 @@ def _duration(seconds: float) -> str:
 
 
 class Progress:
-    def __init__(self, total: int | None, desc: str, unit: str = "it", *, every: float = 30.0, enabled: bool = True,
-                 terminal: bool | None = None, **bar_options) -> None:
+    def __init__(self, total: int | None, desc: str, unit: str = "it", *, first: float = 5.0, every: float = 30.0,
+                 enabled: bool = True, terminal: bool | None = None, **bar_options) -> None:
         self.total, self.desc, self.unit, self.every, self.enabled = total, desc, unit, every, enabled
         self.terminal = sys.stderr.isatty() if terminal is None else terminal
         self.bar = tqdm(total=total, desc=desc, unit=unit, disable=not enabled, **bar_options) if self.terminal else None
-        self.n, self.postfix = 0, ""
-        self.started = self.last = time.monotonic()
+        self.n, self.postfix, self.first = 0, "", first
+        self.started = time.monotonic()
+        self.last = None  # when the last line was written
+        self.mark = None  # (count, time) at the first item: the rate is measured from there
         self.scale = bar_options.get("unit_scale", False)
 
     def update(self, n: int = 1) -> None:
@@ -53,7 +57,10 @@ class Progress:
             self.bar.update(n)
             return
         now = time.monotonic()
-        if self.enabled and (self.n == n or now - self.last >= self.every) and self.n != self.total:
+        if self.mark is None:
+            self.mark = (self.n, now)
+        due = now - self.started >= self.first if self.last is None else now - self.last >= self.every
+        if self.enabled and due and self.n != self.total:
             self.last = now
             log.info("%s: %s", self.desc, self._line(now))
 
@@ -65,7 +72,8 @@ class Progress:
     def _line(self, now: float) -> str:
         elapsed = now - self.started
         count = f"{self._amount(self.n)}/{self._amount(self.total)}" if self.total else self._amount(self.n)
-        rate = self.n / elapsed if elapsed > 0 else 0.0
+        n0, t0 = self.mark if self.mark and self.n > self.mark[0] and now > self.mark[1] else (0, self.started)
+        rate = (self.n - n0) / (now - t0) if now > t0 else 0.0
         if rate >= 1:
             per = f"{self._amount(rate) if self.scale else f'{rate:.3g}' if rate < 100 else f'{rate:.0f}'} {self.unit}/s"
         else:

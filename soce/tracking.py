@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import os
 import logging
+import shutil
 from pathlib import Path
 from typing import Any, Protocol, Sequence
 
@@ -141,13 +142,7 @@ class WandbTracker:
         except Exception as err:  # noqa: BLE001
             log.warning("W&B could not start a run (%s: %s); results are still written to the run directory", type(err).__name__, err)
             self.run = None
-        self._save_log(Path(dir) / "soce.log")
-
-    @_guarded
-    def _save_log(self, path: Path) -> None:
-        """The run's soce.log (progress lines included) in the W&B run's files, kept up to date."""
-        if path.is_file():
-            self.run.save(str(path), base_path=str(path.parent), policy="live")
+        self.log_path = Path(dir) / "soce.log"  # Hydra's log of this run: it goes into the W&B run's files at the end
 
     @_guarded
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
@@ -182,5 +177,7 @@ class WandbTracker:
 
     @_guarded
     def finish(self) -> None:
+        if self.log_path.is_file():
+            shutil.copy2(self.log_path, Path(self.run.dir) / self.log_path.name)
         self.run.finish()
         self.run = None

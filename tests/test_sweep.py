@@ -211,3 +211,20 @@ def test_the_baseline_rows_are_named_by_the_selection_that_chose_the_experts(sel
 
     cfg = compose_cfg(selection)
     assert (experts_label(cfg), searched_label(cfg)) == (experts, searched)
+
+
+def test_progress_lines_without_a_terminal(caplog, monkeypatch):
+    """The first line once the step has run `first` seconds, the rate measured from the first item
+    on (the start-up before it is no guide), then one every `every` seconds, then the end."""
+    from soce import progress
+
+    clock = iter([0.0, 2.0, 3.0, 6.0, 7.0, 50.0, 51.0])  # start, then one reading per update, then close
+    monkeypatch.setattr(progress.time, "monotonic", lambda: next(clock))
+    with caplog.at_level("INFO", logger="soce.progress"):
+        with progress.Progress(10, "zoo x", "step", first=5, every=30, terminal=False) as bar:
+            for _ in range(5):
+                bar.update()
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == ["zoo x: 3/10 step in 6 s (2 s/step, about 14 s left)",  # 2 s to the first step, then 2 in 4 s
+                     "zoo x: 5/10 step in 50 s (12 s/step, about 60 s left)",
+                     "zoo x: done, 5/10 step in 51 s (12.3 s/step, about 61 s left)"]

@@ -248,5 +248,5 @@ def test_the_family_build_writes_progress_lines_to_soce_log(zoo_cache):
     it is, how fast and how long is left, and when it is done."""
     log = (zoo_cache / "build" / "soce.log").read_text()
     assert "zoo micro: training base, micro-generalist, micro-json, micro-parallel, micro-relevance (600 steps" in log
-    assert re.search(r"zoo micro: 1/600 step in \d+ s \([\d.]+ (s/step|step/s), about [\d.]+ (s|min) left\)", log)
+    assert re.search(r"zoo micro: \d+/600 step in \d+ s \([\d.]+ (s/step|step/s), about [\d.]+ (s|min) left\)", log)
     assert re.search(r"zoo micro: done, 600/600 step in [\d.]+ (s|min) \(", log)

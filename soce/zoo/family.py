@@ -176,6 +176,9 @@ class Trainer:
 
     def build(self, family: Family, todo: list[str], progress: bool) -> None:
         from transformers import AutoModelForCausalLM
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # a bar per model saved and loaded: the build has its own
 
         spec = self.spec
         specs = {c.name: c for c in spec.candidates}
