@@ -208,3 +208,16 @@ def test_help_lists_every_option_of_every_group_and_no_schema(soce):
             assert f"  {group.name} " in r.stdout, group.name
             for option in group.glob("*.yaml"):
                 assert option.stem in r.stdout, f"{group.name}={option.stem} is missing from soce --help"
+
+
+def test_long_lists_are_summarised_on_the_terminal_and_kept_whole_in_the_json(study, tmp_path):
+    rng = np.random.default_rng(0)
+    header = "model,a,b,c,d,e,f,g,h"
+    rows = [f"m{i}," + ",".join(f"{v:.3f}" for v in rng.random(5)) + ",1,1,1" for i in range(16)]  # f, g, h constant
+    path = write_csv(tmp_path / "many.csv", "\n".join([header, *rows]))
+    r = study("benchmark=table", f"benchmark.path={path}", "pool=all", "stage=select", "selection.tau=0.5")
+    selection = json.loads((r.dir / "selection.json").read_text())
+    shown = len(selection["excluded"]) - 10
+    assert shown > 0 and f"and {shown} more (every one, with why, in selection.json)" in r.log
+    undefined = json.loads((r.dir / "analysis.json").read_text())["undefined_pairs"]
+    assert len(undefined) > 5 and f"and {len(undefined) - 5} more undefined pairs (every one in analysis.json)" in r.log

@@ -86,6 +86,14 @@ def test_output_directory_layout(zoo, tmp_path):
     assert not list(tmp_path.glob(".*"))  # no partial directory left behind
 
 
+def test_the_merge_says_its_size_as_a_person_reads_it(zoo, tmp_path, caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="soce"):
+        merge_to_disk(zoo[("float32", False)], WEIGHTS, tmp_path / "soup", shard_size="1GB", progress=False)
+    assert f"soup of 3 models written to {tmp_path / 'soup'} (1 shard, " in caplog.text and " kB) in " in caplog.text
+
+
 def test_output_dtype_is_configurable(zoo, tmp_path):
     out = merge_to_disk(zoo[("float32", False)], WEIGHTS, tmp_path / "soup", dtype="bfloat16", progress=False)
     assert {t.dtype for t in state_dict(out).values()} == {torch.bfloat16}
