@@ -413,7 +413,6 @@ def searched_label(cfg: DictConfig) -> str:
     return "SoCE" if cfg.selection.name == "soce" else f"searched soup, {experts_label(cfg)}"
 
 
-
 def soup(run: Run) -> dict:
     from soce.evaluate.candidates import model_dir
     from soce.merge import merge_to_disk

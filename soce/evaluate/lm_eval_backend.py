@@ -57,13 +57,19 @@ class LmEvalBackend:
                             "files": files_digest([*task_files, *code]), "data": data_digest(data_files)}
 
     def _configs(self, name: str) -> list[dict]:
-        """The resolved configs of a task, or of every task of a group."""
-        entry = self.task_manager.task_index.get(name)
-        if entry is None:
+        """The resolved configs of a task, or of every task of a group (where lm-eval keeps
+        them in its task index, as 0.4.13 does; earlier versions through _get_config)."""
+        index = getattr(self.task_manager, "task_index", None)
+        if index is not None:
+            entry = index.get(name)
+            cfg = entry.cfg if entry is not None else None
+        else:
+            cfg = getattr(self.task_manager, "_get_config", lambda _: None)(name)
+        if not isinstance(cfg, dict):
             return []
-        if entry.cfg and "task" in entry.cfg and isinstance(entry.cfg["task"], list):  # a group: its subtasks
-            return [c for sub in entry.cfg["task"] if isinstance(sub, str) for c in self._configs(sub)]
-        return [entry.cfg] if entry.cfg else []
+        if isinstance(cfg.get("task"), list):  # a group: its subtasks
+            return [c for sub in cfg["task"] if isinstance(sub, str) for c in self._configs(sub)]
+        return [cfg]
 
     def _check_metric(self, configs: dict[str, list[dict]]) -> None:
         """benchmark.metric must be a metric every task reports: checked before any evaluation."""
