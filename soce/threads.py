@@ -36,9 +36,22 @@ def torch_threads(n: int):
         torch.set_num_threads(before)
 
 
+_probed: tuple[float, int] | None = None  # (when, free cores): a sweep asks at every point
+FRESH = 10.0  # seconds a probe is trusted
+
+
 def free_cores(samples: int = 10, interval: float = 0.002) -> int:
     """The cores not busy with other processes now: this process's cores less the median count
-    of other runnable tasks over 20 ms (/proc/loadavg's running count, less the probing thread)."""
+    of other runnable tasks over 20 ms (/proc/loadavg's running count, less the probing thread).
+    Probed at most once every FRESH seconds."""
+    global _probed
+    now = time.monotonic()
+    if _probed is None or now - _probed[0] > FRESH:
+        _probed = (now, _probe(samples, interval))
+    return _probed[1]
+
+
+def _probe(samples: int, interval: float) -> int:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     counts = []
     try:
