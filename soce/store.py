@@ -15,7 +15,6 @@ the same shard cannot both write it: the second is refused.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
@@ -25,6 +24,7 @@ from typing import Iterator
 
 from soce.artifacts import question_differences
 from soce.errors import DataError
+from soce.locks import lock_open
 from soce.weights import key
 
 log = logging.getLogger(__name__)
@@ -102,23 +102,15 @@ class SweepStore:
             f.flush()
             os.fsync(f.fileno())
         old = self._file
-        self._file = tmp.open("a+b")
-        fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a file only this process knows of yet
+        self._file = lock_open(tmp, "a+b")  # a file only this process knows of yet
         tmp.rename(self.path)
         old.close()
 
     def _open(self) -> None:
-        while True:
-            self._file = self.path.open("a+b")
-            try:
-                fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                self._file.close()
-                raise DataError(f"{self.path} is being written by another process (a soce run in the same directory, "
-                                "or a job given the same sweep.shard): wait for it to finish, or give this job another shard") from None
-            if _same_file(self._file, self.path):
-                return
-            self._file.close()  # locked a file that a writer swapped away meanwhile: lock the new one
+        self._file = lock_open(self.path, "a+b")
+        if self._file is None:
+            raise DataError(f"{self.path} is being written by another process (a soce run in the same directory, "
+                            "or a job given the same sweep.shard): wait for it to finish, or give this job another shard")
 
     @staticmethod
     def _key(record: dict) -> tuple[str, str, str]:
@@ -165,13 +157,6 @@ def parse_record(line: bytes) -> dict | None:
             and all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in record["weights"])):
         return None
     return record
-
-
-def _same_file(f, path: Path) -> bool:
-    try:
-        return os.fstat(f.fileno()).st_ino == path.stat().st_ino
-    except FileNotFoundError:
-        return False
 
 
 def _check_shards(directory: Path, num_shards: int) -> None:

@@ -13,15 +13,13 @@ processes split the output shards; the main process holds the lock, writes the i
 from __future__ import annotations
 
 import errno
-import fcntl
 import json
 import logging
 import math
-import os
 import shutil
 import struct
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -29,6 +27,7 @@ from typing import Sequence
 import torch
 
 from soce.errors import CheckpointError
+from soce.locks import lock_open
 from soce.merge.checkpoint import DTYPE_NAMES, INDEX, Checkpoint, TensorInfo, TensorReader, check_compatible, open_checkpoint
 from soce.merge.linear import check_weights, mergekit_yaml, parse_size, weighted_sum_into
 from soce.pool import warn_duplicates
@@ -176,20 +175,10 @@ def check_output(output: Path, inputs: Sequence[Path], overwrite: bool) -> None:
 def output_lock(output: Path):
     """Hold '.NAME.lock' beside `output` for the merge's life; refuse if another merge holds it."""
     path = output.parent / f".{output.name}.lock"
-    while True:
-        f = path.open("a+")
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.close()
-            raise CheckpointError(f"merge.output {output} is being written by another merge (it holds {path}): "
-                                  "wait for it to finish, or write this soup elsewhere") from None
-        try:
-            if os.fstat(f.fileno()).st_ino == path.stat().st_ino:
-                break
-        except FileNotFoundError:
-            pass
-        f.close()  # the merge before us removed the file after we opened it: lock the new one
+    f = lock_open(path, "a+")
+    if f is None:
+        raise CheckpointError(f"merge.output {output} is being written by another merge (it holds {path}): "
+                              "wait for it to finish, or write this soup elsewhere")
     try:
         yield
     finally:
@@ -302,8 +291,6 @@ def _claim(output: Path, partial: Path, state, check) -> None:
     """The main process locks the output path for the merge's life, checks it again (another
     merge may have written it meanwhile) and makes an empty partial directory; every process
     raises the same error if that fails."""
-    from contextlib import ExitStack
-
     with ExitStack() as stack:
         refused = None
         if state.is_main:
