@@ -58,6 +58,11 @@ class Backend(Choice):
     direct = "direct"  # batched generation and the scorer, no harness
 
 
+class BfclSplit(Choice):
+    halves = "halves"  # each test file halved (fixed seed): weights chosen on dev, reported on test
+    none = "none"  # one split, tuned and reported on it (the paper's protocol)
+
+
 class Objective(Choice):
     mean = "mean"
     sum = "sum"
@@ -144,12 +149,37 @@ class LmEvalBenchmark:
     cache: bool = True  # reuse the candidates' cached scores (false: evaluate them again, and re-cache)
 
 
+@dataclass
+class BfclBenchmark:
+    """BFCL through bfcl-eval (the leaderboard's own data, prompt handlers and checkers), on the
+    leaderboard's leaf columns; the models run in this process."""
+
+    name: str = "bfcl"
+    kind: str = "bfcl"
+    categories: Optional[List[str]] = None  # leaderboard columns (data_overall.csv); default: all 14
+    # The BFCL model whose prompt handler formats prompts and decodes outputs (e.g.
+    # Salesforce/Llama-xLAM-2-8b-fc-r). Default: each candidate's own (its pool entry's handler, or
+    # its hub_id where BFCL knows it); for a soup, that of the expert with the largest weight.
+    handler: Optional[str] = None
+    split: BfclSplit = BfclSplit.halves
+    seed: int = 0  # the dev/test halves
+    limit: Optional[int] = None  # at most this many examples of each BFCL test file per split (smoke runs)
+    batch_size: int = 16  # completions generated together
+    max_new_tokens: Optional[int] = None  # cap on each completion; default: the handler's (up to 4096)
+    result_files: bool = True  # write each evaluation's generations as BFCL result files (run dir, bfcl/)
+    # A BFCL score table (a leaderboard snapshot data_overall.csv, or the score folder `bfcl evaluate`
+    # writes): analysis and selection read it instead of evaluating the pool; the sweep evaluates.
+    table: Optional[str] = None
+    cache: bool = True  # reuse the candidates' cached scores (false: evaluate them again, and re-cache)
+
+
 # --- pool: the candidates -----------------------------------------------------------------
 @dataclass
 class ModelRef:
     name: str = MISSING  # as in the score table ('(FC)'/'(Prompt)' suffixes may be left off)
     hub_id: Optional[str] = None
     path: Optional[str] = None
+    handler: Optional[str] = None  # benchmark=bfcl: its BFCL prompt handler (a BFCL model name); default: hub_id
 
 
 @dataclass
@@ -321,7 +351,8 @@ class SoceConfig:
 
 SCHEMAS = {
     None: {"soce_schema": SoceConfig},
-    "benchmark": {"schema_table": TableBenchmark, "schema_toy_fc": ToyFcBenchmark, "schema_lm_eval": LmEvalBenchmark},
+    "benchmark": {"schema_table": TableBenchmark, "schema_toy_fc": ToyFcBenchmark, "schema_lm_eval": LmEvalBenchmark,
+                  "schema_bfcl": BfclBenchmark},
     "pool": {"schema_pool": PoolConfig},
     "selection": {"schema_soce": SoceSelection, "schema_all": AllSelection, "schema_topk": TopKSelection, "schema_manual": ManualSelection},
     "search": {"schema_grid": GridSearch, "schema_uniform": UniformSearch, "schema_random": RandomSearch,
@@ -372,6 +403,13 @@ def validate(cfg: DictConfig) -> None:
             if b[key] is not None and len(b[key]) != len(b.dev_tasks):
                 raise ConfigError(f"benchmark.{key} has {len(b[key])} entries, benchmark.dev_tasks {len(b.dev_tasks)}: "
                                 "one per category, in the same order")
+    if b.kind == "bfcl":
+        from soce.evaluate.bfcl import check_categories
+
+        if b.categories is not None:
+            check_categories(b.categories)
+        if b.limit is not None and b.limit < 1:
+            raise ConfigError(f"benchmark.limit={b.limit}: at least 1 example of each BFCL test file (or unset, for all)")
     shard, n = cfg.sweep.shard, cfg.sweep.num_shards
     if n < 1:
         raise ConfigError(f"sweep.num_shards={n}: must be at least 1")

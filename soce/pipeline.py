@@ -98,14 +98,21 @@ def pool_refs(cfg: DictConfig) -> list[Candidate] | None:
 
         family = build_family(cfg.pool.zoo, cache_dir(cfg))
         return [Candidate(name, path=str(path)) for name, path in family.candidates.items()]
-    return None if cfg.pool.models is None else [Candidate(m.name, m.hub_id, m.path) for m in cfg.pool.models]
+    return None if cfg.pool.models is None else [Candidate(m.name, m.hub_id, m.path, m.handler) for m in cfg.pool.models]
 
 
-def make_evaluator(cfg: DictConfig):
-    """The benchmark's evaluator, built from its typed schema."""
-    from soce.config import Backend, LmEvalBenchmark, ToyFcBenchmark
+def make_evaluator(cfg: DictConfig, run_dir: Path | None = None):
+    """The benchmark's evaluator, built from its typed schema (`run_dir`: where an evaluator that
+    writes files, BFCL's result files, writes them)."""
+    from soce.config import Backend, BfclBenchmark, LmEvalBenchmark, ToyFcBenchmark
 
     b = OmegaConf.to_object(cfg.benchmark)
+    if isinstance(b, BfclBenchmark):
+        from soce.evaluate.bfcl import CATEGORIES, BfclEvaluator
+
+        return BfclEvaluator(b.categories or list(CATEGORIES), handler=b.handler, split=b.split.value, seed=b.seed,
+                             limit=b.limit, batch_size=b.batch_size, max_new_tokens=b.max_new_tokens,
+                             result_dir=run_dir / "bfcl" if run_dir is not None and b.result_files else None)
     if isinstance(b, ToyFcBenchmark):
         if b.backend == Backend.direct:
             from soce.evaluate.direct import ToyFcDirect
@@ -141,7 +148,7 @@ def question(cfg: DictConfig, evaluator) -> dict:
     return {**artifacts.resolved(cfg, "benchmark"), "evaluator": evaluator.fingerprint}
 
 
-def load_scores(cfg: DictConfig) -> dict[str, ScoreTable]:
+def load_scores(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, ScoreTable]:
     """The benchmark's scores per split: read from a table ('dev' only), or evaluated on the pool."""
     b = cfg.benchmark
     if b.kind == "table":
@@ -151,7 +158,12 @@ def load_scores(cfg: DictConfig) -> dict[str, ScoreTable]:
     if b.kind == "lm_eval" and b.table:
         log.info("analysis and selection on the scores of %s; the sweep evaluates with lm-eval", b.table)
         return {"dev": read_table(b.table, format=b.table_format.value, categories=list(b.categories or b.dev_tasks))}
-    return evaluate_pool(cfg)
+    if b.kind == "bfcl" and b.table:
+        from soce.evaluate.bfcl import CATEGORIES, read_bfcl_scores
+
+        log.info("analysis and selection on the scores of %s; the sweep evaluates with bfcl-eval", b.table)
+        return {"dev": read_bfcl_scores(b.table, list(b.categories or CATEGORIES))}
+    return evaluate_pool(cfg, run_dir=run_dir)
 
 
 def pool_base(cfg: DictConfig) -> Candidate | None:
@@ -164,7 +176,7 @@ def pool_base(cfg: DictConfig) -> Candidate | None:
     return Candidate("base", path=str(build_family(cfg.pool.zoo, cache_dir(cfg)).base))
 
 
-def evaluate_pool(cfg: DictConfig, refs: list[Candidate] | None = None) -> dict[str, ScoreTable]:
+def evaluate_pool(cfg: DictConfig, refs: list[Candidate] | None = None, run_dir: Path | None = None) -> dict[str, ScoreTable]:
     """The pool's candidates (`refs`, default: as configured) evaluated by the benchmark's
     evaluator, per split (cached by the models' files and the question)."""
     b = cfg.benchmark
@@ -178,7 +190,7 @@ def evaluate_pool(cfg: DictConfig, refs: list[Candidate] | None = None) -> dict[
     if b.kind == "toy_fc":
         from soce.evaluate.direct import check_tokenizer as check
     log.info("evaluating %s on %s (cached per candidate and split)", plural(len(refs), "candidate"), b.name)
-    evaluator = make_evaluator(cfg)
+    evaluator = make_evaluator(cfg, run_dir)
     return evaluate_candidates(refs, evaluator, evaluator.splits, cache_dir(cfg).parent / "evals", question(cfg, evaluator), check,
                                reuse=cfg.benchmark.cache)
 
@@ -193,7 +205,7 @@ def pool_candidates(cfg: DictConfig, table: ScoreTable) -> list[Candidate]:
 # --- analyze ------------------------------------------------------------------------------
 def analyze(run: Run) -> corr.Analysis:
     cfg = run.cfg
-    tables = load_scores(cfg)
+    tables = load_scores(cfg, run.dir)
     table = tables["dev"]
     write_scores(table, run.path(SCORES))
     if "test" in tables:
@@ -340,7 +352,7 @@ def evaluated_pool(run: Run, experts: list[str] = ()) -> tuple[object, dict[str,
     candidates = {c.name: c for c in pool_candidates(run.cfg, read_scores(run.path(SCORES)))}  # named as in the scores
     for name in experts:  # found (or fetched) once: later uses read the path
         candidates[name] = replace(candidates[name], path=model_dir(candidates[name]))
-    return make_evaluator(run.cfg), candidates
+    return make_evaluator(run.cfg, run.dir), candidates
 
 
 def check_store(run: Run, evaluator, candidates: dict[str, Candidate]) -> None:
@@ -357,6 +369,8 @@ def make_souper(run: Run, models: list[Candidate], evaluator, kind: str = "sweep
     from soce.sweep import Souper
 
     asked = {**question(run.cfg, evaluator), "models": {c.name: run.fingerprint(c) for c in models}}
+    if hasattr(evaluator, "handler_for"):  # BFCL: a soup's prompts are its experts' handlers'
+        asked["handlers"] = {c.name: c.handler or c.hub_id for c in models}
     return Souper(models, evaluator, run.store, asked, run.cfg.search.objective, run.tracker,
                   kind=kind, device=run.device or run.cfg.sweep.device, offload=run.cfg.sweep.offload)
 
@@ -438,7 +452,7 @@ def soup(run: Run) -> dict:
                 **{s: {"objective": aggregate(t.row(model), objective), "scores": t.row(model)} for s, t in scores.items()}}
 
     base = pool_base(run.cfg)  # the model the candidates were fine-tuned from, where the pool knows it
-    rows = [own_row("base", "base model", base.name, evaluate_pool(run.cfg, [base]))] if base else []
+    rows = [own_row("base", "base model", base.name, evaluate_pool(run.cfg, [base], run.dir))] if base else []
     rows.append(own_row("single", "best single candidate", single, tables))
     for role, name, sp, weights in (("uniform_all", "uniform soup, all candidates", everyone, uniform(len(candidates))),
                                     ("uniform_experts", f"uniform soup, {experts_label(run.cfg)}", souper, uniform(len(experts))),
@@ -446,8 +460,13 @@ def soup(run: Run) -> dict:
         records = {s: sp.evaluate(weights, s) for s in tables}
         rows.append({"role": role, "name": name, "models": sp.names, "weights": list(weights),
                      **{s: {"objective": r["objective"], "scores": r["scores"]} for s, r in records.items()}})
-    protocol = ("weights chosen on dev, reported on test" if split == "dev"
-                else "weights chosen on TEST, the split reported (the paper's protocol): test scores are optimistic")
+    if "test" not in tables:
+        protocol = (f"one split: weights chosen and reported on {split} (the paper's protocol): "
+                    "the searched soup's score is optimistic")
+    elif split == "dev":
+        protocol = "weights chosen on dev, reported on test"
+    else:
+        protocol = "weights chosen on TEST, the split reported (the paper's protocol): test scores are optimistic"
     results = {"protocol": protocol, "objective": objective.value, "search": search.name, "select_on": split, "rows": rows}
     artifacts.write_json(run.path(RESULTS), artifacts.results_settings(run.cfg), results)
 
@@ -469,8 +488,8 @@ def soup(run: Run) -> dict:
 def candidate_scores(run: Run) -> dict[str, ScoreTable]:
     """The candidates' own scores by the sweep's evaluator, per split: those the analysis wrote,
     or, where the analysis read a score table (a leaderboard), the candidates evaluated now (cached)."""
-    if run.cfg.benchmark.kind == "lm_eval" and run.cfg.benchmark.table:
-        return evaluate_pool(run.cfg, pool_candidates(run.cfg, read_scores(run.path(SCORES))))
+    if run.cfg.benchmark.kind in ("lm_eval", "bfcl") and run.cfg.benchmark.table:
+        return evaluate_pool(run.cfg, pool_candidates(run.cfg, read_scores(run.path(SCORES))), run.dir)
     tables = {"dev": read_scores(run.path(SCORES))}
     if run.path(SCORES_TEST).exists():
         tables["test"] = read_scores(run.path(SCORES_TEST))

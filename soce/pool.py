@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -18,11 +18,13 @@ _MODE_SUFFIX = re.compile(r"\s*\((FC|Prompt)\)\s*$", re.IGNORECASE)
 
 @dataclass(frozen=True)
 class Candidate:
-    """A pool model: its name in the score table, and where its weights are (Hub id or path)."""
+    """A pool model: its name in the score table, where its weights are (Hub id or path), and
+    (benchmark=bfcl) the BFCL model whose prompt handler it is evaluated with."""
 
     name: str
     hub_id: str | None = None
     path: str | None = None
+    handler: str | None = None
 
 
 def _key(name: str) -> str:
@@ -50,7 +52,7 @@ def resolve_pool(candidates: Sequence[Candidate] | None, table_models: Sequence[
             if len(rows) > 1:
                 raise ConfigError(f"pool model {c.name!r} matches several rows of {source}: {', '.join(map(repr, rows))}; name one exactly")
             row = rows[0]
-        resolved.append(Candidate(row, c.hub_id, c.path))
+        resolved.append(replace(c, name=row))
     names = [c.name for c in resolved]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:

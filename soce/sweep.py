@@ -82,7 +82,8 @@ class Souper:
             soup.apply(weights)
             merged = time.perf_counter()
             with compute_threads(model.device):
-                result = self.evaluator.evaluate(model, tokenizer, split)
+                result = self.evaluator.evaluate(model, tokenizer, split, source=list(zip(self.experts, weights)),
+                                                 label=f"{self.kind}-" + "-".join(f"{w:.3f}" for w in weights))
             record = {
                 "kind": self.kind, "experts": self.names, "weights": [float(w) for w in weights], "split": split,
                 "question": self.question,

@@ -18,7 +18,9 @@ class Evaluator(Protocol):
     categories: tuple[str, ...]
     splits: tuple[str, ...]  # e.g. ("dev", "test")
 
-    def evaluate(self, model, tokenizer, split: str) -> EvalResult: ...
+    def evaluate(self, model, tokenizer, split: str, source=None, label: str | None = None) -> EvalResult:
+        """`source`: what the model is, as (candidate, weight) pairs (one candidate, weight 1, for a
+        candidate); `label`: a name for what an evaluation writes. Evaluators that need neither ignore them."""
 
 
 def scores_from_outcomes(outcomes: list[Outcome], categories: tuple[str, ...]) -> dict[str, float]:

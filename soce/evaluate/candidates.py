@@ -87,9 +87,11 @@ def evaluate_candidates(
     results: dict[str, dict[str, EvalResult]] = {s: {} for s in splits}
     for c in candidates:
         files = fingerprint(c)
+        # an evaluator that prompts each model its own way (BFCL's handlers): the way is part of the question
+        handler = evaluator.handler_for([(c, 1.0)]) if hasattr(evaluator, "handler_for") else None
         loaded = None
         for split in splits:
-            key = digest([files, question, split])[:20]
+            key = digest([files, question, split] + ([handler] if handler else []))[:20]
             cached = cache_dir / f"{key}.json"
             if reuse and cached.exists():
                 data = json.loads(cached.read_text())
@@ -102,7 +104,7 @@ def evaluate_candidates(
                     check(loaded[1], c.path or c.name)
             started = time.perf_counter()
             with compute_threads(loaded[0].device):
-                result = evaluator.evaluate(*loaded, split)
+                result = evaluator.evaluate(*loaded, split, source=[(c, 1.0)], label=c.name)
             log.info("  evaluated %s on %s in %.1f s", c.name, split, time.perf_counter() - started)
             outcomes = tuple(Outcome(c.name, o.example_id, o.category, o.correct, o.output) for o in result.outcomes)
             results[split][c.name] = EvalResult(result.scores, outcomes)

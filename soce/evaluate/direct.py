@@ -37,7 +37,7 @@ class ToyFcDirect:
         self.fingerprint = {"backend": "direct", "code": files_digest([Path(fc.__file__), Path(__file__)])}
 
     @torch.no_grad()
-    def evaluate(self, model, tokenizer, split: str) -> EvalResult:
+    def evaluate(self, model, tokenizer, split: str, source=None, label: str | None = None) -> EvalResult:
         check_tokenizer(tokenizer, getattr(model, "name_or_path", "model"))
         examples = self.examples[split]
         tokenizer.padding_side = "left"

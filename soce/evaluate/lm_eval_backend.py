@@ -99,7 +99,7 @@ class LmEvalBackend:
             self._wrapped = model
         return self._lm
 
-    def evaluate(self, model, tokenizer, split: str) -> EvalResult:
+    def evaluate(self, model, tokenizer, split: str, source=None, label: str | None = None) -> EvalResult:
         from lm_eval import simple_evaluate
 
         if split not in self.tasks:

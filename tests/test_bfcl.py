@@ -1,0 +1,284 @@
+"""benchmark=bfcl: BFCL's own data, handlers and checkers (bfcl-eval), soce's in-process model."""
+
+from __future__ import annotations
+
+import ast
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("bfcl_eval", reason="benchmark=bfcl needs the bfcl extra: pip install 'soce[bfcl]'")
+
+from bfcl_oracle import language_of, render  # noqa: E402
+
+from soce.errors import ConfigError, EvaluationError  # noqa: E402
+from soce.evaluate import bfcl  # noqa: E402
+
+XLAM = "Salesforce/Llama-xLAM-2-8b-fc-r"
+AST_COLUMNS = [c for c in bfcl.CATEGORIES if "AST" in c]
+# Entries whose possible answers no output can meet: they contradict their own function docs in
+# bfcl-eval 2026.3.23's data (a required parameter with no acceptable value or left out of the
+# answer, an answer parameter the doc does not have, a HashMap answer that is not a list of
+# options, an 'any'-typed list whose answer holds non-strings). Every model fails them.
+UNSATISFIABLE = {
+    "live_simple_106-63-0", "live_simple_112-68-0",  # required parameters with no acceptable value
+    "live_multiple_507-149-4", "live_multiple_964-207-0",  # a required parameter missing from the answer
+    "live_multiple_862-181-3", "parallel_multiple_26",  # an answer parameter the function does not have
+    "simple_java_36", "simple_java_65",  # ArrayList of 'any': the checker compares strings to numbers
+    "simple_java_64",  # a HashMap answer whose values are not lists of options
+}
+
+
+class StubTokenizer:
+    def tokenize(self, text: str) -> list[str]:
+        return text.split()
+
+
+class StubModel:
+    """What a handler reads from the model when nothing is generated."""
+    name_or_path = "stub"
+    config = type("Config", (), {"max_position_embeddings": 32768})()
+
+
+@pytest.fixture(scope="module")
+def ast_eval():
+    return bfcl.BfclEvaluator(AST_COLUMNS, split="none")
+
+
+@pytest.fixture(scope="module")
+def xlam(ast_eval):
+    return ast_eval.make_handler(XLAM, StubModel(), StubTokenizer(), None)
+
+
+def _oracle(evaluator, handler, entries, answer=lambda e: e.answer):
+    records = [{"id": e.id, "result": render(e, answer(e), language_of(e.file))} for e in entries]
+    return {o.example_id: o.correct for o in evaluator.check(handler, entries, records)}
+
+
+def test_possible_answers_score_right_on_every_ast_entry(ast_eval, xlam):
+    entries = ast_eval.examples["dev"]
+    verdicts = _oracle(ast_eval, xlam, entries)
+    assert len(verdicts) == 2501
+    assert sorted(i for i, ok in verdicts.items() if not ok) == sorted(UNSATISFIABLE)
+    files = {e.file for e in entries}
+    assert files == {f for c in AST_COLUMNS for f in bfcl.CATEGORIES[c]}
+
+
+def _changed(answer: list) -> list:
+    """The possible answer with its first call's first required-looking argument changed to a
+    value no possible answer lists."""
+    call = json.loads(json.dumps(answer))
+    (name, params), = call[0].items()
+    key = next(k for k, options in params.items() if options and options[0] != "")
+    params[key] = ["soce-wrong-value-0xdeadbeef"] if not isinstance(params[key][0], bool) else [not params[key][0]]
+    return call
+
+
+def test_a_changed_argument_or_a_dropped_call_fails_exactly_those_entries(ast_eval, xlam):
+    entries = [e for e in ast_eval.examples["dev"] if e.id not in UNSATISFIABLE]
+    rng = random.Random(0)
+    changed = {e.id for e in rng.sample(entries, 150)}
+    several = [e for e in entries if len(e.answer) > 1]
+    dropped = {e.id for e in rng.sample(several, 60)} - changed
+
+    def answer(e):
+        if e.id in changed:
+            return _changed(e.answer)
+        if e.id in dropped:
+            return e.answer[:-1]
+        return e.answer
+
+    verdicts = _oracle(ast_eval, xlam, entries, answer)
+    assert {i for i, ok in verdicts.items() if not ok} == changed | dropped
+
+
+def test_no_call_passes_irrelevance_and_fails_relevance():
+    evaluator = bfcl.BfclEvaluator(["Relevance Detection", "Irrelevance Detection"], split="none")
+    handler = evaluator.make_handler(XLAM, StubModel(), StubTokenizer(), None)
+    entries = evaluator.examples["dev"]
+    for output, want in (("I cannot help with that: no tool fits.", {"Irrelevance Detection": 1.0, "Relevance Detection": 0.0}),
+                         ("[]", {"Irrelevance Detection": 1.0, "Relevance Detection": 0.0})):
+        outcomes = evaluator.check(handler, entries, [{"id": e.id, "result": output} for e in entries])
+        assert evaluator.scores(outcomes, entries) == want
+    calls = [{"id": e.id, "result": json.dumps([{"name": (e.checked["function"] or [{"name": "lookup"}])[0]["name"], "arguments": {}}])} for e in entries]
+    assert evaluator.scores(evaluator.check(handler, entries, calls), entries) == {"Irrelevance Detection": 0.0,
+                                                                                   "Relevance Detection": 1.0}
+
+
+class ScriptedClient:
+    """Completions that replay a multi-turn entry's ground truth: each turn, its calls in one
+    step (in the xLAM handler's JSON), then an empty answer that ends the turn."""
+
+    def __init__(self) -> None:
+        self.completions = self
+        self.script: list[str] = []
+
+    def load(self, entry) -> None:
+        docs = [*entry.prompt["function"], *(f for fs in entry.prompt.get("missed_function", {}).values() for f in fs)]
+        params = {d["name"]: list(d["parameters"]["properties"]) for d in docs}
+        self.script = []
+        for calls in entry.answer:
+            if calls:
+                self.script.append(json.dumps([_as_json_call(c, params) for c in calls]))
+            self.script.append("Done.")
+
+    def create(self, **_):
+        from types import SimpleNamespace
+
+        text = self.script.pop(0) if self.script else "Done."
+        return SimpleNamespace(choices=[SimpleNamespace(text=text)], usage=SimpleNamespace(prompt_tokens=1, completion_tokens=1))
+
+
+def _as_json_call(call: str, params: dict[str, list[str]]) -> dict:
+    """'f(1, b=2)' -> {"name": "f", "arguments": {"a": 1, "b": 2}} (positional arguments named
+    from the function's documented parameters, in order)."""
+    node = ast.parse(call, mode="eval").body
+    name = ast.unparse(node.func)
+    arguments = {params[name][i]: ast.literal_eval(a) for i, a in enumerate(node.args)}
+    return {"name": name, "arguments": {**arguments, **{k.arg: ast.literal_eval(k.value) for k in node.keywords}}}
+
+
+def test_ground_truth_through_the_handlers_multi_turn_loop_scores_right():
+    import copy
+
+    columns = [c for c in bfcl.CATEGORIES if c.startswith("Multi Turn")]
+    evaluator = bfcl.BfclEvaluator(columns, split="halves", limit=4)
+    client = ScriptedClient()
+    handler = evaluator.make_handler(XLAM, StubModel(), StubTokenizer(), client)
+    entries = evaluator.examples["dev"]
+    bfcl._reset_multi_turn_state()
+    records = []
+    for e in entries:
+        client.load(e)
+        result, _ = handler.inference(copy.deepcopy(e.prompt), False, True)
+        records.append({"id": e.id, "result": result})
+    scores = evaluator.scores(evaluator.check(handler, entries, records), entries)
+    assert scores == {c: 1.0 for c in columns}
+    # and a turn left out fails its entry
+    broken = [{"id": r["id"], "result": r["result"][:-1] + [[]]} for r in records]
+    assert evaluator.scores(evaluator.check(handler, entries, broken), entries) == {c: 0.0 for c in columns}
+
+
+# --- the split, the categories, bad input -------------------------------------------------------
+def test_dev_and_test_halve_every_test_file_with_a_fixed_seed():
+    entries = bfcl.load_entries(["Non-Live Simple AST", "Irrelevance Detection"])
+    a = bfcl.split_entries(entries, split="halves", seed=0, limit=None)
+    b = bfcl.split_entries(entries, split="halves", seed=0, limit=None)
+    assert [e.id for e in a["dev"]] == [e.id for e in b["dev"]]
+    for file, items in entries.items():
+        dev = [e for e in a["dev"] if e.file == file]
+        test = [e for e in a["test"] if e.file == file]
+        assert len(dev) == (len(items) + 1) // 2 and len(dev) + len(test) == len(items)
+        assert not {e.id for e in dev} & {e.id for e in test}
+    other = bfcl.split_entries(entries, split="halves", seed=1, limit=None)
+    assert {e.id for e in other["dev"]} != {e.id for e in a["dev"]}
+    one = bfcl.split_entries(entries, split="none", seed=0, limit=2)
+    assert list(one) == ["dev"] and len(one["dev"]) == 2 * len(entries)
+
+
+def test_bad_input_is_named():
+    with pytest.raises(ConfigError, match=r"no model 'Salesforce/Llama-xLAM-2-8b'.*closest: 'Salesforce/Llama-xLAM-2-8b-fc-r'"):
+        bfcl.BfclEvaluator(["Live Simple AST"], handler="Salesforce/Llama-xLAM-2-8b")
+    with pytest.raises(ConfigError, match=r"'gpt-4o-2024-11-20' is served by a vendor's API"):
+        bfcl.BfclEvaluator(["Live Simple AST"], handler="gpt-4o-2024-11-20")
+    with pytest.raises(ConfigError, match=r"'Live Simpel AST' is not a BFCL leaderboard column; closest: 'Live Simple AST'"):
+        bfcl.BfclEvaluator(["Live Simpel AST"], handler=XLAM)
+    with pytest.raises(ConfigError, match=r"benchmark.limit=0"):
+        bfcl.BfclEvaluator(["Live Simple AST"], handler=XLAM, limit=0)
+
+
+def test_bfcl_eval_missing_says_how_to_install(tmp_path):
+    blocker = tmp_path / "bfcl_eval"
+    blocker.mkdir()
+    (blocker / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'bfcl_eval'\", name='bfcl_eval')\n")
+    code = ("from soce.evaluate import bfcl\n"
+            "try:\n    bfcl.import_bfcl()\nexcept Exception as e:\n    print(type(e).__name__, e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                         env={**__import__("os").environ, "PYTHONPATH": str(tmp_path)})
+    assert "EvaluationError benchmark=bfcl needs bfcl-eval" in out.stdout
+    assert "pip install 'soce[bfcl]'" in out.stdout
+
+
+# --- the real generation path on a tiny Llama ---------------------------------------------------
+@pytest.fixture(scope="module")
+def standins(tmp_path_factory):
+    from soce.zoo.standin import build_standin, build_tokenizer
+
+    root = tmp_path_factory.mktemp("standins")
+    tokenizer = build_tokenizer()
+    return {"chat": build_standin(root / "chat", seed=0, tokenizer=tokenizer),
+            "plain": build_standin(root / "plain", seed=1, tokenizer=tokenizer, chat_template=False)}
+
+
+def _load(path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+
+
+def test_generation_runs_end_to_end_on_a_tiny_llama(standins, tmp_path):
+    model, tokenizer = _load(standins["chat"])
+    evaluator = bfcl.BfclEvaluator(list(bfcl.CATEGORIES), handler=XLAM, limit=1, max_new_tokens=8, batch_size=4,
+                                   result_dir=tmp_path / "bfcl")
+    result = evaluator.evaluate(model, tokenizer, "dev", label="chat")
+    files = [f for c in bfcl.CATEGORIES.values() for f in c]
+    assert len(result.outcomes) == len(files)  # one entry of each test file
+    assert set(result.scores) == set(bfcl.CATEGORIES)
+    assert {o.category for o in result.outcomes} == set(bfcl.CATEGORIES)
+    # random weights call no function: irrelevance is right, everything else wrong (never a crash)
+    assert result.scores["Irrelevance Detection"] == 1.0
+    assert all(v == 0.0 for c, v in result.scores.items() if c != "Irrelevance Detection")
+    written = sorted(p.name for p in (tmp_path / "bfcl" / "chat-dev").rglob("*_result.json"))
+    assert written == sorted(f"BFCL_v4_{f}_result.json" for f in files)
+    # the same weights give the same generations
+    again = evaluator.evaluate(model, tokenizer, "dev", label="chat")
+    assert [o.output for o in again.outcomes] == [o.output for o in result.outcomes]
+
+
+def test_a_handler_that_applies_the_chat_template_refuses_a_tokenizer_without_one(standins):
+    model, tokenizer = _load(standins["plain"])
+    evaluator = bfcl.BfclEvaluator(["Live Simple AST"], handler="tiiuae/Falcon3-1B-Instruct-FC", limit=1, max_new_tokens=4)
+    with pytest.raises(EvaluationError, match=r"plain: its tokenizer has no chat template.*tiiuae/Falcon3-1B-Instruct-FC"):
+        evaluator.evaluate(model, tokenizer, "dev")
+    model, tokenizer = _load(standins["chat"])
+    assert evaluator.evaluate(model, tokenizer, "dev").scores == {"Live Simple AST": 0.0}
+
+
+def test_bfcl_evaluate_scores_soces_result_files_as_soce_does(tmp_path, ast_eval, xlam):
+    """Result files written for fixed generations (right and wrong ones) are scored by the
+    `bfcl evaluate` command with the accuracy soce reports, per test file."""
+    files = ["simple_python", "multiple", "live_simple", "irrelevance"]
+    evaluator = bfcl.BfclEvaluator(["Non-Live Simple AST", "Non-Live Multiple AST", "Live Simple AST",
+                                    "Irrelevance Detection"], split="halves", limit=12)
+    entries = [e for e in evaluator.examples["dev"] if e.file in files]
+    records = []
+    for i, e in enumerate(entries):
+        right = i % 3 != 2  # two of three right
+        text = render(e, e.answer, language_of(e.file)) if right and e.answer is not None else (
+            "no call" if e.answer is None and right else json.dumps([{"name": "nothing", "arguments": {}}]))
+        records.append({"id": e.id, "result": text})
+    outcomes = evaluator.check(xlam, entries, records)
+    ours = {f: sum(o.correct for e, o in zip(entries, outcomes) if e.file == f) / sum(e.file == f for e in entries)
+            for f in files}
+    result_dir = tmp_path / "result"
+    evaluator.write_results(xlam, records, result_dir)
+    score_dir = tmp_path / "score"
+    bfcl_cli = Path(sys.executable).parent / "bfcl"
+    done = subprocess.run([str(bfcl_cli), "evaluate", "--model", XLAM, "--test-category", ",".join(files),
+                           "--result-dir", str(result_dir), "--score-dir", str(score_dir), "--partial-eval"],
+                          capture_output=True, text=True, env={**__import__("os").environ, "BFCL_PROJECT_ROOT": str(tmp_path)})
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    theirs = {}
+    for f in files:
+        path = next(score_dir.rglob(f"BFCL_v4_{f}_score.json"))
+        theirs[f] = json.loads(path.read_text().splitlines()[0])["accuracy"]
+    assert theirs == pytest.approx(ours)
+    assert 0 < min(ours.values()) and max(ours.values()) < 1  # a test of both verdicts
+    # and the score folder reads back as a score table for analysis and selection
+    table = bfcl.read_bfcl_scores(score_dir, ["Non-Live Multiple AST", "Live Simple AST"])
+    assert table.models == ("xLAM-2-8b-fc-r (FC)",)
+    assert table.row("xLAM-2-8b-fc-r (FC)")["Live Simple AST"] == pytest.approx(100 * ours["live_simple"], abs=0.01)
