@@ -282,3 +282,36 @@ def test_bfcl_evaluate_scores_soces_result_files_as_soce_does(tmp_path, ast_eval
     table = bfcl.read_bfcl_scores(score_dir, ["Non-Live Multiple AST", "Live Simple AST"])
     assert table.models == ("xLAM-2-8b-fc-r (FC)",)
     assert table.row("xLAM-2-8b-fc-r (FC)")["Live Simple AST"] == pytest.approx(100 * ours["live_simple"], abs=0.01)
+
+
+def test_the_paper_8b_experiment_runs_through_selection_and_a_first_point(soce, tmp_path):
+    """experiment=paper_bfcl_8b as composed, on stand-ins: each pool entry keeps its name and its
+    handler (xLAM's, ToolACE's, Llama 3.1's, ...) and gets the path of a tiny Llama instead of its
+    Hub id's weights; selection reads the leaderboard fixture; the sweep's first point (the
+    uniform soup) is evaluated on BFCL."""
+    from conftest import BFCL_FIXTURE
+
+    from soce.zoo.standin import build_standin, build_tokenizer
+
+    pool = [("xLAM-2-8b-fc-r", "Salesforce/Llama-xLAM-2-8b-fc-r", None), ("ToolACE-2-8B", "Team-ACE/ToolACE-2-8B", None),
+            ("watt-tool-8B", "watt-ai/watt-tool-8B", "meta-llama/Llama-3.1-8B-Instruct"),
+            ("BitAgent-8B", "BitAgent/BitAgent-8B", "BitAgent/BitAgent-Bounty-8B"),
+            ("CoALM-8B", "uiuc-convai/CoALM-8B", "meta-llama/Llama-3.1-8B-Instruct")]
+    tokenizer = build_tokenizer()
+    entries = []
+    for seed, (name, hub_id, handler) in enumerate(pool):
+        path = build_standin(tmp_path / "models" / name, seed=seed, tokenizer=tokenizer)
+        entries.append(f"{{name: {name}, hub_id: {hub_id}, path: {path}" + (f", handler: {handler}}}" if handler else "}"))
+    run_dir = tmp_path / "run"
+    r = soce("experiment=paper_bfcl_8b", f"benchmark.table={BFCL_FIXTURE}", f"pool.models=[{', '.join(entries)}]",
+             "stage=sweep", "search.budget=1", "benchmark.limit=1", "benchmark.max_new_tokens=4", "sweep.device=cpu",
+             "tracker=none", f"hydra.run.dir={run_dir}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    selection = json.loads((run_dir / "selection.json").read_text())
+    experts = [e["model"] for e in selection["experts"]]
+    assert experts and all(m in {p[0] for p in pool} | {f"{p[0]} (FC)" for p in pool} for m in experts)
+    points = [json.loads(line) for line in (run_dir / "sweep.jsonl").read_text().splitlines()]
+    assert len(points) == 1 and points[0]["split"] == "dev"
+    assert set(points[0]["scores"]) == set(bfcl.CATEGORIES)
+    assert "BFCL prompts of a soup: the handler of its largest-weight expert" in r.stdout + r.stderr
+    assert list((run_dir / "bfcl").glob("sweep-*-dev"))  # the point's generations, as BFCL result files
