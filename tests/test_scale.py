@@ -114,7 +114,8 @@ def test_the_paper_experiments_compose_select_and_stop_at_the_first_missing_mode
     config.validate(cfg)
     assert cfg.pool.name == f"bfcl_v3_{size}" and all(m.hub_id for m in cfg.pool.models)
     assert (cfg.search.name, cfg.search.lo, cfg.search.hi, cfg.search.step) == ("grid", 0.1, 0.9, 0.1)
-    assert cfg.benchmark.kind == "lm_eval" and len(cfg.benchmark.categories) == len(cfg.benchmark.dev_tasks) == 14
+    assert cfg.benchmark.kind == "bfcl" and cfg.benchmark.categories is None  # all 14 leaderboard columns
+    assert cfg.benchmark.split.value == "none"  # the paper's protocol: one split
 
     r = soce(f"experiment=paper_bfcl_{size}", f"benchmark.table={BFCL_FIXTURE}", "tracker=none",
              f"hydra.run.dir={tmp_path / 'run'}", env={"HF_HUB_OFFLINE": "1"})
