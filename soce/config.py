@@ -404,12 +404,11 @@ def validate(cfg: DictConfig) -> None:
                 raise ConfigError(f"benchmark.{key} has {len(b[key])} entries, benchmark.dev_tasks {len(b.dev_tasks)}: "
                                 "one per category, in the same order")
     if b.kind == "bfcl":
-        from soce.evaluate.bfcl import check_categories
+        from soce.evaluate.bfcl import check_categories, check_limit
 
         if b.categories is not None:
             check_categories(b.categories)
-        if b.limit is not None and b.limit < 1:
-            raise ConfigError(f"benchmark.limit={b.limit}: at least 1 example of each BFCL test file (or unset, for all)")
+        check_limit(b.limit)
     shard, n = cfg.sweep.shard, cfg.sweep.num_shards
     if n < 1:
         raise ConfigError(f"sweep.num_shards={n}: must be at least 1")

@@ -370,7 +370,9 @@ def make_souper(run: Run, models: list[Candidate], evaluator, kind: str = "sweep
 
     asked = {**question(run.cfg, evaluator), "models": {c.name: run.fingerprint(c) for c in models}}
     if hasattr(evaluator, "handler_for"):  # BFCL: a soup's prompts are its experts' handlers'
-        asked["handlers"] = {c.name: c.handler or c.hub_id for c in models}
+        from soce.evaluate.bfcl import own_handler
+
+        asked["handlers"] = {c.name: own_handler(c) for c in models}
     return Souper(models, evaluator, run.store, asked, run.cfg.search.objective, run.tracker,
                   kind=kind, device=run.device or run.cfg.sweep.device, offload=run.cfg.sweep.offload)
 

@@ -152,12 +152,21 @@ def load_entries(categories: Sequence[str]) -> dict[str, list[Entry]]:
     return out
 
 
+def check_limit(limit: int | None) -> None:
+    if limit is not None and limit < 1:
+        raise ConfigError(f"benchmark.limit={limit}: at least 1 example of each BFCL test file (or unset, for all)")
+
+
+def own_handler(candidate) -> str | None:
+    """The BFCL model a candidate is prompted as: its pool entry's handler, or its Hub id."""
+    return getattr(candidate, "handler", None) or getattr(candidate, "hub_id", None)
+
+
 def split_entries(entries: dict[str, list[Entry]], *, split: str, seed: int, limit: int | None) -> dict[str, list[Entry]]:
     """split='halves': each test file's entries shuffled with `seed` and halved (stratified by
     file, so by category): dev the first half, test the second. split='none': one split, dev,
     with every entry (the paper's protocol). `limit`: at most this many of each file per split."""
-    if limit is not None and limit < 1:
-        raise ConfigError(f"benchmark.limit={limit}: at least 1 example per test file (or unset, for all)")
+    check_limit(limit)
     splits: dict[str, list[Entry]] = {"dev": []} if split == "none" else {"dev": [], "test": []}
     for file, items in entries.items():
         if split == "none":
@@ -210,7 +219,7 @@ class BfclEvaluator:
         if not source:
             raise ConfigError("benchmark=bfcl: set benchmark.handler (the BFCL model whose prompt format to use)")
         candidate, _ = max(source, key=lambda cw: cw[1])
-        name = getattr(candidate, "handler", None) or getattr(candidate, "hub_id", None)
+        name = own_handler(candidate)
         if not name:
             raise ConfigError(f"pool model {candidate.name!r} has no BFCL handler: set one in its pool entry (handler: a BFCL "
                               "model name, e.g. Salesforce/Llama-xLAM-2-8b-fc-r), or set benchmark.handler")
@@ -242,9 +251,9 @@ class BfclEvaluator:
             raise EvaluationError(f"benchmark=bfcl has no {split!r} split (it has {', '.join(self.examples)}; "
                                   "benchmark.split=none keeps one)")
         name = self.handler_for(source)
-        client = BatchedCompletions(model, tokenizer, batch_size=self.batch_size, max_new_tokens=self.max_new_tokens,
-                                    context_length=_context_length(model, tokenizer))
-        handler = self.make_handler(name, model, tokenizer, client)
+        handler = self.make_handler(name, model, tokenizer, None)
+        handler.client = client = BatchedCompletions(model, tokenizer, batch_size=self.batch_size, max_new_tokens=self.max_new_tokens,
+                                                     context_length=handler.max_context_length)
         entries = self.examples[split]
         self._check_prompt_format(handler, entries[0], name, model)
         _reset_multi_turn_state()
