@@ -115,6 +115,7 @@ def run_sharded(context: pipeline.Run, todo: list, processes: Processes) -> None
     if processes.is_main:
         for run_stage in todo[:i]:
             run_stage(context)
+        pipeline.current_experts(context)  # stage=sweep: the analysis and selection it needs, made here once
     processes.wait()
     # shard k of n, process r of w: points k + n*r, k + n*r + n*w, ...
     sharded = pipeline.Run(cfg, context.dir, context.tracker, context.store_dir,

@@ -131,3 +131,19 @@ def test_mgsm_has_one_category_per_language_and_lm_eval_knows_its_tasks():
     evaluator = make_evaluator(cfg)  # lm-eval's TaskManager checks every task name
     assert evaluator.categories == ("bn", "de", "en", "es", "fr", "ja", "ru", "sw", "te", "th", "zh")
     assert evaluator.tasks["dev"]["sw"] == "mgsm_direct_sw" and evaluator.splits == ("dev",)
+
+
+def test_two_accelerate_processes_with_the_default_evaluator(zoo_cache, tmp_path):
+    """lm-eval through `accelerate launch`: each process evaluates its own points as a single
+    process (lm-eval would return nothing on rank 1), and `stage=sweep` on a fresh run directory
+    runs the analysis and selection once, on the main process."""
+    study = ["benchmark.per_category=10", "pool=toy_zoo_micro", "selection=topk", "selection.k=3", "search.budget=5",
+             "tracker=none", f"pool.cache_dir={zoo_cache}"]
+    run = tmp_path / "run"
+    r = accelerate_launch([*study, "stage=sweep", f"hydra.run.dir={run}"], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("analysis: pearson correlation") == 1 and r.stdout.count("selection: topk") == 1
+    assert "shard 0 of 2 done: 3 points" in r.stdout and "shard 1 of 2 done: 2 points" in r.stdout
+    alone = tmp_path / "alone"
+    run_study(compose_cfg([*study, "stage=sweep"]), alone)
+    assert points(run) == points(alone) and len(points(alone)) == 5

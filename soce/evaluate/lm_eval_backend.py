@@ -8,6 +8,8 @@ return the answers of other weights.
 from __future__ import annotations
 
 import logging
+import os
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Sequence
 
@@ -105,8 +107,9 @@ class LmEvalBackend:
         if split not in self.tasks:
             raise EvaluationError(f"benchmark.tasks has no {split!r} split (it has {', '.join(self.tasks)})")
         mapping = self.tasks[split]
-        out = simple_evaluate(model=self._harness_model(model, tokenizer), tasks=list(mapping.values()),
-                              task_manager=self.task_manager, log_samples=True, bootstrap_iters=0, verbosity="ERROR")
+        with _one_process():
+            out = simple_evaluate(model=self._harness_model(model, tokenizer), tasks=list(mapping.values()),
+                                  task_manager=self.task_manager, log_samples=True, bootstrap_iters=0, verbosity="ERROR")
         scores, outcomes = {}, []
         for category, task in mapping.items():
             result = out["results"][task]
@@ -124,6 +127,23 @@ class LmEvalBackend:
                 outcomes.append(Outcome("", str(doc.get("id", f"{task}-{sample['doc_id']}")), category,
                                         bool(sample[name]), str(response)))
         return EvalResult(scores, tuple(outcomes))
+
+
+@contextmanager
+def _one_process():
+    """lm-eval as a single-process evaluation, whatever the launch. Under `accelerate launch` each
+    process evaluates its own points on its own model; lm-eval treats a model passed in as one
+    process (rank 0) but still returns nothing where LOCAL_RANK is not 0, so that variable reads 0
+    while it runs."""
+    saved = os.environ.get("LOCAL_RANK")
+    os.environ["LOCAL_RANK"] = "0"
+    try:
+        yield
+    finally:
+        if saved is None:
+            del os.environ["LOCAL_RANK"]
+        else:
+            os.environ["LOCAL_RANK"] = saved
 
 
 def _quiet_lm_eval() -> None:

@@ -9,6 +9,7 @@ match the manifest's checksums is rebuilt, never trusted.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
@@ -138,16 +139,30 @@ def build_family(variant: str = "default", cache_dir: str | Path | None = None, 
         raise ConfigError(f"pool.zoo={variant!r}: expected one of {', '.join(FAMILIES)}")
     spec = FAMILIES[variant]
     family = Family(spec, Path(cache_dir or default_cache_dir()) / spec.key())
+    if _missing(family):
+        family.root.mkdir(parents=True, exist_ok=True)
+        # one builder at a time (processes of a launch, jobs of a multirun); the others wait,
+        # then find the family intact
+        with (family.root.parent / f"{family.root.name}.lock").open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            todo = _missing(family)
+            if todo:
+                _build(family, todo, progress)
+    return family
+
+
+def _missing(family: Family) -> list[str]:
+    """The family's models to train: those not intact in the cache (all of them without the base)."""
+    spec = family.spec
     todo = [] if _is_intact(family.base) else ["base"]
-    todo += [c.name for c in spec.candidates if "base" in todo or not _is_intact(family.candidates[c.name])]
-    if not todo:
-        return family
+    return todo + [c.name for c in spec.candidates if "base" in todo or not _is_intact(family.candidates[c.name])]
+
+
+def _build(family: Family, todo: list[str], progress: bool) -> None:
     for name in todo:
         if (family.root / name).exists():
             log.warning("zoo: %s in %s does not match its manifest (missing, extra or changed files): rebuilding it", name, family.root)
-    family.root.mkdir(parents=True, exist_ok=True)
-    Trainer(spec).build(family, todo, progress)
-    return family
+    Trainer(family.spec).build(family, todo, progress)
 
 
 class Trainer:
