@@ -26,7 +26,7 @@ CONF_DIR = str(Path(__file__).resolve().parent / "conf")
 
 # stage=all runs these in order (a score table without an evaluator stops after select)
 PIPELINE = {"analyze": pipeline.analyze, "select": pipeline.select, "sweep": pipeline.sweep, "soup": pipeline.soup, "report": pipeline.report}
-TOOLS = {"merge": pipeline.merge, "zoo": pipeline.zoo}
+TOOLS = {"merge": pipeline.merge, "zoo": pipeline.zoo, "plan": pipeline.plan}
 
 
 class BelowWarning(logging.Filter):

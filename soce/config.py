@@ -36,6 +36,7 @@ class Stage(Choice):
     all = "all"  # every stage of the pipeline, in order
     merge = "merge"  # a tool: merge.models with merge.weights into merge.output
     zoo = "zoo"  # a tool: build (or verify) the pool's model family
+    plan = "plan"  # a tool: the sweep's memory plan, from the models' configs (sweep.devices=8xH100-80GB)
 
 
 class Method(Choice):
@@ -303,8 +304,15 @@ class SweepConfig:
     num_shards: int = 1
     store: Optional[str] = None  # the store directory shared by the shards; default: the multirun's sweep dir
     collect: bool = True  # at the end of a sharded multirun, merge the shards and run the soup and report
-    device: Optional[str] = None  # the live model's device; default: cpu (under accelerate launch: each process's)
+    # Where the live model and the experts go (soce/merge/plan.py makes the memory plan):
+    device: Optional[str] = None  # one device (cpu, cuda:1); default: the GPUs of sweep.devices (under accelerate launch: each process's)
+    devices: Optional[str] = None  # the GPUs: 8xH100-80GB, 2x80GB, 80GB,40GB, or cpu; default: this machine's (its CPU without one)
+    max_memory: Optional[str] = None  # at most this much of each GPU (70GB); default: all of it
     offload: bool = False  # keep the experts in (pinned) CPU memory and soup on the device one tensor at a time
+    dtype: Optional[Dtype] = None  # the live model's and the held experts' dtype; default: the checkpoints'
+    tokens: int = 32768  # tokens the evaluation holds at once (batch x sequence), for the activation allowance
+    activations: Optional[str] = None  # the activation allowance per device (8GB) instead of the estimate from tokens
+    host_memory: Optional[str] = None  # the host's memory, for offloaded experts; default: this machine's
 
 
 # --- report -------------------------------------------------------------------------------
@@ -409,6 +417,13 @@ def validate(cfg: DictConfig) -> None:
         if b.categories is not None:
             check_categories(b.categories)
         check_limit(b.limit)
+    if cfg.sweep.tokens < 1:
+        raise ConfigError(f"sweep.tokens={cfg.sweep.tokens}: must be at least 1")
+    for key in ("devices", "max_memory", "activations", "host_memory"):
+        if cfg.sweep[key] is not None:
+            from soce.merge.plan import parse_devices, parse_size
+
+            (parse_devices if key == "devices" else parse_size)(cfg.sweep[key], f"sweep.{key}")
     shard, n = cfg.sweep.shard, cfg.sweep.num_shards
     if n < 1:
         raise ConfigError(f"sweep.num_shards={n}: must be at least 1")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -339,6 +340,91 @@ def current_experts(run: Run) -> list[str]:
     return [e["model"] for e in current_selection(run)["experts"]]
 
 
+# --- the memory plan ------------------------------------------------------------------------------
+def sweep_devices(run: Run, planning: bool = False) -> tuple[list, int]:
+    """The devices one process places its live model on, and the number of processes, each with
+    its own copy (under `accelerate launch`, one device each). planning: for another machine
+    (stage=plan), whose GPUs need not be here."""
+    import torch
+
+    from soce.merge.plan import one_device, parse_devices, parse_size, visible_devices
+
+    s = run.cfg.sweep
+    cap = parse_size(s.max_memory, "sweep.max_memory") if s.max_memory else None
+    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    if run.device or s.device:  # this process's device under accelerate launch, or the one asked for
+        return [one_device(run.device or s.device, cap)], processes
+    if s.devices:
+        devices = [replace(d, memory=min(d.memory, cap or d.memory)) for d in parse_devices(s.devices)]
+        if not planning and devices[0].is_gpu and len(devices) > torch.cuda.device_count():
+            raise ConfigError(f"sweep.devices={s.devices} names {len(devices)} GPUs; this machine has {torch.cuda.device_count()} "
+                              "(stage=plan plans for another machine)")
+        return devices, processes
+    return visible_devices(cap), processes
+
+
+def memory_plan(run: Run, models: list[Candidate], stream: bool = False, planning: bool = False):
+    """Where the live model and `models` (the experts) go on this process's devices, from the
+    models' configs and headers; no weight is read. A pool of experts in different dtypes is
+    refused unless sweep.dtype names one for all."""
+    import torch
+
+    from soce.merge import open_checkpoint
+    from soce.merge.checkpoint import check_compatible
+    from soce.merge.plan import host_memory, model_shape, parse_size, plan_memory, visible_devices
+
+    s = run.cfg.sweep
+    dtype = getattr(torch, s.dtype.value) if s.dtype else None
+    local = [c.path for c in models if c.path and any(Path(c.path).glob("*.safetensors"))]
+    if len(local) == len(models):  # weights here: their headers say their dtypes
+        checkpoints = [open_checkpoint(p) for p in local]
+        mixed = check_compatible(checkpoints)
+        if mixed and dtype is None:
+            raise ConfigError(f"{mixed}: the live model would take {models[0].name}'s dtypes and the experts keep theirs; "
+                              "set sweep.dtype (bfloat16, float32) to hold the live model and every expert in one dtype")
+        largest = max(checkpoints[0].tensors.values(), key=lambda t: t.nbytes)
+        dtype = dtype or largest.dtype
+    devices, processes = sweep_devices(run, planning)
+    cap = parse_size(s.max_memory, "sweep.max_memory") if s.max_memory else None
+    host = parse_size(s.host_memory, "sweep.host_memory") if s.host_memory else None if planning and s.devices else host_memory()
+    with config_group("sweep"):
+        shape = model_shape(models[0].path or models[0].hub_id, dtype)
+    return plan_memory(shape, len(models), devices, experts_at="disk" if stream else "host" if s.offload else "device",
+                       processes=processes, tokens=s.tokens, host_memory=host,
+                       activations=parse_size(s.activations, "sweep.activations") if s.activations else None,
+                       node=visible_devices(cap) if processes > 1 and not planning else None)
+
+
+def plan(run: Run):
+    """stage=plan: the sweep's memory plan, printed and logged, from the models' configs alone
+    (a Hub id's config.json, no weights): the selection's experts where the run directory has a
+    current selection, else the pool's models (at most selection.max_experts)."""
+    cfg = run.cfg
+    selection = artifacts.read_current(run.path(SELECTION), artifacts.selection_settings(cfg))
+    pool = pool_refs(cfg)
+    if selection is not None:
+        models = [Candidate(e["model"], e.get("hub_id"), e.get("path")) for e in selection["experts"]]
+        log.info("planning for the %s of %s", plural(len(models), "expert"), run.path(SELECTION))
+    elif pool is None:
+        raise ConfigError("stage=plan plans for the pool's models: choose a pool that names them "
+                          "(pool.models with a hub_id or path each, or pool=toy_zoo)")
+    else:
+        n = min(len(pool), OmegaConf.select(cfg, "selection.max_experts") or len(pool))
+        models = pool[:n]
+        log.info("no selection in %s yet: planning for %s (%s; selection.max_experts=K plans for K)",
+                 run.dir, plural(n, "expert"), "the whole pool" if n == len(pool) else f"the pool's first {n}")
+    from soce.merge.plan import gb
+
+    result = memory_plan(run, models, planning=True)
+    log.info("%s", result.text())
+    run.tracker.log_table("memory_plan", *result.table())
+    if pool and len(pool) > 1:
+        everyone = memory_plan(run, pool, stream=True, planning=True)
+        log.info("the uniform soup of all %d candidates streams from disk: at most %s per device%s", len(pool),
+                 gb(max(sh.total for sh in everyone.shares)), "" if everyone.fits else " (does not fit)")
+    return result
+
+
 # --- sweep --------------------------------------------------------------------------------------
 def evaluated_pool(run: Run, experts: list[str] = ()) -> tuple[object, dict[str, Candidate]]:
     """The evaluator and the pool's candidates by name; the experts' model directories are found
@@ -363,18 +449,22 @@ def check_store(run: Run, evaluator, candidates: dict[str, Candidate]) -> None:
                               "models": {m: run.fingerprint(candidates[m]) for m in stored if m in candidates}})
 
 
-def make_souper(run: Run, models: list[Candidate], evaluator, kind: str = "sweep"):
-    """A Souper of `models` on the sweep's device (this process's under accelerate), storing into
-    the run's store; its soups' question names these models' files."""
-    from soce.sweep import Souper
+def make_souper(run: Run, models: list[Candidate], evaluator, kind: str = "sweep", stream: bool = False, plan=None):
+    """A Souper of `models` placed by the memory plan (checked: a plan that does not fit is
+    refused here, before anything loads), storing into the run's store; its soups' question names
+    these models' files. stream: the experts stay on disk (a soup evaluated once)."""
+    from soce.sweep import Placement, Souper
+
+    plan = plan or memory_plan(run, models, stream=stream)
+    plan.check()
+    placement = Placement(plan.device_map, str(plan.shape.dtype).removeprefix("torch."), plan.experts_at == "host", stream)
 
     asked = {**question(run.cfg, evaluator), "models": {c.name: run.fingerprint(c) for c in models}}
     if hasattr(evaluator, "handler_for"):  # BFCL: a soup's prompts are its experts' handlers'
         from soce.evaluate.bfcl import own_handler
 
         asked["handlers"] = {c.name: own_handler(c) for c in models}
-    return Souper(models, evaluator, run.store, asked, run.cfg.search.objective, run.tracker,
-                  kind=kind, device=run.device or run.cfg.sweep.device, offload=run.cfg.sweep.offload)
+    return Souper(models, evaluator, run.store, asked, run.cfg.search.objective, run.tracker, kind=kind, placement=placement)
 
 
 def _by_own_score(run: Run, names: list[str]) -> list[int]:
@@ -390,7 +480,11 @@ def sweep(run: Run):
     evaluator, candidates = evaluated_pool(run, experts)
     check_store(run, evaluator, candidates)
     store = run.store
-    souper = make_souper(run, [candidates[n] for n in experts], evaluator)
+    plan = memory_plan(run, [candidates[n] for n in experts])
+    if int(os.environ.get("RANK", "0")) == 0:  # the same plan on every process of a launch: printed once
+        log.info("%s", plan.text())
+        run.tracker.log_table("memory_plan", *plan.table())
+    souper = make_souper(run, [candidates[n] for n in experts], evaluator, plan=plan)
     split = search.select_on.value
     already = len(store)
     k, n = run.shard
@@ -445,7 +539,8 @@ def soup(run: Run) -> dict:
         log.info("no sweep in %s yet: running stage sweep", run.dir)
         souper = sweep(run)
     best = max(souper.points(split), key=lambda r: r["objective"])
-    everyone = make_souper(run, list(candidates.values()), evaluator, kind="uniform_all")
+    # the whole pool's uniform soup streams from disk: never every candidate in memory at once
+    everyone = make_souper(run, list(candidates.values()), evaluator, kind="uniform_all", stream=True)
     tables = candidate_scores(run)
     single = max(tables["dev"].models, key=lambda m: tables["dev"].overall_of(m))
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from typing import Sequence
 
 from soce.evaluate import Evaluator
@@ -42,6 +43,18 @@ def solved_by_id(bits: str, example_ids: Sequence[str]) -> dict[str, bool]:
     return {i: b == "1" for i, b in zip(ids, bits)}
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Where a Souper's live model and experts go: its device map (from the memory plan; None:
+    the CPU), its dtype (None: the checkpoints'), and the experts' home: the model's devices,
+    pinned host memory (offload) or the disk (stream: read at every soup)."""
+
+    device_map: dict[str, str] | None = None
+    dtype: str | None = None
+    offload: bool = False
+    stream: bool = False
+
+
 class Souper:
     """One live model souped in place from `experts`, evaluated by `evaluator`, stored in `store`.
     The model and the experts are loaded only when a point is not in the store yet.
@@ -51,9 +64,8 @@ class Souper:
     per-category scores on every read, so a changed objective never reuses an old one."""
 
     def __init__(self, experts: Sequence[Candidate], evaluator: Evaluator, store: SweepStore, question: dict,
-                 objective: str, tracker: Tracker | None = None, kind: str = "sweep", device: str | None = None,
-                 offload: bool = False) -> None:
-        self.experts, self.device, self.offload = list(experts), device, offload
+                 objective: str, tracker: Tracker | None = None, kind: str = "sweep", placement: Placement = Placement()) -> None:
+        self.experts, self.placement = list(experts), placement
         self.names = [e.name for e in experts]
         self.evaluator, self.store, self.objective, self.kind = evaluator, store, str(objective), kind
         self.question = question
@@ -61,13 +73,17 @@ class Souper:
         self.best: dict | None = None
         self.bar: Progress | None = None  # set by whoever runs a long series of points
         self.live = None  # (model, tokenizer, in-place soup): loaded for the first point not in the store
+        self.applied: tuple[float, ...] | None = None  # the weights the live model holds now
 
     def _load(self):
         if self.live is None:
-            model, tokenizer = load_model(self.experts[0])
-            if self.device is not None:
-                model.to(self.device)
-            self.live = model, tokenizer, InPlaceSoup(model, [model_dir(e) for e in self.experts], offload=self.offload)
+            import torch
+
+            where = self.placement
+            model, tokenizer = load_model(self.experts[0], where.device_map, where.dtype)
+            soup = InPlaceSoup(model, [model_dir(e) for e in self.experts], offload=where.offload, stream=where.stream,
+                               dtype=getattr(torch, where.dtype) if where.dtype else None)
+            self.live = model, tokenizer, soup
         return self.live
 
     def evaluate(self, weights: Sequence[float], split: str = "dev", need_outcomes: bool = False) -> dict:
@@ -79,7 +95,9 @@ class Souper:
         if record is None or (need_outcomes and "correct" not in record):
             model, tokenizer, soup = self._load()
             started = time.perf_counter()
-            soup.apply(weights)
+            if self.applied != tuple(weights):  # the same soup on another split is in place already
+                soup.apply(weights)
+                self.applied = tuple(weights)
             merged = time.perf_counter()
             with compute_threads(model.device):
                 result = self.evaluator.evaluate(model, tokenizer, split, source=list(zip(self.experts, weights)),

@@ -49,10 +49,11 @@ def model_dir(candidate: Candidate) -> str:
                         "download it where there is a network and set its path in the pool config") from None
 
 
-def load_model(candidate: Candidate):
+def load_model(candidate: Candidate, device_map: dict[str, str] | None = None, dtype: str | None = None):
     """The candidate's model and tokenizer. Its weights are checked first as the merge reads them
     (safetensors only, inside its directory, headers valid): soce and transformers then load the
-    same files, and a pickle is never unpickled."""
+    same files, and a pickle is never unpickled. `device_map`: where each module goes (a memory
+    plan's; default: the CPU); `dtype`: the model's (default: the checkpoint's)."""
     import pickle
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -67,7 +68,8 @@ def load_model(candidate: Candidate):
     except CheckpointError as err:
         raise CheckpointError(f"pool model {candidate.name!r}: {err}") from None
     try:
-        return AutoModelForCausalLM.from_pretrained(where), AutoTokenizer.from_pretrained(where)
+        model = AutoModelForCausalLM.from_pretrained(where, device_map=device_map, **({"dtype": dtype} if dtype else {}))
+        return model, AutoTokenizer.from_pretrained(where)
     except (OSError, ValueError, pickle.UnpicklingError) as err:
         raise CheckpointError(f"pool model {candidate.name!r}: cannot load {where} ({type(err).__name__}: {err})") from None
 

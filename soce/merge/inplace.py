@@ -24,77 +24,112 @@ CPU_CHUNK = 1 << 20  # float32 elements: 4 MiB
 class InPlaceSoup:
     """Writes sum_i w_i * expert_i into `model`'s parameters for any weights w.
 
-    Tied parameters (tie_word_embeddings) are one parameter in the model and are written once.
-    Memory: the experts' tensors (their own dtype) plus two float32 buffers (4 MiB each on CPU,
-    the largest tensor on a GPU); with offload=True on a GPU, the experts' tensors are in pinned
-    CPU memory instead, and the GPU holds the model, the two buffers and one tensor per expert.
+    Each expert's tensor is kept on the device of the parameter it is souped into, so a model
+    dispatched over several GPUs soups each GPU's layers on that GPU (kernels of different
+    devices run concurrently; no tensor moves between devices). Tied parameters
+    (tie_word_embeddings) are one parameter in the model and are written once.
+    Where the experts are:
+      - default: on the parameters' devices (memory: the experts' tensors in their own dtype, plus
+        two float32 buffers per device: 4 MiB each on CPU, the largest tensor on a GPU);
+      - offload=True (a GPU model): in pinned CPU memory, each tensor copied to its device when souped;
+      - stream=True: on disk, read tensor by tensor at every soup (memory: one tensor per expert;
+        for a soup evaluated once, such as the uniform soup of a whole pool).
     """
 
-    def __init__(self, model: torch.nn.Module, experts: Sequence[str | Path], *, device: str | torch.device | None = None,
-                 allow_nonfinite: bool = False, offload: bool = False) -> None:
+    def __init__(self, model: torch.nn.Module, experts: Sequence[str | Path], *, allow_nonfinite: bool = False,
+                 offload: bool = False, stream: bool = False, dtype: torch.dtype | None = None) -> None:
+        """dtype: the experts' tensors held (or read) in this dtype; default: their own."""
         checkpoints = [open_checkpoint(p) for p in experts]
         check_compatible(checkpoints)
         self.model = model
         self.n_experts = len(checkpoints)
-        self.device = torch.device(device) if device is not None else next(model.parameters()).device
-        # offload: the experts stay in CPU memory (pinned, for fast copies) and each tensor is
-        # copied to the device when it is souped; the device then holds only the model.
-        self.offload = offload and self.device.type != "cpu"
-        storage = torch.device("cpu") if self.offload else self.device
+        self.allow_nonfinite, self.stream, self.dtype = allow_nonfinite, stream, dtype
         params = dict(model.named_parameters())  # a tied parameter appears once
-        ref = checkpoints[0]
-        for name, p in params.items():
-            if name not in ref.tensors:
-                raise CheckpointError(f"model parameter {name!r} is not in {ref.path}")
-            if tuple(p.shape) != ref.tensors[name].shape:
-                raise CheckpointError(f"model parameter {name!r} has shape {list(p.shape)}, {ref.path} has {list(ref.tensors[name].shape)}")
-        unused = [n for n in ref.tensors if n not in params]
-        if unused:
-            log.info("checkpoint tensors without a model parameter (tied or unused): %s", ", ".join(unused[:5]))
-        reader = TensorReader(max(t.nbytes for ck in checkpoints for t in ck.tensors.values()))
-        self.slots: list[tuple[torch.nn.Parameter, list[torch.Tensor]]] = []
-        try:
-            for name, p in params.items():
-                tensors = []
-                for ck in checkpoints:
-                    t = reader.read(ck.tensors[name]).to(storage, copy=True)
-                    if self.offload:
-                        t = t.pin_memory()
-                    if not allow_nonfinite and not torch.isfinite(t).all():
-                        raise CheckpointError(f"{ck.path}: tensor {name!r} has NaN or Inf values")
-                    tensors.append(t)
-                self.slots.append((p, tensors))
-        finally:
-            reader.close()
-        numel = max(p.numel() for p, _ in self.slots)
-        # On CPU, sum 4 MiB of float32 at a time so that the arithmetic stays in cache (3x
-        # faster than whole tensors, measured); a GPU takes whole tensors, one kernel each.
-        self.chunk = CPU_CHUNK if self.device.type == "cpu" else numel
-        self.acc = torch.empty(min(numel, self.chunk), dtype=torch.float32, device=self.device)
-        self.scratch = torch.empty_like(self.acc)
-        # parameters of a narrower range than the experts' (float16 from float32) can overflow
-        self.narrowing = {p for p, ts in self.slots if not allow_nonfinite and p.dtype.is_floating_point
-                          and torch.finfo(p.dtype).max < max(torch.finfo(t.dtype).max for t in ts)}
+        check_parameters(params, checkpoints[0])
+        # offload: the experts stay in CPU memory (pinned, for fast copies) and each tensor is
+        # copied to its device when it is souped; the devices then hold only the model.
+        self.offload = offload and not stream and any(p.device.type != "cpu" for p in params.values())
+        largest = max(t.nbytes for ck in checkpoints for t in ck.tensors.values())
         self.names = {p: name for name, p in params.items()}
+        self.infos = {p: [ck.tensors[name] for ck in checkpoints] for name, p in params.items()}
+        self.readers = [TensorReader(largest) for _ in checkpoints] if stream else None
+        self.slots: list[tuple[torch.nn.Parameter, list[torch.Tensor]]] = []
+        if not stream:
+            reader = TensorReader(largest)
+            try:
+                for p, infos in self.infos.items():
+                    storage = torch.device("cpu") if self.offload else p.device
+                    tensors = [self._checked(reader.read(info).to(storage, dtype or info.dtype, copy=True), info) for info in infos]
+                    self.slots.append((p, [t.pin_memory() for t in tensors] if self.offload else tensors))
+            finally:
+                reader.close()
+        # Two float32 buffers per device. On CPU, 4 MiB of float32 at a time, so that the
+        # arithmetic stays in cache (3x faster than whole tensors, measured); a GPU takes whole
+        # tensors, one kernel each.
+        self.buffers: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+        for device in {p.device for p in params.values()}:
+            numel = max(p.numel() for p in params.values() if p.device == device)
+            size = min(numel, CPU_CHUNK) if device.type == "cpu" else numel
+            self.buffers[device] = (torch.empty(size, dtype=torch.float32, device=device),
+                                    torch.empty(size, dtype=torch.float32, device=device))
+        # parameters of a narrower range than the experts' (float16 from float32) can overflow
+        self.narrowing = {p for p, infos in self.infos.items() if not allow_nonfinite and p.dtype.is_floating_point
+                          and torch.finfo(p.dtype).max < max(torch.finfo(dtype or i.dtype).max for i in infos)}
+
+    def _checked(self, t: torch.Tensor, info) -> torch.Tensor:
+        if not self.allow_nonfinite and not torch.isfinite(t).all():
+            raise CheckpointError(f"{info.file.parent}: tensor {info.name!r} has NaN or Inf values")
+        return t
 
     @property
     def nbytes(self) -> int:
         """Bytes of expert tensors read per soup."""
-        return sum(t.numel() * t.element_size() for _, ts in self.slots for t in ts)
+        return sum(i.nbytes for infos in self.infos.values() for i in infos)
+
+    def _tensors(self):
+        """Each parameter with its experts' tensors, on its device."""
+        if self.stream:
+            for p, infos in self.infos.items():
+                yield p, [self._checked(r.read(info), info).to(p.device, self.dtype or info.dtype) for r, info in zip(self.readers, infos)]
+        else:
+            for p, tensors in self.slots:
+                yield p, [t.to(p.device, non_blocking=True) for t in tensors] if self.offload else tensors
 
     @torch.no_grad()
     def apply(self, weights: Sequence[float], normalize: bool = False) -> None:
         weights = check_weights(weights, self.n_experts, normalize)
         # memory-bound chunks on the CPU: one thread (see soce.threads); a GPU ignores it
-        with torch_threads(1 if self.device.type == "cpu" else torch.get_num_threads()):
-            for p, tensors in self.slots:
-                if self.offload:
-                    tensors = [t.to(self.device, non_blocking=True) for t in tensors]
+        on_cpu = all(d.type == "cpu" for d in self.buffers)
+        with torch_threads(1 if on_cpu else torch.get_num_threads()):
+            for p, tensors in self._tensors():
+                acc_buffer, scratch_buffer = self.buffers[p.device]
                 flat, flats = p.view(-1), [t.view(-1) for t in tensors]
-                for start in range(0, flat.numel(), self.chunk):
-                    end = min(start + self.chunk, flat.numel())
-                    acc = weighted_sum_into(self.acc[: end - start], self.scratch[: end - start], [t[start:end] for t in flats], weights)
+                for start in range(0, flat.numel(), acc_buffer.numel()):
+                    end = min(start + acc_buffer.numel(), flat.numel())
+                    acc = weighted_sum_into(acc_buffer[: end - start], scratch_buffer[: end - start],
+                                            [t[start:end] for t in flats], weights)
                     flat[start:end].copy_(acc)
                     if p in self.narrowing and not torch.isfinite(flat[start:end]).all():
                         raise CheckpointError(f"the soup of parameter {self.names[p]!r} at weights {list(weights)} overflows the "
                                               f"model's {str(p.dtype).removeprefix('torch.')}: load the model in float32 or bfloat16")
+
+    def close(self) -> None:
+        """Close the expert files a streaming soup reads."""
+        for r in self.readers or ():
+            r.close()
+
+
+def check_parameters(params: dict[str, torch.nn.Parameter], ref) -> None:
+    """Every parameter of the live model is in memory and matches the checkpoint's tensor."""
+    for name, p in params.items():
+        if p.device.type == "meta":
+            raise CheckpointError(f"model parameter {name!r} is on the meta device (a device map that offloads it to "
+                                  "disk or leaves it unloaded): soce soups only parameters held in memory; give the "
+                                  "model more device memory (sweep.max_memory), more devices, or sweep.offload=true")
+        if name not in ref.tensors:
+            raise CheckpointError(f"model parameter {name!r} is not in {ref.path}")
+        if tuple(p.shape) != ref.tensors[name].shape:
+            raise CheckpointError(f"model parameter {name!r} has shape {list(p.shape)}, {ref.path} has {list(ref.tensors[name].shape)}")
+    unused = [n for n in ref.tensors if n not in params]
+    if unused:
+        log.info("checkpoint tensors without a model parameter (tied or unused): %s", ", ".join(unused[:5]))

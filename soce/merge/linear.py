@@ -45,13 +45,13 @@ def weighted_sum_into(acc: torch.Tensor, scratch: torch.Tensor, tensors: Sequenc
     return acc
 
 
-def parse_size(size: str | int) -> int:
-    """'2GB', '500MB', '1GiB', 4096 -> bytes."""
+def parse_size(size: str | int, key: str = "shard_size") -> int:
+    """'2GB', '500MB', '1GiB', 4096 -> bytes (`key`: the setting it came from, for the error)."""
     if isinstance(size, int):
         return size
     m = re.fullmatch(r"\s*([\d.]+)\s*([KMGT]?i?B)?\s*", str(size), re.IGNORECASE)
     if not m:
-        raise ConfigError(f"shard_size={size!r}: expected a size such as 2GB, 500MB or 1GiB")
+        raise ConfigError(f"{key}={size!r}: expected a size such as 2GB, 500MB or 1GiB")
     unit = (m.group(2) or "B").upper()
     scale = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
              "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}[unit]
