@@ -14,11 +14,11 @@ import torch
 from soce.errors import CheckpointError
 from soce.merge.checkpoint import TensorReader, check_compatible, open_checkpoint
 from soce.merge.linear import check_weights, weighted_sum_into
+from soce.merge.plan import CPU_CHUNK
 from soce.threads import torch_threads
 
 log = logging.getLogger(__name__)
 
-CPU_CHUNK = 1 << 20  # float32 elements: 4 MiB
 
 
 class InPlaceSoup:

@@ -25,7 +25,7 @@ __all__ = ["parse_size", "parse_devices", "model_shape", "plan_memory", "MemoryP
 
 GIB = 2**30
 GPU_OVERHEAD = 1 * GIB  # per GPU: the CUDA context and the allocator's slack
-CPU_BUFFER = 2 * 4 * (1 << 20)  # the in-place soup's two 4 MiB float32 chunks on a CPU
+CPU_CHUNK = 1 << 20  # float32 elements the in-place soup sums at a time on a CPU (soce.merge.inplace)
 DEFAULT_TOKENS = 8 * 4096  # tokens the evaluation holds at once: 8 sequences of 4k
 
 
@@ -309,7 +309,7 @@ def _share(shape: ModelShape, n_experts: int, device: Device, blocks: list[Block
     # resident experts, or (offloaded, streamed) one tensor per expert on the device while it is souped
     share.experts = n_experts * (numel if experts_at == "device" else largest) * size
     # the in-place soup's two float32 buffers: 4 MiB chunks on a CPU, the largest tensor on a GPU
-    share.buffers = 2 * 4 * largest if device.is_gpu else CPU_BUFFER
+    share.buffers = 2 * 4 * (largest if device.is_gpu else min(largest, CPU_CHUNK))
     share.overhead = GPU_OVERHEAD if device.is_gpu else 0
     if activations is not None:
         share.activations = activations
