@@ -6,6 +6,7 @@ no model re-load, one pass over the experts' memory per point.
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Sequence
 
@@ -32,8 +33,8 @@ class InPlaceSoup:
       - default: on the parameters' devices (memory: the experts' tensors in their own dtype, plus
         two float32 buffers per device: 4 MiB each on CPU, the largest tensor on a GPU);
       - offload=True (a GPU model): in pinned CPU memory, each tensor copied to its device when souped;
-      - stream=True: on disk, read tensor by tensor at every soup (memory: one tensor per expert;
-        for a soup evaluated once, such as the uniform soup of a whole pool).
+      - stream=True: on disk, read piece by piece at every soup (memory: one buffer-sized piece
+        per expert; for a soup evaluated once, such as the uniform soup of a whole pool).
     """
 
     def __init__(self, model: torch.nn.Module, experts: Sequence[str | Path], *, allow_nonfinite: bool = False,
@@ -49,29 +50,32 @@ class InPlaceSoup:
         # offload: the experts stay in CPU memory (pinned, for fast copies) and each tensor is
         # copied to its device when it is souped; the devices then hold only the model.
         self.offload = offload and not stream and any(p.device.type != "cpu" for p in params.values())
-        largest = max(t.nbytes for ck in checkpoints for t in ck.tensors.values())
         self.names = {p: name for name, p in params.items()}
         self.infos = {p: [ck.tensors[name] for ck in checkpoints] for name, p in params.items()}
-        self.readers = [TensorReader(largest) for _ in checkpoints] if stream else None
-        self.slots: list[tuple[torch.nn.Parameter, list[torch.Tensor]]] = []
+        # Two float32 buffers per device. On CPU, 4 MiB of float32 at a time, so that the
+        # arithmetic stays in cache (3x faster than whole tensors, measured); a GPU takes whole
+        # tensors, one kernel each. A streamed piece is whole rows: at least one row long.
+        self.buffers: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+        for device in {p.device for p in params.values()}:
+            numel = max(p.numel() for p in params.values() if p.device == device)
+            size = min(numel, CPU_CHUNK) if device.type == "cpu" else numel
+            if stream:
+                size = max(size, *(_row(i) for p, infos in self.infos.items() if p.device == device for i in infos))
+            self.buffers[device] = (torch.empty(size, dtype=torch.float32, device=device),
+                                    torch.empty(size, dtype=torch.float32, device=device))
+        largest = max(t.nbytes for ck in checkpoints for t in ck.tensors.values())
+        piece = max(b.numel() for b, _ in self.buffers.values()) * max(i.dtype.itemsize for infos in self.infos.values() for i in infos)
+        self.readers = [TensorReader(min(largest, piece)) for _ in checkpoints] if stream else None
+        self.held: dict[torch.nn.Parameter, list[torch.Tensor]] = {}  # the experts' tensors, unless streamed
         if not stream:
             reader = TensorReader(largest)
             try:
                 for p, infos in self.infos.items():
                     storage = torch.device("cpu") if self.offload else p.device
                     tensors = [self._checked(reader.read(info).to(storage, dtype or info.dtype, copy=True), info) for info in infos]
-                    self.slots.append((p, [t.pin_memory() for t in tensors] if self.offload else tensors))
+                    self.held[p] = [t.pin_memory() for t in tensors] if self.offload else tensors
             finally:
                 reader.close()
-        # Two float32 buffers per device. On CPU, 4 MiB of float32 at a time, so that the
-        # arithmetic stays in cache (3x faster than whole tensors, measured); a GPU takes whole
-        # tensors, one kernel each.
-        self.buffers: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
-        for device in {p.device for p in params.values()}:
-            numel = max(p.numel() for p in params.values() if p.device == device)
-            size = min(numel, CPU_CHUNK) if device.type == "cpu" else numel
-            self.buffers[device] = (torch.empty(size, dtype=torch.float32, device=device),
-                                    torch.empty(size, dtype=torch.float32, device=device))
         # parameters of a narrower range than the experts' (float16 from float32) can overflow
         self.narrowing = {p for p, infos in self.infos.items() if not allow_nonfinite and p.dtype.is_floating_point
                           and torch.finfo(p.dtype).max < max(torch.finfo(dtype or i.dtype).max for i in infos)}
@@ -86,14 +90,27 @@ class InPlaceSoup:
         """Bytes of expert tensors read per soup."""
         return sum(i.nbytes for infos in self.infos.values() for i in infos)
 
-    def _tensors(self):
-        """Each parameter with its experts' tensors, on its device."""
-        if self.stream:
-            for p, infos in self.infos.items():
-                yield p, [self._checked(r.read(info), info).to(p.device, self.dtype or info.dtype) for r, info in zip(self.readers, infos)]
-        else:
-            for p, tensors in self.slots:
-                yield p, [t.to(p.device, non_blocking=True) for t in tensors] if self.offload else tensors
+    def _pieces(self):
+        """The soup's work in pieces of at most a buffer: (parameter, start, end, the experts'
+        elements [start, end) of it, flat, on its device)."""
+        for p, infos in self.infos.items():
+            size = self.buffers[p.device][0].numel()
+            if self.stream:  # whole rows read from disk, as many as fit a buffer
+                row, rows = _row(infos[0]), infos[0].shape[0] if infos[0].shape else 1
+                step = max(1, size // row)
+                for first in range(0, rows, step):
+                    last = min(first + step, rows)
+                    yield p, first * row, last * row, [
+                        self._checked(r.read(info, first, last), info).to(p.device, self.dtype or info.dtype).view(-1)
+                        for r, info in zip(self.readers, infos)]
+            else:
+                tensors = self.held[p]
+                if self.offload:
+                    tensors = [t.to(p.device, non_blocking=True) for t in tensors]
+                flats = [t.view(-1) for t in tensors]
+                for start in range(0, p.numel(), size):
+                    end = min(start + size, p.numel())
+                    yield p, start, end, [t[start:end] for t in flats]
 
     @torch.no_grad()
     def apply(self, weights: Sequence[float], normalize: bool = False) -> None:
@@ -101,22 +118,24 @@ class InPlaceSoup:
         # memory-bound chunks on the CPU: one thread (see soce.threads); a GPU ignores it
         on_cpu = all(d.type == "cpu" for d in self.buffers)
         with torch_threads(1 if on_cpu else torch.get_num_threads()):
-            for p, tensors in self._tensors():
+            for p, start, end, parts in self._pieces():
                 acc_buffer, scratch_buffer = self.buffers[p.device]
-                flat, flats = p.view(-1), [t.view(-1) for t in tensors]
-                for start in range(0, flat.numel(), acc_buffer.numel()):
-                    end = min(start + acc_buffer.numel(), flat.numel())
-                    acc = weighted_sum_into(acc_buffer[: end - start], scratch_buffer[: end - start],
-                                            [t[start:end] for t in flats], weights)
-                    flat[start:end].copy_(acc)
-                    if p in self.narrowing and not torch.isfinite(flat[start:end]).all():
-                        raise CheckpointError(f"the soup of parameter {self.names[p]!r} at weights {list(weights)} overflows the "
-                                              f"model's {str(p.dtype).removeprefix('torch.')}: load the model in float32 or bfloat16")
+                acc = weighted_sum_into(acc_buffer[: end - start], scratch_buffer[: end - start], parts, weights)
+                piece = p.view(-1)[start:end]
+                piece.copy_(acc)
+                if p in self.narrowing and not torch.isfinite(piece).all():
+                    raise CheckpointError(f"the soup of parameter {self.names[p]!r} at weights {list(weights)} overflows the "
+                                          f"model's {str(p.dtype).removeprefix('torch.')}: load the model in float32 or bfloat16")
 
     def close(self) -> None:
         """Close the expert files a streaming soup reads."""
         for r in self.readers or ():
             r.close()
+
+
+def _row(info) -> int:
+    """Elements in one row (dim 0) of a checkpoint tensor."""
+    return math.prod(info.shape[1:]) if info.shape else 1
 
 
 def check_parameters(params: dict[str, torch.nn.Parameter], ref) -> None:

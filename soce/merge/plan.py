@@ -306,8 +306,10 @@ def _share(shape: ModelShape, n_experts: int, device: Device, blocks: list[Block
     numel = sum(b.numel for b in blocks)
     largest = max((b.largest for b in blocks), default=0)
     share = Share(device, [b.name for b in blocks], model=numel * size)
-    # resident experts, or (offloaded, streamed) one tensor per expert on the device while it is souped
-    share.experts = n_experts * (numel if experts_at == "device" else largest) * size
+    # resident experts, or (offloaded, streamed) one piece per expert on the device while it is
+    # souped: a whole tensor on a GPU, a 4 MiB chunk on a CPU
+    piece = largest if device.is_gpu else min(largest, CPU_CHUNK)
+    share.experts = n_experts * (numel if experts_at == "device" else piece) * size
     # the in-place soup's two float32 buffers: 4 MiB chunks on a CPU, the largest tensor on a GPU
     share.buffers = 2 * 4 * (largest if device.is_gpu else min(largest, CPU_CHUNK))
     share.overhead = GPU_OVERHEAD if device.is_gpu else 0
