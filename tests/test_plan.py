@@ -98,6 +98,10 @@ def test_the_papers_70b_pool_is_dispatched_and_refused_with_the_fix(llama3):
     assert max(totals) - min(totals) <= 2 * 2 * hand["layer"] + 8 * hand["embedding"]  # as even as whole layers allow
     # resident on H200s, the 70B pool fits
     assert plan_memory(shape, 3, parse_devices("8xH200-141GB")).fits
+    # one process per GPU (accelerate launch), each with its own copy: refused, with the mode that fits
+    replicas = plan_memory(shape, 3, parse_devices("H200-141GB"), processes=8, node=parse_devices("8xH200-141GB"))
+    assert replicas.mode == "replicas" and not replicas.fits
+    assert "one process over the node's 8 GPUs (run soce without `accelerate launch`)" in replicas.text()
 
 
 def test_stage_plan_prints_the_plan_for_another_machine(study, llama3):

@@ -144,6 +144,7 @@ def test_two_accelerate_processes_with_the_default_evaluator(zoo_cache, tmp_path
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.count("analysis: pearson correlation") == 1 and r.stdout.count("selection: topk") == 1
     assert "shard 0 of 2 done: 3 points" in r.stdout and "shard 1 of 2 done: 2 points" in r.stdout
+    assert r.stdout.count("memory plan:") == 1 and "mode: one copy per process, 2 processes" in r.stdout
     alone = tmp_path / "alone"
     run_study(compose_cfg([*study, "stage=sweep"]), alone)
     assert points(run) == points(alone) and len(points(alone)) == 5

@@ -297,7 +297,7 @@ def _place(shape, n_experts, devices, experts_at, processes, tokens, activations
     alone = make("replicas" if processes > 1 else "one device", [list(shape.blocks)])
     if alone.fits or processes > 1 or len(devices) == 1:
         return alone
-    return make("dispatched", _split(shape, n_experts, devices, experts_at, tokens, activations))
+    return make("dispatched", split_blocks(shape, n_experts, devices, experts_at, tokens, activations))
 
 
 def _share(shape: ModelShape, n_experts: int, device: Device, blocks: list[Block], experts_at: str, tokens: int,
@@ -323,7 +323,7 @@ def _share(shape: ModelShape, n_experts: int, device: Device, blocks: list[Block
     return share
 
 
-def _split(shape: ModelShape, n_experts: int, devices: list[Device], experts_at: str, tokens: int,
+def split_blocks(shape: ModelShape, n_experts: int, devices: list[Device], experts_at: str, tokens: int,
            activations: int | None) -> list[list[Block]]:
     """Blocks in order over the devices, as evenly as they go: the smallest load level (a share
     of each device's memory) at which filling each device up to it, in order, places every block.
