@@ -388,7 +388,7 @@ def study_name(stage, benchmark: str, pool: str) -> str:
     """The study a run belongs to (its run directory and W&B group): benchmark-pool for the
     study's stages; the tool's own name for the tools (a merge is no study of the default pool)."""
     stage = getattr(stage, "value", stage)
-    return {"merge": "merge", "zoo": f"zoo-{pool}"}.get(str(stage), f"{benchmark}-{pool}")
+    return {"merge": "merge", "zoo": f"zoo-{pool}", "plan": f"plan-{pool}"}.get(str(stage), f"{benchmark}-{pool}")
 
 
 def validate(cfg: DictConfig) -> None:

@@ -411,8 +411,8 @@ def plan(run: Run):
     else:
         n = min(len(pool), OmegaConf.select(cfg, "selection.max_experts") or len(pool))
         models = pool[:n]
-        log.info("no selection in %s yet: planning for %s (%s; selection.max_experts=K plans for K)",
-                 run.dir, plural(n, "expert"), "the whole pool" if n == len(pool) else f"the pool's first {n}")
+        log.info("planning for %s (%s; selection.max_experts=K plans for K)",
+                 plural(n, "expert"), "the whole pool" if n == len(pool) else f"the pool's first {n}")
     from soce.merge.plan import gb
 
     result = memory_plan(run, models, planning=True)

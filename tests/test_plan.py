@@ -108,7 +108,7 @@ def test_stage_plan_prints_the_plan_for_another_machine(study, llama3):
     models = ", ".join(f"{{name: m{i}, path: {llama3 / '70b'}}}" for i in range(4))
     s = study("stage=plan", "pool=all", f"pool.models=[{models}]", "sweep.devices=8xH100-80GB", "sweep.offload=true",
               "sweep.host_memory=2TB", "selection.max_experts=3")
-    assert "no selection in" in s.log and "planning for 3 experts (the pool's first 3" in s.log
+    assert "no selection.json in" in s.log and "planning for 3 experts (the pool's first 3" in s.log
     assert "the live model dispatched over 8 devices" in s.log and "host: 423.3 GB of 2.0 TB" not in s.log
     assert re.search(r"host: 423\.3 GB of 2000\.0 GB: the experts, pinned", s.log)
     assert "the uniform soup of all 4 candidates streams from disk" in s.log
@@ -146,6 +146,8 @@ def test_a_pool_that_does_not_fit_is_refused_before_anything_loads(study, zoo_ca
         study(*args, "sweep.devices=cpu:5MB")  # 1.5 MB of model, 4.5 MB of experts
     s = study(*args, "sweep.devices=cpu:5MB", "sweep.dtype=bfloat16", "stage=sweep")
     assert "2 points on dev" in s.log and "parameters in bfloat16 (741.9 kB)" in s.log
+    again = study(*args, "sweep.devices=cpu:5MB", "sweep.dtype=bfloat16", "stage=plan", run_dir=s.dir)
+    assert f"planning for the 3 experts of {s.dir / 'selection.json'}" in again.log and "DOES NOT FIT" not in again.log
 
 
 def test_experts_of_different_dtypes_are_refused_unless_sweep_dtype_names_one(zoo_cache, tmp_path):
