@@ -481,7 +481,10 @@ def sweep(run: Run):
     check_store(run, evaluator, candidates)
     store = run.store
     plan = memory_plan(run, [candidates[n] for n in experts])
-    if int(os.environ.get("RANK", "0")) == 0:  # the same plan on every process of a launch: printed once
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    # the same plan on every process of a launch: printed once, by the main process's shard
+    # (not again when it collects the shards' points, unsharded)
+    if int(os.environ.get("RANK", "0")) == 0 and not (launched and run.shard == (0, 1)):
         log.info("%s", plan.text())
         run.tracker.log_table("memory_plan", *plan.table())
     souper = make_souper(run, [candidates[n] for n in experts], evaluator, plan=plan)
