@@ -193,7 +193,17 @@ def evaluate_pool(cfg: DictConfig, refs: list[Candidate] | None = None, run_dir:
     log.info("evaluating %s on %s (cached per candidate and split)", plural(len(refs), "candidate"), b.name)
     evaluator = make_evaluator(cfg, run_dir)
     return evaluate_candidates(refs, evaluator, evaluator.splits, cache_dir(cfg).parent / "evals", question(cfg, evaluator), check,
-                               reuse=cfg.benchmark.cache)
+                               reuse=cfg.benchmark.cache, device_map=lambda c: candidate_device_map(cfg, c))
+
+
+def candidate_device_map(cfg: DictConfig, candidate: Candidate) -> dict[str, str]:
+    """Where a candidate evaluated alone goes: the memory plan of its model without experts
+    (this machine's GPUs, dispatched over them if it needs more than one; its CPU without one)."""
+    from soce.evaluate.candidates import model_dir
+
+    plan = memory_plan(cfg, [replace(candidate, path=model_dir(candidate))], n_experts=0)
+    plan.check()
+    return plan.device_map
 
 
 def pool_candidates(cfg: DictConfig, table: ScoreTable) -> list[Candidate]:
@@ -341,19 +351,19 @@ def current_experts(run: Run) -> list[str]:
 
 
 # --- the memory plan ------------------------------------------------------------------------------
-def sweep_devices(run: Run, planning: bool = False) -> tuple[list, int]:
+def sweep_devices(cfg: DictConfig, device: str | None = None, planning: bool = False) -> tuple[list, int]:
     """The devices one process places its live model on, and the number of processes, each with
-    its own copy (under `accelerate launch`, one device each). planning: for another machine
-    (stage=plan), whose GPUs need not be here."""
+    its own copy (under `accelerate launch`, one device each: `device`). planning: for another
+    machine (stage=plan), whose GPUs need not be here."""
     import torch
 
     from soce.merge.plan import one_device, parse_devices, parse_size, visible_devices
 
-    s = run.cfg.sweep
+    s = cfg.sweep
     cap = parse_size(s.max_memory, "sweep.max_memory") if s.max_memory else None
     processes = int(os.environ.get("WORLD_SIZE", "1"))
-    if run.device or s.device:  # this process's device under accelerate launch, or the one asked for
-        return [one_device(run.device or s.device, cap)], processes
+    if device or s.device:  # this process's device under accelerate launch, or the one asked for
+        return [one_device(device or s.device, cap)], processes
     if s.devices:
         devices = [replace(d, memory=min(d.memory, cap or d.memory)) for d in parse_devices(s.devices)]
         if not planning and devices[0].is_gpu and len(devices) > torch.cuda.device_count():
@@ -363,18 +373,20 @@ def sweep_devices(run: Run, planning: bool = False) -> tuple[list, int]:
     return visible_devices(cap), processes
 
 
-def memory_plan(run: Run, models: list[Candidate], stream: bool = False, planning: bool = False):
-    """Where the live model and `models` (the experts) go on this process's devices, from the
-    models' configs and headers; no weight is read. A pool of experts in different dtypes is
-    refused unless sweep.dtype names one for all."""
+def memory_plan(cfg: DictConfig, models: list[Candidate], *, device: str | None = None, n_experts: int | None = None,
+                stream: bool = False, planning: bool = False):
+    """Where the live model (the first of `models`) and the experts (`models`; n_experts=0: a
+    model evaluated alone, in its own dtype) go on this process's devices, from the models'
+    configs and headers; no weight is read. A pool of experts in different dtypes is refused
+    unless sweep.dtype names one for all."""
     import torch
 
     from soce.merge import open_checkpoint
     from soce.merge.checkpoint import check_compatible
     from soce.merge.plan import host_memory, model_shape, parse_size, plan_memory, visible_devices
 
-    s = run.cfg.sweep
-    dtype = getattr(torch, s.dtype.value) if s.dtype else None
+    s = cfg.sweep
+    dtype = getattr(torch, s.dtype.value) if s.dtype and n_experts != 0 else None
     local = [c.path for c in models if c.path and any(Path(c.path).glob("*.safetensors"))]
     if len(local) == len(models):  # weights here: their headers say their dtypes
         checkpoints = [open_checkpoint(p) for p in local]
@@ -384,12 +396,12 @@ def memory_plan(run: Run, models: list[Candidate], stream: bool = False, plannin
                               "set sweep.dtype (bfloat16, float32) to hold the live model and every expert in one dtype")
         largest = max(checkpoints[0].tensors.values(), key=lambda t: t.nbytes)
         dtype = dtype or largest.dtype
-    devices, processes = sweep_devices(run, planning)
+    devices, processes = sweep_devices(cfg, device, planning)
     cap = parse_size(s.max_memory, "sweep.max_memory") if s.max_memory else None
     host = parse_size(s.host_memory, "sweep.host_memory") if s.host_memory else None if planning and s.devices else host_memory()
     with config_group("sweep"):
         shape = model_shape(models[0].path or models[0].hub_id, dtype)
-    return plan_memory(shape, len(models), devices, experts_at="disk" if stream else "host" if s.offload else "device",
+    return plan_memory(shape, len(models) if n_experts is None else n_experts, devices, experts_at="disk" if stream else "host" if s.offload else "device",
                        processes=processes, tokens=s.tokens, host_memory=host,
                        activations=parse_size(s.activations, "sweep.activations") if s.activations else None,
                        node=visible_devices(cap) if processes > 1 and not planning else None)
@@ -415,11 +427,11 @@ def plan(run: Run):
                  plural(n, "expert"), "the whole pool" if n == len(pool) else f"the pool's first {n}")
     from soce.merge.plan import gb
 
-    result = memory_plan(run, models, planning=True)
+    result = memory_plan(cfg, models, planning=True)
     log.info("%s", result.text())
     run.tracker.log_table("memory_plan", *result.table())
     if pool and len(pool) > 1:
-        everyone = memory_plan(run, pool, stream=True, planning=True)
+        everyone = memory_plan(cfg, pool, stream=True, planning=True)
         log.info("the uniform soup of all %d candidates streams from disk: at most %s per device%s", len(pool),
                  gb(max(sh.total for sh in everyone.shares)), "" if everyone.fits else " (does not fit)")
     return result
@@ -455,7 +467,7 @@ def make_souper(run: Run, models: list[Candidate], evaluator, kind: str = "sweep
     these models' files. stream: the experts stay on disk (a soup evaluated once)."""
     from soce.sweep import Placement, Souper
 
-    plan = plan or memory_plan(run, models, stream=stream)
+    plan = plan or memory_plan(run.cfg, models, device=run.device, stream=stream)
     plan.check()
     placement = Placement(plan.device_map, str(plan.shape.dtype).removeprefix("torch."), plan.experts_at == "host", stream)
 
@@ -480,7 +492,7 @@ def sweep(run: Run):
     evaluator, candidates = evaluated_pool(run, experts)
     check_store(run, evaluator, candidates)
     store = run.store
-    plan = memory_plan(run, [candidates[n] for n in experts])
+    plan = memory_plan(run.cfg, [candidates[n] for n in experts], device=run.device)
     launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
     # the same plan on every process of a launch: printed once, by the main process's shard
     # (not again when it collects the shards' points, unsharded)

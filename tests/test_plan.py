@@ -135,7 +135,7 @@ def test_a_sweep_asking_for_gpus_this_machine_lacks_is_refused(zoo_cache, tmp_pa
         pytest.skip("this machine has GPUs")
     run = micro_run(zoo_cache, tmp_path, "sweep.devices=2x80GB")
     with pytest.raises(ConfigError, match=r"sweep.devices=2x80GB names 2 GPUs; this machine has 0"):
-        pipeline.memory_plan(run, pipeline.pool_refs(run.cfg)[:3])
+        pipeline.memory_plan(run.cfg, pipeline.pool_refs(run.cfg)[:3])
 
 
 def test_a_pool_that_does_not_fit_is_refused_before_anything_loads(study, zoo_cache):
@@ -146,6 +146,9 @@ def test_a_pool_that_does_not_fit_is_refused_before_anything_loads(study, zoo_ca
         study(*args, "sweep.devices=cpu:5MB")  # 1.5 MB of model, 4.5 MB of experts
     s = study(*args, "sweep.devices=cpu:5MB", "sweep.dtype=bfloat16", "stage=sweep")
     assert "2 points on dev" in s.log and "parameters in bfloat16 (741.9 kB)" in s.log
+    # a candidate evaluated alone is placed by its plan too (no experts): refused where it does not fit
+    with pytest.raises(ConfigError, match=r"(?s)does not fit its devices.*micro-.*0 experts beside it"):
+        study(*args, "sweep.devices=cpu:1MB", "benchmark.cache=false", "stage=analyze", run_dir=s.dir / "small")
     again = study(*args, "sweep.devices=cpu:5MB", "sweep.dtype=bfloat16", "stage=plan", run_dir=s.dir)
     assert f"planning for the 3 experts of {s.dir / 'selection.json'}" in again.log and "DOES NOT FIT" not in again.log
 
@@ -159,8 +162,8 @@ def test_experts_of_different_dtypes_are_refused_unless_sweep_dtype_names_one(zo
     tokenizer.save_pretrained(half)
     mixed = [a, Candidate(b.name, path=str(half)), c]
     with pytest.raises(ConfigError, match=r"dtypes differ: tensor .* is BF16 in .*half.*set sweep.dtype"):
-        pipeline.memory_plan(run, mixed)
-    plan = pipeline.memory_plan(micro_run(zoo_cache, tmp_path, "sweep.dtype=float32"), mixed)
+        pipeline.memory_plan(run.cfg, mixed)
+    plan = pipeline.memory_plan(micro_run(zoo_cache, tmp_path, "sweep.dtype=float32").cfg, mixed)
     assert plan.fits and plan.shape.dtype == torch.float32
 
 

@@ -82,9 +82,11 @@ def evaluate_candidates(
     question: dict,
     check: Callable[[object, str], None] | None = None,
     reuse: bool = True,
+    device_map: Callable[[Candidate], dict[str, str]] | None = None,
 ) -> dict[str, ScoreTable]:
     """Per split, the table of the candidates' scores (overall: the mean over categories).
-    reuse=False evaluates every candidate again (benchmark.cache=false) and caches the result."""
+    reuse=False evaluates every candidate again (benchmark.cache=false) and caches the result.
+    device_map: where a candidate is loaded (default: the CPU)."""
     cache_dir.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict[str, EvalResult]] = {s: {} for s in splits}
     for c in candidates:
@@ -101,7 +103,7 @@ def evaluate_candidates(
                 results[split][c.name] = EvalResult(data["scores"], outcomes)
                 continue
             if loaded is None:
-                loaded = load_model(c)
+                loaded = load_model(c, device_map(c) if device_map else None)
                 if check is not None:
                     check(loaded[1], c.path or c.name)
             started = time.perf_counter()
