@@ -401,8 +401,9 @@ def memory_plan(cfg: DictConfig, models: list[Candidate], *, device: str | None 
     host = parse_size(s.host_memory, "sweep.host_memory") if s.host_memory else None if planning and s.devices else host_memory()
     with config_group("sweep"):
         shape = model_shape(models[0].path or models[0].hub_id, dtype)
-    return plan_memory(shape, len(models) if n_experts is None else n_experts, devices, experts_at="disk" if stream else "host" if s.offload else "device",
-                       processes=processes, tokens=s.tokens, host_memory=host,
+    return plan_memory(shape, len(models) if n_experts is None else n_experts, devices,
+                       experts_at="disk" if stream else "host" if s.offload else "device", processes=processes,
+                       tokens=s.tokens, host_memory=host,
                        activations=parse_size(s.activations, "sweep.activations") if s.activations else None,
                        node=visible_devices(cap) if processes > 1 and not planning else None)
 
@@ -411,6 +412,8 @@ def plan(run: Run):
     """stage=plan: the sweep's memory plan, printed and logged, from the models' configs alone
     (a Hub id's config.json, no weights): the selection's experts where the run directory has a
     current selection, else the pool's models (at most selection.max_experts)."""
+    from soce.merge.plan import gb
+
     cfg = run.cfg
     selection = artifacts.read_current(run.path(SELECTION), artifacts.selection_settings(cfg))
     pool = pool_refs(cfg)
@@ -425,8 +428,6 @@ def plan(run: Run):
         models = pool[:n]
         log.info("planning for %s (%s; selection.max_experts=K plans for K)",
                  plural(n, "expert"), "the whole pool" if n == len(pool) else f"the pool's first {n}")
-    from soce.merge.plan import gb
-
     result = memory_plan(cfg, models, planning=True)
     log.info("%s", result.text())
     run.tracker.log_table("memory_plan", *result.table())
@@ -469,7 +470,8 @@ def make_souper(run: Run, models: list[Candidate], evaluator, kind: str = "sweep
 
     plan = plan or memory_plan(run.cfg, models, device=run.device, stream=stream)
     plan.check()
-    placement = Placement(plan.device_map, str(plan.shape.dtype).removeprefix("torch."), plan.experts_at == "host", stream)
+    dtype = run.cfg.sweep.dtype.value if run.cfg.sweep.dtype else None  # None: the checkpoints' own
+    placement = Placement(plan.device_map, dtype, plan.experts_at == "host", stream)
 
     asked = {**question(run.cfg, evaluator), "models": {c.name: run.fingerprint(c) for c in models}}
     if hasattr(evaluator, "handler_for"):  # BFCL: a soup's prompts are its experts' handlers'
