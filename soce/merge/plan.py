@@ -112,10 +112,9 @@ class ModelShape:
     source: str
     dtype: torch.dtype
     blocks: tuple[Block, ...]
-    layers: int
     hidden: int
     intermediate: int
-    kv_bytes_per_token: int  # per layer, keys and values, in the model's dtype
+    kv_per_token: int  # elements of keys and values one layer caches per token
 
     @property
     def numel(self) -> int:
@@ -178,8 +177,8 @@ def model_shape(source: str | Path, dtype: torch.dtype | None = None) -> ModelSh
     heads = text.num_attention_heads
     head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
     kv_heads = getattr(text, "num_key_value_heads", None) or heads
-    return ModelShape(where, dtype, tuple(blocks), text.num_hidden_layers, text.hidden_size,
-                      getattr(text, "intermediate_size", 4 * text.hidden_size), 2 * kv_heads * head_dim * dtype.itemsize)
+    return ModelShape(where, dtype, tuple(blocks), text.hidden_size, getattr(text, "intermediate_size", 4 * text.hidden_size),
+                      2 * kv_heads * head_dim)
 
 
 # --- the plan -------------------------------------------------------------------------------
@@ -310,8 +309,7 @@ def _share(shape: ModelShape, n_experts: int, device: Device, blocks: list[Block
     # souped: a whole tensor on a GPU, a 4 MiB chunk on a CPU
     piece = largest if device.is_gpu else min(largest, CPU_CHUNK)
     share.experts = n_experts * (numel if experts_at == "device" else piece) * size
-    # the in-place soup's two float32 buffers: 4 MiB chunks on a CPU, the largest tensor on a GPU
-    share.buffers = 2 * 4 * (largest if device.is_gpu else min(largest, CPU_CHUNK))
+    share.buffers = 2 * 4 * piece  # the in-place soup's two float32 buffers, a piece long
     share.overhead = GPU_OVERHEAD if device.is_gpu else 0
     if activations is not None:
         share.activations = activations
@@ -319,12 +317,12 @@ def _share(shape: ModelShape, n_experts: int, device: Device, blocks: list[Block
         layers = sum(b.layer for b in blocks)
         # the KV cache of its layers, one layer's MLP working set (gate and up projections and the
         # hidden state) on every token in flight
-        share.activations = tokens * (layers * shape.kv_bytes_per_token + (2 * shape.intermediate + 2 * shape.hidden) * size)
+        share.activations = tokens * (layers * shape.kv_per_token + 2 * shape.intermediate + 2 * shape.hidden) * size
     return share
 
 
 def split_blocks(shape: ModelShape, n_experts: int, devices: list[Device], experts_at: str, tokens: int,
-           activations: int | None) -> list[list[Block]]:
+                 activations: int | None) -> list[list[Block]]:
     """Blocks in order over the devices, as evenly as they go: the smallest load level (a share
     of each device's memory) at which filling each device up to it, in order, places every block.
     A tied block goes with the block it is tied to."""
@@ -375,8 +373,7 @@ def _fixes(args: dict, node: list[Device] | None) -> list[str]:
     fewer = next((k for k in range(n - 1, 0, -1) if fits(n_experts=k)), None)
     if fewer:
         out.append(f"selection.max_experts={fewer}: {fewer} experts fit")
-    if shape.dtype == torch.float32 and (p := fits(shape=replace(shape, dtype=torch.bfloat16,
-                                                                kv_bytes_per_token=shape.kv_bytes_per_token // 2))):
+    if shape.dtype == torch.float32 and (p := fits(shape=replace(shape, dtype=torch.bfloat16))):
         out.append(f"sweep.dtype=bfloat16: half the bytes, at most {most(p)} per device")
     if devices[0].is_gpu:
         more = next((k for k in range(len(devices) + 1, 65)
