@@ -26,7 +26,7 @@ ANALYSIS, SELECTION, RESULTS, REPORT, SOUP = "analysis.json", "selection.json", 
 def resolved(cfg: DictConfig, *keys: str) -> dict:
     """The config nodes `keys` as plain data, resolved in place (a node copied into a new
     config would lose its interpolations' root: analysis.tau follows selection.tau)."""
-    return {key: OmegaConf.to_container(cfg[key], resolve=True, enum_to_str=True) for key in keys}
+    return {key: OmegaConf.to_container(OmegaConf.select(cfg, key), resolve=True, enum_to_str=True) for key in keys}
 
 
 def analysis_settings(cfg: DictConfig) -> dict:
@@ -40,8 +40,9 @@ def selection_settings(cfg: DictConfig) -> dict:
 
 
 def results_settings(cfg: DictConfig) -> dict:
-    """What results.json depends on: the selection and the search (its objective and split too)."""
-    return {**selection_settings(cfg), **resolved(cfg, "search")}
+    """What results.json depends on: the selection, the search (its objective and split too) and
+    the bootstrap of its intervals."""
+    return {**selection_settings(cfg), **resolved(cfg, "search"), **resolved(cfg, "report.bootstrap")}
 
 
 def differences(old: Any, new: Any, prefix: str = "") -> list[str]:

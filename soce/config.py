@@ -327,8 +327,18 @@ class ShapleyConfig:
 
 
 @dataclass
+class BootstrapConfig:
+    """The paired bootstrap of the results' intervals (examples resampled within each category)."""
+
+    samples: int = 2000
+    confidence: float = 0.95
+    seed: int = 0
+
+
+@dataclass
 class ReportConfig:
     shapley: ShapleyConfig = field(default_factory=ShapleyConfig)
+    bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
     top_points: int = 10  # the weight landscape's table
 
 
@@ -403,6 +413,10 @@ def validate(cfg: DictConfig) -> None:
     max_experts = OmegaConf.select(cfg, "selection.max_experts")
     if max_experts is not None and max_experts < 1:
         raise ConfigError(f"selection.max_experts={max_experts}: must be at least 1")
+    if cfg.report.bootstrap.samples < 2:
+        raise ConfigError(f"report.bootstrap.samples={cfg.report.bootstrap.samples}: a bootstrap needs at least 2 resamples")
+    if not 0 < cfg.report.bootstrap.confidence < 1:
+        raise ConfigError(f"report.bootstrap.confidence={cfg.report.bootstrap.confidence}: must be between 0 and 1 (e.g. 0.95)")
     if cfg.report.shapley.samples < 2:
         raise ConfigError(f"report.shapley.samples={cfg.report.shapley.samples}: at least 2 permutations are needed for an error estimate")
     b = cfg.benchmark

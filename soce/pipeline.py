@@ -543,7 +543,8 @@ def searched_label(cfg: DictConfig) -> str:
 def soup(run: Run) -> dict:
     from soce.evaluate.candidates import model_dir
     from soce.merge import merge_to_disk
-    from soce.sweep import aggregate
+    from soce.report.significance import add_statistics
+    from soce.sweep import aggregate, solved_by_id
     from soce.weights import uniform
 
     search = run.search
@@ -561,7 +562,11 @@ def soup(run: Run) -> dict:
     tables = candidate_scores(run)
     single = max(tables["dev"].models, key=lambda m: tables["dev"].overall_of(m))
 
+    correct: dict[str, dict[str, dict[str, bool]]] = {s: {} for s in tables}  # split -> row -> example -> solved
+
     def own_row(role: str, name: str, model: str, scores: dict[str, ScoreTable]) -> dict:
+        for s, t in scores.items():
+            correct[s][role] = solved_of(t, model)
         return {"role": role, "name": name, "models": [model], "weights": [1.0],
                 **{s: {"objective": aggregate(t.row(model), objective), "scores": t.row(model)} for s, t in scores.items()}}
 
@@ -571,7 +576,9 @@ def soup(run: Run) -> dict:
     for role, name, sp, weights in (("uniform_all", "uniform soup, all candidates", everyone, uniform(len(candidates))),
                                     ("uniform_experts", f"uniform soup, {experts_label(run.cfg)}", souper, uniform(len(experts))),
                                     ("searched", f"{searched_label(run.cfg)} ({search.name} search)", souper, tuple(best["weights"]))):
-        records = {s: sp.evaluate(weights, s) for s in tables}
+        records = {s: sp.evaluate(weights, s, need_outcomes=True) for s in tables}
+        for s, r in records.items():
+            correct[s][role] = solved_by_id(r["correct"], [o.example_id for o in tables[s].outcomes if o.model == single])
         rows.append({"role": role, "name": name, "models": sp.names, "weights": list(weights),
                      **{s: {"objective": r["objective"], "scores": r["scores"]} for s, r in records.items()}})
     if "test" not in tables:
@@ -582,6 +589,13 @@ def soup(run: Run) -> dict:
     else:
         protocol = "weights chosen on TEST, the split reported (the paper's protocol): test scores are optimistic"
     results = {"protocol": protocol, "objective": objective.value, "search": search.name, "select_on": split, "rows": rows}
+    if all(t.outcomes for t in tables.values()):
+        b = run.cfg.report.bootstrap
+        add_statistics(results, correct, {s: {o.example_id: o.category for o in t.outcomes if o.model == single}
+                                          for s, t in tables.items()},
+                       {s: {e: solved_of(t, e) for e in experts} for s, t in tables.items()}, b.samples, b.confidence, b.seed)
+    else:
+        log.info("the candidates' scores have no per-example outcomes: the results have no intervals")
     artifacts.write_json(run.path(RESULTS), artifacts.results_settings(run.cfg), results)
 
     paths = [model_dir(candidates[n]) for n in experts]
@@ -590,13 +604,23 @@ def soup(run: Run) -> dict:
                   all_processes=False)  # the soup stage runs on the main process alone
     _print_results(results)
     log.info("soup: %s (%s)", run.path(SOUP), _weights_text(experts, best["weights"]))
-    run.tracker.log_table("baselines", ["row", f"dev {objective}", f"test {objective}", "models", "weights"],
-                          [[r["name"], r["dev"]["objective"], _test(r), ", ".join(r["models"]),
-                            ", ".join(f"{w:.3f}" for w in r["weights"])] for r in rows])
+    run.tracker.log_table("baselines", ["row", f"dev {objective}", "dev low", "dev high", f"test {objective}", "test low",
+                                        "test high", "test vs single", "models", "weights"],
+                          [[r["name"], r["dev"]["objective"], *r["dev"].get("ci", [None, None]), _test(r),
+                            *r.get("test", {}).get("ci", [None, None]), r.get("test", r["dev"]).get("vs_single", {}).get("estimate"),
+                            ", ".join(r["models"]), ", ".join(f"{w:.3f}" for w in r["weights"])] for r in rows])
+    for s, tests in results.get("mcnemar", {}).items():
+        run.tracker.log_table(f"mcnemar_{s}", ["ingredient", "only_soup", "only_ingredient", "p"],
+                              [[t["ingredient"], t["only_soup"], t["only_ingredient"], t["p"]] for t in tests])
     run.tracker.log_summary({"soup/dev": rows[-1]["dev"]["objective"], "soup/test": _test(rows[-1]),
                              "soup/protocol": protocol})
     run.tracker.log_reference("soup", run.path(SOUP))
     return results
+
+
+def solved_of(table: ScoreTable, model: str) -> dict[str, bool]:
+    """A model's per-example outcomes in a score table: example id -> solved."""
+    return {o.example_id: o.correct for o in table.outcomes if o.model == model}
 
 
 def candidate_scores(run: Run) -> dict[str, ScoreTable]:
@@ -615,12 +639,20 @@ def _test(row: dict) -> float | None:
 
 
 def _print_results(results: dict) -> None:
-    log.info("results (%s over all categories; %s):", results["objective"], results["protocol"])
+    from soce.report.significance import score_text, supported
+
+    stats = results.get("statistics")
+    intervals = f"; {stats['confidence']:.0%} intervals, paired bootstrap over examples" if stats else ""
+    log.info("results (%s over all categories; %s%s):", results["objective"], results["protocol"], intervals)
     width = max(len(r["name"]) for r in results["rows"])
-    log.info("  %-*s %8s %8s", width, "", "dev", "test")
+    cell = 26 if stats else 8
+    log.info("  %-*s %*s %*s", width, "", cell, "dev", cell, "test")
     for r in results["rows"]:
-        log.info("  %-*s %8.4f %8s", width, r["name"], r["dev"]["objective"], "n/a" if "test" not in r else f"{r['test']['objective']:.4f}")
+        log.info("  %-*s %*s %*s", width, r["name"], cell, score_text(r.get("dev")), cell, score_text(r.get("test")))
     log.info("%s", results_summary(results))
+    for sentence in supported(results, "test" if "test" in results["rows"][-1] else "dev"):
+        log.info("  %s", sentence)
+
 
 
 def results_summary(results: dict) -> str:

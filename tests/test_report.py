@@ -13,6 +13,8 @@ from soce.errors import ConfigError, DataError
 from soce.report.consistency import consistency, mean_off_diagonal
 from soce.report.shapley import exact_shapley, monte_carlo_shapley, shapley
 from soce.report.winrate import win_rates
+from soce.scores import read_scores
+from soce.stats import Bootstrap
 
 # v(empty)=0; v(A)=10, v(B)=20, v(C)=30; v(AB)=40, v(AC)=50, v(BC)=60; v(ABC)=90. By hand:
 # phi_A = 1/3*10 + 1/6*(40-20) + 1/6*(50-30) + 1/3*(90-60) = 20; phi_B = 30; phi_C = 40.
@@ -129,6 +131,24 @@ def test_the_report_on_the_micro_family_has_every_section_and_costs_nothing_twic
     expected = mean_off_diagonal(correlation_matrix(soups)[0])
     assert r.tracker.summary["report/consistency_soups"] == pytest.approx(expected)
     assert f"soups {expected:.3f}" in report
+
+    # the results' intervals: recomputed here from the stored outcomes, with the same resamples
+    results = json.loads((run / "results.json").read_text())
+    rows = {row["role"]: row for row in results["rows"]}
+    own = read_scores(run / "scores_test.csv")
+    single = rows["single"]["models"][0]
+    outcomes = sorted((o for o in own.outcomes if o.model == single), key=lambda o: o.example_id)
+    searched = next(p for p in records if p["kind"] == "sweep" and p["split"] == "test" and p["weights"] == rows["searched"]["weights"])
+    soup = [b == "1" for b in searched["correct"]]
+    boot = Bootstrap([o.category for o in outcomes], "mean", 2000, 0, 0.95)
+    assert rows["searched"]["test"]["ci"] == list(boot.interval(soup).to_dict()["ci"])
+    assert rows["searched"]["test"]["vs_single"] == boot.difference(soup, [o.correct for o in outcomes]).to_dict()
+    assert rows["searched"]["test"]["ci"][0] <= rows["searched"]["test"]["objective"] <= rows["searched"]["test"]["ci"][1]
+    [test] = [t for t in results["mcnemar"]["test"] if t["ingredient"] == single]
+    assert (test["only_soup"], test["only_ingredient"]) == (sum(s and not o.correct for s, o in zip(soup, outcomes)),
+                                                            sum(o.correct and not s for s, o in zip(soup, outcomes)))
+    assert "What the data supports, on test:" in report and f"Against {single}, the searched soup alone solves" in report
+    assert [row[0] for row in r.tracker.tables["mcnemar_test"][1]] == [e["model"] for e in json.loads((run / "selection.json").read_text())["experts"]]
 
     before = (run / "sweep.jsonl").read_text()
     study(*args, "stage=report")

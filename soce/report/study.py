@@ -19,6 +19,7 @@ from soce.progress import Progress, plural
 from soce.report.consistency import Consistency, consistency
 from soce.report.plots import plot_consistency, plot_shapley, plot_ternary
 from soce.report.shapley import ShapleyResult, shapley
+from soce.report.significance import score_text, supported
 from soce.report.winrate import WinRates, win_rates
 from soce.scores import ScoreTable
 from soce.search import Search, run_search
@@ -111,12 +112,18 @@ def _baselines_section(r: StudyReport) -> list[str]:
     if r.results is None:
         state = f"{plural(len(r.points), 'sweep point')} stored so far" if r.points else "no sweep points stored yet"
         return md + [f"_The soup stage has not run in this directory with these settings ({state}): no baseline table._", ""]
-    obj = r.results["objective"]
-    md += [f"{obj} over all categories; {r.results['protocol']}.", "", f"| | dev {obj} | test {obj} | weights |", "|---|---|---|---|"]
+    obj, stats = r.results["objective"], r.results.get("statistics")
+    intervals = (f" In brackets, {stats['confidence']:.0%} intervals of a paired bootstrap ({stats['bootstrap']} resamples of "
+                 "the examples, within each category)." if stats else "")
+    md += [f"{obj} over all categories; {r.results['protocol']}.{intervals}", "",
+           f"| | dev {obj} | test {obj} | weights |", "|---|---|---|---|"]
     for row in r.results["rows"]:
         weights = ", ".join(f"{m} {w:.2f}" for m, w in zip(row["models"], row["weights"]) if w > 0)
-        test = f"{row['test']['objective']:.4f}" if "test" in row else "n/a"
-        md.append(f"| {row['name']} | {row['dev']['objective']:.4f} | {test} | {weights} |")
+        md.append(f"| {row['name']} | {score_text(row.get('dev'))} | {score_text(row.get('test'))} | {weights} |")
+    split = "test" if "test" in r.results["rows"][-1] else "dev"
+    sentences = supported(r.results, split)
+    if sentences:
+        md += ["", f"What the data supports, on {split}:", ""] + [f"- {s}" for s in sentences]
     return md + [""]
 
 

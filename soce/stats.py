@@ -1,0 +1,89 @@
+"""Paired statistics on per-example outcomes: bootstrap confidence intervals of a benchmark
+objective (examples resampled within each category, so every category keeps its size) for one
+model and for the difference of two models on the same examples, and McNemar's exact test.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from soce.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Interval:
+    estimate: float
+    low: float
+    high: float
+
+    @property
+    def excludes_zero(self) -> bool:
+        return self.low > 0 or self.high < 0
+
+    def to_dict(self) -> dict:
+        return {"estimate": self.estimate, "ci": [self.low, self.high]}
+
+
+class Bootstrap:
+    """Resamples of one split's examples, drawn once and shared by every model compared on them
+    (that is what makes a difference paired). `categories`: each example's category, in the
+    order of the outcome vectors given later; the objective is the mean (or sum) over categories
+    of each category's accuracy, as the study's."""
+
+    def __init__(self, categories: Sequence[str], objective: str = "mean", samples: int = 2000, seed: int = 0,
+                 confidence: float = 0.95) -> None:
+        if objective not in ("mean", "sum"):
+            raise ConfigError(f"objective={objective!r}: expected mean or sum")
+        if not 0 < confidence < 1:
+            raise ConfigError(f"confidence={confidence}: must be between 0 and 1")
+        if samples < 2:
+            raise ConfigError(f"samples={samples}: a bootstrap needs at least 2")
+        rng = np.random.default_rng(seed)
+        cats = np.asarray(categories)
+        self.groups = [np.flatnonzero(cats == c) for c in dict.fromkeys(categories)]
+        # per category: (samples, size) indices into the outcome vectors
+        self.draws = [g[rng.integers(0, len(g), size=(samples, len(g)))] for g in self.groups]
+        self.objective, self.confidence = objective, confidence
+
+    def _objective(self, values: np.ndarray, draws: Sequence[np.ndarray]) -> np.ndarray:
+        per_category = np.stack([values[d].mean(axis=-1) for d in draws], axis=-1)
+        return per_category.mean(axis=-1) if self.objective == "mean" else per_category.sum(axis=-1)
+
+    def _interval(self, values: np.ndarray) -> Interval:
+        estimate = float(self._objective(values, self.groups))
+        resampled = self._objective(values, self.draws)
+        tail = (1 - self.confidence) / 2
+        low, high = np.quantile(resampled, [tail, 1 - tail])
+        return Interval(estimate, float(low), float(high))
+
+    def interval(self, correct: Sequence[bool]) -> Interval:
+        """The objective of one model's outcomes, with its percentile interval."""
+        return self._interval(np.asarray(correct, dtype=np.float64))
+
+    def difference(self, a: Sequence[bool], b: Sequence[bool]) -> Interval:
+        """objective(a) - objective(b) on the same examples, with its paired percentile interval."""
+        return self._interval(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64))
+
+
+@dataclass(frozen=True)
+class McNemar:
+    only_a: int  # examples a solves and b does not
+    only_b: int
+    p: float  # exact two-sided: the discordant examples split as evenly as a fair coin would
+
+    def to_dict(self) -> dict:
+        return {"only_a": self.only_a, "only_b": self.only_b, "p": self.p}
+
+
+def mcnemar(a: Sequence[bool], b: Sequence[bool]) -> McNemar:
+    """McNemar's exact test of two models' paired outcomes (the binomial test on the examples
+    exactly one of them solves)."""
+    a, b = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
+    only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
+    n, k = only_a + only_b, min(only_a, only_b)
+    p = 1.0 if n == 0 else min(1.0, 2 * math.fsum(math.comb(n, i) for i in range(k + 1)) / 2**n)
+    return McNemar(only_a, only_b, p)
