@@ -238,6 +238,21 @@ class GridSearch(SearchBase):
 
 
 @dataclass
+class HalvingSearch(GridSearch):
+    """Successive halving of the grid's points over nested, stratified subsets of the examples:
+    every point on min_examples, the best 1/eta of them on eta times more, ..., the survivors on
+    all. race=true keeps, at each rung, every point a paired bootstrap cannot tell from the best."""
+
+    name: str = "halving"
+    eta: int = 3  # the reduction factor: 1/eta of the points go on, on eta times the examples
+    min_examples: Optional[int] = None  # the first rung's examples; default: 4 per category
+    seed: int = 0  # the order the subsets take the examples in
+    race: bool = False
+    confidence: float = 0.9  # race: a point is dropped when it is worse than the best at this confidence
+    resamples: int = 1000  # race: bootstrap resamples per comparison
+
+
+@dataclass
 class UniformSearch(SearchBase):
     name: str = "uniform"
 
@@ -373,7 +388,7 @@ SCHEMAS = {
                   "schema_bfcl": BfclBenchmark},
     "pool": {"schema_pool": PoolConfig},
     "selection": {"schema_soce": SoceSelection, "schema_all": AllSelection, "schema_topk": TopKSelection, "schema_manual": ManualSelection},
-    "search": {"schema_grid": GridSearch, "schema_uniform": UniformSearch, "schema_random": RandomSearch,
+    "search": {"schema_grid": GridSearch, "schema_halving": HalvingSearch, "schema_uniform": UniformSearch, "schema_random": RandomSearch,
                "schema_greedy": GreedySearch, "schema_optuna": OptunaSearch},
     "merge": {"schema_linear": LinearMerge},
     "tracker": {"schema_wandb": WandbTrackerConfig, "schema_none": NoTrackerConfig},

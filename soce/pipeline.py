@@ -506,9 +506,17 @@ def sweep(run: Run):
     already = len(store)
     k, n = run.shard
     what = f"sweep ({search.name})" + (f" shard {k}/{n}" if n > 1 else "")
-    with config_group("search"), Progress(expected_points(search, len(experts), run.shard), what, "point") as bar:
+    halving = search.name in ("halving", "race")
+    examples = souper.example_ids(split) if halving else ()
+    with config_group("search"), Progress(expected_points(search, len(experts), run.shard), what,
+                                          "example" if halving else "point") as bar:
         souper.bar = bar
-        run_search(search, len(experts), souper.objective_of(split), _by_own_score(run, experts), run.shard)
+        done = run_search(search, len(experts), souper.objective_of(split), _by_own_score(run, experts), run.shard,
+                          examples, lambda p, ids: souper.outcomes_on(p, split, ids))
+    if halving:
+        log.info("%s: rungs of %s examples, %s points alive at each; %d examples evaluated, %.0f%% of the grid's %d",
+                 search.name, "/".join(str(len(s)) for s in done.subsets), "/".join(str(len(a)) for a in done.alive),
+                 done.evaluated, 100 * done.evaluated / (len(done.alive[0]) * len(examples)), len(done.alive[0]) * len(examples))
     if n > 1:
         log.info("sweep: shard %d of %d done: %s evaluated now, into %s", k, n, plural(len(store) - already, "point"), store.path)
         return souper

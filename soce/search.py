@@ -6,12 +6,14 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
-from soce.config import GreedySearch, GridSearch, OptunaSearch, RandomSearch, UniformSearch
+from soce.config import GreedySearch, GridSearch, HalvingSearch, OptunaSearch, RandomSearch, UniformSearch
 from soce.errors import ConfigError
 from soce.weights import close, dirichlet, simplex_grid, uniform
 
 Evaluate = Callable[[tuple[float, ...]], float]
-Search = GridSearch | UniformSearch | RandomSearch | GreedySearch | OptunaSearch
+Search = GridSearch | HalvingSearch | UniformSearch | RandomSearch | GreedySearch | OptunaSearch
+# evaluate_on(point, ids): the point's outcomes (id -> solved) on those examples (search=halving)
+EvaluateOn = Callable[[tuple[float, ...], Sequence[str]], dict[str, bool]]
 
 
 def grid_points(n: int, lo: float, hi: float, step: float, include_uniform: bool, budget: int | None = None) -> list[tuple[float, ...]]:
@@ -59,7 +61,9 @@ def optuna_search(n: int, budget: int, seed: int, evaluate: Evaluate) -> None:
 
 def planned_points(search: Search, n: int) -> list[tuple[float, ...]] | None:
     """The points a strategy evaluates, where they are known before any is evaluated; None for
-    the sequential strategies (greedy, optuna), whose next point depends on the last score."""
+    the sequential strategies (greedy, optuna, halving), whose next point depends on the last score."""
+    if isinstance(search, HalvingSearch):
+        return None
     if isinstance(search, GridSearch):
         return grid_points(n, search.lo, search.hi, search.step, search.include_uniform, search.budget)
     if isinstance(search, UniformSearch):
@@ -69,10 +73,22 @@ def planned_points(search: Search, n: int) -> list[tuple[float, ...]] | None:
     return None
 
 
-def run_search(search: Search, n: int, evaluate: Evaluate, order: Sequence[int], shard: tuple[int, int] = (0, 1)) -> None:
+def run_search(search: Search, n: int, evaluate: Evaluate, order: Sequence[int], shard: tuple[int, int] = (0, 1),
+               examples: Sequence[tuple[str, str]] = (), evaluate_on: EvaluateOn | None = None):
     """The strategy `search` over n experts; `order`: experts by their own score, best first;
-    `shard` (k, N): evaluate only points k, k+N, k+2N, ... of a strategy's planned points."""
+    `shard` (k, N): evaluate only points k, k+N, k+2N, ... of a strategy's planned points (for
+    search=halving, of its first rung: the later rungs need every shard's results, and the
+    unsharded collect step runs them). search=halving also needs the split's `examples` ((id,
+    category) pairs) and `evaluate_on`; it returns what it did (a soce.halving.Halving)."""
     k, num = shard
+    if isinstance(search, HalvingSearch):
+        from soce.halving import successive_halving
+
+        points = grid_points(n, search.lo, search.hi, search.step, search.include_uniform, search.budget)
+        return successive_halving(points[k::num], examples, lambda p, rung, ids: evaluate_on(p, ids), eta=search.eta,
+                                  min_examples=search.min_examples, seed=search.seed, race=search.race,
+                                  confidence=search.confidence, resamples=search.resamples, objective=search.objective.value,
+                                  rungs=1 if num > 1 else None)
     points = planned_points(search, n)
     if points is not None:
         run_points(points[k::num], evaluate)

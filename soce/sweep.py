@@ -9,7 +9,8 @@ import time
 from dataclasses import dataclass
 from typing import Sequence
 
-from soce.evaluate import Evaluator
+from soce.artifacts import digest
+from soce.evaluate import Evaluator, scores_from_outcomes
 from soce.errors import ConfigError, DataError
 from soce.evaluate.candidates import load_model, model_dir
 from soce.merge import InPlaceSoup
@@ -19,6 +20,7 @@ from soce.scores import Outcome
 from soce.store import SweepStore
 from soce.threads import compute_threads
 from soce.tracking import NoTracker, Tracker
+from soce.weights import key
 
 
 def aggregate(scores: dict[str, float], objective: str) -> float:
@@ -74,6 +76,7 @@ class Souper:
         self.bar: Progress | None = None  # set by whoever runs a long series of points
         self.live = None  # (model, tokenizer, in-place soup): loaded for the first point not in the store
         self.applied: tuple[float, ...] | None = None  # the weights the live model holds now
+        self._examples: dict[str, list[tuple[str, str]]] = {}  # split -> its (id, category) pairs
 
     def _load(self):
         if self.live is None:
@@ -93,27 +96,8 @@ class Souper:
         if record is not None:
             record = self._with_objective(record)
         if record is None or (need_outcomes and "correct" not in record):
-            model, tokenizer, soup = self._load()
-            started = time.perf_counter()
-            if self.applied != tuple(weights):  # the same soup on another split is in place already
-                soup.apply(weights)
-                self.applied = tuple(weights)
-            merged = time.perf_counter()
-            with compute_threads(model.device):
-                result = self.evaluator.evaluate(model, tokenizer, split, source=list(zip(self.experts, weights)),
-                                                 label=f"{self.kind}-" + "-".join(f"{w:.3f}" for w in weights))
-            record = {
-                "kind": self.kind, "experts": self.names, "weights": [float(w) for w in weights], "split": split,
-                "question": self.question,
-                "scores": result.scores, "objective": aggregate(result.scores, self.objective),
-                "correct": solved_bits(result.outcomes),
-                "merge_s": merged - started, "eval_s": time.perf_counter() - merged, "time": time.time(),
-            }
-            self.store.append(record)
-            self.tracker.log_metrics({f"{self.kind}/{split}/objective": record["objective"],
-                                      **{f"{self.kind}/{split}/{c}": v for c, v in result.scores.items()},
-                                      **{f"{self.kind}/w/{n}": w for n, w in zip(self.names, record["weights"])},
-                                      f"{self.kind}/merge_s": record["merge_s"], f"{self.kind}/eval_s": record["eval_s"]})
+            record = self._evaluate(weights, split)
+            self._store(record)
         if self.best is None or record["objective"] > self.best["objective"]:
             self.best = record
         if self.bar is not None:
@@ -121,6 +105,76 @@ class Souper:
         if self.bar is not None and self.kind == "sweep":
             self.bar.set_postfix(best=f"{self.best['objective']:.4f}", s_per_point=f"{record['merge_s'] + record['eval_s']:.2f}", refresh=False)
         return record
+
+    def _evaluate(self, weights: Sequence[float], split: str, examples: Sequence[str] | None = None) -> dict:
+        """The soup at `weights` evaluated on `split` (on `examples` only, where given), as a record."""
+        model, tokenizer, soup = self._load()
+        started = time.perf_counter()
+        if self.applied != tuple(weights):  # the same soup on another split is in place already
+            soup.apply(weights)
+            self.applied = tuple(weights)
+        merged = time.perf_counter()
+        with compute_threads(model.device):
+            result = self.evaluator.evaluate(model, tokenizer, split, source=list(zip(self.experts, weights)),
+                                             label=f"{self.kind}-" + "-".join(f"{w:.3f}" for w in weights),
+                                             **({} if examples is None else {"examples": examples}))
+        return self._record(weights, split, result.scores, result.outcomes, merged - started, time.perf_counter() - merged)
+
+    def _record(self, weights, split: str, scores: dict, outcomes, merge_s: float, eval_s: float) -> dict:
+        return {"kind": self.kind, "experts": self.names, "weights": [float(w) for w in weights], "split": split,
+                "question": self.question, "scores": scores, "objective": aggregate(scores, self.objective),
+                "correct": solved_bits(outcomes), "merge_s": merge_s, "eval_s": eval_s, "time": time.time()}
+
+    def _store(self, record: dict) -> None:
+        """Stored (fsynced) before anything else happens, then logged."""
+        self.store.append(record)
+        kind, split = self.kind, record["split"]
+        self.tracker.log_metrics({f"{kind}/{split}/objective": record["objective"],
+                                  **{f"{kind}/{split}/{c}": v for c, v in record["scores"].items()},
+                                  **{f"{kind}/w/{n}": w for n, w in zip(self.names, record["weights"])},
+                                  f"{kind}/merge_s": record["merge_s"], f"{kind}/eval_s": record["eval_s"]})
+
+    def outcomes_on(self, weights: Sequence[float], split: str, ids: Sequence[str]) -> dict[str, bool]:
+        """The soup's outcomes (id -> solved) on the examples `ids` of `split` (search=halving): from
+        the point's full record where the store has one, else from the stored record of exactly
+        these examples, else evaluated now and stored. Once the point's stored pieces cover the
+        split, its full record is written from them, as if it had been evaluated whole."""
+        full = self.store.get(self.names, weights, split)
+        if full is not None and "correct" in full:
+            solved = solved_by_id(full["correct"], [i for i, _ in self.example_ids(split)])
+            return {i: solved[i] for i in ids}
+        ids = sorted(ids)
+        part = f"{split}@{digest(ids)[:12]}"  # these examples, whichever rung asked for them
+        record = self.store.get(self.names, weights, part)
+        if record is None:
+            record = self._evaluate(weights, split, ids)
+            record = {**record, "kind": "halving", "split": part, "examples": ids}
+            self.store.append(record)
+            if self.bar is not None:
+                self.bar.update(len(ids))
+        self._complete(weights, split)
+        return dict(zip(ids, (b == "1" for b in record["correct"])))
+
+    def _complete(self, weights: Sequence[float], split: str) -> None:
+        """The full record of a point from its stored pieces, where they cover the split."""
+        gathered, merge_s, eval_s = {}, 0.0, 0.0
+        for r in self.store:
+            if (r["kind"] == "halving" and r["experts"] == self.names and r["split"].startswith(f"{split}@")
+                    and key(r["weights"]) == key(weights)):
+                gathered.update(zip(r["examples"], (b == "1" for b in r["correct"])))
+                merge_s, eval_s = merge_s + r["merge_s"], eval_s + r["eval_s"]
+        examples = self.example_ids(split)
+        if len(gathered) < len(examples) or any(i not in gathered for i, _ in examples):
+            return
+        outcomes = [Outcome("", i, c, gathered[i]) for i, c in examples]
+        scores = (self.evaluator.scores_of(split, outcomes) if hasattr(self.evaluator, "scores_of")
+                  else scores_from_outcomes(outcomes, self.evaluator.categories))
+        self._store(self._record(weights, split, scores, outcomes, merge_s, eval_s))
+
+    def example_ids(self, split: str) -> list[tuple[str, str]]:
+        if split not in self._examples:
+            self._examples[split] = self.evaluator.example_ids(split)
+        return self._examples[split]
 
     def _with_objective(self, record: dict) -> dict:
         return {**record, "objective": aggregate(record["scores"], self.objective)}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, Sequence
 
 from soce.scores import Outcome
 
@@ -18,9 +18,22 @@ class Evaluator(Protocol):
     categories: tuple[str, ...]
     splits: tuple[str, ...]  # e.g. ("dev", "test")
 
-    def evaluate(self, model, tokenizer, split: str, source=None, label: str | None = None) -> EvalResult:
+    def evaluate(self, model, tokenizer, split: str, source=None, label: str | None = None,
+                 examples: Sequence[str] | None = None) -> EvalResult:
         """`source`: what the model is, as (candidate, weight) pairs (one candidate, weight 1, for a
-        candidate); `label`: a name for what an evaluation writes. Evaluators that need neither ignore them."""
+        candidate); `label`: a name for what an evaluation writes. Evaluators that need neither ignore them.
+        `examples`: evaluate only these example ids (search=halving); default: the whole split."""
+
+    def example_ids(self, split: str) -> list[tuple[str, str]]:
+        """The split's examples as (id, category) pairs, known before any model is evaluated."""
+
+
+def only(items: Sequence, examples: Sequence[str] | None, id_of=lambda item: item.id) -> list:
+    """The items whose ids are in `examples` (all of them for None)."""
+    if examples is None:
+        return list(items)
+    wanted = set(examples)
+    return [item for item in items if id_of(item) in wanted]
 
 
 def scores_from_outcomes(outcomes: list[Outcome], categories: tuple[str, ...]) -> dict[str, float]:

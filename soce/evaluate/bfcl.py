@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Sequence
 
 from soce.errors import ConfigError, EvaluationError
-from soce.evaluate import EvalResult
+from soce.evaluate import EvalResult, only
 from soce.scores import Outcome, closest
 
 log = logging.getLogger(__name__)
@@ -243,8 +243,11 @@ class BfclEvaluator:
         return handler
 
     # --- evaluation --------------------------------------------------------------------------------
+    def example_ids(self, split: str) -> list[tuple[str, str]]:
+        return [(e.id, e.category) for e in self.examples[split]]
+
     def evaluate(self, model, tokenizer, split: str, source: Sequence[tuple[object, float]] | None = None,
-                 label: str | None = None) -> EvalResult:
+                 label: str | None = None, examples: Sequence[str] | None = None) -> EvalResult:
         from soce.evaluate.completions import BatchedCompletions
 
         if split not in self.examples:
@@ -254,7 +257,7 @@ class BfclEvaluator:
         handler = self.make_handler(name, model, tokenizer, None)
         handler.client = client = BatchedCompletions(model, tokenizer, batch_size=self.batch_size, max_new_tokens=self.max_new_tokens,
                                                      context_length=handler.max_context_length)
-        entries = self.examples[split]
+        entries = only(self.examples[split], examples)
         self._check_prompt_format(handler, entries[0], name, model)
         _reset_multi_turn_state()
         with contextlib.redirect_stdout(io.StringIO()):  # the handlers print every multi-turn step
@@ -294,6 +297,12 @@ class BfclEvaluator:
                 output = result if isinstance(result, str) else _json(result)
                 outcomes.append(Outcome("", e.id, e.category, bool(verdict["valid"]), output))
         return outcomes
+
+    def scores_of(self, split: str, outcomes: Sequence[Outcome]) -> dict[str, float]:
+        """The scores of a whole split from its outcomes, gathered (search=halving's rungs)."""
+        by_id = {o.example_id: o for o in outcomes}
+        entries = [e for e in self.examples[split] if e.id in by_id]
+        return self.scores([by_id[e.id] for e in entries], entries)
 
     def scores(self, outcomes: Sequence[Outcome], entries: Sequence[Entry]) -> dict[str, float]:
         """Per column, the unweighted mean over its test files of their accuracies (the leaderboard's rule)."""

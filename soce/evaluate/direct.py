@@ -11,7 +11,7 @@ import torch
 
 from soce.artifacts import files_digest
 from soce.errors import EvaluationError
-from soce.evaluate import EvalResult, scores_from_outcomes
+from soce.evaluate import EvalResult, only, scores_from_outcomes
 from soce.scores import Outcome
 from soce.zoo import fc
 
@@ -36,10 +36,13 @@ class ToyFcDirect:
         # the examples, the decoding and the scorer are this code's: a change to it is a new question
         self.fingerprint = {"backend": "direct", "code": files_digest([Path(fc.__file__), Path(__file__)])}
 
+    def example_ids(self, split: str) -> list[tuple[str, str]]:
+        return [(e.id, e.category) for e in self.examples[split]]
+
     @torch.no_grad()
-    def evaluate(self, model, tokenizer, split: str, source=None, label: str | None = None) -> EvalResult:
+    def evaluate(self, model, tokenizer, split: str, source=None, label: str | None = None, examples=None) -> EvalResult:
         check_tokenizer(tokenizer, getattr(model, "name_or_path", "model"))
-        examples = self.examples[split]
+        examples = only(self.examples[split], examples)
         tokenizer.padding_side = "left"
         outcomes = []
         for i in range(0, len(examples), self.batch_size):

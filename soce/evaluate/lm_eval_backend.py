@@ -48,6 +48,7 @@ class LmEvalBackend:
                     raise EvaluationError(f"lm-eval task {task!r} (benchmark.tasks.{split}) does not exist{closest(task, known)}")
         self._lm = None
         self._wrapped = None
+        self._index: dict[str, dict[str, tuple[str, str, int]]] = {}
         configs = {task: self._configs(task) for mapping in tasks.values() for task in mapping.values()}
         self._check_metric(configs)
         # Everything a score depends on: the task folder's files (YAMLs, code, data) and every
@@ -101,14 +102,32 @@ class LmEvalBackend:
             self._wrapped = model
         return self._lm
 
-    def evaluate(self, model, tokenizer, split: str, source=None, label: str | None = None) -> EvalResult:
+    def _docs(self, split: str) -> dict[str, tuple[str, str, int]]:
+        """The split's examples: id -> (category, task, document index), as `evaluate` names them."""
+        if split not in self._index:
+            tasks = self.task_manager.load(list(self.tasks[split].values()))["tasks"]
+            self._index[split] = {
+                str(doc.get("id", f"{task}-{index}")): (category, task, index)
+                for category, task in self.tasks[split].items() for index, doc in enumerate(tasks[task].eval_docs)}
+        return self._index[split]
+
+    def example_ids(self, split: str) -> list[tuple[str, str]]:
+        return [(i, category) for i, (category, _, _) in self._docs(split).items()]
+
+    def evaluate(self, model, tokenizer, split: str, source=None, label: str | None = None, examples=None) -> EvalResult:
         from lm_eval import simple_evaluate
 
         if split not in self.tasks:
             raise EvaluationError(f"benchmark.tasks has no {split!r} split (it has {', '.join(self.tasks)})")
         mapping = self.tasks[split]
+        samples = None
+        if examples is not None:  # lm-eval's own selection: document indices per task
+            docs = self._docs(split)
+            samples = {task: sorted(docs[i][2] for i in examples if docs[i][1] == task) for task in mapping.values()}
+            mapping = {c: t for c, t in mapping.items() if samples[t]}
+            samples = {t: samples[t] for t in mapping.values()}
         with _one_process():
-            out = simple_evaluate(model=self._harness_model(model, tokenizer), tasks=list(mapping.values()),
+            out = simple_evaluate(model=self._harness_model(model, tokenizer), tasks=list(mapping.values()), samples=samples,
                                   task_manager=self.task_manager, log_samples=True, bootstrap_iters=0, verbosity="ERROR")
         scores, outcomes = {}, []
         for category, task in mapping.items():

@@ -1,0 +1,100 @@
+"""search=halving and search=race against the full grid, on the embedded families.
+
+The grid's every point is evaluated on dev and test once (stored in --workdir: a re-run reuses
+them); each strategy is then replayed from those outcomes for --seeds subset orders
+(search.seed), counting the examples it evaluates. For each seed: the examples evaluated as a
+share of the grid's, and whether the point it returns is tied with or better than the grid's
+best (best on dev) on test, by a paired bootstrap (95%) of their difference.
+
+    .venv/bin/python scripts/bench_search.py                  # micro and default families, 20 seeds
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+
+def strategy(name: str):
+    """search=NAME as the command line composes it (its YAML's settings over the schema's)."""
+    from hydra import compose, initialize_config_dir
+
+    from soce import cli
+
+    with initialize_config_dir(config_dir=cli.CONF_DIR, version_base="1.3"):
+        return OmegaConf.to_object(compose("soce", overrides=[f"search={name}"]).search)
+
+
+def grid_outcomes(family: str, workdir: Path, per_category: int):
+    """The selection's experts, and every grid point's outcomes on dev and test (id -> solved)."""
+    from hydra import compose, initialize_config_dir
+
+    from soce import cli, config, pipeline
+    from soce.search import grid_points
+    from soce.sweep import solved_by_id
+    from soce.tracking import NoTracker
+
+    config.register()
+    with initialize_config_dir(config_dir=cli.CONF_DIR, version_base="1.3"):
+        # the micro family's weak set is empty at tau 0.2: its top 3, as the tests take them
+        pool = ["pool=toy_zoo_micro", "selection=topk", "selection.k=3"] if family == "micro" else ["pool=toy_zoo"]
+        cfg = compose("soce", overrides=[*pool, "benchmark.backend=direct", f"benchmark.per_category={per_category}", "tracker=none"])
+    run = pipeline.Run(cfg, workdir / family, NoTracker())
+    run.dir.mkdir(parents=True, exist_ok=True)
+    experts = pipeline.current_experts(run)
+    evaluator, candidates = pipeline.evaluated_pool(run, experts)
+    souper = pipeline.make_souper(run, [candidates[n] for n in experts], evaluator)
+    search = OmegaConf.to_object(cfg.search)
+    points = grid_points(len(experts), search.lo, search.hi, search.step, search.include_uniform)
+    out = {}
+    for split in ("dev", "test"):
+        ids = [i for i, _ in souper.example_ids(split)]
+        out[split] = {p: solved_by_id(souper.evaluate(p, split)["correct"], ids) for p in points}
+        out[split + "_objective"] = {p: souper.evaluate(p, split)["objective"] for p in points}
+    run.close()
+    return experts, points, souper.example_ids("dev"), souper.example_ids("test"), out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workdir", type=Path, default=Path("outputs/bench_search"))
+    ap.add_argument("--families", nargs="+", default=["micro", "default"])
+    ap.add_argument("--seeds", type=int, default=20)
+    ap.add_argument("--per-category", type=int, default=100)
+    args = ap.parse_args()
+
+    from soce.halving import successive_halving
+    from soce.stats import Bootstrap
+
+    print(f"load average at start {os.getloadavg()[0]:.2f}")
+    for family in args.families:
+        experts, points, dev, test, out = grid_outcomes(family, args.workdir, args.per_category)
+        grid_cost = len(points) * len(dev)
+        grid_best = max(points, key=lambda p: out["dev_objective"][p])
+        test_ids = [i for i, _ in test]
+        boot = Bootstrap([c for _, c in test], "mean", 2000, 0, 0.95)
+        print(f"\n{family}: {len(experts)} experts, {len(points)} grid points, {len(dev)} dev examples; grid's best "
+              f"{grid_best} (dev {out['dev_objective'][grid_best]:.4f}, test {out['test_objective'][grid_best]:.4f})")
+        for name in ("halving", "race"):
+            s = strategy(name)
+            shares, ties, same = [], 0, 0
+            for seed in range(args.seeds):
+                run = successive_halving(points, dev, lambda p, r, ids: {i: out["dev"][p][i] for i in ids}, eta=s.eta,
+                                         min_examples=s.min_examples, seed=seed, race=s.race, confidence=s.confidence,
+                                         resamples=s.resamples)
+                best = max(run.alive[-1], key=lambda p: out["dev_objective"][p])
+                shares.append(run.evaluated / grid_cost)
+                d = boot.difference([out["test"][best][i] for i in test_ids], [out["test"][grid_best][i] for i in test_ids])
+                ties += d.high >= 0  # tied with or better than the grid's best on test
+                same += best == grid_best
+            print(f"  {name:<8} (eta {s.eta}{f', confidence {s.confidence}' if s.race else ''}): examples {statistics.median(shares):.1%} of the grid's (median; "
+                  f"{min(shares):.1%} to {max(shares):.1%}); returned point tied or better on test in {ties}/{args.seeds} "
+                  f"seeds; the grid's own best in {same}/{args.seeds}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""Successive halving over nested, stratified subsets of the examples (search=halving), and its
+racing variant (search=race): every point starts on a small subset of the dev examples in which
+every category is represented in proportion; the best share of them continue on a larger
+subset that contains the smaller one (their outcomes there are reused, never recomputed),
+until the survivors are evaluated on every example. Racing keeps, at each rung, every point a
+paired bootstrap cannot tell from the rung's best, instead of a fixed share.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+from soce.errors import ConfigError
+from soce.stats import Bootstrap
+
+Point = tuple[float, ...]
+# evaluate_on(point, rung, ids): the point's outcomes (id -> solved) on the examples `ids`, the
+# increment of rung `rung` over the rung before it
+EvaluateOn = Callable[[Point, int, Sequence[str]], dict[str, bool]]
+
+
+def rung_sizes(n_examples: int, eta: int, min_examples: int) -> list[int]:
+    """Subset sizes min_examples, x eta, x eta^2, ..., then every example."""
+    if eta < 2:
+        raise ConfigError(f"search.eta={eta}: the reduction factor must be at least 2")
+    if min_examples < 1:
+        raise ConfigError(f"search.min_examples={min_examples}: must be at least 1")
+    sizes, m = [], min_examples
+    while m < n_examples:
+        sizes.append(m)
+        m *= eta
+    return sizes + [n_examples]
+
+
+def nested_subsets(examples: Sequence[tuple[str, str]], sizes: Sequence[int], seed: int) -> list[list[str]]:
+    """For each size, a subset of the example ids (examples: (id, category) pairs): each category's
+    examples in a seeded order, of which the subset of size m takes the first m * n_c / N (at
+    least one): every category in proportion, each subset inside the next."""
+    by_category: dict[str, list[str]] = {}
+    for i, c in sorted(examples):
+        by_category.setdefault(c, []).append(i)
+    rng = random.Random(seed)
+    for ids in by_category.values():
+        rng.shuffle(ids)
+    n = len(examples)
+    return [[i for ids in by_category.values() for i in ids[: max(1, round(m * len(ids) / n))]] for m in sizes]
+
+
+@dataclass
+class Halving:
+    """What a halving run did: the rungs' subsets, the points alive at each rung, the examples
+    evaluated (increments only), and the point it returns."""
+
+    subsets: list[list[str]]
+    alive: list[list[Point]] = field(default_factory=list)
+    evaluated: int = 0
+    best: Point | None = None
+
+
+def successive_halving(points: Sequence[Point], examples: Sequence[tuple[str, str]], evaluate_on: EvaluateOn, *,
+                       eta: int = 3, min_examples: int | None = None, seed: int = 0, race: bool = False,
+                       confidence: float = 0.95, resamples: int = 1000, objective: str = "mean",
+                       rungs: int | None = None) -> Halving:
+    """The point with the best objective on every example among those that survive the rungs.
+    rungs: run only the first `rungs` rungs (a shard's share: rung 0), returning no best."""
+    category = dict(examples)
+    n_categories = len(set(category.values()))
+    min_examples = min_examples or 4 * n_categories
+    subsets = nested_subsets(examples, rung_sizes(len(examples), eta, min_examples), seed)
+    run = Halving(subsets)
+    outcomes: dict[Point, dict[str, bool]] = {p: {} for p in points}
+    alive = list(dict.fromkeys(points))
+    for r, subset in enumerate(subsets[:rungs]):
+        run.alive.append(list(alive))
+        for p in alive:
+            new = [i for i in subset if i not in outcomes[p]]
+            if new:
+                outcomes[p].update(evaluate_on(p, r, new))
+                run.evaluated += len(new)
+        if r == len(subsets) - 1:
+            break
+        score = {p: _objective([outcomes[p][i] for i in subset], [category[i] for i in subset], objective) for p in alive}
+        ranked = sorted(alive, key=lambda p: -score[p])  # stable: ties keep the planned order
+        if race:
+            boot = Bootstrap([category[i] for i in subset], objective, resamples, seed + r, confidence)
+            lead = [outcomes[ranked[0]][i] for i in subset]
+            alive = [p for p in ranked if p == ranked[0] or boot.difference([outcomes[p][i] for i in subset], lead).high >= 0]
+        else:
+            alive = ranked[: max(1, math.ceil(len(ranked) / eta))]
+    if rungs is None or rungs >= len(subsets):
+        full = subsets[-1]
+        run.best = max(alive, key=lambda p: _objective([outcomes[p][i] for i in full], [category[i] for i in full], objective))
+    return run
+
+
+def _objective(correct: Sequence[bool], categories: Sequence[str], objective: str) -> float:
+    per: dict[str, list[bool]] = {}
+    for c, ok in zip(categories, correct):
+        per.setdefault(c, []).append(ok)
+    values = [sum(v) / len(v) for v in per.values()]
+    return math.fsum(values) / len(values) if objective == "mean" else math.fsum(values)
