@@ -248,7 +248,7 @@ class HalvingSearch(GridSearch):
     min_examples: Optional[int] = None  # the first rung's examples; default: 4 per category
     seed: int = 0  # the order the subsets take the examples in
     race: bool = False
-    confidence: float = 0.9  # race: a point is dropped when it is worse than the best at this confidence
+    confidence: float = 0.85  # race: a point is dropped when it is worse than the best at this confidence
     resamples: int = 1000  # race: bootstrap resamples per comparison
 
 
