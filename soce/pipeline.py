@@ -513,7 +513,7 @@ def sweep(run: Run):
         souper.bar = bar
         done = run_search(search, len(experts), souper.objective_of(split), _by_own_score(run, experts), run.shard,
                           examples, lambda p, ids: souper.outcomes_on(p, split, ids))
-    if halving:
+    if halving and done.alive[0]:  # (a shard may have no point of the first rung)
         log.info("%s: rungs of %s examples, %s points alive at each; %d examples evaluated, %.0f%% of the grid's %d",
                  search.name, "/".join(str(len(s)) for s in done.subsets), "/".join(str(len(a)) for a in done.alive),
                  done.evaluated, 100 * done.evaluated / (len(done.alive[0]) * len(examples)), len(done.alive[0]) * len(examples))
