@@ -188,6 +188,7 @@ class PoolConfig:
     name: str = MISSING
     models: Optional[List[ModelRef]] = None  # None: every model of the score table
     zoo: Optional[str] = None  # an embedded model family (default | micro): its candidates are the pool
+    base: Optional[str] = None  # the model the candidates were fine-tuned from (a directory or Hub id); the zoo knows its own
     cache_dir: Optional[str] = None  # where the family and evaluations are cached; default ~/.cache/soce
 
 
@@ -354,6 +355,7 @@ class BootstrapConfig:
 class ReportConfig:
     shapley: ShapleyConfig = field(default_factory=ShapleyConfig)
     bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
+    line_points: int = 5  # soups on the line between each pair of experts (ends included); 0: none
     top_points: int = 10  # the weight landscape's table
 
 
@@ -432,6 +434,8 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"report.bootstrap.samples={cfg.report.bootstrap.samples}: a bootstrap needs at least 2 resamples")
     if not 0 < cfg.report.bootstrap.confidence < 1:
         raise ConfigError(f"report.bootstrap.confidence={cfg.report.bootstrap.confidence}: must be between 0 and 1 (e.g. 0.95)")
+    if cfg.report.line_points != 0 and cfg.report.line_points < 3:
+        raise ConfigError(f"report.line_points={cfg.report.line_points}: 0 (no line), or at least 3 (the ends and one between)")
     if cfg.report.shapley.samples < 2:
         raise ConfigError(f"report.shapley.samples={cfg.report.shapley.samples}: at least 2 permutations are needed for an error estimate")
     b = cfg.benchmark

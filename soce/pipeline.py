@@ -168,8 +168,11 @@ def load_scores(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Score
 
 
 def pool_base(cfg: DictConfig) -> Candidate | None:
-    """The model the pool's candidates were fine-tuned from, where the pool has one (the
-    embedded family's base), for the results' first row."""
+    """The model the pool's candidates were fine-tuned from, where the pool knows it (pool.base,
+    or the embedded family's base), for the results' first row and the task vectors."""
+    if cfg.pool.base:
+        local = Path(cfg.pool.base).is_dir()
+        return Candidate("base", None if local else cfg.pool.base, cfg.pool.base if local else None)
     if not cfg.pool.zoo:
         return None
     from soce.zoo.family import build_family
@@ -693,6 +696,7 @@ def results_summary(results: dict) -> str:
 def report(run: Run) -> Path:
     """report.md from what the earlier stages left in the run directory (the report module is
     handed its inputs; it knows nothing of the pipeline)."""
+    from soce.evaluate.candidates import model_dir
     from soce.report.study import StudyReport, write_report
 
     cfg, search = run.cfg, run.search
@@ -710,6 +714,8 @@ def report(run: Run) -> Path:
         inputs = replace(
             inputs, categories=evaluator.categories, souper=souper, points=souper.points(search.select_on.value),
             candidate_souper=lambda: make_souper(run, list(candidates.values()), evaluator, kind="shapley"),
+            line_points=cfg.report.line_points, expert_dirs={n: model_dir(candidates[n]) for n in experts},
+            base_dir=model_dir(base) if (base := pool_base(cfg)) else None,
             own=candidate_scores(run), results=artifacts.read_current(run.path(RESULTS), artifacts.results_settings(cfg)))
     return write_report(inputs)
 

@@ -104,15 +104,23 @@ def test_the_report_on_the_micro_family_has_every_section_and_costs_nothing_twic
     r = study(*args)
     report = (run / "report.md").read_text()
     for section in ("## The study", "## Weak set and experts", "## Baselines", "## Weight landscape", "## Shapley values",
-                    "## Consistency across categories", "## Win rates on test"):
+                    "## Will souping work? Task vectors and linear mode connectivity", "## Consistency across categories",
+                    "## Win rates on test"):
         assert section in report
-    for image in ("correlation.png", "landscape.png", "shapley.png", "consistency.png"):
+    # task vectors from the family's base, the lines between the experts, a sentence per pair
+    experts = [e["model"] for e in json.loads((run / "selection.json").read_text())["experts"]]
+    assert [row[0] for row in r.tracker.tables["report/task_vectors"][1]] == experts
+    assert all(0 < row[2] < 1 for row in r.tracker.tables["report/task_vectors"][1])  # deltas smaller than the base
+    assert [row[:2] for row in r.tracker.tables["report/connectivity"][1]] == [list(p) for p in itertools.combinations(experts, 2)]
+    assert all(f"- {a} and {b}: " in report for a, b in itertools.combinations(experts, 2))
+    for image in ("correlation.png", "landscape.png", "shapley.png", "consistency.png", "diagnostics.png"):
         assert f"]({image})" in report and (run / image).stat().st_size > 10_000
     assert "| searched soup, top-3 experts (grid search) |" in report and "failed by every ingredient" in report
     # Shapley: 3 experts, exact; pairs are souped and stored, single experts are their own scores.
     records = [json.loads(line) for line in (run / "sweep.jsonl").read_text().splitlines()]
-    pairs = [p for p in records if p["kind"] == "shapley"]
-    assert len(pairs) == 3 and all(sorted(p["weights"]) == [0.0, 0.5, 0.5] for p in pairs)
+    pairs = [p for p in records if p["kind"] == "shapley" and sorted(p["weights"]) == [0.0, 0.5, 0.5]]
+    lines = [p for p in records if p["kind"] == "shapley" and p not in pairs]  # the lines' other points (their middle is a pair)
+    assert len(pairs) == 3 and len(lines) == 6 and all(sorted(p["weights"]) == [0.0, 0.25, 0.75] for p in lines)
     assert all(len(p["correct"]) == 120 for p in records if p["split"] == "dev")  # 6 categories x 20 examples
     assert "(3 soups evaluated for this report" in report
     values = [float(line.split("|")[2]) for line in report.split("## Shapley values")[1].split("##")[0].splitlines()

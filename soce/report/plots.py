@@ -105,3 +105,27 @@ def plot_ternary(experts: Sequence[str], points: Sequence[Sequence[float]], scor
     ax.set_title("Weight landscape: each point a soup, a corner one expert alone", fontsize=10)
     fig.savefig(path, dpi=130, bbox_inches="tight")
     plt.close(fig)
+
+
+def plot_diagnostics(models: Sequence[str], cosines: np.ndarray | None, lines: Sequence, objective: str, path: Path) -> None:
+    """The task vectors' cosines (where a base is known) beside the score along each pair's line."""
+    plt = _pyplot()
+    panels = (cosines is not None) + bool(lines)
+    fig, axes = plt.subplots(1, panels, figsize=(6.4 * panels, 4.8), squeeze=False, gridspec_kw={"wspace": 0.5})
+    axes = list(axes[0])
+    if cosines is not None:
+        ax = axes.pop(0)
+        image = draw_heatmap(ax, np.nan_to_num(cosines), list(models))
+        ax.set_title("cosine between task vectors\n(theta_i - theta_base)", fontsize=10)
+        fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    if lines:
+        ax = axes.pop(0)
+        for line in lines:
+            ax.plot(line.ts, line.scores, marker="o", label=f"{line.a} -> {line.b} (barrier {line.barrier:.3f})")
+            ax.plot([0, 1], [line.scores[0], line.scores[-1]], linestyle=":", color=ax.lines[-1].get_color(), linewidth=1)
+        ax.set_xlabel("t (weight of the second model; the first has 1 - t)")
+        ax.set_ylabel(f"dev {objective}")
+        ax.set_title("score along the line between two experts\n(dotted: the straight line between the ends)", fontsize=10)
+        ax.legend(fontsize=8)
+    fig.savefig(path, dpi=130, bbox_inches="tight")
+    plt.close(fig)

@@ -17,7 +17,8 @@ from soce.artifacts import REPORT
 from soce.config import CoalitionValue, Players, ShapleyConfig
 from soce.progress import Progress, plural
 from soce.report.consistency import Consistency, consistency
-from soce.report.plots import plot_consistency, plot_shapley, plot_ternary
+from soce.report.diagnostics import connectivity, prediction, task_vectors
+from soce.report.plots import plot_consistency, plot_diagnostics, plot_shapley, plot_ternary
 from soce.report.shapley import ShapleyResult, shapley
 from soce.report.significance import score_text, supported
 from soce.report.winrate import WinRates, win_rates
@@ -54,6 +55,9 @@ class StudyReport:
     points: list[dict] = field(default_factory=list)  # the sweep's stored points, objective as asked now
     own: dict[str, ScoreTable] = field(default_factory=dict)  # split -> the candidates' own scores
     results: dict | None = None  # results.json, where the soup stage has run
+    line_points: int = 0  # soups on the line between each pair of experts (0: none)
+    expert_dirs: dict[str, str] = field(default_factory=dict)  # expert -> its model directory
+    base_dir: str | None = None  # the model the candidates were fine-tuned from, where known
 
     @property
     def split(self) -> str:
@@ -102,6 +106,7 @@ def _soup_sections(r: StudyReport) -> list[str]:
     md = _baselines_section(r)
     md += _landscape_section(r)
     md += _shapley_section(r)
+    md += _diagnostics_section(r)
     md += _consistency_section(r)
     md += _win_rate_section(r)
     return md
@@ -180,6 +185,63 @@ def shapley_of(souper: Souper, own_scores: dict[str, float], split: str, config:
         return best
 
     return shapley(n, v, config.method.value, config.max_exact, config.samples, config.seed)
+
+
+def _diagnostics_section(r: StudyReport) -> list[str]:
+    """Task vectors (where the base is known) and the score along each pair of experts' line."""
+    md = ["## Will souping work? Task vectors and linear mode connectivity", ""]
+    experts, split, obj = r.experts, r.split, r.objective
+    tv = task_vectors(r.base_dir, {e: r.expert_dirs[e] for e in experts}) if r.base_dir and r.expert_dirs else None
+    lines = []
+    if r.line_points and len(experts) > 1:
+        own = {m: aggregate(r.own[split].row(m), obj) for m in experts}
+
+        def score(weights: tuple[float, ...]) -> float:
+            if max(weights) == 1.0:  # an end of the line: the expert itself
+                return own[experts[weights.index(1.0)]]
+            return r.souper.evaluate(weights, split)["objective"]
+
+        before = len(r.souper.store)
+        lines = connectivity(experts, score, r.line_points)
+        log.info("report: %d soups on the lines between the experts (%d evaluated now)", len(lines) * (r.line_points - 2),
+                 len(r.souper.store) - before)
+    if tv is None and not lines:
+        return md + ["_No base model is known for this pool (set pool.base) and report.line_points=0: nothing to show._", ""]
+    if tv is not None:
+        md += [f"Task vectors: each expert's parameters minus the base's ({r.base_dir}).", "",
+               "| expert | norm of the task vector | relative to the base's norm |", "|---|---|---|"]
+        md += [f"| {m} | {n:.4g} | {rel:.4f} |" for m, n, rel in zip(tv.models, tv.norms, tv.relative)]
+        r.tracker.log_table("report/task_vectors", ["model", "norm", "relative_norm"],
+                            [[m, n, rel] for m, n, rel in zip(tv.models, tv.norms, tv.relative)])
+        r.tracker.log_table("report/task_vector_cosines", ["model", *tv.models],
+                            [[m, *map(_na, row)] for m, row in zip(tv.models, tv.cosines)])
+        md.append("")
+    else:
+        md += ["_No base model is known for this pool (set pool.base): no task vectors._", ""]
+    if lines:
+        md += [f"Dev {obj} along the line between each pair of experts (t: the second one's weight); the barrier is the "
+               "largest drop below the straight line between the ends.", "",
+               "| pair | " + " | ".join(f"t={t:g}" for t in lines[0].ts) + " | barrier |",
+               "|---|" + "---|" * (len(lines[0].ts) + 1)]
+        md += [f"| {c.a} - {c.b} | " + " | ".join(f"{s:.4f}" for s in c.scores) + f" | {c.barrier:.4f} |" for c in lines]
+        r.tracker.log_table("report/connectivity", ["a", "b", *[f"t={t:g}" for t in lines[0].ts], "barrier"],
+                            [[c.a, c.b, *c.scores, c.barrier] for c in lines])
+        md.append("")
+    plot_diagnostics(experts, None if tv is None else tv.cosines, lines, obj, r.path("diagnostics.png"))
+    r.tracker.log_image("report/diagnostics", r.path("diagnostics.png"))
+    index = {m: i for i, m in enumerate(experts)}
+    by_pair = {(c.a, c.b): c for c in lines}
+    md += ["![task vectors and lines](diagnostics.png)", "", "What they predict, pair by pair:", ""]
+    for i, a in enumerate(experts):
+        for b in experts[i + 1:]:
+            cosine = float(tv.cosines[index[a], index[b]]) if tv is not None else math.nan
+            md.append(f"- {a} and {b}: {prediction(cosine, by_pair.get((a, b))) if tv is not None else _line_only(by_pair.get((a, b)))}")
+    return md + [""]
+
+
+def _line_only(line) -> str:
+    """The prediction of a pair without task vectors: the line's part of it."""
+    return prediction(0.0, line).split("; ", 1)[1]
 
 
 def _shapley_section(r: StudyReport) -> list[str]:

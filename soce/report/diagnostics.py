@@ -1,0 +1,112 @@
+"""Whether a pool is soupable, before or beside the sweep: task vectors (each model's parameter
+delta from the base it was fine-tuned from: its norm relative to the base's, and the cosine
+between every pair) and linear mode connectivity (the score along the line between two
+experts, and the barrier: the largest drop below the straight line between its ends).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from soce.merge.checkpoint import TensorReader, check_compatible, open_checkpoint
+
+
+@dataclass(frozen=True)
+class TaskVectors:
+    models: tuple[str, ...]
+    base_norm: float  # ||theta_base||
+    norms: tuple[float, ...]  # ||theta_i - theta_base||
+    cosines: np.ndarray  # cos(delta_i, delta_j)
+
+    @property
+    def relative(self) -> tuple[float, ...]:
+        """||theta_i - theta_base|| / ||theta_base||."""
+        return tuple(n / self.base_norm for n in self.norms)
+
+
+def task_vectors(base: str | Path, models: dict[str, str | Path]) -> TaskVectors:
+    """The task vectors of `models` from `base`, read tensor by tensor (memory: one tensor per
+    model), accumulated in float64."""
+    checkpoints = [open_checkpoint(base), *(open_checkpoint(p) for p in models.values())]
+    check_compatible(checkpoints)
+    n = len(models)
+    gram = np.zeros((n, n))
+    base_sq = 0.0
+    reader = TensorReader(max(t.nbytes for ck in checkpoints for t in ck.tensors.values()))
+    try:
+        for name in checkpoints[0].tensors:
+            theta = reader.read(checkpoints[0].tensors[name]).to(torch.float64)
+            base_sq += float(theta.square().sum())
+            deltas = torch.stack([reader.read(ck.tensors[name]).to(torch.float64).flatten() - theta.flatten()
+                                  for ck in checkpoints[1:]])
+            gram += (deltas @ deltas.T).numpy()
+    finally:
+        reader.close()
+    norms = np.sqrt(np.diag(gram))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cosines = gram / np.outer(norms, norms)
+    return TaskVectors(tuple(models), math.sqrt(base_sq), tuple(float(x) for x in norms), cosines)
+
+
+@dataclass(frozen=True)
+class Connectivity:
+    """The score along the line from expert a (t=0) to expert b (t=1)."""
+
+    a: str
+    b: str
+    ts: tuple[float, ...]
+    scores: tuple[float, ...]
+
+    @property
+    def barrier(self) -> float:
+        """The largest drop of the score below the straight line between its end points (0 if none)."""
+        s0, s1 = self.scores[0], self.scores[-1]
+        return max(0.0, *((1 - t) * s0 + t * s1 - s for t, s in zip(self.ts, self.scores)))
+
+    @property
+    def gain(self) -> float:
+        """The best score on the line above the better end point (0 if none)."""
+        return max(0.0, max(self.scores) - max(self.scores[0], self.scores[-1]))
+
+
+def connectivity(names: Sequence[str], score: Callable[[tuple[float, ...]], float], points: int) -> list[Connectivity]:
+    """For each pair of `names`, the score (`score(weights)`, weights over all names) at `points`
+    evenly spaced points of the line between them, ends included."""
+    ts = tuple(k / (points - 1) for k in range(points))
+    out = []
+    for i in range(len(names)):
+        for j in range(i + 1, len(names)):
+            def weights(t: float) -> tuple[float, ...]:
+                w = [0.0] * len(names)
+                w[i], w[j] = 1 - t, t
+                return tuple(w)
+
+            out.append(Connectivity(names[i], names[j], ts, tuple(score(weights(t)) for t in ts)))
+    return out
+
+
+def prediction(cosine: float, line: Connectivity | None) -> str:
+    """One sentence: what the pair's task vectors and line predict for their soup."""
+    if math.isnan(cosine):
+        shape = "one of them equals the base (no task vector)"
+    elif abs(cosine) < 0.2:
+        shape = f"near-orthogonal task vectors (cosine {cosine:.2f}), which the task-arithmetic literature reads as composable"
+    elif cosine > 0:
+        shape = f"aligned task vectors (cosine {cosine:.2f}): they moved the base the same way, so averaging adds little"
+    else:
+        shape = f"opposed task vectors (cosine {cosine:.2f}): averaging cancels part of each"
+    if line is None:
+        return shape + "."
+    if line.barrier > 0.02:
+        path = f"a barrier of {line.barrier:.3f} on the line between them: their soup loses what neither end loses"
+    elif line.gain > 0:
+        path = f"no barrier, and a point on the line {line.gain:.3f} above the better end: the soup should help"
+    else:
+        path = "no barrier, and no point above the better end: the soup should not hurt, nor help much"
+    return f"{shape}; {path}."
