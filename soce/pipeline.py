@@ -714,9 +714,14 @@ def report(run: Run) -> Path:
         inputs = replace(
             inputs, categories=evaluator.categories, souper=souper, points=souper.points(search.select_on.value),
             candidate_souper=lambda: make_souper(run, list(candidates.values()), evaluator, kind="shapley"),
-            line_points=cfg.report.line_points, expert_dirs={n: model_dir(candidates[n]) for n in experts},
-            base_dir=model_dir(base) if (base := pool_base(cfg)) else None,
-            own=candidate_scores(run), results=artifacts.read_current(run.path(RESULTS), artifacts.results_settings(cfg)))
+            own=candidate_scores(run), results=artifacts.read_current(run.path(RESULTS), artifacts.results_settings(cfg)),
+            line_points=cfg.report.line_points, expert_dirs={n: model_dir(candidates[n]) for n in experts})
+        base = pool_base(cfg)
+        if base is not None:  # its score is the empty coalition's value (cached since the soup stage)
+            from soce.sweep import aggregate
+
+            own = evaluate_pool(cfg, [base], run.dir)[search.select_on.value]
+            inputs = replace(inputs, base_dir=model_dir(base), base_score=aggregate(own.row(base.name), search.objective))
     return write_report(inputs)
 
 

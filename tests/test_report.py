@@ -127,7 +127,10 @@ def test_the_report_on_the_micro_family_has_every_section_and_costs_nothing_twic
               if line.startswith("| micro-")]
     uniform = next(p for p in records if p["kind"] == "sweep" and p["split"] == "dev"
                    and all(math.isclose(w, 1 / 3) for w in p["weights"]))
-    assert sum(values) == pytest.approx(uniform["objective"], abs=2e-4)  # efficiency, at the table's 4 decimals
+    base = next(row for row in json.loads((run / "results.json").read_text())["rows"] if row["role"] == "base")
+    # efficiency, at the table's 4 decimals: the empty coalition is the base model
+    assert sum(values) == pytest.approx(uniform["objective"] - base["dev"]["objective"], abs=2e-4)
+    assert f"the empty coalition's is the base model's score, {base['dev']['objective']:.4f}, so each value is a gain" in report
     shapley = {row[0]: row[1] for row in r.tracker.tables["report/shapley"][1]}
     assert sorted(shapley.values()) == pytest.approx(sorted(values), abs=5e-5)
 

@@ -58,6 +58,7 @@ class StudyReport:
     line_points: int = 0  # soups on the line between each pair of experts (0: none)
     expert_dirs: dict[str, str] = field(default_factory=dict)  # expert -> its model directory
     base_dir: str | None = None  # the model the candidates were fine-tuned from, where known
+    base_score: float | None = None  # its objective on the split weights are chosen on: the empty coalition's value
 
     @property
     def split(self) -> str:
@@ -154,10 +155,11 @@ def _landscape_section(r: StudyReport) -> list[str]:
 
 
 def shapley_of(souper: Souper, own_scores: dict[str, float], split: str, config: ShapleyConfig,
-               search: Search | None = None) -> ShapleyResult:
+               search: Search | None = None, empty: float = 0.0) -> ShapleyResult:
     """Shapley values of `souper`'s models; a coalition's value is its soup's objective on `split`
     (uniform weights, or the best of `search` over its members). A single model's value is its
-    own score (`own_scores`): a soup of one is the model itself. The empty coalition is worth 0."""
+    own score (`own_scores`): a soup of one is the model itself. The empty coalition is worth
+    `empty` (the base model's score, where the pool has one: each value is then a gain over it)."""
     n = len(souper.names)
 
     def embed(members: Sequence[int], weights: Sequence[float]) -> tuple[float, ...]:
@@ -184,7 +186,7 @@ def shapley_of(souper: Souper, own_scores: dict[str, float], split: str, config:
         run_search(search, len(members), evaluate, order)
         return best
 
-    return shapley(n, v, config.method.value, config.max_exact, config.samples, config.seed)
+    return shapley(n, v, config.method.value, config.max_exact, config.samples, config.seed, empty=empty)
 
 
 def _diagnostics_section(r: StudyReport) -> list[str]:
@@ -260,7 +262,7 @@ def _shapley_section(r: StudyReport) -> list[str]:
     with Progress(total, "report: coalition soups", "soup") as bar:
         souper.bar = bar
         try:
-            result = shapley_of(souper, own, split, c, r.search)
+            result = shapley_of(souper, own, split, c, r.search, empty=r.base_score or 0.0)
         finally:
             souper.bar = None
     evaluated = len(souper.store) - before
@@ -270,7 +272,10 @@ def _shapley_section(r: StudyReport) -> list[str]:
            else f"Monte Carlo over {result.samples} random orders; the error is one standard error")
     md = ["## Shapley values", "",
           f"Players: the {len(players)} {c.players}. The value of a coalition is the {split} {obj} of its {what}; "
-          f"a single model's is its own score, the empty coalition's 0. {how}. "
+          "a single model's is its own score; "
+          + (f"the empty coalition's is the base model's score, {r.base_score:.4f}, so each value is a gain over the base. "
+             if r.base_score is not None else "the empty coalition's is 0 (no base model is known for this pool: pool.base "
+             "sets one). ") + f"{how}. "
           f"{result.coalitions} coalitions valued ({evaluated} soups evaluated for this report, the rest from the store). "
           f"The values sum to v(all) - v(empty) = {sum(result.values):.4f}.", "", "![Shapley values](shapley.png)", "",
           "| model | Shapley value |" + (" std. error |" if result.errors else ""), "|---|---|" + ("---|" if result.errors else "")]
