@@ -81,3 +81,4 @@ def test_the_barrier_is_the_largest_drop_below_the_chord():
     hill = Connectivity("a", "b", (0, 0.5, 1), (0.6, 0.9, 0.7))
     assert hill.barrier == 0 and hill.gain == pytest.approx(0.2)
     assert "barrier of 0.200" in prediction(0.05, bowl) and "should help" in prediction(0.05, hill)
+    assert prediction(None, hill).startswith("No barrier")  # no base known: the line alone

@@ -91,8 +91,17 @@ def connectivity(names: Sequence[str], score: Callable[[tuple[float, ...]], floa
     return out
 
 
-def prediction(cosine: float, line: Connectivity | None) -> str:
-    """One sentence: what the pair's task vectors and line predict for their soup."""
+def prediction(cosine: float | None, line: Connectivity | None) -> str:
+    """One sentence: what the pair's task vectors (cosine None: no base known) and line predict
+    for their soup."""
+    parts = [] if cosine is None else [_shape(cosine)]
+    if line is not None:
+        parts.append(_path(line))
+    sentence = "; ".join(parts)
+    return sentence[:1].upper() + sentence[1:] + "." if cosine is None else sentence + "."
+
+
+def _shape(cosine: float) -> str:
     if math.isnan(cosine):
         shape = "one of them equals the base (no task vector)"
     elif abs(cosine) < 0.2:
@@ -101,12 +110,14 @@ def prediction(cosine: float, line: Connectivity | None) -> str:
         shape = f"aligned task vectors (cosine {cosine:.2f}): they moved the base the same way, so averaging adds little"
     else:
         shape = f"opposed task vectors (cosine {cosine:.2f}): averaging cancels part of each"
-    if line is None:
-        return shape + "."
+    return shape
+
+
+def _path(line: Connectivity) -> str:
     if line.barrier > 0.02:
         path = f"a barrier of {line.barrier:.3f} on the line between them: their soup loses what neither end loses"
     elif line.gain > 0:
         path = f"no barrier, and a point on the line {line.gain:.3f} above the better end: the soup should help"
     else:
         path = "no barrier, and no point above the better end: the soup should not hurt, nor help much"
-    return f"{shape}; {path}."
+    return path

@@ -236,14 +236,9 @@ def _diagnostics_section(r: StudyReport) -> list[str]:
     md += ["![task vectors and lines](diagnostics.png)", "", "What they predict, pair by pair:", ""]
     for i, a in enumerate(experts):
         for b in experts[i + 1:]:
-            cosine = float(tv.cosines[index[a], index[b]]) if tv is not None else math.nan
-            md.append(f"- {a} and {b}: {prediction(cosine, by_pair.get((a, b))) if tv is not None else _line_only(by_pair.get((a, b)))}")
+            cosine = float(tv.cosines[index[a], index[b]]) if tv is not None else None
+            md.append(f"- {a} and {b}: {prediction(cosine, by_pair.get((a, b)))}")
     return md + [""]
-
-
-def _line_only(line) -> str:
-    """The prediction of a pair without task vectors: the line's part of it."""
-    return prediction(0.0, line).split("; ", 1)[1]
 
 
 def _shapley_section(r: StudyReport) -> list[str]:
