@@ -15,6 +15,7 @@ from typing import Callable, Sequence
 
 from soce.errors import ConfigError
 from soce.stats import Bootstrap
+from soce.sweep import aggregate
 
 Point = tuple[float, ...]
 # evaluate_on(point, rung, ids): the point's outcomes (id -> solved) on the examples `ids`, the
@@ -100,5 +101,4 @@ def _objective(correct: Sequence[bool], categories: Sequence[str], objective: st
     per: dict[str, list[bool]] = {}
     for c, ok in zip(categories, correct):
         per.setdefault(c, []).append(ok)
-    values = [sum(v) / len(v) for v in per.values()]
-    return math.fsum(values) / len(values) if objective == "mean" else math.fsum(values)
+    return aggregate({c: sum(v) / len(v) for c, v in per.items()}, objective)

@@ -490,6 +490,7 @@ def _by_own_score(run: Run, names: list[str]) -> list[int]:
 
 
 def sweep(run: Run):
+    from soce.config import HalvingSearch
     from soce.search import expected_points, run_search
 
     search = run.search
@@ -509,7 +510,7 @@ def sweep(run: Run):
     already = len(store)
     k, n = run.shard
     what = f"sweep ({search.name})" + (f" shard {k}/{n}" if n > 1 else "")
-    halving = search.name in ("halving", "race")
+    halving = isinstance(search, HalvingSearch)  # search=halving or search=race
     examples = souper.example_ids(split) if halving else ()
     with config_group("search"), Progress(expected_points(search, len(experts), run.shard), what,
                                           "example" if halving else "point") as bar:

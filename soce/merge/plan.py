@@ -79,9 +79,8 @@ def host_memory() -> int:
 def visible_devices(max_memory: int | None = None) -> list[Device]:
     """This machine's GPUs (each capped at max_memory), or its CPU where it has none."""
     if not torch.cuda.is_available():
-        return [Device("cpu", host_memory())]
-    return [Device(f"cuda:{i}", min(torch.cuda.get_device_properties(i).total_memory, max_memory or math.inf))
-            for i in range(torch.cuda.device_count())]
+        return [one_device("cpu")]
+    return [one_device(f"cuda:{i}", max_memory) for i in range(torch.cuda.device_count())]
 
 
 def one_device(name: str, max_memory: int | None = None) -> Device:
