@@ -187,7 +187,7 @@ class ModelRef:
 class PoolConfig:
     name: str = MISSING
     models: Optional[List[ModelRef]] = None  # None: every model of the score table
-    zoo: Optional[str] = None  # an embedded model family (default | micro): its candidates are the pool
+    zoo: Optional[str] = None  # an embedded model family (default | specialists | micro): its candidates are the pool
     base: Optional[str] = None  # the model the candidates were fine-tuned from (a directory or Hub id); the zoo knows its own
     cache_dir: Optional[str] = None  # where the family and evaluations are cached; default ~/.cache/soce
 
@@ -356,6 +356,9 @@ class ReportConfig:
     shapley: ShapleyConfig = field(default_factory=ShapleyConfig)
     bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
     line_points: int = 5  # soups on the line between each pair of experts (ends included); 0: none
+    # whose task vectors (delta from pool.base) the report compares: every candidate (reads each
+    # one's weights once) or the selection's experts only
+    task_vectors: Players = Players.candidates
     top_points: int = 10  # the weight landscape's table
 
 

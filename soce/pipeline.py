@@ -697,6 +697,7 @@ def results_summary(results: dict) -> str:
 def report(run: Run) -> Path:
     """report.md from what the earlier stages left in the run directory (the report module is
     handed its inputs; it knows nothing of the pipeline)."""
+    from soce.config import Players
     from soce.evaluate.candidates import model_dir
     from soce.report.study import StudyReport, write_report
 
@@ -716,13 +717,15 @@ def report(run: Run) -> Path:
             inputs, categories=evaluator.categories, souper=souper, points=souper.points(search.select_on.value),
             candidate_souper=lambda: make_souper(run, list(candidates.values()), evaluator, kind="shapley"),
             own=candidate_scores(run), results=artifacts.read_current(run.path(RESULTS), artifacts.results_settings(cfg)),
-            line_points=cfg.report.line_points, expert_dirs={n: model_dir(candidates[n]) for n in experts})
+            line_points=cfg.report.line_points)
         base = pool_base(cfg)
         if base is not None:  # its score is the empty coalition's value (cached since the soup stage)
             from soce.sweep import aggregate
 
             own = evaluate_pool(cfg, [base], run.dir)[search.select_on.value]
-            inputs = replace(inputs, base_dir=model_dir(base), base_score=aggregate(own.row(base.name), search.objective))
+            vectors = candidates if cfg.report.task_vectors == Players.candidates else experts
+            inputs = replace(inputs, base_dir=model_dir(base), base_score=aggregate(own.row(base.name), search.objective),
+                             vector_dirs={n: model_dir(candidates[n]) for n in vectors})
     return write_report(inputs)
 
 
@@ -763,7 +766,7 @@ def zoo(run: Run) -> None:
     from soce.zoo.family import build_family
 
     if not run.cfg.pool.zoo:
-        raise ConfigError("stage=zoo builds a model family: choose pool=toy_zoo (or toy_zoo_micro)")
+        raise ConfigError("stage=zoo builds a model family: choose pool=toy_zoo (or toy_zoo_specialists, toy_zoo_micro)")
     family = build_family(run.cfg.pool.zoo, cache_dir(run.cfg))
     log.info("zoo %s: base and %d candidates in %s", family.spec.name, len(family.candidates), family.root)
     for name, path in family.candidates.items():

@@ -15,6 +15,7 @@ from soce.report.shapley import exact_shapley, monte_carlo_shapley, shapley
 from soce.report.winrate import win_rates
 from soce.scores import read_scores
 from soce.stats import Bootstrap
+from soce.zoo.family import FAMILIES
 
 # v(empty)=0; v(A)=10, v(B)=20, v(C)=30; v(AB)=40, v(AC)=50, v(BC)=60; v(ABC)=90. By hand:
 # phi_A = 1/3*10 + 1/6*(40-20) + 1/6*(50-30) + 1/3*(90-60) = 20; phi_B = 30; phi_C = 40.
@@ -109,8 +110,11 @@ def test_the_report_on_the_micro_family_has_every_section_and_costs_nothing_twic
         assert section in report
     # task vectors from the family's base, the lines between the experts, a sentence per pair
     experts = [e["model"] for e in json.loads((run / "selection.json").read_text())["experts"]]
-    assert [row[0] for row in r.tracker.tables["report/task_vectors"][1]] == experts
-    assert all(0 < row[2] < 1 for row in r.tracker.tables["report/task_vectors"][1])  # deltas smaller than the base
+    vectors = r.tracker.tables["report/task_vectors"][1]  # every candidate's, the experts marked
+    assert [row[0] for row in vectors] == [c.name for c in FAMILIES["micro"].candidates]
+    assert [row[0] for row in vectors if row[1]] == sorted(experts, key=[row[0] for row in vectors].index)
+    assert all(0 < row[3] < 1 for row in vectors)  # deltas smaller than the base
+    assert "Cosines between the 4 task vectors: " in report and f"| **{experts[0]}** |" in report
     assert [row[:2] for row in r.tracker.tables["report/connectivity"][1]] == [list(p) for p in itertools.combinations(experts, 2)]
     assert all(f"- {a} and {b}: " in report for a, b in itertools.combinations(experts, 2))
     for image in ("correlation.png", "landscape.png", "shapley.png", "consistency.png", "diagnostics.png"):
@@ -162,8 +166,14 @@ def test_the_report_on_the_micro_family_has_every_section_and_costs_nothing_twic
     assert [row[0] for row in r.tracker.tables["mcnemar_test"][1]] == [e["model"] for e in json.loads((run / "selection.json").read_text())["experts"]]
 
     before = (run / "sweep.jsonl").read_text()
-    study(*args, "stage=report")
+    again = study(*args, "stage=report", "report.task_vectors=experts")
     assert (run / "sweep.jsonl").read_text() == before and "(0 soups evaluated for this report" in (run / "report.md").read_text()
+    assert [row[0] for row in again.tracker.tables["report/task_vectors"][1]] == experts  # the experts' only
+
+    one = study(*args, "selection.k=1", "stage=report")  # one expert: no pair, and the report says so
+    report = (run / "report.md").read_text()
+    assert "The selection has 1 expert: no pair to soup, so no line and no prediction." in report
+    assert "report/connectivity" not in one.tracker.tables and "Players: the 1 expert." in report
 
 
 def test_the_report_of_an_interrupted_run(study, zoo_cache, tmp_path):

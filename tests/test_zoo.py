@@ -13,7 +13,8 @@ from soce.errors import SoceError
 from soce.evaluate.direct import ToyFcDirect
 from soce.evaluate.lm_eval_backend import TOY_FC_TASKS, LmEvalBackend, toy_fc_backend
 from soce.zoo import fc
-from soce.zoo.family import FAMILIES, build_family
+from soce.zoo.family import FAMILIES, UNIFORM, build_family, default_cache_dir, mixed, specialised
+from soce.zoo.realism import CandidateRealism, Realism, measure
 
 
 # --- the benchmark ------------------------------------------------------------------------------
@@ -137,6 +138,77 @@ def test_a_corrupt_cached_model_is_rebuilt_identically(zoo_cache, tmp_path):
 def test_an_unknown_family():
     with pytest.raises(SoceError, match="pool.zoo='huge'"):
         build_family("huge")
+
+
+# --- realism: is a family like real fine-tunes? (soce.zoo.realism) --------------------------------
+def test_a_mixture_is_general_data_plus_its_emphasis():
+    m = mixed(0.4, json=1)
+    assert sum(m.values()) == pytest.approx(1)
+    assert m["json"] == pytest.approx(0.4 / 6 + 0.6) and m["simple"] == pytest.approx(0.4 / 6)
+    assert specialised(m) == ("json",)
+    assert specialised(mixed(0.3, parallel=1, parallel_multiple=1)) == ("parallel", "parallel_multiple")
+    assert specialised(UNIFORM) == ()
+    assert specialised({"json": 0.6, "simple": 0.2, "multiple": 0.1, "irrelevance": 0.1}) == ("simple", "json")
+    with pytest.raises(ValueError, match="categories are"):
+        mixed(0.4, jsn=1)
+
+
+def _candidate(name, delta, emphasis, kept):
+    return CandidateRealism(name, delta, emphasis, {c: 0.9 for c in fc.CATEGORIES}, kept)
+
+
+def test_the_realism_criteria_on_hand_made_measurements():
+    base = {c: 0.8 for c in fc.CATEGORIES}
+    close = _candidate("close", 0.10, ("json",), {c: 0.9 for c in fc.CATEGORIES if c != "json"})
+    assert Realism("f", base, (close,)).failures() == []  # both bounds are inclusive
+    far = _candidate("far", 0.101, (), {c: 1.0 for c in fc.CATEGORIES})
+    forgot = _candidate("forgot", 0.05, ("json",), {"simple": 1.0, "parallel": 0.5})
+    weak_base = {**base, "json": 0.3}
+    assert Realism("f", weak_base, (close, far, forgot)).failures() == [
+        "base: 0.30 on json (at least 0.5)",
+        "far: moved 0.101 of the base's norm (at most 0.1)",
+        "forgot: kept 50% of the base's score on parallel (at least 90%)",
+    ]
+
+
+def test_realism_measured_on_the_micro_family(zoo_cache):
+    """The measurements are what they say: the relative delta is ||theta_i - theta_base|| /
+    ||theta_base|| over every tensor, the scores are the direct evaluator's on dev, and `kept`
+    divides them by the base's on the categories outside the candidate's mixture emphasis."""
+    family = build_family("micro", zoo_cache / "zoo", progress=False)
+    realism = measure(family, per_category=10)
+    evaluator = ToyFcDirect(seed=0, per_category=10, batch_size=100)
+
+    def load(path):
+        return AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+
+    base, tokenizer = load(family.base)
+    base_scores = evaluator.evaluate(base, tokenizer, "dev").scores
+    assert realism.base_scores == base_scores
+    theta = {n: p.detach().double() for n, p in base.named_parameters()}
+    base_norm = torch.sqrt(sum(p.square().sum() for p in theta.values()))
+    for spec, measured in zip(FAMILIES["micro"].candidates, realism.candidates):
+        model, _ = load(family.candidates[spec.name])
+        delta = torch.sqrt(sum((p.detach().double() - theta[n]).square().sum() for n, p in model.named_parameters()))
+        assert measured.relative_delta == pytest.approx(float(delta / base_norm), rel=1e-9)
+        assert measured.scores == evaluator.evaluate(model, tokenizer, "dev").scores
+        assert measured.specialised == specialised(spec.mixture)
+        assert measured.kept == {c: measured.scores[c] / base_scores[c] if base_scores[c] else 1.0
+                                 for c in fc.CATEGORIES if c not in measured.specialised}
+    assert realism.table().count("\n| micro-") == len(family.candidates)
+
+
+@pytest.mark.slow
+def test_the_default_family_is_realistic_and_the_specialists_are_not():
+    """The criteria on the built families (soce's own cache, as `soce` builds it: about 2.5 min
+    each when it is cold): the default meets all three; the specialists forget."""
+    default = measure(build_family("default", default_cache_dir(), progress=False))
+    assert default.failures() == [], default.table()
+    assert all(c.relative_delta <= 0.10 for c in default.candidates)
+    specialists = measure(build_family("specialists", default_cache_dir(), progress=False))
+    failures = specialists.failures()
+    assert any(f.startswith("base:") and "on json" in f for f in failures)  # the base is weak on json
+    assert any(f.startswith("fc-json: kept") for f in failures) and any(f.startswith("fc-hot: moved") for f in failures)
 
 
 # --- the evaluators ------------------------------------------------------------------------------

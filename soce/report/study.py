@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+import numpy as np
+
 from soce.artifacts import REPORT
 from soce.config import CoalitionValue, Players, ShapleyConfig
 from soce.progress import Progress, plural
@@ -56,8 +58,8 @@ class StudyReport:
     own: dict[str, ScoreTable] = field(default_factory=dict)  # split -> the candidates' own scores
     results: dict | None = None  # results.json, where the soup stage has run
     line_points: int = 0  # soups on the line between each pair of experts (0: none)
-    expert_dirs: dict[str, str] = field(default_factory=dict)  # expert -> its model directory
     base_dir: str | None = None  # the model the candidates were fine-tuned from, where known
+    vector_dirs: dict[str, str] = field(default_factory=dict)  # model -> its directory: the task vectors to compare
     base_score: float | None = None  # its objective on the split weights are chosen on: the empty coalition's value
 
     @property
@@ -193,7 +195,7 @@ def _diagnostics_section(r: StudyReport) -> list[str]:
     """Task vectors (where the base is known) and the score along each pair of experts' line."""
     md = ["## Will souping work? Task vectors and linear mode connectivity", ""]
     experts, split, obj = r.experts, r.split, r.objective
-    tv = task_vectors(r.base_dir, {e: r.expert_dirs[e] for e in experts}) if r.base_dir and r.expert_dirs else None
+    tv = task_vectors(r.base_dir, r.vector_dirs) if r.base_dir and r.vector_dirs else None
     lines = []
     if r.line_points and len(experts) > 1:
         own = {m: aggregate(r.own[split].row(m), obj) for m in experts}
@@ -210,14 +212,7 @@ def _diagnostics_section(r: StudyReport) -> list[str]:
     if tv is None and not lines:
         return md + ["_No base model is known for this pool (set pool.base) and report.line_points=0: nothing to show._", ""]
     if tv is not None:
-        md += [f"Task vectors: each expert's parameters minus the base's ({r.base_dir}).", "",
-               "| expert | norm of the task vector | relative to the base's norm |", "|---|---|---|"]
-        md += [f"| {m} | {n:.4g} | {rel:.4f} |" for m, n, rel in zip(tv.models, tv.norms, tv.relative)]
-        r.tracker.log_table("report/task_vectors", ["model", "norm", "relative_norm"],
-                            [[m, n, rel] for m, n, rel in zip(tv.models, tv.norms, tv.relative)])
-        r.tracker.log_table("report/task_vector_cosines", ["model", *tv.models],
-                            [[m, *map(_na, row)] for m, row in zip(tv.models, tv.cosines)])
-        md.append("")
+        md += _task_vector_table(r, tv)
     else:
         md += ["_No base model is known for this pool (set pool.base): no task vectors._", ""]
     if lines:
@@ -229,15 +224,36 @@ def _diagnostics_section(r: StudyReport) -> list[str]:
         r.tracker.log_table("report/connectivity", ["a", "b", *[f"t={t:g}" for t in lines[0].ts], "barrier"],
                             [[c.a, c.b, *c.scores, c.barrier] for c in lines])
         md.append("")
-    plot_diagnostics(experts, None if tv is None else tv.cosines, lines, obj, r.path("diagnostics.png"))
+    plot_diagnostics(list(tv.models) if tv is not None else experts, None if tv is None else tv.cosines, lines, obj,
+                     r.path("diagnostics.png"))
     r.tracker.log_image("report/diagnostics", r.path("diagnostics.png"))
-    index = {m: i for i, m in enumerate(experts)}
+    md += ["![task vectors and lines](diagnostics.png)", ""]
+    if len(experts) < 2:
+        return md + [f"The selection has {plural(len(experts), 'expert')}: no pair to soup, so no line and no prediction.", ""]
+    index = {m: i for i, m in enumerate(tv.models)} if tv is not None else {}
     by_pair = {(c.a, c.b): c for c in lines}
-    md += ["![task vectors and lines](diagnostics.png)", "", "What they predict, pair by pair:", ""]
+    md += ["What they predict, pair by pair:", ""]
     for i, a in enumerate(experts):
         for b in experts[i + 1:]:
-            cosine = float(tv.cosines[index[a], index[b]]) if tv is not None else None
+            cosine = float(tv.cosines[index[a], index[b]]) if a in index and b in index else None
             md.append(f"- {a} and {b}: {prediction(cosine, by_pair.get((a, b)))}")
+    return md + [""]
+
+
+def _task_vector_table(r: StudyReport, tv) -> list[str]:
+    """The task vectors' norms, and the range of their cosines, with the experts marked."""
+    md = [f"Task vectors: each model's parameters minus the base's ({r.base_dir}); experts in bold.", "",
+          "| model | norm of the task vector | relative to the base's norm |", "|---|---|---|"]
+    md += [f"| {f'**{m}**' if m in r.experts else m} | {n:.4g} | {rel:.4f} |" for m, n, rel in zip(tv.models, tv.norms, tv.relative)]
+    pairs = [float(tv.cosines[i, j]) for i in range(len(tv.models)) for j in range(i + 1, len(tv.models))]
+    pairs = [c for c in pairs if not math.isnan(c)]
+    if pairs:
+        md += ["", f"Cosines between the {plural(len(tv.models), 'task vector')}: {min(pairs):.2f} to {max(pairs):.2f} "
+               f"(median {float(np.median(pairs)):.2f}); near 0 reads as composable, near 1 as the same move."]
+    r.tracker.log_table("report/task_vectors", ["model", "expert", "norm", "relative_norm"],
+                        [[m, m in r.experts, n, rel] for m, n, rel in zip(tv.models, tv.norms, tv.relative)])
+    r.tracker.log_table("report/task_vector_cosines", ["model", *tv.models],
+                        [[m, *map(_na, row)] for m, row in zip(tv.models, tv.cosines)])
     return md + [""]
 
 
@@ -249,7 +265,7 @@ def _shapley_section(r: StudyReport) -> list[str]:
     players = souper.names
     own = {m: aggregate(r.own[split].row(m), obj) for m in players}
     before = len(souper.store)
-    log.info("report: Shapley values of %d %s (coalition value: %s soup, %s on %s)", len(players), c.players, c.value, obj, split)
+    log.info("report: Shapley values of %s (coalition value: %s soup, %s on %s)", plural(len(players), c.players.value[:-1]), c.value, obj, split)
     n = len(players)
     exact = c.method.value == "exact" or (c.method.value == "auto" and n <= c.max_exact)
     # every coalition of two or more is a soup (known ahead only for exact values of uniform soups)
@@ -266,7 +282,7 @@ def _shapley_section(r: StudyReport) -> list[str]:
     how = ("Exact, over all coalitions" if result.errors is None
            else f"Monte Carlo over {result.samples} random orders; the error is one standard error")
     md = ["## Shapley values", "",
-          f"Players: the {len(players)} {c.players}. The value of a coalition is the {split} {obj} of its {what}; "
+          f"Players: the {plural(len(players), c.players.value[:-1])}. The value of a coalition is the {split} {obj} of its {what}; "
           "a single model's is its own score; "
           + (f"the empty coalition's is the base model's score, {r.base_score:.4f}, so each value is a gain over the base. "
              if r.base_score is not None else "the empty coalition's is 0 (no base model is known for this pool: pool.base "
@@ -319,7 +335,7 @@ def _win_rate_section(r: StudyReport) -> list[str]:
         return md + ["_The candidates' per-example test outcomes are not stored (outcomes_test.jsonl)._", ""]
     record = r.souper.evaluate(weights, "test", need_outcomes=True)
     rates: WinRates = win_rates(outcomes, solved_by_id(record["correct"], list(outcomes[ingredients[0]])))
-    md += [f"Over the {rates.tasks} test examples, {which} against its {len(ingredients)} ingredients:", "",
+    md += [f"Over the {rates.tasks} test examples, {which} against its {plural(len(ingredients), 'ingredient')}:", "",
            "| | soup solves | of | share |", "|---|---|---|---|"]
     rows = [(f"solved by {m}", s) for m, s in rates.kept.items()]
     rows += [("failed by every ingredient", rates.all_fail), ("failed by exactly one ingredient", rates.one_fails)]
