@@ -5,7 +5,8 @@ family was built (issue 18) and measured on its dev split, never tuned to a soup
   are fine-tunes of a capable base (Llama 3.x), not of a model that fails whole categories.
 - each candidate stays close to the base: ||theta_i - theta_base|| / ||theta_base|| at most
   MAX_RELATIVE_DELTA. Within 10 % the candidate is the base plus a small perturbation (its
-  cosine with the base is at least 0.995); the specialists family's candidates move 15-24 %.
+  cosine with the base is above 0.99); all but one of the specialists family's candidates move
+  15-56 %.
 - each candidate keeps at least MIN_KEPT of the base's score on every category it was not
   specialised on (its mixture gives the category no more than an even share). A fine-tune that
   loses more than a tenth of a skill the base had has forgotten it, which is what a real
