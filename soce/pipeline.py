@@ -679,6 +679,9 @@ def results_summary(results: dict) -> str:
         d = score - row[split]["objective"]
         return f"{d:+.4f} against the {row['name']}" + (f" ({', '.join(row['models'])})" if len(row["models"]) == 1 else "")
 
+    if len(searched["models"]) == 1:  # one expert: its soups are the model itself, nothing to compare
+        return (f"On {split}, the {searched['name']} scores {score:.4f}: the selection has one expert, {searched['models'][0]}, "
+                f"so its soups are that model itself ({against(single)}, {against(everyone)}).")
     baselines = (single, everyone, experts)
     beaten = [r["name"] for r in baselines if score > r[split]["objective"]]
     not_beaten = [r["name"] for r in baselines if score <= r[split]["objective"]]

@@ -199,6 +199,16 @@ def test_the_results_are_said_in_a_sentence(searched, verdict):
     assert text.startswith(f"On test, the SoCE (grid search) scores {searched:.4f} and {verdict}") and text.endswith("chosen on dev.")
 
 
+def test_a_one_expert_result_says_its_soups_are_the_model_itself():
+    from soce.pipeline import results_summary
+
+    rows = [_row("single", "best single candidate", 0.75, ["m1"]), _row("uniform_all", "uniform soup, all candidates", 0.6),
+            _row("uniform_experts", "uniform soup, SoCE experts", 0.75, ["m1"]), _row("searched", "SoCE (grid search)", 0.75, ["m1"])]
+    assert results_summary({"rows": rows, "select_on": "dev"}) == (
+        "On test, the SoCE (grid search) scores 0.7500: the selection has one expert, m1, so its soups are that model itself "
+        "(+0.0000 against the best single candidate (m1), +0.1500 against the uniform soup, all candidates).")
+
+
 @pytest.mark.parametrize("selection, experts, searched", [
     ([], "SoCE experts", "SoCE"),
     (["selection=topk", "selection.k=2"], "top-2 experts", "searched soup, top-2 experts"),
