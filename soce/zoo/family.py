@@ -90,8 +90,8 @@ def specialised(mixture: dict[str, float]) -> tuple[str, ...]:
 
 FAMILIES = {
     # The base is trained until it solves every category reasonably (300 steps: at least 0.62 on
-    # each on dev); the candidates are fine-tunes at a sixth of its learning rate or less, for
-    # 30-200 steps, 30-40 % general data in the specialised ones.
+    # each on dev); the candidates are fine-tunes at a third of its learning rate or less (most
+    # at a sixth), for 30-200 steps, 30-40 % general data in the specialised ones.
     "default": FamilySpec(
         name="default", hidden=128, layers=2, base_steps=300, base_lr=3e-3,
         candidates=(
