@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import IO, Sequence
 
 import torch
 
@@ -46,24 +47,64 @@ class TensorInfo:
         return math.prod(self.shape)
 
 
+def identity(stat: os.stat_result) -> tuple[int, int, int, int]:
+    """Which file a path held when it was read: a file replaced (renamed over) or rewritten since
+    has another inode, size or modification time."""
+    return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
 @dataclass(frozen=True)
 class Checkpoint:
-    """A model directory: its config.json and its tensors (in file order)."""
+    """A model directory: its config.json and its tensors (in file order); `files`: every file
+    read to make it (config, index, weights), as each was when read."""
 
     path: Path
     config: dict
     tensors: dict[str, TensorInfo]
+    files: dict[Path, tuple] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def nbytes(self) -> int:
         return sum(t.nbytes for t in self.tensors.values())
 
+    def open_weights(self) -> dict[Path, IO]:
+        """Its weight files opened now, each checked to be the file whose header was read: a
+        reader of these handles reads this checkpoint, whatever later replaces its files."""
+        handles: dict[Path, IO] = {}
+        try:
+            for file in dict.fromkeys(t.file for t in self.tensors.values()):
+                handles[file] = file.open("rb", buffering=0)
+                if identity(os.fstat(handles[file].fileno())) != self.files[file]:
+                    raise CheckpointError(f"{file} changed after its header was read (another process is writing "
+                                          f"{self.path}?): read it again once it is complete")
+        except BaseException:
+            for h in handles.values():
+                h.close()
+            raise
+        return handles
+
+    def changed(self) -> str | None:
+        """Which of its files is no longer the file that was read (None: none)."""
+        for file, was in self.files.items():
+            try:
+                if identity(file.stat()) != was:
+                    return f"{file} was replaced or rewritten"
+            except FileNotFoundError:
+                return f"{file} was removed"
+        return None
+
 
 def read_header(file: Path) -> dict[str, TensorInfo]:
     """The tensors of one safetensors file, checked against the file's size."""
+    return _read_header(file)[0]
+
+
+def _read_header(file: Path) -> tuple[dict[str, TensorInfo], tuple]:
+    """read_header, with the identity of the file it read."""
     try:
-        size = file.stat().st_size
         with file.open("rb") as f:
+            seen = identity(os.fstat(f.fileno()))
+            size = seen[2]
             raw = f.read(8)
             if len(raw) < 8:
                 raise CheckpointError(f"{file}: truncated safetensors file (no header)")
@@ -106,7 +147,7 @@ def read_header(file: Path) -> dict[str, TensorInfo]:
         if base + at > size:
             raise CheckpointError(f"{file}: truncated: its tensors end at byte {base + at}, the file has {size}")
         raise CheckpointError(f"{file}: corrupt safetensors file: {size - base - at} bytes after its last tensor")
-    return out
+    return out, seen
 
 
 def _is_count(v) -> bool:
@@ -162,8 +203,11 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
     if not path.is_dir():
         raise CheckpointError(f"model directory {path}: not found")
     config_file = path / "config.json"
+    seen: dict[Path, tuple] = {}
     try:
-        config = json.loads(config_file.read_text())
+        with config_file.open("rb") as f:
+            seen[config_file] = identity(os.fstat(f.fileno()))
+            config = json.loads(f.read())
     except FileNotFoundError:
         raise CheckpointError(f"model directory {path}: no config.json") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -171,19 +215,22 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
     if not isinstance(config, dict):
         raise CheckpointError(f"{config_file}: not a model config (a JSON object)")
     files, weight_map = weight_files(path, config)
+    if weight_map is not None and (path / INDEX).is_file():
+        seen[path / INDEX] = identity((path / INDEX).stat())
     tensors: dict[str, TensorInfo] = {}
     for name in files:
         file = path / name
         if not file.is_file():
             raise CheckpointError(f"{path}: {name} is named in its weights index but missing")
-        for t in sorted(read_header(file).values(), key=lambda t: t.start):
+        header, seen[file] = _read_header(file)
+        for t in sorted(header.values(), key=lambda t: t.start):
             if t.name in tensors:
                 raise CheckpointError(f"{path}: tensor {t.name!r} is in both {tensors[t.name].file.name} and {name}")
             tensors[t.name] = t
     if weight_map is not None and set(weight_map) != set(tensors):
         diff = sorted(set(weight_map) ^ set(tensors))
         raise CheckpointError(f"{path / INDEX}: its weight_map and the files disagree on {diff[:3]}")
-    return Checkpoint(path, config, tensors)
+    return Checkpoint(path, config, tensors, seen)
 
 
 def check_compatible(checkpoints: Sequence[Checkpoint], allow_vocab_mismatch: bool = False) -> str | None:
@@ -224,9 +271,10 @@ def check_compatible(checkpoints: Sequence[Checkpoint], allow_vocab_mismatch: bo
 class TensorReader:
     """Reads rows of tensors with positional reads into one reusable buffer."""
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, files: dict[Path, IO] | None = None) -> None:
+        """files: handles opened already (Checkpoint.open_weights), read instead of their paths."""
         self.buffer = torch.empty(capacity, dtype=torch.uint8)
-        self.files: dict[Path, object] = {}
+        self.files: dict[Path, IO] = dict(files or {})
 
     def read(self, t: TensorInfo, row_start: int = 0, row_end: int | None = None) -> torch.Tensor:
         """Rows [row_start, row_end) of `t` (dim 0), as a view of the buffer (valid until the next read)."""

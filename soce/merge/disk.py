@@ -93,7 +93,13 @@ class _Streamer:
         chunk_numel = {n: min(self.rows[n], _nrows(t)) * _row_numel(t) for n, t in ref.tensors.items()}
         in_bytes = max(chunk_numel[n] * max(ck.tensors[n].dtype.itemsize for ck in checkpoints) for n in chunk_numel)
         numel = max(chunk_numel.values())
-        self.readers = [TensorReader(in_bytes) for _ in checkpoints]
+        self.readers = []  # each checkpoint's files held open from the start: one model read, whatever replaces it
+        try:
+            for ck in checkpoints:
+                self.readers.append(TensorReader(in_bytes, ck.open_weights()))
+        except BaseException:
+            self.close()
+            raise
         self.acc = torch.empty(numel, dtype=torch.float32, device=device)
         self.scratch = torch.empty(numel, dtype=torch.float32, device=device)
         self.out = torch.empty(numel * 4, dtype=torch.uint8)  # the largest output dtype is float32
@@ -274,7 +280,7 @@ def merge_to_disk(
         if state.is_main:
             try:
                 _finish(partial, output, shards, source, weights, model_ids or [str(p) for p in paths],
-                        dtype or _dtype_name(shards), overwrite)
+                        dtype or _dtype_name(shards), overwrite, checkpoints)
             except BaseException as err:
                 shutil.rmtree(partial, ignore_errors=True)
                 if isinstance(err, OSError):
@@ -328,8 +334,9 @@ def _dtype_name(shards: Sequence[Shard]) -> str:
 
 
 def _finish(partial: Path, output: Path, shards: Sequence[Shard], source: Path, weights: Sequence[float],
-            model_ids: Sequence[str], dtype: str, overwrite: bool) -> None:
-    """Index, config and tokenizer files, mergekit YAML; then the rename into place."""
+            model_ids: Sequence[str], dtype: str, overwrite: bool, checkpoints: Sequence[Checkpoint]) -> None:
+    """Index, config and tokenizer files, mergekit YAML; then, if every input is still the model
+    that was read, the rename into place."""
     index = {"metadata": {"total_size": sum(s.nbytes for s in shards)},
              "weight_map": {t.name: s.file for s in shards for t in s.tensors}}
     (partial / INDEX).write_text(json.dumps(index, indent=2))
@@ -343,6 +350,12 @@ def _finish(partial: Path, output: Path, shards: Sequence[Shard], source: Path, 
     config.pop("transformers_weights", None)  # the soup's weights are its own index, not the source's file
     (partial / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     (partial / "mergekit.yaml").write_text(mergekit_yaml(model_ids, weights, dtype))
+    for ck in checkpoints:  # the weights were read from files held open; the config and tokenizer were copied now
+        changed = ck.changed()
+        if changed:
+            raise CheckpointError(f"the merge input {ck.path} changed while the soup was made ({changed}; another merge "
+                                  f"with merge.overwrite=true?): the soup would mix two models, so nothing was written to "
+                                  f"{output}. Merge again once {ck.path} is complete")
     if output.exists() and overwrite:  # a soup (check_output): set aside, replaced, then removed
         old = output.parent / f".{output.name}.old"
         shutil.rmtree(old, ignore_errors=True)

@@ -65,10 +65,11 @@ class InPlaceSoup:
                                     torch.empty(size, dtype=torch.float32, device=device))
         largest = max(t.nbytes for ck in checkpoints for t in ck.tensors.values())
         piece = max(b.numel() for b, _ in self.buffers.values()) * max(i.dtype.itemsize for infos in self.infos.values() for i in infos)
-        self.readers = [TensorReader(min(largest, piece)) for _ in checkpoints] if stream else None
+        # the experts' files are held open from here: every soup reads the models that were checked
+        self.readers = [TensorReader(min(largest, piece), ck.open_weights()) for ck in checkpoints] if stream else None
         self.held: dict[torch.nn.Parameter, list[torch.Tensor]] = {}  # the experts' tensors, unless streamed
         if not stream:
-            reader = TensorReader(largest)
+            reader = TensorReader(largest, {f: h for ck in checkpoints for f, h in ck.open_weights().items()})
             try:
                 for p, infos in self.infos.items():
                     storage = torch.device("cpu") if self.offload else p.device
