@@ -28,6 +28,8 @@ def simplex_grid(n: int, lo: float = 0.1, hi: float = 0.9, step: float = 0.1) ->
         raise ConfigError("the grid needs at least one expert")
     if not 0 < step <= 1:
         raise ConfigError(f"step={step}: must be in (0, 1]")
+    if abs(1 / step - round(1 / step)) > 1e-9:
+        raise ConfigError(f"step={step}: 1 is not a multiple of it, so no weights of the grid sum to 1 (e.g. step=0.1, 0.05)")
     total = _units(1.0, step, "step")
     low, high = _units(lo, step, "lo"), _units(hi, step, "hi")
     if low < 0 or high < low:

@@ -17,22 +17,25 @@ import torch
 from soce.errors import ConfigError
 
 
-def check_weights(weights: Sequence[float], n_models: int, normalize: bool = False) -> list[float]:
-    """Finite, non-negative, one per model, summing to 1 (or rescaled to, with normalize=True)."""
+def check_weights(weights: Sequence[float], n_models: int, normalize: bool = False, group: str | None = None) -> list[float]:
+    """Finite, non-negative, one per model, summing to 1 (or rescaled to, with normalize=True).
+    group: the config group the weights come from (merge: the messages name merge.weights and
+    merge.normalize=true); None: the Python arguments."""
+    key, rescale = (f"{group}.weights", f"{group}.normalize=true") if group else ("weights", "normalize=True")
     weights = [float(w) for w in weights]
     if len(weights) != n_models:
-        raise ConfigError(f"weights has {len(weights)} values for {n_models} models")
+        raise ConfigError(f"{key} has {len(weights)} values for {n_models} models")
     for i, w in enumerate(weights):
         if not math.isfinite(w):
-            raise ConfigError(f"weights[{i}]={w} is not finite")
+            raise ConfigError(f"{key}[{i}]={w} is not finite")
         if w < 0:
-            raise ConfigError(f"weights[{i}]={w} is negative")
+            raise ConfigError(f"{key}[{i}]={w} is negative")
     total = math.fsum(weights)
     if total <= 0:
-        raise ConfigError("weights sum to 0")
+        raise ConfigError(f"{key} sum to 0")
     if abs(total - 1.0) > 1e-6:
         if not normalize:
-            raise ConfigError(f"weights sum to {total:g}, not 1 (normalize=True rescales them)")
+            raise ConfigError(f"{key} sum to {total:g}, not 1 ({rescale} rescales them)")
         weights = [w / total for w in weights]
     return weights
 
@@ -49,7 +52,7 @@ def parse_size(size: str | int, key: str = "shard_size") -> int:
     """'2GB', '500MB', '1GiB', 4096 -> bytes (`key`: the setting it came from, for the error)."""
     if isinstance(size, int):
         return size
-    m = re.fullmatch(r"\s*([\d.]+)\s*([KMGT]?i?B)?\s*", str(size), re.IGNORECASE)
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?|\.\d+)\s*([KMGT]?i?B)?\s*", str(size), re.IGNORECASE)
     if not m:
         raise ConfigError(f"{key}={size!r}: expected a size such as 2GB, 500MB or 1GiB")
     unit = (m.group(2) or "B").upper()

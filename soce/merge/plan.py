@@ -20,6 +20,7 @@ import torch
 
 from soce.errors import CheckpointError, ConfigError
 from soce.merge.linear import parse_size
+from soce.progress import plural
 
 __all__ = ["parse_size", "parse_devices", "model_shape", "plan_memory", "MemoryPlan", "Device"]
 
@@ -27,6 +28,9 @@ GIB = 2**30
 GPU_OVERHEAD = 1 * GIB  # per GPU: the CUDA context and the allocator's slack
 CPU_CHUNK = 1 << 20  # float32 elements the in-place soup sums at a time on a CPU (soce.merge.inplace)
 DEFAULT_TOKENS = 8 * 4096  # tokens the evaluation holds at once: 8 sequences of 4k
+MAX_GPUS = 64  # GPUs one process's plan may name: more than any node has
+# The sizes a plan is made of: a config.json without one would be planned with transformers' defaults.
+SIZES = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads")
 
 
 def gb(n: float) -> str:
@@ -65,6 +69,10 @@ def parse_devices(spec: str, key: str = "sweep.devices") -> list[Device]:
         count = int(m.group(1) or 1)
         if count < 1:
             raise ConfigError(f"{key}={spec!r} asks for {count} GPUs: name at least one, or plan for the cpu")
+        if len(devices) + count > MAX_GPUS:
+            raise ConfigError(f"{key}={spec!r} names {len(devices) + count} GPUs: a sweep process places its model on the "
+                              f"GPUs of one node, at most {MAX_GPUS}; to use more nodes, split the sweep into shards "
+                              "(sweep.num_shards), one node each")
         devices += [Device(f"cuda:{len(devices) + i}", parse_size(m.group(2).replace(" ", ""), key)) for i in range(count)]
     if not devices:
         raise ConfigError(f"{key}={spec!r} names no device")
@@ -148,9 +156,15 @@ def model_shape(source: str | Path, dtype: torch.dtype | None = None) -> ModelSh
     from transformers import AutoConfig, AutoModelForCausalLM
 
     raw, where = read_config(source)
-    config = AutoConfig.for_model(**raw)
+    try:
+        config = AutoConfig.for_model(**raw)
+    except (ValueError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{where}/config.json: not a model config transformers knows ({type(err).__name__}: {err})") from None
+    _check_sizes(raw, config, where)
     with init_empty_weights(include_buffers=True):
         model = AutoModelForCausalLM.from_config(config)
+    if Path(source).is_dir() and any(Path(source).glob("*.safetensors")):
+        _check_weights(model, Path(source))
     named = raw.get("torch_dtype") or raw.get("dtype") or "float32"
     dtype = dtype or getattr(torch, named)
     no_split = set(getattr(model, "_no_split_modules", None) or ())
@@ -178,6 +192,36 @@ def model_shape(source: str | Path, dtype: torch.dtype | None = None) -> ModelSh
     kv_heads = getattr(text, "num_key_value_heads", None) or heads
     return ModelShape(where, dtype, tuple(blocks), text.hidden_size, getattr(text, "intermediate_size", 4 * text.hidden_size),
                       2 * kv_heads * head_dim)
+
+
+def _check_sizes(raw: dict, config, where: str) -> None:
+    """Each size the plan is made of is in config.json (or its text_config) and a positive integer."""
+    text = raw.get("text_config") if isinstance(raw.get("text_config"), dict) else raw
+    aliases = getattr(type(config), "attribute_map", {}) or {}
+    for size in SIZES:
+        names = [size, aliases.get(size)]
+        value = next((text[n] for n in names if n and n in text), next((raw[n] for n in names if n and n in raw), None))
+        if value is None:
+            raise CheckpointError(f"{where}/config.json has no {size}: the plan would take transformers' default for it. "
+                                  "Give the model's own config.json")
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise CheckpointError(f"{where}/config.json: {size}={value!r} is not a positive integer. Give the model's own config.json")
+
+
+def _check_weights(model: torch.nn.Module, path: Path) -> None:
+    """The config's model and the weights beside it have the same number of parameters (tied
+    parameters counted once or twice, as a checkpoint may store them): a config that does not
+    belong to its weights is refused, never planned."""
+    from soce.merge.checkpoint import open_checkpoint
+
+    stored = sum(t.numel for t in open_checkpoint(path).tensors.values())
+    unique = sum(p.numel() for p in model.parameters())
+    every = sum(t.numel() for t in model.state_dict().values())  # tied ones twice, persistent buffers too
+    if not unique <= stored <= every:
+        count = lambda n: f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.2f}M"  # noqa: E731
+        raise CheckpointError(f"{path}/config.json describes a model of {count(unique)} parameters, but the safetensors "
+                              f"files beside it hold {count(stored)}: the config does not belong to these weights. "
+                              "Give the model's own config.json")
 
 
 # --- the plan -------------------------------------------------------------------------------
@@ -231,7 +275,7 @@ class MemoryPlan:
         where = {"device": "beside it", "host": "in pinned host memory (sweep.offload)", "disk": "streamed from disk"}
         count = f"{self.shape.numel / 1e9:.2f}B" if self.shape.numel >= 1e9 else f"{self.shape.numel / 1e6:.2f}M"
         head = (f"memory plan: {self.shape.source}, {count} parameters in "
-                f"{str(self.shape.dtype).removeprefix('torch.')} ({gb(self.shape.nbytes)}), {self.n_experts} experts "
+                f"{str(self.shape.dtype).removeprefix('torch.')} ({gb(self.shape.nbytes)}), {plural(self.n_experts, 'expert')} "
                 f"{where[self.experts_at]}; {self.tokens} tokens in flight")
         mode = {"one device": "one device", "dispatched": f"the live model dispatched over {len(self.shares)} devices",
                 "replicas": f"one copy per process, {self.processes} processes"}[self.mode]
@@ -371,7 +415,7 @@ def _fixes(args: dict, node: list[Device] | None) -> list[str]:
         out.append(f"sweep.offload=true: the experts ({gb(n * shape.nbytes)}) in pinned host memory, at most {most(p)} per GPU")
     fewer = next((k for k in range(n - 1, 0, -1) if fits(n_experts=k)), None)
     if fewer:
-        out.append(f"selection.max_experts={fewer}: {fewer} experts fit")
+        out.append(f"selection.max_experts={fewer}: {plural(fewer, 'expert')} fit{'s' if fewer == 1 else ''}")
     if shape.dtype == torch.float32 and (p := fits(shape=replace(shape, dtype=torch.bfloat16))):
         out.append(f"sweep.dtype=bfloat16: half the bytes, at most {most(p)} per device")
     if devices[0].is_gpu:
