@@ -1,7 +1,7 @@
 """Config schemas: one dataclass per config group option, registered in Hydra's ConfigStore.
 
-Each YAML option starts from its schema (`defaults: [schema_<kind>, _self_]`), so a misspelt
-key or a value of the wrong type fails at composition with Hydra's own message.
+Each YAML option starts from its schema (`defaults: [/schema/GROUP@_here_: KIND, _self_]`), so a
+misspelt key or a value of the wrong type fails at composition with Hydra's own message.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
@@ -148,6 +148,13 @@ class LmEvalBenchmark:
     batch_size: int = 16
     max_length: int = 2048
     cache: bool = True  # reuse the candidates' cached scores (false: evaluate them again, and re-cache)
+    # lm-eval's own options (each part of the evaluation's fingerprint):
+    limit: Optional[float] = None  # the first N documents of each task (a share of them below 1); default: all
+    num_fewshot: Optional[int] = None  # default: each task's own
+    apply_chat_template: bool = False
+    fewshot_as_multiturn: bool = True  # with apply_chat_template: few-shot examples as turns of the chat
+    gen_kwargs: Optional[Dict[str, Any]] = None  # generation settings over the tasks' ({max_gen_toks: 256, temperature: 0})
+    model_args: Optional[Dict[str, Any]] = None  # HFLM's arguments besides the model ({add_bos_token: true})
 
 
 @dataclass
@@ -225,6 +232,12 @@ class SearchBase:
     objective: Objective = Objective.mean  # aggregate over all categories of the benchmark
     select_on: Split = Split.dev  # test: the paper's protocol, tuned on the reported split
 
+    def check(self) -> None:
+        """Settings no evaluation can work with, refused before any starts (each names its key)."""
+        budget = getattr(self, "budget", None)
+        if budget is not None and budget < 1:
+            raise ConfigError(f"search.budget={budget}: at least 1 point")
+
 
 @dataclass
 class GridSearch(SearchBase):
@@ -236,6 +249,15 @@ class GridSearch(SearchBase):
     step: float = 0.1
     include_uniform: bool = True
     budget: Optional[int] = None  # at most this many points (None: the whole grid)
+
+    def check(self) -> None:
+        super().check()
+        from soce.weights import simplex_grid
+
+        try:
+            simplex_grid(1, self.lo, self.hi, self.step)
+        except ConfigError as err:
+            raise ConfigError(f"search: {err}") from None
 
 
 @dataclass
@@ -252,6 +274,17 @@ class HalvingSearch(GridSearch):
     confidence: float = 0.85  # race: a point is dropped when it is worse than the best at this confidence
     resamples: int = 1000  # race: bootstrap resamples per comparison
 
+    def check(self) -> None:
+        super().check()
+        if self.eta < 2:
+            raise ConfigError(f"search.eta={self.eta}: the reduction factor must be at least 2")
+        if self.min_examples is not None and self.min_examples < 1:
+            raise ConfigError(f"search.min_examples={self.min_examples}: at least 1 example (or unset, for 4 per category)")
+        if not 0 < self.confidence < 1:
+            raise ConfigError(f"search.confidence={self.confidence}: must be between 0 and 1 (e.g. 0.85)")
+        if self.resamples < 2:
+            raise ConfigError(f"search.resamples={self.resamples}: a bootstrap needs at least 2 resamples")
+
 
 @dataclass
 class UniformSearch(SearchBase):
@@ -264,6 +297,11 @@ class RandomSearch(SearchBase):
     budget: int = 32  # the uniform point, then Dirichlet draws
     concentration: float = 1.0
     seed: int = 0
+
+    def check(self) -> None:
+        super().check()
+        if not self.concentration > 0:
+            raise ConfigError(f"search.concentration={self.concentration}: must be positive")
 
 
 @dataclass
@@ -387,16 +425,16 @@ class SoceConfig:
     sweep: SweepConfig = field(default_factory=SweepConfig)
 
 
+# Each group's schemas, stored in the ConfigStore under schema/GROUP (not among the group's own
+# options, which `pool=...` lists); an option's YAML starts from one: `- /schema/pool@_here_: pool`.
 SCHEMAS = {
-    None: {"soce_schema": SoceConfig},
-    "benchmark": {"schema_table": TableBenchmark, "schema_toy_fc": ToyFcBenchmark, "schema_lm_eval": LmEvalBenchmark,
-                  "schema_bfcl": BfclBenchmark},
-    "pool": {"schema_pool": PoolConfig},
-    "selection": {"schema_soce": SoceSelection, "schema_all": AllSelection, "schema_topk": TopKSelection, "schema_manual": ManualSelection},
-    "search": {"schema_grid": GridSearch, "schema_halving": HalvingSearch, "schema_uniform": UniformSearch, "schema_random": RandomSearch,
-               "schema_greedy": GreedySearch, "schema_optuna": OptunaSearch},
-    "merge": {"schema_linear": LinearMerge},
-    "tracker": {"schema_wandb": WandbTrackerConfig, "schema_none": NoTrackerConfig},
+    "benchmark": {"table": TableBenchmark, "toy_fc": ToyFcBenchmark, "lm_eval": LmEvalBenchmark, "bfcl": BfclBenchmark},
+    "pool": {"pool": PoolConfig},
+    "selection": {"soce": SoceSelection, "all": AllSelection, "topk": TopKSelection, "manual": ManualSelection},
+    "search": {"grid": GridSearch, "halving": HalvingSearch, "uniform": UniformSearch, "random": RandomSearch,
+               "greedy": GreedySearch, "optuna": OptunaSearch},
+    "merge": {"linear": LinearMerge},
+    "tracker": {"wandb": WandbTrackerConfig, "none": NoTrackerConfig},
 }
 
 
@@ -405,13 +443,78 @@ def register() -> None:
     from hydra.core.config_store import ConfigStore
 
     cs = ConfigStore.instance()
+    cs.store(name="soce_schema", node=SoceConfig)
     for group, nodes in SCHEMAS.items():
         for name, node in nodes.items():
-            cs.store(group=group, name=name, node=node)
+            cs.store(group=f"schema/{group}", name=name, node=node)
     if not OmegaConf.has_resolver("soce.data"):
         OmegaConf.register_new_resolver("soce.data", lambda name: str(Path(__file__).parent / "data" / name))
     if not OmegaConf.has_resolver("soce.study"):
         OmegaConf.register_new_resolver("soce.study", study_name)
+
+
+def unknown_keys(node, prefix: str = "") -> list[tuple[str, list[str]]]:
+    """Keys of `node` (and the nodes below it) that its schema does not have, with the keys it
+    has: what a '+key=value' override adds (Hydra accepts it; nothing would read it)."""
+    import dataclasses
+
+    from omegaconf import ListConfig
+
+    out = []
+    if isinstance(node, ListConfig):
+        for i, item in enumerate(node):
+            if isinstance(item, (DictConfig, ListConfig)):
+                out += unknown_keys(item, f"{prefix}[{i}].")
+        return out
+    schema = OmegaConf.get_type(node)
+    fields = [f.name for f in dataclasses.fields(schema)] if dataclasses.is_dataclass(schema) else None
+    for k in node.keys():
+        if k == "hydra" and not prefix:
+            continue
+        where = f"{prefix}{k}"
+        if fields is not None and k not in fields:
+            out.append((where, fields))
+            continue
+        child = node._get_node(k)
+        if isinstance(child, (DictConfig, ListConfig)) and not child._is_missing() and not child._is_none():
+            out += unknown_keys(child, f"{where}.")
+    return out
+
+
+def check_pool(cfg: DictConfig) -> None:
+    """The pool as configured: one source of candidates, named once each, local paths that exist,
+    and (selection=manual) experts that are in it."""
+    from soce.pool import _key
+
+    pool = cfg.pool
+    if pool.zoo and pool.models is not None:
+        raise ConfigError(f"pool.models is set, but pool={pool.name} is the embedded model family (pool.zoo={pool.zoo}), "
+                          "whose candidates would be studied instead: for your own models choose pool=all, "
+                          "e.g. soce pool=all 'pool.models=[{name: a, path: /models/a}, ...]'")
+    names = None
+    if pool.models is not None:
+        names = [m.name for m in pool.models]
+        dupes = sorted({n for n in names if [_key(m) for m in names].count(_key(n)) > 1})
+        if dupes:
+            raise ConfigError(f"pool.models names {', '.join(map(repr, dupes))} twice: give each candidate its own name")
+        for i, m in enumerate(pool.models):
+            if m.path is not None and not Path(m.path).is_dir():
+                raise ConfigError(f"pool.models[{i}] ({m.name!r}): path {m.path} is not a directory: "
+                                  "give the model directory (with config.json and its safetensors files)")
+    elif pool.zoo:
+        from soce.zoo.family import FAMILIES
+
+        if pool.zoo not in FAMILIES:
+            raise ConfigError(f"pool.zoo={pool.zoo!r}: expected one of {', '.join(FAMILIES)}")
+        names = [c.name for c in FAMILIES[pool.zoo].candidates]
+    chosen = OmegaConf.select(cfg, "selection.models") if cfg.selection.name == "manual" else None
+    if chosen is not None and names is not None:
+        from soce.scores import closest
+
+        for m in chosen:
+            if _key(m) not in {_key(n) for n in names}:
+                raise ConfigError(f"selection.models names {m!r}, which is not in pool={pool.name}{closest(m, names)}; "
+                                  f"its candidates: {', '.join(names)}")
 
 
 def study_name(stage, benchmark: str, pool: str) -> str:
@@ -422,10 +525,21 @@ def study_name(stage, benchmark: str, pool: str) -> str:
 
 
 def validate(cfg: DictConfig) -> None:
-    """Checks that the schemas' types cannot express; each error names its key."""
+    """Checks that the schemas' types cannot express; each error names its key. Everything
+    knowable from the config is checked here, before any evaluation and before a W&B run opens."""
+    unknown = unknown_keys(cfg)
+    if unknown:
+        where, choices = unknown[0]
+        from soce.scores import closest
+
+        raise ConfigError(f"{where} is not a setting of soce{closest(where.rsplit('.', 1)[-1], choices)}: a '+' override adds "
+                          "a key the schema does not have, and nothing reads it. Drop the '+' and spell the key as "
+                          "`soce --cfg job` shows it")
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ConfigError(f"no value for {', '.join(missing)}: set it on the command line, e.g. {missing[0]}=...")
+    OmegaConf.to_object(cfg.search).check()
+    check_pool(cfg)
     for key in ("selection.tau", "analysis.tau"):
         tau = OmegaConf.select(cfg, key)
         if tau is not None and not 0.0 <= tau <= 1.0:
@@ -442,11 +556,6 @@ def validate(cfg: DictConfig) -> None:
     if cfg.report.shapley.samples < 2:
         raise ConfigError(f"report.shapley.samples={cfg.report.shapley.samples}: at least 2 permutations are needed for an error estimate")
     b = cfg.benchmark
-    if b.kind == "lm_eval":
-        for key in ("categories", "test_tasks"):
-            if b[key] is not None and len(b[key]) != len(b.dev_tasks):
-                raise ConfigError(f"benchmark.{key} has {len(b[key])} entries, benchmark.dev_tasks {len(b.dev_tasks)}: "
-                                "one per category, in the same order")
     if b.kind == "bfcl":
         from soce.evaluate.bfcl import check_categories, check_limit
 
@@ -455,11 +564,12 @@ def validate(cfg: DictConfig) -> None:
         check_limit(b.limit)
     if cfg.sweep.tokens < 1:
         raise ConfigError(f"sweep.tokens={cfg.sweep.tokens}: must be at least 1")
+    from soce.merge.plan import parse_devices, parse_size
+
     for key in ("devices", "max_memory", "activations", "host_memory"):
         if cfg.sweep[key] is not None:
-            from soce.merge.plan import parse_devices, parse_size
-
             (parse_devices if key == "devices" else parse_size)(cfg.sweep[key], f"sweep.{key}")
+    parse_size(cfg.merge.shard_size, "merge.shard_size")
     shard, n = cfg.sweep.shard, cfg.sweep.num_shards
     if n < 1:
         raise ConfigError(f"sweep.num_shards={n}: must be at least 1")

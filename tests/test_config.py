@@ -13,7 +13,7 @@ from soce.errors import ConfigError, SoceError
 
 GROUPS = ["benchmark", "pool", "selection", "search", "merge", "tracker", "experiment"]
 # Values a group option leaves to the command line.
-REQUIRED = {"benchmark": ["benchmark.path=x.csv"], "selection=manual": ["selection.models=[a]"],
+REQUIRED = {"benchmark": ["benchmark.path=x.csv"], "selection=manual": ["selection.models=[fc-json]"],
             "benchmark=lm_eval": ["benchmark.dev_tasks=[a,b]", "benchmark.test_tasks=[c,d]"]}
 
 
@@ -101,7 +101,8 @@ def _schema_defaults(schema) -> dict:
 def test_yaml_options_do_not_repeat_their_schemas_defaults(group, option):
     """Defaults live in one place, the schema: an option's YAML sets only what differs from it."""
     yaml = OmegaConf.to_container(OmegaConf.load(Path(CONF_DIR) / group / f"{option}.yaml"))
-    schema = next(config.SCHEMAS[group][d] for d in yaml.pop("defaults") if d in config.SCHEMAS[group])
+    entry = next(d for d in yaml.pop("defaults") if isinstance(d, dict))  # {/schema/GROUP@_here_: KIND}
+    schema = config.SCHEMAS[group][next(iter(entry.values()))]
     defaults = _schema_defaults(schema)
     for key, value in yaml.items():
         default = defaults.get(key, MISSING)
@@ -116,7 +117,7 @@ def test_the_primary_config_does_not_repeat_the_schemas_defaults():
 
 def test_a_typo_in_a_yaml_file_fails_at_composition(tmp_path):
     conf = shutil.copytree(CONF_DIR, tmp_path / "conf")
-    (conf / "selection" / "typo.yaml").write_text("defaults:\n  - schema_soce\n  - _self_\nname: soce\ntaau: 0.1\n")
+    (conf / "selection" / "typo.yaml").write_text("defaults:\n  - /schema/selection@_here_: soce\n  - _self_\nname: soce\ntaau: 0.1\n")
     with pytest.raises(ConfigCompositionException) as err:
         compose_cfg(["selection=typo"], conf_dir=conf)
     assert "Key 'taau' not in 'SoceSelection'" in str(err.value)
