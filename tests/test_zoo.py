@@ -260,10 +260,57 @@ def test_a_foreign_tokenizer_is_refused(tmp_path):
         ToyFcDirect(seed=0, per_category=5, batch_size=64).evaluate(AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path), "dev")
 
 
-def test_an_unknown_lm_eval_task_is_named():
-    with pytest.raises(SoceError, match="lm-eval task 'toy_fc_dev_simpel' .* does not exist; closest: 'toy_fc_dev_simple'"):
-        LmEvalBackend({"dev": {"simple": "toy_fc_dev_simpel"}}, include_path=TOY_FC_TASKS, metric="acc", batch_size=8,
+def test_an_unknown_lm_eval_task_is_named_with_where_it_was_looked_for():
+    with pytest.raises(SoceError, match=r"lm-eval task 'toy_fc_dev_simpel' \(benchmark.dev_tasks\) does not exist in lm-eval "
+                                        rf"nor in benchmark.include_path \({TOY_FC_TASKS}\); closest: 'toy_fc_dev_simple', .* "
+                                        "Set benchmark.include_path to the folder of its YAML"):
+        LmEvalBackend({"dev": ["toy_fc_dev_simpel"]}, include_path=TOY_FC_TASKS, metric="acc", batch_size=8,
                       max_length=256, include_defaults=False)
+
+
+def _toy_backend(tasks, **options):
+    return LmEvalBackend(tasks, include_path=TOY_FC_TASKS, metric="acc", batch_size=64, max_length=256,
+                         include_defaults=False, metadata={"seed": 0, "per_category": 5}, **options)
+
+
+def test_an_lm_eval_group_stands_for_its_tasks_each_a_category(micro_json):
+    """benchmark.dev_tasks=[toy_fc_dev], a group: its six tasks are the categories (named after
+    the dev tasks), the test group's six tasks are theirs in the same order; the scores are those
+    of the tasks named one by one."""
+    grouped = _toy_backend({"dev": ["toy_fc_dev"], "test": ["toy_fc_test"]})
+    assert grouped.categories == tuple(f"toy_fc_dev_{c}" for c in fc.CATEGORIES)
+    assert list(grouped.tasks["test"].values()) == [f"toy_fc_test_{c}" for c in fc.CATEGORIES]
+    one_by_one = _toy_backend({"dev": {c: f"toy_fc_dev_{c}" for c in fc.CATEGORIES}})
+    ours, theirs = grouped.evaluate(*micro_json, "dev"), one_by_one.evaluate(*micro_json, "dev")
+    assert list(ours.scores.values()) == list(theirs.scores.values())
+    with pytest.raises(SoceError, match="benchmark.test_tasks has 1 tasks, the categories are 6"):
+        _toy_backend({"dev": ["toy_fc_dev"], "test": ["toy_fc_test_simple"]})
+    named = _toy_backend({"dev": ["toy_fc_dev"]}, categories=list(fc.CATEGORIES))
+    assert named.categories == tuple(fc.CATEGORIES)
+
+
+def test_lm_eval_options_reach_the_harness_and_the_fingerprint(micro_json):
+    plain = _toy_backend({"dev": ["toy_fc_dev_simple", "toy_fc_dev_json"]})
+    limited = _toy_backend({"dev": ["toy_fc_dev_simple", "toy_fc_dev_json"]}, limit=2, num_fewshot=0,
+                           gen_kwargs={"max_gen_toks": 8})
+    assert len(limited.example_ids("dev")) == 4 and len(plain.example_ids("dev")) == 10
+    result = limited.evaluate(*micro_json, "dev")
+    assert len(result.outcomes) == 4 and all(len(o.output.split()) <= 8 for o in result.outcomes)
+    assert {k: limited.fingerprint[k] for k in ("limit", "num_fewshot", "gen_kwargs")} == {
+        "limit": 2, "num_fewshot": 0, "gen_kwargs": {"max_gen_toks": 8}}
+    assert "limit" not in plain.fingerprint  # unset options leave the question as it was
+    with pytest.raises(SoceError, match="benchmark.limit=0"):
+        _toy_backend({"dev": ["toy_fc_dev_simple"]}, limit=0)
+
+
+def test_the_evaluator_is_built_once_per_setting(tmp_path):
+    from conftest import compose_cfg
+    from soce.pipeline import make_evaluator
+
+    cfg = compose_cfg(["benchmark.per_category=5"])
+    first = make_evaluator(cfg, tmp_path)
+    assert make_evaluator(cfg, tmp_path) is first  # lm-eval's task index is built once, not at every stage
+    assert make_evaluator(compose_cfg(["benchmark.per_category=6"]), tmp_path) is not first
 
 
 # --- the pipeline on the micro family -------------------------------------------------------------
@@ -320,5 +367,5 @@ def test_the_family_build_writes_progress_lines_to_soce_log(zoo_cache):
     it is, how fast and how long is left, and when it is done."""
     log = (zoo_cache / "build" / "soce.log").read_text()
     assert "zoo micro: training base, micro-generalist, micro-json, micro-parallel, micro-relevance (600 steps" in log
-    assert re.search(r"zoo micro: \d+/600 step in \d+ s \([\d.]+ (s/step|step/s), about [\d.]+ (s|min) left\)", log)
-    assert re.search(r"zoo micro: done, 600/600 step in [\d.]+ (s|min) \(", log)
+    assert re.search(r"zoo micro: \d+/600 steps in \d+ s \([\d.]+ (s/step|step/s), about [\d.]+ (s|min) left\)", log)
+    assert re.search(r"zoo micro: done, 600/600 steps in [\d.]+ (s|min) \(", log)

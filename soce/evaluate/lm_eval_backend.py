@@ -8,6 +8,7 @@ return the answers of other weights.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,14 +20,27 @@ from soce.evaluate import EvalResult
 from soce.scores import Outcome, closest
 
 TOY_FC_TASKS = Path(__file__).parent / "tasks" / "toy_fc"
+log = logging.getLogger("soce")
+
+
+# the setting each split's tasks come from, for messages
+TASK_KEYS = {"dev": "benchmark.dev_tasks", "test": "benchmark.test_tasks"}
 
 
 class LmEvalBackend:
-    """tasks: split -> {category: lm-eval task name}."""
+    """tasks: split -> its tasks, as a list (a group or tag is replaced by its tasks, each a
+    category: named by `categories`, else after the dev split's tasks) or as {category: task}.
 
-    def __init__(self, tasks: dict[str, dict[str, str]], *, include_path: str | Path | None, metric: str, batch_size: int,
-                 max_length: int, metadata: dict | None = None, include_defaults: bool = True,
-                 code: Sequence[Path] = ()) -> None:
+    Options as lm-eval takes them, each part of the fingerprint: `limit` (the first N documents
+    of each task, or a share of them below 1), `num_fewshot`, `apply_chat_template`,
+    `fewshot_as_multiturn`, `gen_kwargs` (generation settings over the tasks'), `model_args`
+    (HFLM's own arguments besides the model, tokenizer, batch size and length)."""
+
+    def __init__(self, tasks: dict[str, list[str] | dict[str, str]], *, include_path: str | Path | None, metric: str,
+                 batch_size: int, max_length: int, metadata: dict | None = None, include_defaults: bool = True,
+                 code: Sequence[Path] = (), categories: Sequence[str] | None = None, limit: float | None = None,
+                 num_fewshot: int | None = None, apply_chat_template: bool | str = False, fewshot_as_multiturn: bool = True,
+                 gen_kwargs: dict | None = None, model_args: dict | None = None) -> None:
         """`code`: source files the tasks' scoring depends on besides the task folder (a changed
         file is a new question: results stored before it are not reused)."""
         import lm_eval
@@ -35,29 +49,85 @@ class LmEvalBackend:
         for name in ("lm_eval", "lm-eval"):
             logging.getLogger(name).setLevel(logging.ERROR)
         _quiet_lm_eval()
-        self.tasks = tasks
-        self.categories = tuple(next(iter(tasks.values())))
-        self.splits = tuple(tasks)
-        self.metric, self.batch_size, self.max_length = metric, batch_size, max_length
+        if include_defaults:
+            log.info("indexing lm-eval's tasks (its own and benchmark.include_path's: about 20 s idle, once per run)")
+        self.include_path = include_path
         self.task_manager = TaskManager(include_path=str(include_path) if include_path else None, metadata=metadata,
                                         include_defaults=include_defaults)
-        known = set(self.task_manager.all_tasks)
-        for split, mapping in tasks.items():
-            for task in mapping.values():
-                if task not in known:
-                    raise EvaluationError(f"lm-eval task {task!r} (benchmark.tasks.{split}) does not exist{closest(task, known)}")
+        self.tasks = self._categories(tasks, categories)
+        self.categories = tuple(next(iter(self.tasks.values())))
+        self.splits = tuple(self.tasks)
+        self.metric, self.batch_size, self.max_length = metric, batch_size, max_length
+        if limit is not None and not limit > 0:
+            raise EvaluationError(f"benchmark.limit={limit}: the first N documents of each task (N >= 1), or a share of them "
+                                  "(between 0 and 1); unset for all")
+        if num_fewshot is not None and num_fewshot < 0:
+            raise EvaluationError(f"benchmark.num_fewshot={num_fewshot}: at least 0 (or unset, for each task's own)")
+        self.limit, self.num_fewshot = limit, num_fewshot
+        self.apply_chat_template, self.fewshot_as_multiturn = apply_chat_template, fewshot_as_multiturn
+        self.gen_kwargs, self.model_args = dict(gen_kwargs or {}), dict(model_args or {})
         self._lm = None
         self._wrapped = None
         self._index: dict[str, dict[str, tuple[str, str, int]]] = {}
-        configs = {task: self._configs(task) for mapping in tasks.values() for task in mapping.values()}
+        configs = {task: self._configs(task) for mapping in self.tasks.values() for task in mapping.values()}
         self._check_metric(configs)
         # Everything a score depends on: the task folder's files (YAMLs, code, data) and every
         # local data file the tasks name, by content; a changed file is a new question.
         task_files = [f for f in Path(include_path).rglob("*") if f.is_file() and "__pycache__" not in f.parts] if include_path else []
         data_files = sorted({f for cfgs in configs.values() for cfg in cfgs for f in _local_data_files(cfg)} - set(task_files))
-        self.fingerprint = {"backend": "lm_eval", "lm_eval": lm_eval.__version__, "tasks": tasks, "metric": metric,
+        self.fingerprint = {"backend": "lm_eval", "lm_eval": lm_eval.__version__, "tasks": self.tasks, "metric": metric,
                             "max_length": max_length, "metadata": metadata,
-                            "files": files_digest([*task_files, *code]), "data": data_digest(data_files)}
+                            "files": files_digest([*task_files, *code]), "data": data_digest(data_files),
+                            **{k: v for k, v in (("limit", limit), ("num_fewshot", num_fewshot),
+                                                 ("apply_chat_template", apply_chat_template or None),
+                                                 ("fewshot_as_multiturn", fewshot_as_multiturn if apply_chat_template else None),
+                                                 ("gen_kwargs", self.gen_kwargs or None), ("model_args", self.model_args or None))
+                               if v is not None}}
+
+    def _categories(self, tasks: dict[str, list[str] | dict[str, str]], categories: Sequence[str] | None) -> dict[str, dict[str, str]]:
+        """split -> {category: lm-eval task}, every group and tag replaced by its tasks."""
+        known = set(self.task_manager.all_tasks)
+        out, names = {}, None
+        for split, given in tasks.items():
+            key = TASK_KEYS.get(split, f"benchmark tasks of {split}")
+            for task in given.values() if isinstance(given, dict) else given:
+                if task not in known:
+                    where = (f"benchmark.include_path ({self.include_path})" if self.include_path
+                             else "benchmark.include_path (not set: only lm-eval's own tasks are looked at)")
+                    raise EvaluationError(f"lm-eval task {task!r} ({key}) does not exist in lm-eval nor in {where}"
+                                          f"{closest(task, known)}. Set benchmark.include_path to the folder of its YAML")
+            if isinstance(given, dict):
+                out[split] = dict(given)
+                continue
+            leaves = [(task, leaf) for task in given for leaf in self._leaves(task, key)]
+            if names is None:  # the first split names the categories
+                names = list(categories) if categories else [leaf if len(self._leaves(task, key)) > 1 else task
+                                                             for task, leaf in leaves]
+                if len(names) != len(leaves):
+                    raise EvaluationError(f"benchmark.categories names {len(names)} categories, {key} has {len(leaves)} tasks"
+                                          f"{' (its groups and tags expanded)' if len(leaves) != len(given) else ''}: one "
+                                          "name per task, in the same order")
+            elif len(leaves) != len(names):
+                raise EvaluationError(f"{key} has {len(leaves)} tasks, the categories are {len(names)} "
+                                      f"({', '.join(names[:6])}{' ...' if len(names) > 6 else ''}; groups and tags "
+                                      "expanded): one task per category, in the same order")
+            out[split] = dict(zip(names, (leaf for _, leaf in leaves)))
+        return out
+
+    def _leaves(self, name: str, key: str) -> list[str]:
+        """The tasks a name stands for: itself, a group's tasks (its subgroups' too), or a tag's."""
+        from lm_eval.tasks._index import Kind
+
+        index = self.task_manager.task_index
+        entry = index.get(name)
+        if entry is None or entry.kind in (Kind.TASK, Kind.PY_TASK):
+            return [name]
+        if entry.kind == Kind.TAG:
+            return sorted(k for k, e in index.items() if name in e.tags and e.kind in (Kind.TASK, Kind.PY_TASK))
+        subtasks = (entry.cfg or {}).get("task") or []
+        if not all(isinstance(t, str) for t in subtasks):
+            raise EvaluationError(f"lm-eval group {name!r} ({key}) defines tasks inline: name its tasks in {key} instead")
+        return [leaf for t in subtasks for leaf in self._leaves(t, key)]
 
     def _configs(self, name: str) -> list[dict]:
         """The resolved configs of a task, or of every task of a group (where lm-eval keeps
@@ -98,7 +168,11 @@ class LmEvalBackend:
                 return super().loglikelihood(requests, disable_tqdm=True)
 
         if self._wrapped is not model:  # wrap once; the weights may change in place between calls
-            self._lm = QuietHFLM(pretrained=model, tokenizer=tokenizer, batch_size=self.batch_size, max_length=self.max_length)
+            try:
+                self._lm = QuietHFLM(pretrained=model, tokenizer=tokenizer, batch_size=self.batch_size,
+                                     max_length=self.max_length, **self.model_args)
+            except TypeError as err:
+                raise EvaluationError(f"benchmark.model_args={self.model_args}: lm-eval's HFLM does not take them ({err})") from None
             self._wrapped = model
         return self._lm
 
@@ -108,8 +182,16 @@ class LmEvalBackend:
             tasks = self.task_manager.load(list(self.tasks[split].values()))["tasks"]
             self._index[split] = {
                 str(doc.get("id", f"{task}-{index}")): (category, task, index)
-                for category, task in self.tasks[split].items() for index, doc in enumerate(tasks[task].eval_docs)}
+                for category, task in self.tasks[split].items() for index, doc in enumerate(self._limited(tasks[task].eval_docs))}
         return self._index[split]
+
+    def _limited(self, docs) -> list:
+        """A task's documents evaluated: the first `limit` of them (as lm-eval's own limit takes them)."""
+        docs = list(docs)
+        if self.limit is None:
+            return docs
+        n = int(self.limit) if self.limit >= 1 else math.ceil(len(docs) * self.limit)
+        return docs[:n]
 
     def example_ids(self, split: str) -> list[tuple[str, str]]:
         return [(i, category) for i, (category, _, _) in self._docs(split).items()]
@@ -121,14 +203,18 @@ class LmEvalBackend:
             raise EvaluationError(f"benchmark.tasks has no {split!r} split (it has {', '.join(self.tasks)})")
         mapping = self.tasks[split]
         samples = None
-        if examples is not None:  # lm-eval's own selection: document indices per task
+        if examples is not None or self.limit is not None:  # lm-eval's own selection: document indices per task
             docs = self._docs(split)
-            samples = {task: sorted(docs[i][2] for i in examples if docs[i][1] == task) for task in mapping.values()}
+            chosen = docs if examples is None else examples
+            samples = {task: sorted(docs[i][2] for i in chosen if docs[i][1] == task) for task in mapping.values()}
             mapping = {c: t for c, t in mapping.items() if samples[t]}
             samples = {t: samples[t] for t in mapping.values()}
+        options = {k: v for k, v in (("num_fewshot", self.num_fewshot), ("gen_kwargs", self.gen_kwargs or None)) if v is not None}
         with _one_process():
             out = simple_evaluate(model=self._harness_model(model, tokenizer), tasks=list(mapping.values()), samples=samples,
-                                  task_manager=self.task_manager, log_samples=True, bootstrap_iters=0, verbosity="ERROR")
+                                  task_manager=self.task_manager, log_samples=True, bootstrap_iters=0, verbosity="ERROR",
+                                  apply_chat_template=self.apply_chat_template, fewshot_as_multiturn=self.fewshot_as_multiturn,
+                                  **options)
         scores, outcomes = {}, []
         for category, task in mapping.items():
             result = out["results"][task]
