@@ -315,3 +315,31 @@ def test_the_paper_8b_experiment_runs_through_selection_and_a_first_point(soce, 
     assert set(points[0]["scores"]) == set(bfcl.CATEGORIES)
     assert "BFCL prompts of a soup: the handler of its largest-weight expert" in r.stdout + r.stderr
     assert list((run_dir / "bfcl").glob("sweep-*-dev"))  # the point's generations, as BFCL result files
+
+
+def test_a_point_evaluated_rung_by_rung_keeps_every_generation_in_its_folder(standins, tmp_path):
+    """search=halving evaluates a point on pieces of the split: its result folder ends with every
+    piece's generations, not the last piece's alone."""
+    model, tokenizer = _load(standins["chat"])
+    evaluator = bfcl.BfclEvaluator(["Live Simple AST", "Irrelevance Detection"], handler=XLAM, limit=3, max_new_tokens=4,
+                                   batch_size=4, result_dir=tmp_path / "bfcl")
+    ids = [i for i, _ in evaluator.example_ids("dev")]
+    for piece in (ids[:2], ids[2:]):
+        evaluator.evaluate(model, tokenizer, "dev", label="sweep-0.500-0.500", examples=piece)
+    written = [json.loads(line)["id"] for f in (tmp_path / "bfcl" / "sweep-0.500-0.500-dev").rglob("*_result.json")
+               for line in f.read_text().splitlines()]
+    assert sorted(written) == sorted(ids) and len(ids) == 9
+
+
+def test_two_names_never_share_a_result_folder():
+    assert bfcl._slug("m+1") != bfcl._slug("m_1") == "m_1"
+    assert bfcl._slug("sweep-0.100-0.900") == "sweep-0.100-0.900"
+    assert bfcl._slug("org/model (FC)").startswith("org_model_FC-")
+
+
+def test_a_result_folder_that_cannot_be_written_is_refused_before_any_generation(tmp_path):
+    from test_faults import mounted_tmpfs
+
+    with mounted_tmpfs(tmp_path / "ro", "ro,size=1m") as ro:
+        with pytest.raises(EvaluationError, match=rf"BFCL result files cannot be written to {ro}/bfcl .*benchmark.result_files=false"):
+            bfcl.BfclEvaluator(["Live Simple AST"], handler=XLAM, limit=1, result_dir=ro / "bfcl")

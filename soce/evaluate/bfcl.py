@@ -203,6 +203,8 @@ class BfclEvaluator:
         self.splits = tuple(self.examples)
         self.batch_size, self.max_new_tokens = batch_size, max_new_tokens
         self.result_dir = Path(result_dir) if result_dir else None
+        if self.result_dir is not None:
+            _check_writable(self.result_dir)
         self._announced: set[str] = set()
         # what a score depends on besides the model: bfcl-eval's version (its data, handlers and
         # checkers), the entries asked, and the decoding settings; the handler is the caller's
@@ -267,9 +269,15 @@ class BfclEvaluator:
         if failed:
             log.warning("  %d of %d BFCL entries failed during generation (scored wrong, as bfcl-eval scores them): %s",
                         failed, len(entries), _first_error(raw))
-        if self.result_dir is not None:
-            self.write_results(handler, records, self.result_dir / f"{_slug(label or name)}-{split}")
         outcomes = self.check(handler, entries, records)
+        if self.result_dir is not None:
+            folder = self.result_dir / f"{_slug(label or name)}-{split}"
+            try:  # a piece of a split (search=halving's rungs) joins the point's earlier pieces
+                self.write_results(handler, records, folder, whole=examples is None)
+            except OSError as err:  # the scores are computed: they are kept, the files are not
+                log.warning("  BFCL result files not written to %s (%s: %s); the scores are kept. Free the space or "
+                            "make the folder writable; benchmark.result_files=false writes none",
+                            err.filename or folder, type(err).__name__, err.strerror or err)
         return EvalResult(self.scores(outcomes, entries), tuple(outcomes))
 
     def check(self, handler, entries: Sequence[Entry], records: Sequence[dict]) -> list[Outcome]:
@@ -316,12 +324,15 @@ class BfclEvaluator:
         return scores
 
     @staticmethod
-    def write_results(handler, records: Sequence[dict], folder: Path) -> None:
+    def write_results(handler, records: Sequence[dict], folder: Path, whole: bool = True) -> None:
         """The generations as BFCL result files (folder/<model>/<group>/BFCL_v4_<file>_result.json),
-        written by the handler's own writer: `bfcl evaluate --result-dir folder --partial-eval` scores them."""
+        written by the handler's own writer: `bfcl evaluate --result-dir folder --partial-eval` scores them.
+        whole: the records are a whole split's, replacing what the folder held; otherwise a piece of it,
+        merged by entry id into the files (a point evaluated rung by rung ends with every generation)."""
         folder.mkdir(parents=True, exist_ok=True)
-        for path in folder.rglob("*_result.json"):  # an evaluation's files are its own, never appended to another's
-            path.unlink()
+        if whole:
+            for path in folder.rglob("*_result.json"):  # an evaluation's files are its own, never appended to another's
+                path.unlink()
         handler.write(list(records), result_dir=folder, update_mode=True)
 
     def _check_prompt_format(self, handler, entry: Entry, name: str, model) -> None:
@@ -348,6 +359,19 @@ def _result_record(entry: Entry, raw) -> dict:
         return {"id": entry.id, "result": f"Error during inference: {raw}"}
     result, metadata = raw
     return {"id": entry.id, "result": result, **{k: v for k, v in metadata.items() if k != "inference_log"}}
+
+
+def _check_writable(folder: Path) -> None:
+    """The result folder can be written, checked before anything is generated."""
+    import tempfile
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".soce-write-check"):
+            pass
+    except OSError as err:
+        raise EvaluationError(f"BFCL result files cannot be written to {folder} ({err.strerror or err}): make it writable, "
+                              "or set benchmark.result_files=false to write none") from None
 
 
 def _first_error(raw: Sequence) -> str:
@@ -377,4 +401,11 @@ def _json(value) -> str:
 
 
 def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "model"
+    """A folder name for `text`: itself where it is one; otherwise its safe characters and a hash
+    of the whole, so that two names never share a folder ('m+1' and 'm_1')."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_.") or "model"
+    if safe == text:
+        return text
+    import hashlib
+
+    return f"{safe}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
