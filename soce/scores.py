@@ -170,6 +170,7 @@ def read_table(
             i, cell = bad[0]
             raise DataError(f"{path}: column {c!r}, row {i + 2} ({models[i]}): {cell!r} is not a number")
         if not bad:  # a column of text (links, licences) is not a category
+            _check_range(path, c, models, parsed, format)
             values.append(parsed)
             kept.append(c)
     if not kept:
@@ -188,6 +189,14 @@ def _as_number(path: Path, column: str, model: str, cell: str) -> float:
     if value is None:
         raise DataError(f"{path}: column {column!r} ({model}): {cell!r} is not a number")
     return value
+
+
+def _check_range(path: Path, column: str, models: Sequence[str], values: Sequence[float], format: str) -> None:
+    """Scores are finite; a BFCL leaderboard's are percentages, within [0, 100]."""
+    for model, v in zip(models, values):
+        if math.isinf(v) or (format == "bfcl" and not math.isnan(v) and not 0 <= v <= 100):
+            what = "a BFCL score is a percentage, from 0 to 100" if format == "bfcl" else "a score is a finite number"
+            raise DataError(f"{path}: column {column!r}, model {model!r}: {v:g} is not a score ({what}): fix the table")
 
 
 def _read_csv(path: Path) -> tuple[list[str], list[list[str]]]:
@@ -234,9 +243,17 @@ def read_scores(path: Path) -> ScoreTable:
     """Read back what write_scores wrote (with its outcomes file beside it, if any)."""
     table = read_table(path, model_column="model", overall_column=OVERALL)
     if outcomes_path(path).exists():
+        outcomes = []
         with outcomes_path(path).open() as f:
-            outcomes = tuple(Outcome(**json.loads(line)) for line in f if line.strip())
-        table = ScoreTable(table.models, table.categories, table.values, table.overall, table.source, outcomes)
+            for number, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    outcomes.append(Outcome(**json.loads(line)))
+                except (ValueError, TypeError) as err:
+                    raise DataError(f"{outcomes_path(path)} line {number} is not an outcome ({type(err).__name__}: cut short?): "
+                                    f"delete it and {path.name}, and stage=analyze writes them again") from None
+        table = ScoreTable(table.models, table.categories, table.values, table.overall, table.source, tuple(outcomes))
     return table
 
 

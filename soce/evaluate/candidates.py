@@ -41,6 +41,7 @@ def model_dir(candidate: Candidate) -> str:
         raise CheckpointError(f"pool model {candidate.name!r} has neither a path nor a hub_id: set one in the pool config")
     from huggingface_hub import snapshot_download
 
+    log.info("  pool model %r: %s from the Hugging Face Hub (or its cache)", candidate.name, candidate.hub_id)
     try:
         return snapshot_download(candidate.hub_id, allow_patterns=["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt"])
     except Exception as err:  # offline, gated, missing: every cause ends here, with the model named
@@ -69,9 +70,34 @@ def load_model(candidate: Candidate, device_map: dict[str, str] | None = None, d
         raise CheckpointError(f"pool model {candidate.name!r}: {err}") from None
     try:
         model = AutoModelForCausalLM.from_pretrained(where, device_map=device_map, **({"dtype": dtype} if dtype else {}))
-        return model, AutoTokenizer.from_pretrained(where)
+        tokenizer = AutoTokenizer.from_pretrained(where)
     except (OSError, ValueError, pickle.UnpicklingError) as err:
         raise CheckpointError(f"pool model {candidate.name!r}: cannot load {where} ({type(err).__name__}: {err})") from None
+    check_finite(model, f"pool model {candidate.name!r} ({where})")
+    return model, tokenizer
+
+
+def check_finite(model, where: str) -> None:
+    """Refuse a model with NaN or Inf weights: its outputs are garbage, its scores 0 everywhere,
+    and they would enter the correlations and the selection as if it were a real model."""
+    import torch
+
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.is_floating_point() and p.device.type != "meta" and not torch.isfinite(p).all():
+                raise CheckpointError(f"{where}: tensor {name!r} holds NaN or Inf values: fix the checkpoint, or leave the "
+                                      "model out of the pool")
+
+
+def _read_cached(path: Path, name: str) -> EvalResult | None:
+    """A cached evaluation, or None (and why) where the file is not one: cut short, hand-edited."""
+    try:
+        data = json.loads(path.read_text())
+        return EvalResult({c: float(v) for c, v in data["scores"].items()},
+                          tuple(Outcome(**{**o, "model": name}) for o in data["outcomes"]))
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as err:
+        log.warning("  %s: not a cached evaluation (%s): evaluating %s again", path, type(err).__name__, name)
+        return None
 
 
 def evaluate_candidates(
@@ -89,18 +115,19 @@ def evaluate_candidates(
     device_map: where a candidate is loaded (default: the CPU)."""
     cache_dir.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict[str, EvalResult]] = {s: {} for s in splits}
+    # every candidate found (or fetched) before any is evaluated: a missing one fails first
+    fingerprints = {c.name: fingerprint(c) for c in candidates}
     for c in candidates:
-        files = fingerprint(c)
+        files = fingerprints[c.name]
         # an evaluator that prompts each model its own way (BFCL's handlers): the way is part of the question
         handler = evaluator.handler_for([(c, 1.0)]) if hasattr(evaluator, "handler_for") else None
         loaded = None
         for split in splits:
             key = digest([files, question, split] + ([handler] if handler else []))[:20]
             cached = cache_dir / f"{key}.json"
-            if reuse and cached.exists():
-                data = json.loads(cached.read_text())
-                outcomes = tuple(Outcome(**{**o, "model": c.name}) for o in data["outcomes"])
-                results[split][c.name] = EvalResult(data["scores"], outcomes)
+            hit = _read_cached(cached, c.name) if reuse and cached.exists() else None
+            if hit is not None:
+                results[split][c.name] = hit
                 continue
             if loaded is None:
                 loaded = load_model(c, device_map(c) if device_map else None)
@@ -113,9 +140,15 @@ def evaluate_candidates(
             outcomes = tuple(Outcome(c.name, o.example_id, o.category, o.correct, o.output) for o in result.outcomes)
             results[split][c.name] = EvalResult(result.scores, outcomes)
             tmp = cached.with_suffix(f".{os.getpid()}.partial")  # concurrent jobs may evaluate the same candidate
-            tmp.write_text(json.dumps({"model": c.name, "split": split, "scores": result.scores,
-                                       "outcomes": [{k: v for k, v in o.__dict__.items() if k != "model"} for o in outcomes]}))
-            tmp.rename(cached)
+            try:
+                tmp.write_text(json.dumps({"model": c.name, "split": split, "scores": result.scores,
+                                           "outcomes": [{k: v for k, v in o.__dict__.items() if k != "model"} for o in outcomes]}))
+                tmp.rename(cached)
+            except OSError as err:  # the scores are computed: this run keeps them; only the cache misses them
+                tmp.unlink(missing_ok=True)
+                log.warning("  %s's %s scores not cached in %s (%s): this run uses them; the next evaluates it again. "
+                            "Free the space or set pool.cache_dir to a writable folder", c.name, split, cache_dir,
+                            err.strerror or err)
     tables = {}
     for split, by_model in results.items():
         models = [c.name for c in candidates]
