@@ -96,6 +96,26 @@ class Analysis:
     def undefined_pairs(self) -> list[tuple[str, str]]:
         return [(a, b) for a, b, r in self.pairs() if math.isnan(r)]
 
+    def undefined_reasons(self, values: np.ndarray) -> list[str]:
+        """Why each undefined correlation is undefined, one sentence per cause: a category whose
+        score is the same for every model (it correlates with nothing), or a pair of categories
+        that fewer than 2 models (or only models with one score on either) have scores on both.
+        `values`: the population's scores (models x categories) the matrix was computed from."""
+        undefined = self.undefined_pairs
+        constant = [c for i, c in enumerate(self.categories)
+                    if len(set(v for v in values[:, i] if not math.isnan(v))) == 1]
+        out = [f"{c!r} has the same score, {float(np.nanmax(values[:, self.categories.index(c)])):.4g}, for every model: it "
+               "correlates with no category and never enters L" for c in constant]
+        index = {c: i for i, c in enumerate(self.categories)}
+        for a, b in undefined:
+            if a in constant or b in constant:
+                continue
+            shared = int(self.counts[index[a], index[b]])
+            why = (f"only {shared} model{'' if shared == 1 else 's'} {'has' if shared == 1 else 'have'} scores on both"
+                   if shared < 2 else "one of them is the same for every model that scores both")
+            out.append(f"the correlation of {a!r} and {b!r} is undefined: {why}")
+        return out
+
     def tau_sweep(self, taus: Sequence[float]) -> list[dict]:
         return [{"tau": float(t), "weak_set": list(self.weak_set_at(t))} for t in taus]
 

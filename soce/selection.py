@@ -31,7 +31,7 @@ class Selection:
     strategy: str
     experts: tuple[Expert, ...]
     excluded: dict[str, str]
-    notes: tuple[str, ...] = ()  # what missing scores did to the choice
+    notes: tuple[str, ...] = ()  # what missing scores and ties did to the choice
 
     @property
     def models(self) -> list[str]:
@@ -101,6 +101,10 @@ def select_soce(
             notes.append(f"category {cat!r} of L has no expert: no pool model has a score on it (all N/A)")
             continue
         leads.setdefault(leader, []).append(cat)
+        tied = [m for m, v in zip(pool, column) if v == table.score(leader, cat)]
+        if len(tied) > 1:
+            notes.append(f"{cat!r}: {len(tied)} pool models tie at {table.score(leader, cat):g} ({_some(tied)}); a tie goes "
+                         f"to the best overall score: {leader}")
         if missing:
             notes.append(f"{cat!r}: {leader} leads among the {len(pool) - len(missing)} pool models with a score; "
                          f"{len(missing)} without one (N/A) could not: {_some(missing)}")
@@ -139,7 +143,7 @@ def _why_not_leader(table: ScoreTable, pool: Sequence[str], model: str, weak: Se
         return "no score on any category of L"
     gap, cat, leader, mine = min(gaps)
     if gap == 0:
-        return f"leads no category of L; ties {leader} on {cat!r} ({mine:g}), which wins on overall score"
+        return f"leads no category of L; ties {leader} on {cat!r} ({mine:g})"
     return f"leads no category of L; closest on {cat!r}: {mine:g} vs {table.score(leader, cat):g} ({leader})"
 
 

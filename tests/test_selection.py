@@ -35,7 +35,8 @@ def test_soce_takes_the_best_of_each_weak_category_ordered_by_overall():
     assert s.models == ["m1", "m2"]  # z is not in L, so m1's 99 on z is no reason; m1 ties m3 on x and wins on overall
     assert s.experts[0].leads == ("x",) and s.experts[1].leads == ("y",)
     assert s.experts[0].scores == {"x": 90.0, "y": 50.0, "z": 99.0}
-    assert s.excluded["m3"] == "leads no category of L; ties m1 on 'x' (90), which wins on overall score"
+    assert s.excluded["m3"] == "leads no category of L; ties m1 on 'x' (90)"
+    assert "'x': 2 pool models tie at 90 (m1, m3); a tie goes to the best overall score: m1" in s.notes  # said once
     assert s.excluded["m4"] == "leads no category of L; closest on 'y': 94 vs 95 (m2)"
     assert "closest on 'y'" in s.excluded["m5"]  # its missing x is skipped, never read as 0
 

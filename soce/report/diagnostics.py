@@ -101,23 +101,33 @@ def prediction(cosine: float | None, line: Connectivity | None) -> str:
     return sentence[:1].upper() + sentence[1:] + "." if cosine is None else sentence + "."
 
 
+# The thresholds the sentences use, stated in the report beside the figures they read.
+ORTHOGONAL = 0.2  # |cosine| below it: near-orthogonal task vectors
+ALIGNED = 0.7  # cosine above it: aligned (the same move); between the two: partly aligned
+BARRIER = 0.02  # a drop below the straight line between the ends larger than this is a barrier
+THRESHOLDS = (f"cosines under {ORTHOGONAL} in size read as near-orthogonal, from {ORTHOGONAL} to {ALIGNED} as partly "
+              f"aligned, above {ALIGNED} as aligned; a drop of more than {BARRIER} below the straight line between the "
+              "ends is a barrier")
+
+
 def _shape(cosine: float) -> str:
     if math.isnan(cosine):
         shape = "one of them equals the base (no task vector)"
-    elif abs(cosine) < 0.2:
+    elif abs(cosine) < ORTHOGONAL:
         shape = f"near-orthogonal task vectors (cosine {cosine:.2f}), which the task-arithmetic literature reads as composable"
-    elif cosine > 0:
+    elif cosine > ALIGNED:
         shape = f"aligned task vectors (cosine {cosine:.2f}): they moved the base the same way, so averaging adds little"
+    elif cosine > 0:
+        shape = f"partly aligned task vectors (cosine {cosine:.2f}): they share part of their move, and averaging keeps the rest of each at half strength"
     else:
         shape = f"opposed task vectors (cosine {cosine:.2f}): averaging cancels part of each"
     return shape
 
 
 def _path(line: Connectivity) -> str:
-    if line.barrier > 0.02:
-        path = f"a barrier of {line.barrier:.3f} on the line between them: their soup loses what neither end loses"
-    elif line.gain > 0:
-        path = f"no barrier, and a point on the line {line.gain:.3f} above the better end: the soup should help"
-    else:
-        path = "no barrier, and no point above the better end: the soup should not hurt, nor help much"
-    return path
+    if line.barrier > BARRIER:
+        return f"a barrier of {line.barrier:.3f} on the line between them: their soup loses what neither end loses"
+    drop = f"no barrier (the largest drop below the line, {line.barrier:.4f}, is under {BARRIER})" if line.barrier > 0 else "no barrier"
+    if line.gain > 0:
+        return f"{drop}, and a point on the line {line.gain:.3f} above the better end: the soup should help"
+    return f"{drop}, and no point above the better end: the soup should not hurt, nor help much"
