@@ -49,7 +49,7 @@ def differences(old: Any, new: Any, prefix: str = "") -> list[str]:
     """'key: old -> new' for every leaf that differs between two nested dicts."""
     if isinstance(old, dict) and isinstance(new, dict):
         out = []
-        for k in sorted(set(old) | set(new), key=str):
+        for k in sorted(set(old) | set(new), key=lambda k: (k != "name", str(k))):  # a changed name first
             where = f"{prefix}.{k}" if prefix else str(k)
             if k not in old:
                 out.append(f"{where}: (absent) -> {json.dumps(new[k])}")
@@ -70,12 +70,54 @@ def read_current(path: Path, settings: dict) -> dict | None:
     if not path.exists():
         log.info("no %s in %s yet", path.name, path.parent)
         return None
-    record = json.loads(path.read_text())
-    changed = differences(record["settings"], settings) if "settings" in record else ["its settings were not recorded"]
+    changed = stale(path, settings)
     if changed:
         log.info("%s in %s was made with other settings (%s): making it again", path.name, path.parent, "; ".join(changed[:3]))
         return None
-    return record
+    return json.loads(path.read_text())
+
+
+def stale(path: Path, settings: dict) -> list[str]:
+    """How the settings `path` was made with differ from `settings` (empty: it is current). A file
+    that is not a JSON record (cut short by a full disk or a kill) is stale, never trusted."""
+    try:
+        record = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return ["it is not valid JSON (cut short?)"]
+    if not isinstance(record, dict) or "settings" not in record:
+        return ["its settings were not recorded"]
+    return differences(record["settings"], settings)
+
+
+# What the soup stage and the report make from one search's results: kept together, never
+# overwritten by another search's.
+RESULT_FILES = (RESULTS, SOUP, REPORT, "landscape.png", "shapley.png", "consistency.png", "diagnostics.png")
+
+
+def supersede(run_dir: Path, settings: dict) -> Path | None:
+    """Where results.json in `run_dir` was made with other settings (another search, selection or
+    objective), move it and the soup, report and plots made with it to superseded/<time>/ and
+    say so: a changed study never overwrites another's results. Returns where they went."""
+    results = run_dir / RESULTS
+    if not results.exists():
+        return None
+    changed = stale(results, settings)
+    if not changed:
+        return None
+    import time
+
+    target = run_dir / "superseded" / time.strftime("%Y-%m-%d_%H-%M-%S")
+    n = 1
+    while target.exists():
+        n += 1
+        target = target.with_name(f"{target.name.split('.')[0]}.{n}")
+    target.mkdir(parents=True)
+    moved = [name for name in RESULT_FILES if (run_dir / name).exists()]
+    for name in moved:
+        (run_dir / name).rename(target / name)
+    log.warning("%s was made with other settings (%s): it and %s moved to %s, so that this study's results do not "
+                "replace them", results, "; ".join(changed[:3]), ", ".join(moved[1:]) or "nothing else", target)
+    return target
 
 
 def digest(value: Any) -> str:

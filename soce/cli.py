@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import signal
 import sys
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import hydra
@@ -65,13 +69,53 @@ def plan(cfg: DictConfig) -> list:
     return list(PIPELINE.values())
 
 
+class Terminated(BaseException):
+    """SIGTERM (a scheduler's time limit, `kill`): raised where the run is, so that what is
+    unfinished is cleaned up (a merge's partial soup, its lock) and what is finished is kept."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated()
+
+
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="soce")
 def run(cfg: DictConfig) -> None:
     hc = HydraConfig.get()
-    try:
+    with guarded():
         run_study(cfg, Path(hc.runtime.output_dir), job=hc.job.num if hc.mode == RunMode.MULTIRUN else None)
+
+
+@contextmanager
+def guarded():
+    """What goes wrong in a run, as one `error:` line and exit 1 (SIGTERM: 143): soce's own
+    errors, the file system's (a full disk, a read-only directory, a file-size limit), SIGTERM."""
+    previous = signal.signal(signal.SIGTERM, _terminate) if threading.current_thread() is threading.main_thread() else None
+    try:
+        yield
     except SoceError as err:
         fail(err)
+    except OSError as err:
+        fail(file_system_error(err))
+    except Terminated:
+        log.error("error: stopped by SIGTERM: every finished result is kept (the sweep's points are in its store and it "
+                  "resumes where it stopped; an unfinished soup was removed). Run the same command again to go on")
+        sys.exit(128 + signal.SIGTERM)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def file_system_error(err: OSError) -> SoceError:
+    """One sentence for a file that cannot be written or read: the file, the cause, the fix."""
+    hint = {errno.ENOSPC: "free some space, or write elsewhere (hydra.run.dir, sweep.store, pool.cache_dir)",
+            errno.EDQUOT: "free some space, or write elsewhere (hydra.run.dir, sweep.store, pool.cache_dir)",
+            errno.EFBIG: "a file-size limit (ulimit -f) stops it: raise the limit",
+            errno.EROFS: "choose a directory you can write (hydra.run.dir, sweep.store, pool.cache_dir)",
+            errno.EACCES: "choose a directory you can write (hydra.run.dir, sweep.store, pool.cache_dir)",
+            errno.EPERM: "choose a directory you can write (hydra.run.dir, sweep.store, pool.cache_dir)"}.get(err.errno or 0, "")
+    where = err.filename or "a file"
+    return SoceError(f"{where}: {err.strerror or err}" + (f": {hint}" if hint else "")
+                     + "; every result finished before it is kept, and the same command resumes")
 
 
 def run_study(cfg: DictConfig, run_dir: Path, job: int | None = None, tracker: Tracker | None = None) -> Path:
@@ -85,6 +129,8 @@ def run_study(cfg: DictConfig, run_dir: Path, job: int | None = None, tracker: T
     shard_job = cfg.sweep.shard is not None
     # The shards of a multirun share one store: the sweep directory above the jobs' directories.
     store_dir = Path(cfg.sweep.store) if cfg.sweep.store else (run_dir.parent if shard_job and job is not None else run_dir)
+    if cfg.benchmark.kind != "table" and cfg.stage.value not in TOOLS:
+        pipeline.make_evaluator(cfg, run_dir)  # its tasks, metric and data checked before a W&B run opens
     tracker = tracker or make_tracker(cfg, run_dir, None if job is None else f"{cfg.study}/{job}")
     context = pipeline.Run(cfg, run_dir, tracker, store_dir)
     try:
@@ -141,19 +187,44 @@ class CollectShards(Callback):
         if config.sweep.num_shards <= 1 or not config.sweep.collect or config.benchmark.kind == "table":
             return
         cfg = config  # the multirun's config, without the swept sweep.shard: the unsharded study
-        store_dir = Path(config.sweep.store or str(config.hydra.sweep.dir))
-        log.info("collecting the %d shards in %s", config.sweep.num_shards, store_dir)
-        tracker = make_tracker(cfg, store_dir, f"{cfg.study}/collect")
-        context = pipeline.Run(cfg, store_dir, tracker, store_dir)
+        # the results go to this multirun's directory; the store may be shared with other studies (sweep.store)
+        out_dir = Path(str(config.hydra.sweep.dir))
+        store_dir = Path(config.sweep.store or out_dir)
+        log.info("collecting the %d shards of %s in %s", config.sweep.num_shards, store_dir, out_dir)
+        tracker = make_tracker(cfg, out_dir, f"{cfg.study}/collect")
+        context = pipeline.Run(cfg, out_dir, tracker, store_dir)
         try:
-            for run_stage in (pipeline.sweep, pipeline.soup, pipeline.report):
-                run_stage(context)
-            print_files(store_dir)
-        except SoceError as err:
-            fail(err)
+            with guarded():
+                for run_stage in (pipeline.sweep, pipeline.soup, pipeline.report):
+                    run_stage(context)
+                print_files(out_dir)
         finally:
             context.close()
             tracker.finish()
+
+
+class CheckOutputDir(Callback):
+    """Before Hydra makes the run's (or multirun's) directory: one line naming it and the fix
+    where it cannot be written, instead of Hydra's traceback."""
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        _writable(str(config.hydra.run.dir), "hydra.run.dir")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        _writable(str(config.hydra.sweep.dir), "hydra.sweep.dir")
+
+
+def _writable(directory: str, key: str) -> None:
+    import tempfile
+
+    try:
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".soce-write-check"):
+            pass
+    except OSError as err:
+        print(f"error: the run directory {directory} cannot be written ({err.strerror or err}): choose another with "
+              f"{key}=...", file=sys.stderr)
+        sys.exit(1)
 
 
 def print_files(run_dir: Path) -> None:

@@ -69,7 +69,7 @@ def successive_halving(points: Sequence[Point], examples: Sequence[tuple[str, st
     rungs: run only the first `rungs` rungs (a shard's share: rung 0), returning no best."""
     category = dict(examples)
     n_categories = len(set(category.values()))
-    min_examples = min_examples or 4 * n_categories
+    min_examples = 4 * n_categories if min_examples is None else min_examples
     subsets = nested_subsets(examples, rung_sizes(len(examples), eta, min_examples), seed)
     run = Halving(subsets)
     outcomes: dict[Point, dict[str, bool]] = {p: {} for p in points}

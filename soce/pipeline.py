@@ -50,6 +50,8 @@ class Run:
     shard: tuple[int, int] = (0, 1)
     device: str | None = None
     _store: object = field(default=None, repr=False)
+    searched: tuple | None = field(default=None, repr=False)  # (Souper, SearchResult) of this run's sweep
+    _problem: object = field(default=None, repr=False)  # what sets a stored record aside (soce.sweep.record_problem)
     _fingerprints: dict = field(default_factory=dict, repr=False)
 
     def path(self, name: str) -> Path:
@@ -57,12 +59,13 @@ class Run:
 
     @property
     def store(self):
-        """The study's sweep store, opened once (it holds a lock on the file it writes)."""
+        """The study's sweep store, opened once (it holds a lock on the file it writes); its
+        records checked against the benchmark once `check_store` has given the check."""
         if self._store is None:
             from soce.store import SweepStore
 
             k, n = self.shard
-            self._store = SweepStore(self.store_dir or self.dir, None if n == 1 else k, n)
+            self._store = SweepStore(self.store_dir or self.dir, None if n == 1 else k, n, self._problem)
         return self._store
 
     def close(self) -> None:
@@ -102,9 +105,21 @@ def pool_refs(cfg: DictConfig) -> list[Candidate] | None:
     return None if cfg.pool.models is None else [Candidate(m.name, m.hub_id, m.path, m.handler) for m in cfg.pool.models]
 
 
+_EVALUATORS: dict[str, object] = {}  # built once per process for each benchmark setting and run directory
+
+
 def make_evaluator(cfg: DictConfig, run_dir: Path | None = None):
     """The benchmark's evaluator, built from its typed schema (`run_dir`: where an evaluator that
-    writes files, BFCL's result files, writes them)."""
+    writes files, BFCL's result files, writes them); built once per setting (lm-eval's task index
+    takes tens of seconds), then the same object."""
+    key = artifacts.digest([artifacts.resolved(cfg, "benchmark"), str(run_dir)])
+    if key not in _EVALUATORS:
+        _EVALUATORS.clear()  # one study at a time: an evaluator holds its data (and lm-eval's index)
+        _EVALUATORS[key] = _build_evaluator(cfg, run_dir)
+    return _EVALUATORS[key]
+
+
+def _build_evaluator(cfg: DictConfig, run_dir: Path | None):
     from soce.config import Backend, BfclBenchmark, LmEvalBenchmark, ToyFcBenchmark
 
     b = OmegaConf.to_object(cfg.benchmark)
@@ -125,12 +140,11 @@ def make_evaluator(cfg: DictConfig, run_dir: Path | None = None):
     if isinstance(b, LmEvalBenchmark):
         from soce.evaluate.lm_eval_backend import LmEvalBackend
 
-        categories = b.categories or b.dev_tasks
-        tasks = {"dev": dict(zip(categories, b.dev_tasks))}
-        if b.test_tasks:
-            tasks["test"] = dict(zip(categories, b.test_tasks))
-        return LmEvalBackend(tasks, include_path=b.include_path, metric=b.metric, batch_size=b.batch_size,
-                             max_length=b.max_length)
+        tasks = {"dev": list(b.dev_tasks), **({"test": list(b.test_tasks)} if b.test_tasks else {})}
+        return LmEvalBackend(tasks, categories=b.categories, include_path=b.include_path, metric=b.metric,
+                             batch_size=b.batch_size, max_length=b.max_length, limit=b.limit, num_fewshot=b.num_fewshot,
+                             apply_chat_template=b.apply_chat_template, fewshot_as_multiturn=b.fewshot_as_multiturn,
+                             gen_kwargs=b.gen_kwargs, model_args=b.model_args)
     raise ConfigError(f"benchmark={cfg.benchmark.name} reads a score table: it has no evaluator")
 
 
@@ -230,12 +244,12 @@ def analyze(run: Run) -> corr.Analysis:
     artifacts.write_json(run.path(ANALYSIS), artifacts.analysis_settings(cfg), result.to_dict(list(cfg.analysis.tau_grid)))
     corr.plot_correlation(result, run.path("correlation.png"))
     corr.plot_entry_tau(result, run.path("entry_tau.png"))
-    _print_analysis(result, cfg.analysis.population.value)
+    _print_analysis(result, cfg.analysis.population.value, population.values)
     _track_analysis(run, table, result)
     return result
 
 
-def _print_analysis(result: corr.Analysis, population: str) -> None:
+def _print_analysis(result: corr.Analysis, population: str, values) -> None:
     k = len(result.categories)
     log.info("analysis: %s correlation of %d categories over %d models (population: %s), tau=%g",
              result.method, k, len(result.models), population, result.tau)
@@ -245,10 +259,11 @@ def _print_analysis(result: corr.Analysis, population: str) -> None:
         log.info("    %s  %s%s", "  n/a" if math.isnan(t) else f"{t:.3f}", cat, "  <- in L" if t < result.tau else "")
     if len(result.models) < 3:
         log.warning("  correlations over %d models are +-1 or undefined: the analysis needs at least 3 models", len(result.models))
-    for a, b in result.undefined_pairs[:5]:
-        log.warning("  correlation of %r and %r is undefined (fewer than 2 shared models, or a constant column)", a, b)
-    if len(result.undefined_pairs) > 5:
-        log.warning("  and %d more undefined pairs (every one in analysis.json)", len(result.undefined_pairs) - 5)
+    reasons = result.undefined_reasons(values)
+    for reason in reasons[:5]:
+        log.warning("  %s", reason)
+    if len(reasons) > 5:
+        log.warning("  and %d more undefined pairs (every one in analysis.json)", len(reasons) - 5)
 
 
 def _track_analysis(run: Run, table: ScoreTable, result: corr.Analysis) -> None:
@@ -459,10 +474,18 @@ def evaluated_pool(run: Run, experts: list[str] = ()) -> tuple[object, dict[str,
 
 def check_store(run: Run, evaluator, candidates: dict[str, Candidate]) -> None:
     """Refuse a store holding answers to another question than the study's now (stored soups
-    of models no longer in the pool are left alone)."""
+    of models no longer in the pool are left alone); set aside a record of this question whose
+    categories or outcomes are not the benchmark's (a hand edit, a damaged file)."""
+    from soce.sweep import record_problem
+
+    asked = question(run.cfg, evaluator)
+    problem = record_problem(evaluator, asked)  # checked as the store is read (a record of another question is left
+    if run._store is None:                       # to check_question, which refuses the store)
+        run._problem = problem
+    else:
+        run.store.set_aside(problem)
     stored = {m for r in run.store for m in (r.get("question") or {}).get("models", {})}
-    run.store.check_question({**question(run.cfg, evaluator),
-                              "models": {m: run.fingerprint(candidates[m]) for m in stored if m in candidates}})
+    run.store.check_question({**asked, "models": {m: run.fingerprint(candidates[m]) for m in stored if m in candidates}})
 
 
 def make_souper(run: Run, models: list[Candidate], evaluator, kind: str = "sweep", stream: bool = False, plan=None):
@@ -490,8 +513,12 @@ def _by_own_score(run: Run, names: list[str]) -> list[int]:
 
 
 def sweep(run: Run):
+    """The search over the selection's experts: every soup it asks for from the store or evaluated
+    now. Returns its SearchResult (for a shard's share, its best is None)."""
     from soce.config import HalvingSearch
-    from soce.search import expected_points, run_search
+    from soce.search import expected_points
+    from soce.store import SweepStore
+    from soce.sweep import search_soups
 
     search = run.search
     experts = current_experts(run)
@@ -507,30 +534,33 @@ def sweep(run: Run):
         run.tracker.log_table("memory_plan", *plan.table())
     souper = make_souper(run, [candidates[n] for n in experts], evaluator, plan=plan)
     split = search.select_on.value
-    already = len(store)
+    before = set(store.records)
     k, n = run.shard
     what = f"sweep ({search.name})" + (f" shard {k}/{n}" if n > 1 else "")
     halving = isinstance(search, HalvingSearch)  # search=halving or search=race
-    examples = souper.example_ids(split) if halving else ()
     with config_group("search"), Progress(expected_points(search, len(experts), run.shard), what,
                                           "example" if halving else "point") as bar:
         souper.bar = bar
-        done = run_search(search, len(experts), souper.objective_of(split), _by_own_score(run, experts), run.shard,
-                          examples, lambda p, ids: souper.outcomes_on(p, split, ids))
-    if halving and done.alive[0]:  # (a shard may have no point of the first rung)
-        log.info("%s: rungs of %s examples, %s points alive at each; %d examples evaluated, %.0f%% of the grid's %d",
-                 search.name, "/".join(str(len(s)) for s in done.subsets), "/".join(str(len(a)) for a in done.alive),
-                 done.evaluated, 100 * done.evaluated / (len(done.alive[0]) * len(examples)), len(done.alive[0]) * len(examples))
+        done = search_soups(souper, search, split, _by_own_score(run, experts), run.shard)
+    souper.bar = None
+    if halving and done.halving.alive[0]:  # (a shard may have no point of the first rung)
+        h, grid = done.halving, len(done.halving.alive[0]) * len(done.halving.subsets[-1])
+        log.info("%s: rungs of %s examples, %s points alive at each; %d examples asked for, %.0f%% of the grid's %d "
+                 "(%d evaluated now, %d from the store)", search.name, "/".join(str(len(s)) for s in h.subsets),
+                 "/".join(str(len(a)) for a in h.alive), h.evaluated, 100 * h.evaluated / grid, grid,
+                 souper.examples_evaluated, souper.examples_reused)
     if n > 1:
-        log.info("sweep: shard %d of %d done: %s evaluated now, into %s", k, n, plural(len(store) - already, "point"), store.path)
-        return souper
-    points = souper.points(split)
-    best = max(points, key=lambda r: r["objective"])
-    log.info("sweep: %s on %s (%d already in the store), best %s %.4f at %s", plural(len(points), "point"), split, already,
-             search.objective, best["objective"], _weights_text(experts, best["weights"]))
+        log.info("sweep: shard %d of %d done: %s evaluated now, into %s", k, n,
+                 plural(sum(SweepStore._key(r) not in before for r in store), "soup"), store.path)
+        return done
+    already = sum(SweepStore._key(r) in before for r in done.records)
+    best = done.best
+    log.info("sweep: %s on %s (%d already in the store), best %s %.4f at %s", plural(len(done.records), "point"), split,
+             already, search.objective, best["objective"], _weights_text(experts, best["weights"]))
     run.tracker.log_table("sweep", [*experts, "objective", *evaluator.categories],
-                          [[*r["weights"], r["objective"], *r["scores"].values()] for r in points])
-    return souper
+                          [[*r["weights"], r["objective"], *r["scores"].values()] for r in done.records])
+    run.searched = souper, done
+    return done
 
 
 def _weights_text(names: list[str], weights: list[float]) -> str:
@@ -564,11 +594,12 @@ def soup(run: Run) -> dict:
     experts = current_experts(run)
     evaluator, candidates = evaluated_pool(run)
     check_store(run, evaluator, candidates)
-    souper = make_souper(run, [candidates[n] for n in experts], evaluator)
-    if not souper.points(split):
-        log.info("no sweep in %s yet: running stage sweep", run.dir)
-        souper = sweep(run)
-    best = max(souper.points(split), key=lambda r: r["objective"])
+    artifacts.supersede(run.dir, artifacts.results_settings(run.cfg))
+    if run.searched is None:  # the search again: its soups from the store, any it lacks evaluated now
+        log.info("the %s search over the experts, from the store in %s", search.name, run.store_dir or run.dir)
+        sweep(run)
+    souper, searched = run.searched
+    best = searched.best
     # the whole pool's uniform soup streams from disk: never every candidate in memory at once
     everyone = make_souper(run, list(candidates.values()), evaluator, kind="uniform_all", stream=True)
     tables = candidate_scores(run)
@@ -588,7 +619,7 @@ def soup(run: Run) -> dict:
     for role, name, sp, weights in (("uniform_all", "uniform soup, all candidates", everyone, uniform(len(candidates))),
                                     ("uniform_experts", f"uniform soup, {experts_label(run.cfg)}", souper, uniform(len(experts))),
                                     ("searched", f"{searched_label(run.cfg)} ({search.name} search)", souper, tuple(best["weights"]))):
-        records = {s: sp.evaluate(weights, s, need_outcomes=True) for s in tables}
+        records = {s: sp.evaluate(weights, s) for s in tables}
         for s, r in records.items():
             correct[s][role] = solved_by_id(r["correct"], [o.example_id for o in tables[s].outcomes if o.model == single])
         rows.append({"role": role, "name": name, "models": sp.names, "weights": list(weights),
@@ -715,9 +746,16 @@ def report(run: Run) -> Path:
     if cfg.benchmark.kind != "table":
         evaluator, candidates = evaluated_pool(run)
         check_store(run, evaluator, candidates)
+        from soce.sweep import search_soups
+
         souper = make_souper(run, [candidates[n] for n in experts], evaluator, kind="shapley")
+        split = search.select_on.value
+        # the search's own points: this run's, or its soups the store holds (a sweep not finished shows those so far)
+        searched = run.searched[1] if run.searched else search_soups(souper, search, split, _by_own_score(run, experts),
+                                                                     stored_only=True)
+        pieces = sum(1 for r in run.store if r["experts"] == experts and r["split"].startswith(f"{split}@"))
         inputs = replace(
-            inputs, categories=evaluator.categories, souper=souper, points=souper.points(search.select_on.value),
+            inputs, categories=evaluator.categories, souper=souper, points=searched.records, pieces=pieces,
             candidate_souper=lambda: make_souper(run, list(candidates.values()), evaluator, kind="shapley"),
             own=candidate_scores(run), results=artifacts.read_current(run.path(RESULTS), artifacts.results_settings(cfg)),
             line_points=cfg.report.line_points)
@@ -754,6 +792,9 @@ def merge(run: Run) -> Path:
     for key in ("models", "weights", "output"):
         if not m[key]:
             raise ConfigError(f"stage=merge needs merge.{key}, e.g. 'merge.models=[a,b]' 'merge.weights=[0.6,0.4]' merge.output=soup")
+    from soce.merge.linear import check_weights
+
+    check_weights(list(m.weights), len(m.models), m.normalize, group="merge")
     with config_group("merge"):
         output = merge_to_disk(
             list(m.models), list(m.weights), m.output, dtype=m.dtype and m.dtype.value, shard_size=m.shard_size,

@@ -45,20 +45,23 @@ class Progress:
         self.total, self.desc, self.unit, self.every, self.enabled = total, desc, unit, every, enabled
         self.terminal = sys.stderr.isatty() if terminal is None else terminal
         self.bar = tqdm(total=total, desc=desc, unit=unit, disable=not enabled, **bar_options) if self.terminal else None
-        self.n, self.postfix, self.first = 0, "", first
+        self.n, self.stored, self.postfix, self.first = 0, 0, "", first
         self.started = time.monotonic()
         self.last = None  # when the last line was written
         self.mark = None  # (count, time) at the first item: the rate is measured from there
         self.scale = bar_options.get("unit_scale", False)
 
-    def update(self, n: int = 1) -> None:
+    def update(self, n: int = 1, stored: bool = False) -> None:
+        """`n` more items done; stored: found done already (a sweep point in the store), not
+        counted in the rate."""
         self.n += n
+        self.stored += n if stored else 0
         if self.bar is not None:
             self.bar.update(n)
             return
         now = time.monotonic()
-        if self.mark is None:
-            self.mark = (self.n, now)
+        if self.mark is None and not stored:
+            self.mark = (self.n - self.stored, now)
         due = now - self.started >= self.first if self.last is None else now - self.last >= self.every
         if self.enabled and due and self.n != self.total:
             self.last = now
@@ -72,14 +75,19 @@ class Progress:
     def _line(self, now: float) -> str:
         elapsed = now - self.started
         count = f"{self._amount(self.n)}/{self._amount(self.total)}" if self.total else self._amount(self.n)
-        n0, t0 = self.mark if self.mark and self.n > self.mark[0] and now > self.mark[1] else (0, self.started)
-        rate = (self.n - n0) / (now - t0) if now > t0 else 0.0
+        units = self.unit if self.n == 1 and not self.total or self.total == 1 else self.unit + "s"
+        done = self.n - self.stored  # done now: the rate's items
+        if done == 0:
+            return f"{count} {units}, all found in the store" + (f"; {self.postfix}" if self.postfix else "")
+        n0, t0 = self.mark if self.mark and done > self.mark[0] and now > self.mark[1] else (0, self.started)
+        rate = (done - n0) / (now - t0) if now > t0 else 0.0
         if rate >= 1:
             per = f"{self._amount(rate) if self.scale else f'{rate:.3g}' if rate < 100 else f'{rate:.0f}'} {self.unit}/s"
         else:
             per = f"{1 / rate:.3g} s/{self.unit}" if rate > 0 else "-"
         left = f", about {_duration((self.total - self.n) / rate)} left" if self.total and rate > 0 and self.n < self.total else ""
-        return f"{count} {self.unit} in {_duration(elapsed)} ({per}{left})" + (f"; {self.postfix}" if self.postfix else "")
+        stored = f"{self._amount(self.stored)} found in the store, " if self.stored else ""
+        return f"{count} {units} in {_duration(elapsed)} ({stored}{per}{left})" + (f"; {self.postfix}" if self.postfix else "")
 
     def _amount(self, x: float) -> str:
         if self.scale:

@@ -4,82 +4,115 @@ study's store directory.
 Each record is appended and fsynced before the next point starts, so a killed sweep loses
 at most the point in flight; a last line cut short by the kill is dropped when the store is
 opened again, and the points already stored are skipped. Nothing else is ever deleted: a line
-anywhere else that is not a record (garbage, a hand edit, bytes that are not UTF-8) is moved to
-`<file>.rejected` beside the store with its line number, and every record around it is kept.
+anywhere else that is not a valid record (garbage, a hand edit, bytes that are not UTF-8, a
+record lacking a field or holding a NaN, or, once the benchmark is known, one whose categories
+or outcomes are not the benchmark's) is moved to `<file>.rejected` beside the store with its
+line number and the reason, and every record around it is kept.
 
-A store reads every `sweep*.jsonl` file of its directory and appends to its own: `sweep.jsonl`,
-or `sweep.shard-K-of-N.jsonl` for shard K of a sweep split N ways (Hydra multirun jobs,
-Accelerate processes). Each writer holds an exclusive lock on its file, so two jobs given
-the same shard cannot both write it: the second is refused.
+A store reads its own files only: `sweep.jsonl`, and `sweep.shard-K-of-N.jsonl` for shard K of
+a sweep split N ways (Hydra multirun jobs, Accelerate processes); any other file of the
+directory (a copy, a backup) is not part of it. Each writer holds an exclusive lock on its
+file, so two jobs given the same shard cannot both write it: the second is refused; and the
+unsharded store (the collect step) is refused while a shard is still being written.
+
+A record is keyed by its soup (experts, weights) and split: a soup's scores do not depend on
+which stage asked for it (its `kind` says which did first), so every stage reuses it.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
+import math
 import os
 import re
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from soce.artifacts import question_differences
 from soce.errors import DataError
 from soce.locks import lock_open
+from soce.progress import plural
 from soce.weights import key
 
 log = logging.getLogger(__name__)
 
-SHARD_FILE = re.compile(r"sweep\.shard-(\d+)-of-(\d+)\.jsonl$")
+STORE_FILE = "sweep.jsonl"
+SHARD_FILE = re.compile(r"sweep\.shard-(\d+)-of-(\d+)\.jsonl")
+# what a record is checked against once the benchmark is known: None, or why it is set aside
+Problem = Callable[[dict], "str | None"]
 
 
 def store_file(shard: int | None = None, num_shards: int = 1) -> str:
-    return "sweep.jsonl" if shard is None else f"sweep.shard-{shard}-of-{num_shards}.jsonl"
+    return STORE_FILE if shard is None else f"sweep.shard-{shard}-of-{num_shards}.jsonl"
+
+
+def store_files(directory: Path) -> list[Path]:
+    """The store's own files in `directory`: sweep.jsonl and the shards' files."""
+    return sorted(p for p in directory.iterdir() if p.name == STORE_FILE or SHARD_FILE.fullmatch(p.name))
 
 
 class SweepStore:
-    def __init__(self, directory: Path, shard: int | None = None, num_shards: int = 1) -> None:
+    def __init__(self, directory: Path, shard: int | None = None, num_shards: int = 1, problem: Problem | None = None) -> None:
+        """problem: what else makes a record unusable (the benchmark's categories and outcomes),
+        checked with the lines' form on every read."""
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.path = self.dir / store_file(shard, num_shards)
-        if shard is not None:
+        if shard is None:
+            _check_no_shard_running(self.dir)
+        else:
             _check_shards(self.dir, num_shards)
         self._open()
+        self.problem = problem
         self.records: dict[tuple[str, str, str], dict] = {}
         self.reload()
+        strays = sorted(p.name for p in self.dir.glob("sweep*.jsonl") if p not in store_files(self.dir))
+        if strays:
+            log.info("%s: %s not read (the store's files are %s and sweep.shard-K-of-N.jsonl)", self.dir, ", ".join(strays),
+                     STORE_FILE)
 
     def reload(self) -> None:
-        """Read every file of the directory again (other shards may have written since)."""
-        for path in sorted(self.dir.glob("sweep*.jsonl")):
+        """Read every file of the store again (other shards may have written since)."""
+        self.records = {}
+        for path in store_files(self.dir):
             self._load(path)
+
+    def set_aside(self, problem: Problem) -> None:
+        """Check every record with `problem` (the benchmark's categories and outcomes), now and on
+        every later read: a record it finds a problem with is set aside as a bad line is."""
+        self.problem = problem
+        self.reload()
 
     def _load(self, path: Path) -> None:
         own = path == self.path  # only a writer changes its own file; another's may be mid-write
         lines = path.read_bytes().split(b"\n")
         torn = lines.pop()  # what follows the last newline: empty, or a record cut short by a kill
         kept, rejected = [], []
+        if torn and parse_record(torn)[0] is not None:  # a whole record whose newline is not written yet (or was lost)
+            lines.append(torn)
+            torn = b""
         for number, line in enumerate(lines, 1):
-            record = parse_record(line)
-            if record is None:
-                rejected.append((number, line))
-            else:
-                self.records[self._key(record)] = record
-                kept.append(line)
-        last = parse_record(torn) if torn else None
-        if last is not None:  # a whole record whose newline is not written yet (or was lost)
-            self.records[self._key(last)] = last
-            kept.append(torn)
-        if torn and last is None and own:
+            record, why = parse_record(line)
+            if record is not None and self.problem is not None:
+                why = self.problem(record)
+            if why is not None:
+                rejected.append((number, line, why))
+                continue
+            kept.append(line)
+            self.records.setdefault(self._key(record), record)  # the first record of a soup is the one a search saw
+        if torn and own:
             log.warning("%s: dropping an unfinished last record (a killed sweep): %d bytes", path, len(torn))
         if rejected:
             many = len(rejected) > 1
-            numbers = ", ".join(str(n) for n, _ in rejected[:5]) + (" ..." if len(rejected) > 5 else "")
+            why = "; ".join(f"line {n}: {reason}" for n, _, reason in rejected[:3]) + ("; ..." if len(rejected) > 3 else "")
+            what = f"{len(rejected)} line{'s' if many else ''} that {'are' if many else 'is'} not a valid sweep record ({why})"
             if own:
-                log.warning("%s: %d line%s that %s not a sweep record (line %s) moved to %s; the %d records around %s are kept",
-                            path, len(rejected), "s" if many else "", "are" if many else "is", numbers, self.rejected_path,
-                            len(kept), "them" if many else "it")
+                log.warning("%s: %s moved to %s; the %s around %s %s kept", path, what, self.rejected_path,
+                            plural(len(kept), "record"), "them" if many else "it", "is" if len(kept) == 1 else "are")
             else:
-                log.warning("%s: skipping %d line%s that %s not a sweep record (line %s)", path, len(rejected),
-                            "s" if many else "", "are" if many else "is", numbers)
+                log.warning("%s: skipping %s; that file is its writer's and is left as it is", path, what)
         if own and (rejected or torn):
             self._rewrite(kept, rejected)
 
@@ -87,13 +120,13 @@ class SweepStore:
     def rejected_path(self) -> Path:
         return self.path.with_name(self.path.name + ".rejected")
 
-    def _rewrite(self, kept: list[bytes], rejected: list[tuple[int, bytes]]) -> None:
+    def _rewrite(self, kept: list[bytes], rejected: list[tuple[int, bytes, str]]) -> None:
         """Move the lines that are not records to the rejected file (saved first), then replace
         the store by its records, keeping this writer's lock across the swap."""
         if rejected:
             with self.rejected_path.open("ab") as f:
-                for number, line in rejected:
-                    f.write(f"# {self.path.name} line {number}:\n".encode() + line + b"\n")
+                for number, line, why in rejected:
+                    f.write(f"# {self.path.name} line {number}: {why}\n".encode() + line + b"\n")
                 f.flush()
                 os.fsync(f.fileno())
         tmp = self.path.with_name(self.path.name + ".rewrite")
@@ -120,10 +153,13 @@ class SweepStore:
         return self.records.get((",".join(experts), key(weights), split))
 
     def append(self, record: dict) -> None:
+        why = parse_record(json.dumps(record).encode())[1] or (self.problem and self.problem(record))
+        if why:  # never store what a later read would set aside
+            raise DataError(f"a sweep record of {record.get('experts')} at {record.get('weights')} cannot be stored: {why}")
         self._file.write((json.dumps(record) + "\n").encode())
         self._file.flush()
         os.fsync(self._file.fileno())
-        self.records[self._key(record)] = record
+        self.records.setdefault(self._key(record), record)
 
     def check_question(self, question: dict) -> None:
         """Refuse a store holding soups evaluated for another question (another benchmark
@@ -145,24 +181,65 @@ class SweepStore:
         return len(self.records)
 
 
-def parse_record(line: bytes) -> dict | None:
-    """A sweep record (a JSON object naming its experts, weights, split and scores), or None."""
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def parse_record(line: bytes) -> tuple[dict | None, str | None]:
+    """A sweep record and None, or None and why the line is not one: a JSON object naming its
+    kind, experts, weights, split, question, finite per-category scores, per-example outcomes
+    ('correct': one 0 or 1 per example, in order of example id) and its times; a piece of a
+    split (search=halving, split 'dev@...') also names its examples."""
     try:
         record = json.loads(line)
     except (UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    if not (isinstance(record, dict) and isinstance(record.get("experts"), list) and isinstance(record.get("weights"), list)
-            and len(record["experts"]) == len(record["weights"]) and isinstance(record.get("split"), str)
-            and isinstance(record.get("scores"), dict) and all(isinstance(e, str) for e in record["experts"])
-            and all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in record["weights"])):
-        return None
-    return record
+        return None, "not JSON"
+    if not isinstance(record, dict):
+        return None, "not a JSON object"
+    fields = {"kind": str, "experts": list, "weights": list, "split": str, "scores": dict, "correct": str, "question": dict}
+    for name, kind in fields.items():
+        if not isinstance(record.get(name), kind):
+            if name == "question" and name not in record:
+                return None, "no 'question' (written before soce recorded what a score answers)"
+            return None, f"no {name!r}" if name not in record else f"{name!r} is not a {kind.__name__}"
+    experts, weights, scores = record["experts"], record["weights"], record["scores"]
+    if not experts or not all(isinstance(e, str) for e in experts) or len(experts) != len(weights):
+        return None, "its experts and weights do not match"
+    if not all(_number(w) and w >= 0 for w in weights) or abs(math.fsum(weights) - 1) > 1e-6:
+        return None, f"its weights are not a soup's (finite, non-negative, summing to 1): {weights}"
+    if not scores or not all(_number(v) for v in scores.values()):
+        return None, f"a score is not a finite number ({json.dumps(scores)[:120]})"
+    if set(record["correct"]) - {"0", "1"}:
+        return None, "its outcomes ('correct') are not 0s and 1s"
+    for t in ("merge_s", "eval_s"):
+        if not (_number(record.get(t)) and record[t] >= 0):
+            return None, f"no {t!r}" if t not in record else f"{t!r} is not a time"
+    if "@" in record["split"]:
+        examples = record.get("examples")
+        if not (isinstance(examples, list) and all(isinstance(i, str) for i in examples)
+                and len(examples) == len(record["correct"])):
+            return None, "a piece of a split whose examples do not match its outcomes"
+    return record, None
 
 
 def _check_shards(directory: Path, num_shards: int) -> None:
-    for path in sorted(directory.glob("sweep.shard-*.jsonl")):
-        m = SHARD_FILE.match(path.name)
+    for path in store_files(directory):
+        m = SHARD_FILE.fullmatch(path.name)
         if m and int(m.group(2)) != num_shards:
             raise DataError(f"sweep.num_shards={num_shards}, but {directory} holds the shards of a sweep split "
                             f"{m.group(2)} ways ({path.name}): the points of one study are split one way. "
                             f"Use sweep.num_shards={m.group(2)}, or another store directory (sweep.store=...)")
+
+
+def _check_no_shard_running(directory: Path) -> None:
+    """The unsharded store (the collect step) would evaluate again the points of a shard still
+    running: refused while any shard's writer holds its file."""
+    for path in store_files(directory):
+        if not SHARD_FILE.fullmatch(path.name):
+            continue
+        with path.open("rb") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise DataError(f"{path} is still being written by its shard's job: collecting now would evaluate its "
+                                "remaining points a second time. Wait for that job to finish, then collect") from None

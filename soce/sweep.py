@@ -4,14 +4,16 @@ written in place and evaluated, and the point is stored before the next one star
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass
 from typing import Sequence
 
 from soce.artifacts import digest
+from soce.config import HalvingSearch
 from soce.evaluate import Evaluator, scores_from_outcomes
-from soce.errors import ConfigError, DataError
+from soce.errors import ConfigError, DataError, EvaluationError
 from soce.evaluate.candidates import load_model, model_dir
 from soce.merge import InPlaceSoup
 from soce.pool import Candidate
@@ -77,6 +79,8 @@ class Souper:
         self.live = None  # (model, tokenizer, in-place soup): loaded for the first point not in the store
         self.applied: tuple[float, ...] | None = None  # the weights the live model holds now
         self._examples: dict[str, list[tuple[str, str]]] = {}  # split -> its (id, category) pairs
+        self.stored_only = False  # True: a replay that evaluates nothing (NotStored where the store lacks a soup)
+        self.examples_evaluated = self.examples_reused = 0  # search=halving's pieces: evaluated now, found in the store
 
     def _load(self):
         if self.live is None:
@@ -89,19 +93,19 @@ class Souper:
             self.live = model, tokenizer, soup
         return self.live
 
-    def evaluate(self, weights: Sequence[float], split: str = "dev", need_outcomes: bool = False) -> dict:
-        """The stored record of the soup at `weights` on `split`: evaluated now, or from the store
-        (evaluated again if `need_outcomes` and the stored record predates per-example outcomes)."""
-        record = self.store.get(self.names, weights, split)
-        if record is not None:
-            record = self._with_objective(record)
-        if record is None or (need_outcomes and "correct" not in record):
+    def evaluate(self, weights: Sequence[float], split: str = "dev") -> dict:
+        """The record of the soup at `weights` on `split`: from the store, or evaluated now and stored."""
+        record = stored = self.store.get(self.names, weights, split)
+        if record is None:
+            if self.stored_only:
+                raise NotStored(weights, split)
             record = self._evaluate(weights, split)
             self._store(record)
+        record = self._with_objective(record)
         if self.best is None or record["objective"] > self.best["objective"]:
             self.best = record
         if self.bar is not None:
-            self.bar.update(1)
+            self.bar.update(1, stored=stored is not None)
         if self.bar is not None and self.kind == "sweep":
             self.bar.set_postfix(best=f"{self.best['objective']:.4f}", s_per_point=f"{record['merge_s'] + record['eval_s']:.2f}", refresh=False)
         return record
@@ -121,6 +125,11 @@ class Souper:
         return self._record(weights, split, result.scores, result.outcomes, merged - started, time.perf_counter() - merged)
 
     def _record(self, weights, split: str, scores: dict, outcomes, merge_s: float, eval_s: float) -> dict:
+        nonfinite = {c: v for c, v in scores.items() if not math.isfinite(v)}
+        if nonfinite:  # a NaN compares false with everything: it would win or lose a search at random
+            raise EvaluationError(f"the soup of {', '.join(self.names)} at weights {_rounded(weights)} scored {nonfinite} on "
+                                  f"{split}: not a finite score. Nothing was stored; check benchmark.metric and the "
+                                  "experts' weights (a NaN in a checkpoint gives NaN logits)")
         return {"kind": self.kind, "experts": self.names, "weights": [float(w) for w in weights], "split": split,
                 "question": self.question, "scores": scores, "objective": aggregate(scores, self.objective),
                 "correct": solved_bits(outcomes), "merge_s": merge_s, "eval_s": eval_s, "time": time.time()}
@@ -135,41 +144,53 @@ class Souper:
                                   f"{kind}/merge_s": record["merge_s"], f"{kind}/eval_s": record["eval_s"]})
 
     def outcomes_on(self, weights: Sequence[float], split: str, ids: Sequence[str]) -> dict[str, bool]:
-        """The soup's outcomes (id -> solved) on the examples `ids` of `split` (search=halving): from
-        the point's full record where the store has one, else from the stored record of exactly
-        these examples, else evaluated now and stored. Once the point's stored pieces cover the
-        split, its full record is written from them, as if it had been evaluated whole."""
-        full = self.store.get(self.names, weights, split)
-        if full is not None and "correct" in full:
-            solved = solved_by_id(full["correct"], [i for i, _ in self.example_ids(split)])
-            return {i: solved[i] for i in ids}
-        ids = sorted(ids)
-        part = f"{split}@{digest(ids)[:12]}"  # these examples, whichever rung asked for them
-        record = self.store.get(self.names, weights, part)
-        if record is None:
-            record = self._evaluate(weights, split, ids)
-            record = {**record, "kind": "halving", "split": part, "examples": ids}
+        """The soup's outcomes (id -> solved) on the examples `ids` of `split` (search=halving): what
+        the store knows of this soup (its full record, or every stored piece of it, whichever
+        subsets they were evaluated on), the rest evaluated now and stored as one piece. Once the
+        point's pieces cover the split, its full record is written from them, as if it had been
+        evaluated whole."""
+        known = self._known_outcomes(weights, split)
+        missing = sorted(i for i in ids if i not in known)
+        if missing:
+            if self.stored_only:
+                raise NotStored(weights, split)
+            record = self._evaluate(weights, split, missing)
+            record = {**record, "kind": "halving", "split": f"{split}@{digest(missing)[:12]}", "examples": missing}
             self.store.append(record)
+            known.update(zip(missing, (b == "1" for b in record["correct"])))
             if self.bar is not None:
-                self.bar.update(len(ids))
-        self._complete(weights, split)
-        return dict(zip(ids, (b == "1" for b in record["correct"])))
+                self.bar.update(len(missing))
+        self.examples_evaluated += len(missing)
+        self.examples_reused += len(ids) - len(missing)
+        self._complete(weights, split, known)
+        return {i: known[i] for i in ids}
 
-    def _complete(self, weights: Sequence[float], split: str) -> None:
+    def _pieces(self, weights: Sequence[float], split: str) -> list[dict]:
+        """The stored pieces of the soup at `weights` on `split` (search=halving)."""
+        point = key(weights)
+        return [r for r in self.store if r["experts"] == self.names and r["split"].startswith(f"{split}@")
+                and key(r["weights"]) == point]
+
+    def _known_outcomes(self, weights: Sequence[float], split: str) -> dict[str, bool]:
+        full = self.store.get(self.names, weights, split)
+        if full is not None:
+            return solved_by_id(full["correct"], [i for i, _ in self.example_ids(split)])
+        known: dict[str, bool] = {}
+        for r in self._pieces(weights, split):
+            known.update(zip(r["examples"], (b == "1" for b in r["correct"])))
+        return known
+
+    def _complete(self, weights: Sequence[float], split: str, known: dict[str, bool]) -> None:
         """The full record of a point from its stored pieces, where they cover the split."""
-        gathered, merge_s, eval_s = {}, 0.0, 0.0
-        for r in self.store:
-            if (r["kind"] == "halving" and r["experts"] == self.names and r["split"].startswith(f"{split}@")
-                    and key(r["weights"]) == key(weights)):
-                gathered.update(zip(r["examples"], (b == "1" for b in r["correct"])))
-                merge_s, eval_s = merge_s + r["merge_s"], eval_s + r["eval_s"]
         examples = self.example_ids(split)
-        if len(gathered) < len(examples) or any(i not in gathered for i, _ in examples):
+        if self.store.get(self.names, weights, split) is not None or any(i not in known for i, _ in examples):
             return
-        outcomes = [Outcome("", i, c, gathered[i]) for i, c in examples]
+        pieces = self._pieces(weights, split)
+        outcomes = [Outcome("", i, c, known[i]) for i, c in examples]
         scores = (self.evaluator.scores_of(split, outcomes) if hasattr(self.evaluator, "scores_of")
                   else scores_from_outcomes(outcomes, self.evaluator.categories))
-        self._store(self._record(weights, split, scores, outcomes, merge_s, eval_s))
+        self._store(self._record(weights, split, scores, outcomes, math.fsum(r["merge_s"] for r in pieces),
+                                 math.fsum(r["eval_s"] for r in pieces)))
 
     def example_ids(self, split: str) -> list[tuple[str, str]]:
         if split not in self._examples:
@@ -179,10 +200,97 @@ class Souper:
     def _with_objective(self, record: dict) -> dict:
         return {**record, "objective": aggregate(record["scores"], self.objective)}
 
-    def points(self, split: str) -> list[dict]:
-        """The sweep's stored points of these experts on `split`, with the objective as asked now."""
-        return [self._with_objective(r) for r in self.store
-                if r["kind"] == "sweep" and r["experts"] == self.names and r["split"] == split]
 
-    def objective_of(self, split: str):
-        return lambda weights: self.evaluate(weights, split)["objective"]
+
+def record_problem(evaluator: Evaluator, question: dict):
+    """What makes a stored record of this benchmark unusable (None: nothing): a split it does not
+    have, categories other than its own, outcomes for another number of examples. A record of
+    another question (`question`: the benchmark's settings and the evaluator) is not judged here:
+    the store's question check refuses it whole."""
+    categories = set(evaluator.categories)
+    ours = json.loads(json.dumps({k: question.get(k) for k in ("benchmark", "evaluator")}))  # as a record holds it
+    ids: dict[str, set[str]] = {}
+
+    def ids_of(split: str) -> set[str]:
+        if split not in ids:
+            ids[split] = {i for i, _ in evaluator.example_ids(split)}
+        return ids[split]
+
+    def problem(record: dict) -> str | None:
+        if {k: record["question"].get(k) for k in ours} != ours:
+            return None
+        split, piece, _ = record["split"].partition("@")
+        if split not in evaluator.splits:
+            return f"split {split!r} is not one of the benchmark's ({', '.join(evaluator.splits)})"
+        unknown = sorted(set(record["scores"]) - categories)
+        missing = [] if piece else sorted(categories - set(record["scores"]))
+        if unknown or missing:
+            return "its categories are not the benchmark's (" + "; ".join(
+                ([f"unknown: {', '.join(unknown)}"] if unknown else []) + ([f"missing: {', '.join(missing)}"] if missing else [])) + ")"
+        if piece:
+            if not set(record["examples"]) <= ids_of(split):
+                return f"it names examples the {split} split does not have"
+        elif len(record["correct"]) != len(ids_of(split)):
+            return f"it has outcomes for {len(record['correct'])} examples, the {split} split has {len(ids_of(split))}"
+        return None
+
+    return problem
+
+
+class NotStored(Exception):
+    """A soup the store does not hold, asked for by a replay that evaluates nothing."""
+
+
+@dataclass
+class SearchResult:
+    """What a search asked for and chose. `records`: the full records of the soups it asked
+    for, once each, in the order first asked (objective as asked now); `best`: its choice among
+    them (the best objective, the first asked of equals; search=halving's survivor), None for a
+    shard's share or a replay cut short (`complete` False: the store does not hold every soup
+    the search asks for yet); `halving`: what a halving or race search did."""
+
+    records: list[dict]
+    best: dict | None
+    complete: bool = True
+    halving: object = None
+
+
+def search_soups(souper: Souper, search, split: str, order: Sequence[int], shard: tuple[int, int] = (0, 1),
+                 stored_only: bool = False) -> SearchResult:
+    """Run `search` over `souper`'s experts on `split`: every soup it asks for comes from the
+    store or is evaluated now and stored. Its result is made of the soups it asked for alone,
+    whatever else the store holds (other searches', the report's, the baselines'), so running it
+    again with the same settings gives the same result. stored_only: evaluate nothing, stop at
+    the first soup the store lacks (what a report of an unfinished sweep shows)."""
+    from soce.search import run_search
+
+    asked: dict[str, dict] = {}
+
+    def evaluate(weights) -> float:
+        record = souper.evaluate(weights, split)
+        asked.setdefault(key(weights), record)
+        return record["objective"]
+
+    souper.stored_only = stored_only
+    try:
+        done = run_search(search, len(souper.names), evaluate, order, shard, souper.example_ids(split) if isinstance(search, HalvingSearch) else (),
+                          lambda p, ids: souper.outcomes_on(p, split, ids))
+    except NotStored:
+        done, complete = None, False
+    else:
+        complete = True
+    finally:
+        souper.stored_only = False
+    if isinstance(search, HalvingSearch):  # its points are those that reached every example
+        survivors = done.alive[-1] if done is not None and done.alive else []
+        full = [souper.store.get(souper.names, p, split) for p in survivors]
+        records = [souper._with_objective(r) for r in full if r is not None]
+        best = souper._with_objective(souper.store.get(souper.names, done.best, split)) if done and done.best else None
+        return SearchResult(records, best, complete, done)
+    records = list(asked.values())
+    best = max(records, key=lambda r: r["objective"]) if complete and shard[1] == 1 and records else None
+    return SearchResult(records, best, complete)
+
+
+def _rounded(weights: Sequence[float]) -> str:
+    return "[" + ", ".join(f"{w:.4g}" for w in weights) + "]"

@@ -76,6 +76,12 @@ def accelerate_launch(args: list[str], cwd: Path, processes: int = 2) -> subproc
     )
 
 
+def sweep_record(weights, objective: float = 0.0, split: str = "dev", experts=("a", "b"), **fields) -> dict:
+    """A whole sweep record as the store keeps one (one category 'x' scored `objective`)."""
+    return {"kind": "sweep", "experts": list(experts), "weights": list(weights), "split": split, "question": {},
+            "scores": {"x": objective}, "objective": objective, "correct": "10", "merge_s": 0.0, "eval_s": 0.0, **fields}
+
+
 def write_csv(path: Path, text: str) -> Path:
     path.write_text("\n".join(line.strip() for line in text.strip().splitlines()) + "\n")
     return path

@@ -27,6 +27,7 @@ from soce.merge import disk
 from soce.merge.checkpoint import read_header
 from soce.pool import Candidate, resolve_pool
 from soce.store import SweepStore
+from conftest import sweep_record
 from tiny_models import build_tiny_llama
 
 WEIGHTS = [0.5, 0.2, 0.3]
@@ -95,7 +96,7 @@ def _catch(errors, fn, *args, **kwargs):
 
 # --- 2, 3. the store keeps every record and moves aside what is not one ---------------------------
 def _record(i):
-    return {"kind": "sweep", "experts": ["a", "b"], "weights": [i / 20, 1 - i / 20], "split": "dev", "scores": {"x": i}, "objective": i}
+    return sweep_record([i / 20, 1 - i / 20], i)
 
 
 def _store_with(tmp_path, bad: bytes, at: int = 7, n: int = 13) -> list[bytes]:
@@ -116,8 +117,9 @@ def test_a_line_that_is_not_a_record_is_moved_aside_and_every_record_kept(tmp_pa
         store = SweepStore(tmp_path)
     assert len(store) == 13 and store.get(["a", "b"], [12 / 20, 8 / 20], "dev")["objective"] == 12
     assert (tmp_path / "sweep.jsonl").read_bytes() == b"".join(lines)  # the records before and after it
-    assert (tmp_path / "sweep.jsonl.rejected").read_bytes() == b"# sweep.jsonl line 8:\n" + bad + b"\n"
-    assert "1 line that is not a sweep record (line 8) moved to" in caplog.text and "13 records" in caplog.text
+    assert (tmp_path / "sweep.jsonl.rejected").read_bytes().startswith(b"# sweep.jsonl line 8: ")
+    assert (tmp_path / "sweep.jsonl.rejected").read_bytes().endswith(b"\n" + bad + b"\n")
+    assert "1 line that is not a valid sweep record (line 8: " in caplog.text and "13 records around it are kept" in caplog.text
     store.append(_record(13))  # the store still takes records, in its own file
     store.close()
     assert len(SweepStore(tmp_path)) == 14
@@ -130,7 +132,7 @@ def test_only_a_torn_last_line_is_trimmed(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="soce"):
         store = SweepStore(tmp_path)
     assert len(store) == 13 and (tmp_path / "sweep.jsonl").read_bytes() == b"".join(lines)
-    assert "dropping an unfinished last record" in caplog.text and "(line 4) moved" in caplog.text
+    assert "dropping an unfinished last record" in caplog.text and "(line 4: not JSON) moved" in caplog.text
 
 
 def test_a_reader_skips_but_never_changes_another_writers_file(tmp_path, caplog):
@@ -144,7 +146,7 @@ def test_a_reader_skips_but_never_changes_another_writers_file(tmp_path, caplog)
     with caplog.at_level(logging.WARNING, logger="soce"):
         other = SweepStore(tmp_path, 1, 2)
     assert len(other) == 4 and (tmp_path / "sweep.shard-0-of-2.jsonl").read_bytes() == before
-    assert "skipping 1 line that is not a sweep record (line 4)" in caplog.text
+    assert "skipping 1 line that is not a valid sweep record (line 4: no 'kind')" in caplog.text
 
 
 # --- 4. headers validated as strictly as safetensors does ----------------------------------------

@@ -80,7 +80,7 @@ def test_halving_in_a_study_stores_pieces_then_full_records_equal_to_a_full_eval
     # a re-run evaluates nothing
     again = study(*args, "search=halving", run_dir=tmp_path / "halving")
     assert (tmp_path / "halving" / "sweep.jsonl").read_text().count("\n") == len(records)
-    assert f"5 points on dev ({len(records)} already in the store)" in again.log
+    assert "5 points on dev (5 already in the store)" in again.log and "(0 evaluated now, " in again.log
 
 
 def test_halving_sharded_then_collected_gives_the_unsharded_sweep(study, zoo_cache, tmp_path):
@@ -92,7 +92,7 @@ def test_halving_sharded_then_collected_gives_the_unsharded_sweep(study, zoo_cac
     shards = [json.loads(line) for k in (0, 1) for line in (store / f"sweep.shard-{k}-of-2.jsonl").read_text().splitlines()]
     assert len(shards) == 37 and {r["kind"] for r in shards} == {"halving"}
     collect = study(*args, f"sweep.store={store}", run_dir=store)
-    assert "37 already in the store" in collect.log
+    assert "888 from the store)" in collect.log  # the shards' first rung, 37 points x 24 examples, not evaluated again
     best = [line for line in collect.log.splitlines() if "best mean" in line]
     assert best and best[-1].split("best mean")[1] == [line for line in alone.log.splitlines() if "best mean" in line][-1].split("best mean")[1]
 
@@ -116,7 +116,8 @@ def test_a_halving_sweep_killed_mid_rung_resumes_where_it_stopped(zoo_cache, tmp
     assert after[: len(before)] == before  # nothing rewritten
     per_point = Counter((tuple(r["weights"]), i) for r in after if r["kind"] == "halving" for i in r["examples"])
     assert max(per_point.values()) == 1 and sum(r["kind"] == "sweep" for r in after) == 5
-    assert f"({len(before)} already in the store)" in r.stdout
+    reused = sum(len(r["examples"]) for r in before)  # every example the killed run stored, and no other
+    assert f" evaluated now, {reused} from the store)" in r.stdout
 
 
 def test_lm_eval_evaluates_a_subset_as_the_whole_split_does(zoo_cache):

@@ -15,6 +15,7 @@ from soce.report.shapley import exact_shapley, monte_carlo_shapley, shapley
 from soce.report.winrate import win_rates
 from soce.scores import read_scores
 from soce.stats import Bootstrap
+from soce.weights import simplex_grid
 from soce.zoo.family import FAMILIES
 
 # v(empty)=0; v(A)=10, v(B)=20, v(C)=30; v(AB)=40, v(AC)=50, v(BC)=60; v(ABC)=90. By hand:
@@ -140,7 +141,10 @@ def test_the_report_on_the_micro_family_has_every_section_and_costs_nothing_twic
 
     # consistency: the soups' correlation matrix is the correlation of the sweep's per-category dev scores
     categories = [c for c in r.tracker.tables["scores"][0][1:-1]]
-    soups = np.array([[p["scores"][c] for c in categories] for p in records if p["kind"] == "sweep" and p["split"] == "dev"])
+    grid = [list(w) for w in simplex_grid(3)[:6]]  # the search's own points (search.budget=6), not the baselines' soups
+    soups = np.array([[p["scores"][c] for c in categories] for p in records
+                      if p["kind"] == "sweep" and p["split"] == "dev" and p["weights"] in grid])
+    assert len(soups) == 6
     from soce.analysis import correlation_matrix
 
     expected = mean_off_diagonal(correlation_matrix(soups)[0])

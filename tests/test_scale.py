@@ -60,7 +60,7 @@ def test_two_accelerate_processes_give_the_unsharded_study(zoo_cache, tmp_path, 
     assert [d for d in tmp_path.iterdir() if d.name != "run"] == []  # one run directory for both processes
     assert_same_study(run, unsharded)
     log = (run / "soce.log").read_text()  # no terminal: the long steps write progress lines
-    assert re.search(r"sweep \(grid\): done, 7/7 point in [\d.]+ s", log)
+    assert re.search(r"sweep \(grid\): done, 7/7 points in [\d.]+ s", log)
     assert re.search(r"report: coalition soups: done, 4/4 soup in", log)
 
 

@@ -79,13 +79,16 @@ def test_changed_model_files_refuse_the_old_soups(study, zoo_cache, tmp_path):
         study(*args, "stage=sweep")
 
 
-def test_a_store_from_before_question_fingerprints_is_refused(study, zoo_cache, tmp_path):
+def test_a_store_from_before_question_fingerprints_is_set_aside_and_evaluated_again(study, zoo_cache, tmp_path):
     args = [*STUDY, f"pool.cache_dir={zoo_cache}"]
     study(*args, "stage=sweep")
     path = tmp_path / "run" / "sweep.jsonl"
-    path.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "question"}) + "\n" for r in sweep_records(tmp_path / "run")))
-    with pytest.raises(DataError, match="predates question fingerprints"):
-        study(*args, "stage=soup")
+    old = "".join(json.dumps({k: v for k, v in r.items() if k != "question"}) + "\n" for r in sweep_records(tmp_path / "run"))
+    path.write_text(old)
+    r = study(*args, "stage=soup")
+    assert "no 'question' (written before soce recorded what a score answers)" in r.log
+    assert "sweep: 3 points on dev (0 already in the store)" in r.log  # none of them trusted
+    assert all(line in (tmp_path / "run" / "sweep.jsonl.rejected").read_text() for line in old.splitlines())
 
 
 def test_a_hub_model_is_cached_by_its_revision_not_its_name(zoo_cache, tmp_path, monkeypatch, caplog):

@@ -11,6 +11,7 @@ from soce.errors import SoceError
 from soce.search import greedy_soup, grid_points, run_search
 from soce.store import SweepStore
 from soce.weights import dirichlet, simplex_grid
+from conftest import sweep_record
 
 
 @pytest.mark.parametrize("n, count", [(2, 9), (3, 36), (4, 84), (5, 126)])
@@ -68,7 +69,7 @@ def test_the_store_survives_a_kill_mid_write(tmp_path):
 
 
 def _point(w, objective=0.0):
-    return {"kind": "sweep", "experts": ["a", "b"], "weights": w, "split": "dev", "scores": {"x": objective}, "objective": objective}
+    return sweep_record(w, objective)
 
 
 def test_shards_share_a_store_directory_and_each_file_has_one_writer(tmp_path):
@@ -147,7 +148,7 @@ def test_a_table_benchmark_stops_after_selection_and_its_report(study, tmp_path)
 
 
 def test_every_point_the_tables_and_the_soup_are_tracked(study, zoo_cache):
-    r = study(*STUDY, "search.budget=2", f"pool.cache_dir={zoo_cache}")
+    r = study(*STUDY, "search.budget=3", f"pool.cache_dir={zoo_cache}")
     t = r.tracker
     assert {"scores", "correlation", "entry_tau", "selection", "excluded", "sweep", "baselines", "report/shapley",
             "report/win_rates", "report/top_points"} <= set(t.tables)
@@ -155,10 +156,10 @@ def test_every_point_the_tables_and_the_soup_are_tracked(study, zoo_cache):
     columns, rows = t.tables["sweep"]
     experts = [e["model"] for e in json.loads((r.dir / "selection.json").read_text())["experts"]]
     assert columns[:4] == [*experts, "objective"]
-    assert len(rows) == 2 and all(math.isclose(sum(row[:3]), 1.0) for row in rows)
-    points = [m for m in t.metrics if "sweep/dev/objective" in m]  # the 2 searched, then the soup stage's uniform soup
-    assert len(points) == 3 and all(set(m) >= {"sweep/merge_s", "sweep/eval_s", "sweep/dev/json"} for m in points)
-    assert [m["sweep/dev/objective"] for m in points[:2]] == [row[3] for row in rows]
+    assert len(rows) == 3 and all(math.isclose(sum(row[:3]), 1.0) for row in rows)
+    points = [m for m in t.metrics if "sweep/dev/objective" in m]  # the 3 searched, then the soup stage's uniform soup
+    assert len(points) == 4 and all(set(m) >= {"sweep/merge_s", "sweep/eval_s", "sweep/dev/json"} for m in points)
+    assert [m["sweep/dev/objective"] for m in points[:3]] == [row[3] for row in rows]
     assert t.references["soup"] == r.dir / "soup"
     assert t.summary["soup/dev"] == json.loads((r.dir / "results.json").read_text())["rows"][-1]["dev"]["objective"]
 
@@ -235,6 +236,6 @@ def test_progress_lines_without_a_terminal(caplog, monkeypatch):
             for _ in range(5):
                 bar.update()
     lines = [r.getMessage() for r in caplog.records]
-    assert lines == ["zoo x: 3/10 step in 6 s (2 s/step, about 14 s left)",  # 2 s to the first step, then 2 in 4 s
-                     "zoo x: 5/10 step in 50 s (12 s/step, about 60 s left)",
-                     "zoo x: done, 5/10 step in 51 s (12.3 s/step, about 61 s left)"]
+    assert lines == ["zoo x: 3/10 steps in 6 s (2 s/step, about 14 s left)",  # 2 s to the first step, then 2 in 4 s
+                     "zoo x: 5/10 steps in 50 s (12 s/step, about 60 s left)",
+                     "zoo x: done, 5/10 steps in 51 s (12.3 s/step, about 61 s left)"]

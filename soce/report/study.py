@@ -19,7 +19,7 @@ from soce.artifacts import REPORT
 from soce.config import CoalitionValue, Players, ShapleyConfig
 from soce.progress import Progress, plural
 from soce.report.consistency import Consistency, consistency
-from soce.report.diagnostics import connectivity, prediction, task_vectors
+from soce.report.diagnostics import THRESHOLDS, connectivity, prediction, task_vectors
 from soce.report.plots import plot_consistency, plot_diagnostics, plot_shapley, plot_ternary
 from soce.report.shapley import ShapleyResult, shapley
 from soce.report.significance import score_text, supported
@@ -54,7 +54,8 @@ class StudyReport:
     categories: Sequence[str] = ()
     souper: Souper | None = None  # the experts' soups
     candidate_souper: Callable[[], Souper] | None = None  # every candidate's soups (players=candidates)
-    points: list[dict] = field(default_factory=list)  # the sweep's stored points, objective as asked now
+    points: list[dict] = field(default_factory=list)  # the search's points stored so far, objective as asked now
+    pieces: int = 0  # search=halving: pieces of points stored (examples subsets), for a sweep without full points yet
     own: dict[str, ScoreTable] = field(default_factory=dict)  # split -> the candidates' own scores
     results: dict | None = None  # results.json, where the soup stage has run
     line_points: int = 0  # soups on the line between each pair of experts (0: none)
@@ -118,7 +119,7 @@ def _soup_sections(r: StudyReport) -> list[str]:
 def _baselines_section(r: StudyReport) -> list[str]:
     md = ["## Baselines", ""]
     if r.results is None:
-        state = f"{plural(len(r.points), 'sweep point')} stored so far" if r.points else "no sweep points stored yet"
+        state = f"{plural(len(r.points), 'sweep point')} stored so far" if r.points else _nothing_stored(r)
         return md + [f"_The soup stage has not run in this directory with these settings ({state}): no baseline table._", ""]
     obj, stats = r.results["objective"], r.results.get("statistics")
     intervals = (f" In brackets, {stats['confidence']:.0%} intervals of a paired bootstrap ({stats['bootstrap']} resamples of "
@@ -139,7 +140,7 @@ def _landscape_section(r: StudyReport) -> list[str]:
     split, obj, experts, points = r.split, r.objective, r.experts, r.points
     md = ["## Weight landscape", ""]
     if not points:
-        return md + ["_No sweep points stored yet._", ""]
+        return md + [f"_{_nothing_stored(r).capitalize()}._", ""]
     if len(experts) == 3:
         alone = [aggregate(r.own[split].row(e), obj) for e in experts] if r.own and split in r.own else None
         plot_ternary(experts, [p["weights"] for p in points], [p["objective"] for p in points], f"{split} {obj}",
@@ -154,6 +155,13 @@ def _landscape_section(r: StudyReport) -> list[str]:
     md += ["| " + " | ".join(f"{w:.2f}" for w in p["weights"]) + f" | {p['objective']:.4f} |" for p in best]
     r.tracker.log_table("report/top_points", [*experts, f"{split} {obj}"], [[*p["weights"], p["objective"]] for p in best])
     return md + [""]
+
+
+def _nothing_stored(r: StudyReport) -> str:
+    if r.pieces:
+        return (f"no point of the {r.search.name} search has been evaluated on every {r.split} example yet "
+                f"({plural(r.pieces, 'piece')} of its rungs stored)")
+    return "no sweep points stored yet"
 
 
 def shapley_of(souper: Souper, own_scores: dict[str, float], split: str, config: ShapleyConfig,
@@ -232,7 +240,7 @@ def _diagnostics_section(r: StudyReport) -> list[str]:
         return md + [f"The selection has {plural(len(experts), 'expert')}: no pair to soup, so no line and no prediction.", ""]
     index = {m: i for i, m in enumerate(tv.models)} if tv is not None else {}
     by_pair = {(c.a, c.b): c for c in lines}
-    md += ["What they predict, pair by pair:", ""]
+    md += [f"What they predict, pair by pair ({THRESHOLDS}):", ""]
     for i, a in enumerate(experts):
         for b in experts[i + 1:]:
             cosine = float(tv.cosines[index[a], index[b]]) if a in index and b in index else None
@@ -287,7 +295,7 @@ def _shapley_section(r: StudyReport) -> list[str]:
           + (f"the empty coalition's is the base model's score, {r.base_score:.4f}, so each value is a gain over the base. "
              if r.base_score is not None else "the empty coalition's is 0 (no base model is known for this pool: pool.base "
              "sets one). ") + f"{how}. "
-          f"{result.coalitions} coalitions valued ({evaluated} soups evaluated for this report, the rest from the store). "
+          f"{plural(result.coalitions, 'coalition')} valued ({plural(evaluated, 'soup')} evaluated for this report, the rest from the store). "
           f"The values sum to v(all) - v(empty) = {sum(result.values):.4f}.", "", "![Shapley values](shapley.png)", "",
           "| model | Shapley value |" + (" std. error |" if result.errors else ""), "|---|---|" + ("---|" if result.errors else "")]
     for i in sorted(range(len(players)), key=lambda i: -result.values[i]):
@@ -307,7 +315,7 @@ def _consistency_section(r: StudyReport) -> list[str]:
     soups = np.array([[p["scores"][c] for c in r.categories] for p in r.points], dtype=float)
     c: Consistency = consistency(tuple(r.categories), r.own[r.split].values, soups, r.correlation_method)
     plot_consistency(c, r.path("consistency.png"))
-    md += [f"Correlation between categories over the {c.n_candidates} candidates and over the {c.n_soups} soups of the sweep "
+    md += [f"Correlation between categories over the {plural(c.n_candidates, 'candidate')} and over the {plural(c.n_soups, 'soup')} of the sweep "
            f"({r.split} split). Mean off-diagonal correlation: candidates {_corr(c.mean_candidates)}, "
            f"soups {_corr(c.mean_soups)}.", "", "![consistency](consistency.png)", ""]
     r.tracker.log_summary({"report/consistency_candidates": c.mean_candidates, "report/consistency_soups": c.mean_soups})
@@ -333,7 +341,7 @@ def _win_rate_section(r: StudyReport) -> list[str]:
             outcomes[o.model][o.example_id] = o.correct
     if any(not o for o in outcomes.values()):
         return md + ["_The candidates' per-example test outcomes are not stored (outcomes_test.jsonl)._", ""]
-    record = r.souper.evaluate(weights, "test", need_outcomes=True)
+    record = r.souper.evaluate(weights, "test")
     rates: WinRates = win_rates(outcomes, solved_by_id(record["correct"], list(outcomes[ingredients[0]])))
     md += [f"Over the {rates.tasks} test examples, {which} against its {plural(len(ingredients), 'ingredient')}:", "",
            "| | soup solves | of | share |", "|---|---|---|---|"]
