@@ -156,9 +156,12 @@ class SweepStore:
         why = parse_record(json.dumps(record).encode())[1] or (self.problem and self.problem(record))
         if why:  # never store what a later read would set aside
             raise DataError(f"a sweep record of {record.get('experts')} at {record.get('weights')} cannot be stored: {why}")
-        self._file.write((json.dumps(record) + "\n").encode())
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        try:
+            self._file.write((json.dumps(record) + "\n").encode())
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        except OSError as err:  # a full disk, a file-size limit: the file named (a write's error names none)
+            raise OSError(err.errno, err.strerror, str(self.path)) from None
         self.records.setdefault(self._key(record), record)
 
     def check_question(self, question: dict) -> None:
@@ -172,7 +175,10 @@ class SweepStore:
                 f"(leave out hydra.run.dir, or give sweep.store another directory), or move {self.dir}/sweep*.jsonl away")
 
     def close(self) -> None:
-        self._file.close()
+        try:
+            self._file.close()
+        except OSError:  # the bytes of a record whose append failed (a full disk): its error is raised already
+            pass
 
     def __iter__(self) -> Iterator[dict]:
         return iter(self.records.values())

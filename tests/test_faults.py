@@ -7,6 +7,7 @@ import logging
 import os
 import pickle
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -399,3 +400,65 @@ def test_a_pickled_candidate_is_refused_unopened(experts, tmp_path):
     with pytest.raises(CheckpointError, match="model.safetensors: .*safetensors"):
         load_model(Candidate("pickled", path=str(model)))
     assert not flag.exists()
+
+
+# --- 11. issue 25: a scheduler's SIGTERM, unwritable directories, a full store, cut-short files ------
+def test_sigterm_mid_merge_removes_the_partial_soup_and_its_lock_and_says_so(tmp_path):
+    big = [build_tiny_llama(tmp_path / f"big{i}", seed=i, hidden=512, vocab_size=16000) for i in range(3)]
+    out = tmp_path / "soup"
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    proc = subprocess.Popen([sys.executable, "-m", "soce", "stage=merge", f"merge.models=[{','.join(map(str, big))}]",
+                             "merge.weights=[0.4,0.3,0.3]", f"merge.output={out}", "merge.shard_size=5MB", "tracker=none",
+                             f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    partial = tmp_path / ".soup.partial"
+    while proc.poll() is None and not any(partial.glob("*.safetensors")):
+        pass  # no sleep: the merge takes about a second once it has started
+    assert proc.poll() is None, "the merge ended before it could be stopped"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate()
+    assert proc.returncode == 143 and "Traceback" not in err
+    assert "error: stopped by SIGTERM" in err and "an unfinished soup was removed" in err
+    assert not partial.exists() and not (tmp_path / ".soup.lock").exists() and not out.exists()
+
+
+def test_a_run_directory_that_cannot_be_written_is_one_error_line(soce, tmp_path):
+    with mounted_tmpfs(tmp_path / "ro", "ro,size=1m") as ro:
+        line = one_error_line(soce("benchmark=demo", "pool=all", "tracker=none", f"hydra.run.dir={ro / 'run'}"))
+    assert f"the run directory {ro / 'run'} cannot be written (Read-only file system): choose another with hydra.run.dir" in line
+
+
+SWEEP = ["benchmark=toy_fc", "benchmark.backend=direct", "benchmark.per_category=20", "pool=toy_zoo_micro",
+         "selection=topk", "selection.k=3", "tracker=none", "stage=sweep"]
+
+
+def test_a_store_that_fills_its_disk_is_one_error_line_and_resumes_elsewhere(soce, zoo_cache, tmp_path):
+    args = [*SWEEP, f"pool.cache_dir={zoo_cache}", f"hydra.run.dir={tmp_path / 'run'}"]
+    with mounted_tmpfs(tmp_path / "disk", "size=16k") as disk_dir:
+        line = one_error_line(soce(*args, f"sweep.store={disk_dir}"))
+        assert f"{disk_dir / 'sweep.jsonl'}: No space left on device: free some space" in line and "resumes" in line
+        shutil.copy(disk_dir / "sweep.jsonl", tmp_path / "sweep.jsonl")
+    kept = (tmp_path / "sweep.jsonl").read_bytes().split(b"\n")
+    whole = sum(1 for raw in kept[:-1] if json.loads(raw))
+    assert whole >= 3  # the points stored before the disk filled, every one a whole record
+    r = soce(*args, f"sweep.store={tmp_path}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"sweep: 37 points on dev ({whole} already in the store)" in r.stdout
+
+
+def test_cut_short_files_are_made_again_not_a_traceback(study, zoo_cache, tmp_path, caplog):
+    args = [*SWEEP[:-1], f"pool.cache_dir={zoo_cache}", "search.budget=2", "report.line_points=0"]
+    study(*args, "stage=soup")
+    results = tmp_path / "run" / "results.json"
+    results.write_text(results.read_text()[:100])  # a full disk or a kill mid-write
+    r = study(*args, "stage=soup")
+    assert "results.json was made with other settings (it is not valid JSON (cut short?))" in r.log
+    assert json.loads(results.read_text())["search"] == "grid"
+    evals = sorted((zoo_cache / "evals").glob("*.json"))
+    saved = evals[0].read_text()
+    evals[0].write_text(saved[:50])
+    try:
+        r = study(*args, "stage=analyze", "benchmark.cache=true", run_dir=tmp_path / "again")
+        assert "not a cached evaluation (JSONDecodeError)" in r.log
+    finally:
+        evals[0].write_text(saved)

@@ -135,3 +135,21 @@ def test_lm_eval_evaluates_a_subset_as_the_whole_split_does(zoo_cache):
     subset = [i for i, _ in examples[::4]]
     part = backend.evaluate(model, tokenizer, "dev", examples=subset)
     assert {o.example_id: o.correct for o in part.outcomes} == {i: whole[i] for i in subset}
+
+
+def test_a_changed_seed_or_first_rung_reuses_every_stored_outcome(study, zoo_cache, tmp_path):
+    """Other subsets of the examples (search.seed, search.min_examples) ask for examples a point
+    has stored outcomes of already: those are reused, and the log says how many."""
+    import re
+
+    args = [*STUDY, f"pool.cache_dir={zoo_cache}", "stage=sweep", "search=halving"]
+    first = study(*args)
+    asked_first = int(re.search(r"; (\d+) examples asked for", first.log).group(1))
+    for override in ("search.seed=1", "search.min_examples=12"):
+        r = study(*args, override)
+        asked, now, stored = map(int, re.search(r"; (\d+) examples asked for, .*\((\d+) evaluated now, (\d+) from the store\)",
+                                                r.log).groups())
+        assert stored > 0 and now + stored == asked and now < asked
+    pieces = [json.loads(line) for line in (tmp_path / "run" / "sweep.jsonl").read_text().splitlines()]
+    per_point = Counter((tuple(p["weights"]), i) for p in pieces if p["kind"] == "halving" for i in p["examples"])
+    assert max(per_point.values()) == 1 and asked_first > 0  # no example of a point evaluated twice, across the runs

@@ -239,3 +239,19 @@ def test_progress_lines_without_a_terminal(caplog, monkeypatch):
     assert lines == ["zoo x: 3/10 steps in 6 s (2 s/step, about 14 s left)",  # 2 s to the first step, then 2 in 4 s
                      "zoo x: 5/10 steps in 50 s (12 s/step, about 60 s left)",
                      "zoo x: done, 5/10 steps in 51 s (12.3 s/step, about 61 s left)"]
+
+
+def test_progress_counts_what_the_store_held_apart_from_what_was_evaluated(caplog, monkeypatch):
+    from soce import progress
+
+    clock = iter([0.0, 1.0, 1.0, 8.0, 9.0, 10.0] + [0.0, 0.0, 0.0])  # start, 4 updates, close; then the second bar
+    monkeypatch.setattr(progress.time, "monotonic", lambda: next(clock))
+    with caplog.at_level("INFO", logger="soce.progress"):
+        with progress.Progress(4, "sweep (grid)", "point", first=5, terminal=False) as bar:
+            for stored in (True, True, False, False):
+                bar.update(stored=stored)
+        with progress.Progress(1, "sweep (uniform)", "point", terminal=False) as bar:
+            bar.update(stored=True)
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[-2] == "sweep (grid): done, 4/4 points in 10 s (2 found in the store, 2 s/point)"  # the rate of the 2 evaluated
+    assert lines[-1] == "sweep (uniform): done, 1/1 point, all found in the store"
