@@ -551,7 +551,7 @@ def sweep(run: Run):
                  souper.examples_evaluated, souper.examples_reused)
     if n > 1:
         log.info("sweep: shard %d of %d done: %s evaluated now, into %s", k, n,
-                 plural(sum(SweepStore._key(r) not in before for r in store), "soup"), store.path)
+                 plural(sum(SweepStore._key(r) not in before for r in store), "point"), store.path)
         return done
     already = sum(SweepStore._key(r) in before for r in done.records)
     best = done.best

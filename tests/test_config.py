@@ -85,6 +85,14 @@ def test_misspelt_keys_and_bad_values_fail_at_composition(override, fragment):
         ("stage=sweeep", "analyze, select, sweep"),
     ],
 )
+def test_an_unknown_group_option_lists_the_options_and_no_schema():
+    from hydra.errors import MissingConfigException
+
+    with pytest.raises(MissingConfigException) as err:
+        compose_cfg(["pool=toy_zo"])
+    assert "toy_zoo_micro" in str(err.value) and "schema" not in str(err.value)
+
+
 def test_a_typo_in_a_closed_choice_fails_at_composition_naming_the_choices(override, allowed):
     with pytest.raises(ConfigCompositionException) as err:
         compose_cfg([override])

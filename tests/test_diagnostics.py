@@ -82,3 +82,14 @@ def test_the_barrier_is_the_largest_drop_below_the_chord():
     assert hill.barrier == 0 and hill.gain == pytest.approx(0.2)
     assert "barrier of 0.200" in prediction(0.05, bowl) and "should help" in prediction(0.05, hill)
     assert prediction(None, hill).startswith("No barrier")  # no base known: the line alone
+
+
+def test_the_sentences_use_the_thresholds_the_report_states():
+    from soce.report.diagnostics import ALIGNED, BARRIER, ORTHOGONAL, THRESHOLDS
+
+    shallow = Connectivity("a", "b", (0, 0.5, 1), (0.9, 0.8917, 0.9))  # a drop of 0.0083, under the barrier threshold
+    assert shallow.barrier == pytest.approx(0.0083)
+    assert "no barrier (the largest drop below the line, 0.0083, is under 0.02)" in prediction(None, shallow).lower()
+    assert prediction(0.56, None).startswith("partly aligned task vectors (cosine 0.56)")  # not "aligned"
+    assert prediction(0.75, None).startswith("aligned task vectors") and prediction(0.1, None).startswith("near-orthogonal")
+    assert f"under {ORTHOGONAL}" in THRESHOLDS and f"above {ALIGNED}" in THRESHOLDS and f"more than {BARRIER}" in THRESHOLDS

@@ -9,6 +9,7 @@ import pytest
 from conftest import accelerate_launch, compose_cfg
 from soce.cli import run_study
 from soce.errors import SoceError
+from soce.weights import dirichlet
 
 STUDY = ["benchmark=toy_fc", "benchmark.backend=direct", "benchmark.per_category=20", "pool=toy_zoo_micro",
          "selection=topk", "selection.k=3", "search.budget=7", "tracker=none"]
@@ -60,8 +61,9 @@ def test_two_accelerate_processes_give_the_unsharded_study(zoo_cache, tmp_path, 
     assert [d for d in tmp_path.iterdir() if d.name != "run"] == []  # one run directory for both processes
     assert_same_study(run, unsharded)
     log = (run / "soce.log").read_text()  # no terminal: the long steps write progress lines
-    assert re.search(r"sweep \(grid\): done, 7/7 points in [\d.]+ s", log)
-    assert re.search(r"report: coalition soups: done, 4/4 soup in", log)
+    assert re.search(r"sweep \(grid\) shard 0/2: done, 4/4 points in [\d.]+ s", log)
+    assert "sweep (grid): done, 7/7 points, all found in the store" in log  # the collect step evaluated none again
+    assert re.search(r"report: coalition soups: done, 4/4 soups in", log)
 
 
 def test_a_shard_index_outside_the_range_is_refused(study):
@@ -148,3 +150,21 @@ def test_two_accelerate_processes_with_the_default_evaluator(zoo_cache, tmp_path
     alone = tmp_path / "alone"
     run_study(compose_cfg([*study, "stage=sweep"]), alone)
     assert points(run) == points(alone) and len(points(alone)) == 5
+
+
+def test_two_multiruns_sharing_a_store_keep_their_own_results(soce, zoo_cache, tmp_path):
+    """A second study (another search) on the store of a first: it reuses the soups both ask for,
+    writes its results into its own multirun's directory, and takes its soup from its own points."""
+    store = tmp_path / "store"
+    runs = {}
+    for name, search in (("grid", ["search.budget=7"]), ("random", ["search=random", "search.budget=3"])):
+        runs[name] = tmp_path / name
+        r = soce("-m", *STUDY, *search, f"pool.cache_dir={zoo_cache}", f"sweep.store={store}", "sweep.shard=range(0,2)",
+                 "sweep.num_shards=2", f"hydra.sweep.dir={runs[name]}")
+        assert r.returncode == 0, r.stderr[-3000:]
+        if name == "grid":
+            first = (runs["grid"] / "results.json").read_text()
+    assert (runs["grid"] / "results.json").read_text() == first and not (store / "results.json").exists()
+    results = json.loads((runs["random"] / "results.json").read_text())
+    asked = [list(w) for w in [(1 / 3, 1 / 3, 1 / 3), *dirichlet(3, 3, 1.0, 0)][:3]]  # random's own points
+    assert results["search"] == "random" and any(results["rows"][-1]["weights"] == pytest.approx(w) for w in asked)

@@ -112,7 +112,8 @@ def test_pool_errors(names, message):
 
 def test_missing_scores_are_said_in_the_selection():
     s = select_soce(T, POOL, analysis(0.1))
-    assert s.notes == ("'x': m1 leads among the 4 pool models with a score; 1 without one (N/A) could not: m5",)
+    assert s.notes == ("'x': 2 pool models tie at 90 (m1, m3); a tie goes to the best overall score: m1",
+                       "'x': m1 leads among the 4 pool models with a score; 1 without one (N/A) could not: m5")
     assert s.to_dict()["notes"] == list(s.notes)
     blank = table({"m1": (np.nan, 50, 99), "m2": (np.nan, 95, 60), "m3": (np.nan, 70, 60)}, {"m1": 1, "m2": 2, "m3": 3})
     s = select_soce(blank, ["m1", "m2", "m3"], analysis(0.1))

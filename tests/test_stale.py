@@ -110,6 +110,7 @@ def test_a_hub_model_is_cached_by_its_revision_not_its_name(zoo_cache, tmp_path,
     assert first.row("org-model") != second.row("org-model")
     third = evaluate_candidates(hub_model, evaluator, ["dev"], tmp_path / "evals", question)["dev"]  # same revision: cached
     assert caplog.text.count("evaluated org-model on dev") == 2 and third.row("org-model") == second.row("org-model")
+    assert "pool model 'org-model': org/model from the Hugging Face Hub (or its cache)" in caplog.text  # said before it waits
 
 
 def test_the_evaluators_fingerprint_follows_its_task_files(tmp_path):

@@ -244,3 +244,40 @@ def test_a_device_list_of_millions_is_refused_at_once():
     assert len(parse_devices("8xH100-80GB")) == 8
     with pytest.raises(ConfigError, match="expected a size such as 2GB"):
         config.validate(compose_cfg(["sweep.max_memory=1.2.3GB"]))
+
+
+def test_the_merge_stage_names_its_own_keys(study, experts, tmp_path):
+    models = "[" + ",".join(map(str, experts[:2])) + "]"
+    with pytest.raises(ConfigError, match=r"merge.weights sum to 0.9, not 1 \(merge.normalize=true rescales them\)"):
+        study("stage=merge", f"merge.models={models}", "merge.weights=[0.5,0.4]", f"merge.output={tmp_path / 'soup'}",
+              "tracker=none")
+
+
+def test_one_expert_is_one_expert_in_the_plan(experts):
+    from soce.merge.plan import Device, model_shape, plan_memory
+
+    plan = plan_memory(model_shape(experts[0]), 1, [Device("cpu", 10**9)])
+    assert ", 1 expert beside it;" in plan.text()
+
+
+def test_an_unwritable_store_or_eval_cache(tmp_path, soce, zoo_cache, caplog):
+    from test_faults import mounted_tmpfs
+
+    from soce.evaluate.candidates import evaluate_candidates
+    from soce.evaluate.direct import ToyFcDirect
+    from soce.pool import Candidate
+    from soce.zoo.family import build_family
+
+    with mounted_tmpfs(tmp_path / "ro", "ro,size=1m") as ro:
+        r = soce("benchmark=toy_fc", "pool=toy_zoo_micro", f"pool.cache_dir={zoo_cache}", "stage=sweep", "tracker=none",
+                 f"sweep.store={ro / 'store'}",
+                 f"hydra.run.dir={tmp_path / 'run'}", "benchmark.per_category=2", "selection=topk")
+        assert r.returncode == 1 and "Traceback" not in r.stderr
+        assert f"error: {ro / 'store'}: Read-only file system: choose a directory you can write" in r.stderr
+        family = build_family("micro", zoo_cache / "zoo", progress=False)
+        evaluator = ToyFcDirect(seed=0, per_category=2, batch_size=64)
+        with caplog.at_level(logging.WARNING):
+            tables = evaluate_candidates([Candidate("j", path=str(family.candidates["micro-json"]))], evaluator, ["dev"],
+                                         ro, {"q": 1})
+        assert tables["dev"].models == ("j",)  # the scores are kept; the cache says it could not keep them
+        assert "j's dev scores not cached in" in caplog.text and "Read-only file system" in caplog.text

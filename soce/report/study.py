@@ -140,7 +140,8 @@ def _landscape_section(r: StudyReport) -> list[str]:
     split, obj, experts, points = r.split, r.objective, r.experts, r.points
     md = ["## Weight landscape", ""]
     if not points:
-        return md + [f"_{_nothing_stored(r).capitalize()}._", ""]
+        nothing = _nothing_stored(r)
+        return md + [f"_{nothing[:1].upper()}{nothing[1:]}._", ""]
     if len(experts) == 3:
         alone = [aggregate(r.own[split].row(e), obj) for e in experts] if r.own and split in r.own else None
         plot_ternary(experts, [p["weights"] for p in points], [p["objective"] for p in points], f"{split} {obj}",
