@@ -234,9 +234,6 @@ class SearchBase:
 
     def check(self) -> None:
         """Settings no evaluation can work with, refused before any starts (each names its key)."""
-        budget = getattr(self, "budget", None)
-        if budget is not None and budget < 1:
-            raise ConfigError(f"search.budget={budget}: at least 1 point")
 
 
 @dataclass
@@ -252,6 +249,7 @@ class GridSearch(SearchBase):
 
     def check(self) -> None:
         super().check()
+        _check_budget(self.budget)
         from soce.weights import simplex_grid
 
         try:
@@ -300,6 +298,7 @@ class RandomSearch(SearchBase):
 
     def check(self) -> None:
         super().check()
+        _check_budget(self.budget)
         if not self.concentration > 0:
             raise ConfigError(f"search.concentration={self.concentration}: must be positive")
 
@@ -316,6 +315,15 @@ class OptunaSearch(SearchBase):
     name: str = "optuna"
     budget: int = 32
     seed: int = 0
+
+    def check(self) -> None:
+        super().check()
+        _check_budget(self.budget)
+
+
+def _check_budget(budget: int | None) -> None:
+    if budget is not None and budget < 1:
+        raise ConfigError(f"search.budget={budget}: at least 1 point")
 
 
 # --- merge ----------------------------------------------------------------------------------
@@ -484,7 +492,7 @@ def unknown_keys(node, prefix: str = "") -> list[tuple[str, list[str]]]:
 def check_pool(cfg: DictConfig) -> None:
     """The pool as configured: one source of candidates, named once each, local paths that exist,
     and (selection=manual) experts that are in it."""
-    from soce.pool import _key
+    from soce.pool import row_key
 
     pool = cfg.pool
     if pool.zoo and pool.models is not None:
@@ -494,7 +502,7 @@ def check_pool(cfg: DictConfig) -> None:
     names = None
     if pool.models is not None:
         names = [m.name for m in pool.models]
-        dupes = sorted({n for n in names if [_key(m) for m in names].count(_key(n)) > 1})
+        dupes = sorted({n for n in names if [row_key(m) for m in names].count(row_key(n)) > 1})
         if dupes:
             raise ConfigError(f"pool.models names {', '.join(map(repr, dupes))} twice: give each candidate its own name")
         for i, m in enumerate(pool.models):
@@ -512,7 +520,7 @@ def check_pool(cfg: DictConfig) -> None:
         from soce.scores import closest
 
         for m in chosen:
-            if _key(m) not in {_key(n) for n in names}:
+            if row_key(m) not in {row_key(n) for n in names}:
                 raise ConfigError(f"selection.models names {m!r}, which is not in pool={pool.name}{closest(m, names)}; "
                                   f"its candidates: {', '.join(names)}")
 

@@ -68,6 +68,14 @@ class Run:
             self._store = SweepStore(self.store_dir or self.dir, None if n == 1 else k, n, self._problem)
         return self._store
 
+    def check_records(self, problem) -> None:
+        """Every record of the store checked with `problem` (soce.sweep.record_problem) as it is
+        read, from now on; a record it finds a problem with is set aside."""
+        if self._store is None:
+            self._problem = problem
+        else:
+            self._store.set_aside(problem)
+
     def close(self) -> None:
         """Let go of the store's lock (a later run in this process may open it again)."""
         if self._store is not None:
@@ -479,11 +487,7 @@ def check_store(run: Run, evaluator, candidates: dict[str, Candidate]) -> None:
     from soce.sweep import record_problem
 
     asked = question(run.cfg, evaluator)
-    problem = record_problem(evaluator, asked)  # checked as the store is read (a record of another question is left
-    if run._store is None:                       # to check_question, which refuses the store)
-        run._problem = problem
-    else:
-        run.store.set_aside(problem)
+    run.check_records(record_problem(evaluator, asked))  # a record of another question is left to check_question
     stored = {m for r in run.store for m in (r.get("question") or {}).get("models", {})}
     run.store.check_question({**asked, "models": {m: run.fingerprint(candidates[m]) for m in stored if m in candidates}})
 
@@ -551,9 +555,9 @@ def sweep(run: Run):
                  souper.examples_evaluated, souper.examples_reused)
     if n > 1:
         log.info("sweep: shard %d of %d done: %s evaluated now, into %s", k, n,
-                 plural(sum(SweepStore._key(r) not in before for r in store), "point"), store.path)
+                 plural(sum(SweepStore.record_key(r) not in before for r in store), "point"), store.path)
         return done
-    already = sum(SweepStore._key(r) in before for r in done.records)
+    already = sum(SweepStore.record_key(r) in before for r in done.records)
     best = done.best
     log.info("sweep: %s on %s (%d already in the store), best %s %.4f at %s", plural(len(done.records), "point"), split,
              already, search.objective, best["objective"], _weights_text(experts, best["weights"]))

@@ -27,7 +27,7 @@ class Candidate:
     handler: str | None = None
 
 
-def _key(name: str) -> str:
+def row_key(name: str) -> str:
     """Leaderboards append the calling mode: 'xLAM-2-70b-fc-r (FC)' is the model 'xLAM-2-70b-fc-r'."""
     return _MODE_SUFFIX.sub("", name).strip().lower()
 
@@ -46,7 +46,7 @@ def resolve_pool(candidates: Sequence[Candidate] | None, table_models: Sequence[
         if c.name in table_models:
             row = c.name
         else:
-            rows = [m for m in table_models if _key(m) == _key(c.name)]
+            rows = [m for m in table_models if row_key(m) == row_key(c.name)]
             if not rows:
                 raise ConfigError(f"pool model {c.name!r} is not in {source}{closest(c.name, table_models)}")
             if len(rows) > 1:

@@ -101,7 +101,7 @@ class SweepStore:
                 rejected.append((number, line, why))
                 continue
             kept.append(line)
-            self.records.setdefault(self._key(record), record)  # the first record of a soup is the one a search saw
+            self.records.setdefault(self.record_key(record), record)  # the first record of a soup is the one a search saw
         if torn and own:
             log.warning("%s: dropping an unfinished last record (a killed sweep): %d bytes", path, len(torn))
         if rejected:
@@ -146,7 +146,8 @@ class SweepStore:
                             "or a job given the same sweep.shard): wait for it to finish, or give this job another shard")
 
     @staticmethod
-    def _key(record: dict) -> tuple[str, str, str]:
+    def record_key(record: dict) -> tuple[str, str, str]:
+        """What a record is stored under: its soup (experts, weights) and split."""
         return ",".join(record["experts"]), key(record["weights"]), record["split"]
 
     def get(self, experts: list[str], weights, split: str) -> dict | None:
@@ -162,7 +163,7 @@ class SweepStore:
             os.fsync(self._file.fileno())
         except OSError as err:  # a full disk, a file-size limit: the file named (a write's error names none)
             raise OSError(err.errno, err.strerror, str(self.path)) from None
-        self.records.setdefault(self._key(record), record)
+        self.records.setdefault(self.record_key(record), record)
 
     def check_question(self, question: dict) -> None:
         """Refuse a store holding soups evaluated for another question (another benchmark

@@ -201,7 +201,6 @@ class Souper:
         return {**record, "objective": aggregate(record["scores"], self.objective)}
 
 
-
 def record_problem(evaluator: Evaluator, question: dict):
     """What makes a stored record of this benchmark unusable (None: nothing): a split it does not
     have, categories other than its own, outcomes for another number of examples. A record of
