@@ -750,6 +750,7 @@ def report(run: Run) -> Path:
     if cfg.benchmark.kind != "table":
         evaluator, candidates = evaluated_pool(run)
         check_store(run, evaluator, candidates)
+        from soce.config import HalvingSearch
         from soce.sweep import search_soups
 
         souper = make_souper(run, [candidates[n] for n in experts], evaluator, kind="shapley")
@@ -757,7 +758,8 @@ def report(run: Run) -> Path:
         # the search's own points: this run's, or its soups the store holds (a sweep not finished shows those so far)
         searched = run.searched[1] if run.searched else search_soups(souper, search, split, _by_own_score(run, experts),
                                                                      stored_only=True)
-        pieces = sum(1 for r in run.store if r["experts"] == experts and r["split"].startswith(f"{split}@"))
+        pieces = sum(1 for r in run.store if r["experts"] == experts and r["split"].startswith(f"{split}@")
+                     and isinstance(search, HalvingSearch))  # a halving search's pieces of points, stored so far
         inputs = replace(
             inputs, categories=evaluator.categories, souper=souper, points=searched.records, pieces=pieces,
             candidate_souper=lambda: make_souper(run, list(candidates.values()), evaluator, kind="shapley"),

@@ -269,13 +269,13 @@ def test_an_unwritable_store_or_eval_cache(tmp_path, soce, zoo_cache, caplog):
     from soce.zoo.family import build_family
 
     with mounted_tmpfs(tmp_path / "ro", "ro,size=1m") as ro:
-        r = soce("benchmark=toy_fc", "pool=toy_zoo_micro", f"pool.cache_dir={zoo_cache}", "stage=sweep", "tracker=none",
+        r = soce(*STUDY, f"pool.cache_dir={zoo_cache}", "stage=sweep", "tracker=none",
                  f"sweep.store={ro / 'store'}",
-                 f"hydra.run.dir={tmp_path / 'run'}", "benchmark.per_category=2", "selection=topk")
+                 f"hydra.run.dir={tmp_path / 'run'}")
         assert r.returncode == 1 and "Traceback" not in r.stderr
         assert f"error: {ro / 'store'}: Read-only file system: choose a directory you can write" in r.stderr
         family = build_family("micro", zoo_cache / "zoo", progress=False)
-        evaluator = ToyFcDirect(seed=0, per_category=2, batch_size=64)
+        evaluator = ToyFcDirect(seed=0, per_category=2, batch_size=64)  # a question of its own: evaluated, not cached
         with caplog.at_level(logging.WARNING):
             tables = evaluate_candidates([Candidate("j", path=str(family.candidates["micro-json"]))], evaluator, ["dev"],
                                          ro, {"q": 1})

@@ -5,8 +5,9 @@ the evaluator's fingerprint), so re-runs cost nothing.
 
 from __future__ import annotations
 
-import os
+import contextlib
 import json
+import os
 import logging
 import time
 from pathlib import Path
@@ -145,7 +146,8 @@ def evaluate_candidates(
                                            "outcomes": [{k: v for k, v in o.__dict__.items() if k != "model"} for o in outcomes]}))
                 tmp.rename(cached)
             except OSError as err:  # the scores are computed: this run keeps them; only the cache misses them
-                tmp.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    tmp.unlink(missing_ok=True)
                 log.warning("  %s's %s scores not cached in %s (%s): this run uses them; the next evaluates it again. "
                             "Free the space or set pool.cache_dir to a writable folder", c.name, split, cache_dir,
                             err.strerror or err)
