@@ -37,13 +37,14 @@ def main() -> None:
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from soce.evaluate import bfcl
-    from soce.zoo.standin import build_standin
+    from soce.engine.hf import HfEngine
+    from soce import bfcl
+    from soce.bfcl.standin import build_standin
 
     with tempfile.TemporaryDirectory() as tmp:
         path = build_standin(Path(tmp) / "standin", hidden=args.hidden, layers=args.layers)
         model = AutoModelForCausalLM.from_pretrained(path).to(args.device).eval()
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        engine = HfEngine(model, AutoTokenizer.from_pretrained(path))
     n_params = sum(p.numel() for p in model.parameters())
     print(f"model: Llama hidden {args.hidden}, {args.layers} layers, {n_params / 1e6:.1f} M parameters, on {args.device}"
           + (f" ({torch.cuda.get_device_name()})" if args.device.startswith("cuda") else f", {args.threads} threads")
@@ -59,7 +60,7 @@ def main() -> None:
         runs = []
         for _ in range(2):
             started = time.perf_counter()
-            evaluator.evaluate(model, tokenizer, "dev")
+            evaluator.evaluate(engine, "dev")
             runs.append(time.perf_counter() - started)
         seconds = statistics.median(runs)
         rate = n / seconds

@@ -117,7 +117,8 @@ def dispatched(args, device: torch.device) -> None:
     from transformers import AutoModelForCausalLM
 
     from soce.merge import InPlaceSoup
-    from soce.merge.plan import Device, model_shape, split_blocks, visible_devices
+    from soce.placement.devices import Device, visible_devices
+    from soce.placement.memory import model_shape, split_blocks
 
     experts, model_bytes = write_experts(args)
     gpus = visible_devices() if device.type == "cuda" else [Device("cuda:0", 1 << 40), Device("cuda:1", 1 << 40)]

@@ -35,8 +35,12 @@ def grid_outcomes(family: str, workdir: Path, per_category: int):
     """The selection's experts, and every grid point's outcomes on dev and test (id -> solved)."""
     from hydra import compose, initialize_config_dir
 
-    from soce import cli, config, pipeline
+    from soce import cli, config
     from soce.search import grid_points
+    from soce.stages.runner import STAGES, ready
+    from soce.stages.select import experts as selected_experts
+    from soce.stages.study import Study
+    from soce.stages.sweep import make_souper
     from soce.sweep import solved_by_id
     from soce.tracking import NoTracker
 
@@ -46,11 +50,12 @@ def grid_outcomes(family: str, workdir: Path, per_category: int):
         pool = {"micro": ["pool=toy_zoo_micro", "selection=topk", "selection.k=3"],
                 "specialists": ["pool=toy_zoo_specialists"]}.get(family, ["pool=toy_zoo"])
         cfg = compose("soce", overrides=[*pool, "benchmark.backend=direct", f"benchmark.per_category={per_category}", "tracker=none"])
-    run = pipeline.Run(cfg, workdir / family, NoTracker())
+    run = Study(cfg, workdir / family, NoTracker())
     run.dir.mkdir(parents=True, exist_ok=True)
-    experts = pipeline.current_experts(run)
-    evaluator, candidates = pipeline.evaluated_pool(run, experts)
-    souper = pipeline.make_souper(run, [candidates[n] for n in experts], evaluator)
+    ready(run, STAGES["sweep"])  # the analysis and selection the sweep reads
+    experts = selected_experts(run)
+    candidates = run.candidates(experts)
+    souper = make_souper(run, [candidates[n] for n in experts])
     search = OmegaConf.to_object(cfg.search)
     points = grid_points(len(experts), search.lo, search.hi, search.step, search.include_uniform)
     out = {}

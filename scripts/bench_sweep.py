@@ -20,9 +20,9 @@ import sys
 import time
 from pathlib import Path
 
-from soce.evaluate.candidates import load_model
-from soce.evaluate.lm_eval_backend import TOY_FC_TASKS, toy_fc_backend
-from soce.merge import InPlaceSoup, merge_to_disk
+from soce.engine.hf import HfEngine
+from soce.toy_fc.harness import TOY_FC_TASKS, toy_fc_backend
+from soce.merge import merge_to_disk
 from soce.pool import Candidate
 from soce.weights import simplex_grid
 from soce.zoo.family import build_family
@@ -37,7 +37,7 @@ def naive_python(experts: list[Path], weights, work: Path) -> float:
     out = merge_to_disk(experts, weights, work / "naive-soup", overwrite=True, progress=False)
     model, tokenizer = AutoModelForCausalLM.from_pretrained(out), AutoTokenizer.from_pretrained(out)
     # a fresh harness and wrapper, as a script would
-    toy_fc_backend(seed=0, per_category=100, batch_size=64).evaluate(model, tokenizer, "dev")
+    toy_fc_backend(seed=0, per_category=100, batch_size=64).evaluate(HfEngine(model, tokenizer), "dev")
     return time.perf_counter() - start
 
 
@@ -71,16 +71,15 @@ def main() -> None:
     grid = simplex_grid(3)
     points = [grid[i * len(grid) // args.points] for i in range(args.points)]
 
-    model, tokenizer = load_model(Candidate(EXPERTS[0], path=str(experts[0])))
-    soup = InPlaceSoup(model, experts)
+    engine = HfEngine.load(Candidate(EXPERTS[0], path=str(experts[0])), experts=[str(e) for e in experts])
     backend = toy_fc_backend(seed=0, per_category=100, batch_size=64)
-    backend.evaluate(model, tokenizer, "dev")  # warm-up: the HFLM wrapper is built once per sweep
+    backend.evaluate(engine, "dev")  # warm-up: the HFLM wrapper is built once per sweep
     merge_t, eval_t, ours, py_naive, cli_naive = [], [], [], [], []
     for w in points:
         start = time.perf_counter()
-        soup.apply(w)
+        engine.apply(w)
         merged = time.perf_counter()
-        backend.evaluate(model, tokenizer, "dev")
+        backend.evaluate(engine, "dev")
         done = time.perf_counter()
         merge_t.append(merged - start)
         eval_t.append(done - merged)

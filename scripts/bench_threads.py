@@ -45,7 +45,7 @@ def paths(work: Path):
     """name -> a function running the path once."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from soce.evaluate.direct import ToyFcDirect
+    from soce.toy_fc.direct import ToyFcDirect
     from soce.merge import InPlaceSoup, merge_to_disk
     from soce.zoo.family import FAMILIES, Trainer
 
@@ -82,8 +82,10 @@ def evaluate(evaluator, model, tokenizer) -> None:
     """As soce's sweep and candidate scoring call an evaluator: inside compute_threads."""
     from soce.threads import compute_threads
 
+    from soce.engine.hf import HfEngine
+
     with compute_threads(model.device):
-        evaluator.evaluate(model, tokenizer, "dev")
+        evaluator.evaluate(HfEngine(model, tokenizer), "dev")
 
 
 def main() -> None:

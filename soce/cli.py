@@ -17,20 +17,18 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from soce import config, pipeline
+from soce import config
 from soce.processes import Processes
 from soce.errors import SoceError
-from soce.tracking import NoTracker, Tracker, WandbTracker
+from soce.stages.runner import STAGES, TOOLS, asked_for, ready, run_stage
+from soce.stages.study import Study
+from soce.tracking import NoTracker, Tracker
 
 log = logging.getLogger("soce")
 
 # The configs ship inside the package (soce/conf), found through this file wherever soce is
 # installed: an absolute path, never the working directory.
 CONF_DIR = str(Path(__file__).resolve().parent / "conf")
-
-# stage=all runs these in order (a score table without an evaluator stops after select)
-PIPELINE = {"analyze": pipeline.analyze, "select": pipeline.select, "sweep": pipeline.sweep, "soup": pipeline.soup, "report": pipeline.report}
-TOOLS = {"merge": pipeline.merge, "zoo": pipeline.zoo, "plan": pipeline.plan}
 
 
 class BelowWarning(logging.Filter):
@@ -41,32 +39,13 @@ class BelowWarning(logging.Filter):
 
 
 def make_tracker(cfg: DictConfig, run_dir: Path, name: str | None = None) -> Tracker:
-    if cfg.tracker.name == "none" or int(os.environ.get("RANK", "0")) != 0:  # W&B from the main process only
+    """The tracker `tracker` names; from the main process only (every other: none)."""
+    if int(os.environ.get("RANK", "0")) != 0:
         return NoTracker()
     settings = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     settings.pop("hydra", None)
-    return WandbTracker(
-        project=cfg.tracker.project,
-        entity=cfg.tracker.entity,
-        mode=cfg.tracker.mode.value,
-        group=cfg.tracker.group or cfg.study,
-        name=name,
-        config=settings,
-        dir=run_dir,
-        tags=list(cfg.tracker.tags),
-        job_type=cfg.stage.value,
-    )
-
-
-def plan(cfg: DictConfig) -> list:
-    """The stages `stage` asks for, in order."""
-    stage = cfg.stage.value
-    if stage != "all":
-        return [{**PIPELINE, **TOOLS}[stage]]
-    if cfg.benchmark.kind == "table":
-        log.info("benchmark=%s is a score table: analysis, selection and report only (the sweep needs an evaluator)", cfg.benchmark.name)
-        return [pipeline.analyze, pipeline.select, pipeline.report]
-    return list(PIPELINE.values())
+    return OmegaConf.to_object(cfg.tracker).tracker(study=cfg.study, name=name, settings=settings, run_dir=run_dir,
+                                                    job_type=cfg.stage.value)
 
 
 class Terminated(BaseException):
@@ -129,19 +108,19 @@ def run_study(cfg: DictConfig, run_dir: Path, job: int | None = None, tracker: T
     shard_job = cfg.sweep.shard is not None
     # The shards of a multirun share one store: the sweep directory above the jobs' directories.
     store_dir = Path(cfg.sweep.store) if cfg.sweep.store else (run_dir.parent if shard_job and job is not None else run_dir)
-    if cfg.benchmark.kind != "table" and cfg.stage.value not in TOOLS:
-        pipeline.make_evaluator(cfg, run_dir)  # its tasks, metric and data checked before a W&B run opens
-    tracker = tracker or make_tracker(cfg, run_dir, None if job is None else f"{cfg.study}/{job}")
-    context = pipeline.Run(cfg, run_dir, tracker, store_dir)
+    study = Study(cfg, run_dir, NoTracker(), store_dir)
+    if study.benchmark.evaluates and cfg.stage.value not in TOOLS:
+        study.evaluator  # its tasks, metric and data checked before a W&B run opens
+    study.tracker = tracker = tracker or make_tracker(cfg, run_dir, None if job is None else f"{cfg.study}/{job}")
     try:
-        todo = plan(cfg)
-        if pipeline.sweep in todo and (shard_job or processes.count > 1):
-            run_sharded(context, todo, processes)
+        todo = asked_for(study)
+        if STAGES["sweep"] in todo and (shard_job or processes.count > 1):
+            run_sharded(study, todo, processes)
         else:
-            for run_stage in todo:
-                run_stage(context)
+            for stage in todo:
+                run_stage(study, stage)
     finally:
-        context.close()
+        study.close()
         where = getattr(tracker, "where", lambda: None)()
         tracker.finish()
     if processes.is_main:
@@ -151,31 +130,31 @@ def run_study(cfg: DictConfig, run_dir: Path, job: int | None = None, tracker: T
     return run_dir
 
 
-def run_sharded(context: pipeline.Run, todo: list, processes: Processes) -> None:
+def run_sharded(study: Study, todo: list, processes: Processes) -> None:
     """The stages before the sweep on the main process; the sweep's points split over this job's
     shard and the processes; then, unless this is one shard of a multirun, the stages after it
     on the main process."""
-    cfg = context.cfg
-    i = todo.index(pipeline.sweep)
+    cfg = study.cfg
+    sweep = STAGES["sweep"]
+    i = todo.index(sweep)
     k, n = (cfg.sweep.shard, cfg.sweep.num_shards) if cfg.sweep.shard is not None else (0, 1)
     if processes.is_main:
-        for run_stage in todo[:i]:
-            run_stage(context)
-        pipeline.current_experts(context)  # stage=sweep: the analysis and selection it needs, made here once
+        for stage in todo[:i]:
+            run_stage(study, stage)
+        ready(study, sweep)  # stage=sweep: the analysis and selection it needs, made here once
     processes.wait()
     # shard k of n, process r of w: points k + n*r, k + n*r + n*w, ...
-    sharded = pipeline.Run(cfg, context.dir, context.tracker, context.store_dir,
-                         (k + n * processes.rank, n * processes.count), processes.device)
-    pipeline.sweep(sharded)
+    sharded = study.share((k + n * processes.rank, n * processes.count), processes.device)
+    sweep.run(sharded)
     sharded.close()
     processes.wait()
     if cfg.sweep.shard is not None:
         log.info("shard %d of %d is done; the collect step (at the multirun's end, or `soce hydra.run.dir=%s` "
-                 "with the same overrides) runs the soup and the report", k, n, context.store_dir)
+                 "with the same overrides) runs the soup and the report", k, n, study.store_dir)
         return
     if processes.is_main:
-        for run_stage in todo[i:]:  # the sweep again, unsharded: it finds every point in the store
-            run_stage(context)
+        for stage in todo[i:]:  # the sweep again, unsharded: it finds every point in the store
+            run_stage(study, stage)
 
 
 class CollectShards(Callback):
@@ -184,7 +163,7 @@ class CollectShards(Callback):
     the multirun's sweep directory."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        if config.sweep.num_shards <= 1 or not config.sweep.collect or config.benchmark.kind == "table":
+        if config.sweep.num_shards <= 1 or not config.sweep.collect or not OmegaConf.to_object(config.benchmark).evaluates:
             return
         cfg = config  # the multirun's config, without the swept sweep.shard: the unsharded study
         # the results go to this multirun's directory; the store may be shared with other studies (sweep.store)
@@ -192,14 +171,14 @@ class CollectShards(Callback):
         store_dir = Path(config.sweep.store or out_dir)
         log.info("collecting the %d shards of %s in %s", config.sweep.num_shards, store_dir, out_dir)
         tracker = make_tracker(cfg, out_dir, f"{cfg.study}/collect")
-        context = pipeline.Run(cfg, out_dir, tracker, store_dir)
+        study = Study(cfg, out_dir, tracker, store_dir)
         try:
             with guarded():
-                for run_stage in (pipeline.sweep, pipeline.soup, pipeline.report):
-                    run_stage(context)
+                for name in ("sweep", "soup", "report"):
+                    run_stage(study, STAGES[name])
                 print_files(out_dir)
         finally:
-            context.close()
+            study.close()
             tracker.finish()
 
 

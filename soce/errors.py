@@ -4,6 +4,8 @@ Each message names the file, model, argument or key at fault; the CLI prints it 
 `error:` line and exits 1.
 """
 
+from contextlib import contextmanager
+
 
 class SoceError(Exception):
     """A user-facing error: its message names the file, model or key at fault."""
@@ -23,3 +25,12 @@ class DataError(SoceError):
 
 class EvaluationError(SoceError):
     """An evaluator that cannot run or whose results cannot be read (tasks, metrics, tokenizers)."""
+
+
+@contextmanager
+def config_group(group: str):
+    """A library's ConfigError names its argument ('k=0'); for the command line, say its group too."""
+    try:
+        yield
+    except ConfigError as err:
+        raise ConfigError(f"{group}: {err}") from None

@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 
 from soce.errors import ConfigError
 from soce.stats import Bootstrap
-from soce.sweep import aggregate
+from soce.objective import aggregate
 
 Point = tuple[float, ...]
 # evaluate_on(point, rung, ids): the point's outcomes (id -> solved) on the examples `ids`, the

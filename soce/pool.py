@@ -8,7 +8,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
-from soce.errors import ConfigError
+from soce.artifacts import model_fingerprint
+from soce.errors import CheckpointError, ConfigError
 from soce.scores import closest
 
 log = logging.getLogger(__name__)
@@ -74,3 +75,29 @@ def warn_duplicates(models: Sequence[str | Path], where: str, consequence: str, 
             log.warning("%s and %s are the same model (%s): %s", first, second, m, consequence)
         else:
             seen[same] = i
+
+
+def fingerprint(candidate: Candidate) -> str:
+    """What the candidate's scores depend on: the files of its model directory (for a Hub id,
+    the snapshot fetched: its revision's files), never its name alone."""
+    return model_fingerprint(Path(model_dir(candidate)))
+
+
+def model_dir(candidate: Candidate) -> str:
+    """The candidate's local model directory: its path, or its Hub id fetched into the Hugging
+    Face cache (weights, config and tokenizer files only)."""
+    if candidate.path:
+        if not Path(candidate.path).is_dir():
+            raise CheckpointError(f"pool model {candidate.name!r}: {candidate.path} is not a model directory")
+        return candidate.path
+    if not candidate.hub_id:
+        raise CheckpointError(f"pool model {candidate.name!r} has neither a path nor a hub_id: set one in the pool config")
+    from huggingface_hub import snapshot_download
+
+    log.info("  pool model %r: %s from the Hugging Face Hub (or its cache)", candidate.name, candidate.hub_id)
+    try:
+        return snapshot_download(candidate.hub_id, allow_patterns=["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt"])
+    except Exception as err:  # offline, gated, missing: every cause ends here, with the model named
+        raise CheckpointError(f"pool model {candidate.name!r}: cannot fetch {candidate.hub_id} from the Hugging Face Hub "
+                        f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
+                        "download it where there is a network and set its path in the pool config") from None

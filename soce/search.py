@@ -1,19 +1,26 @@
-"""Search strategies: which weight points to evaluate. Each drives `evaluate(weights)`, which
-soups, evaluates, stores and returns the objective; the store keeps every point.
+"""Search strategies: which weight points the sweep evaluates. Each is one registered class:
+its settings (the config group `search`, checked before anything runs) and what it does:
+`points` (where known before any is evaluated), `run` (drives `evaluate(weights)`, which soups,
+evaluates, stores and returns the objective), `expected` (for the progress bar), and whether
+shards can split it. Adding a strategy is one class here and one YAML file in conf/search/.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from dataclasses import dataclass
+from typing import Callable, ClassVar, Optional, Sequence
 
-from soce.config import GreedySearch, GridSearch, HalvingSearch, OptunaSearch, RandomSearch, UniformSearch
+from soce.choices import Objective, Split
 from soce.errors import ConfigError
+from soce.registry import Registry
 from soce.weights import close, dirichlet, simplex_grid, uniform
 
-Evaluate = Callable[[tuple[float, ...]], float]
-Search = GridSearch | HalvingSearch | UniformSearch | RandomSearch | GreedySearch | OptunaSearch
+Point = tuple[float, ...]
+Evaluate = Callable[[Point], float]
 # evaluate_on(point, ids): the point's outcomes (id -> solved) on those examples (search=halving)
-EvaluateOn = Callable[[tuple[float, ...], Sequence[str]], dict[str, bool]]
+EvaluateOn = Callable[[Point, Sequence[str]], dict[str, bool]]
+
+SEARCHES: Registry[type["SearchBase"]] = Registry("search")
 
 
 def grid_points(n: int, lo: float, hi: float, step: float, include_uniform: bool, budget: int | None = None) -> list[tuple[float, ...]]:
@@ -59,55 +66,188 @@ def optuna_search(n: int, budget: int, seed: int, evaluate: Evaluate) -> None:
     study.optimize(objective, n_trials=budget)
 
 
-def planned_points(search: Search, n: int) -> list[tuple[float, ...]] | None:
-    """The points a strategy evaluates, where they are known before any is evaluated; None for
-    the sequential strategies (greedy, optuna, halving), whose next point depends on the last score."""
-    if isinstance(search, HalvingSearch):
+def _check_budget(budget: int | None) -> None:
+    if budget is not None and budget < 1:
+        raise ConfigError(f"search.budget={budget}: at least 1 point")
+
+
+@dataclass
+class SearchBase:
+    objective: Objective = Objective.mean  # aggregate over all categories of the benchmark
+    select_on: Split = Split.dev  # test: the paper's protocol, tuned on the reported split
+
+    shardable: ClassVar[bool] = True  # shards can split its points (it knows them before any score)
+    per_example: ClassVar[bool] = False  # it evaluates points on subsets of the examples (search=halving)
+
+    def check(self) -> None:
+        """Settings no evaluation can work with, refused before any starts (each names its key)."""
+
+    def points(self, n: int) -> list[Point] | None:
+        """The points it evaluates over n experts, where known before any is evaluated; None for a
+        sequential strategy, whose next point depends on the last score."""
         return None
-    if isinstance(search, GridSearch):
-        return grid_points(n, search.lo, search.hi, search.step, search.include_uniform, search.budget)
-    if isinstance(search, UniformSearch):
-        return [uniform(n)]
-    if isinstance(search, RandomSearch):
-        return [uniform(n), *dirichlet(n, search.budget, search.concentration, search.seed)][: search.budget]
-    return None
+
+    def run(self, n: int, evaluate: Evaluate, order: Sequence[int], shard: tuple[int, int] = (0, 1),
+            examples: Sequence[tuple[str, str]] = (), evaluate_on: EvaluateOn | None = None):
+        """Evaluate its points over n experts; `order`: experts by their own score, best first;
+        `shard` (k, N): only points k, k+N, k+2N, ... of its planned points."""
+        k, num = shard
+        for p in self.points(n)[k::num]:
+            evaluate(p)
+
+    def expected(self, n: int, shard: tuple[int, int] = (0, 1)) -> int | None:
+        """How many points it evaluates, where known in advance (for the progress bar)."""
+        points = self.points(n)
+        return None if points is None else len(points[shard[0]::shard[1]])
 
 
-def run_search(search: Search, n: int, evaluate: Evaluate, order: Sequence[int], shard: tuple[int, int] = (0, 1),
-               examples: Sequence[tuple[str, str]] = (), evaluate_on: EvaluateOn | None = None):
-    """The strategy `search` over n experts; `order`: experts by their own score, best first;
-    `shard` (k, N): evaluate only points k, k+N, k+2N, ... of a strategy's planned points (for
-    search=halving, of its first rung: the later rungs need every shard's results, and the
-    unsharded collect step runs them). search=halving also needs the split's `examples` ((id,
-    category) pairs) and `evaluate_on`; it returns what it did (a soce.halving.Halving)."""
-    k, num = shard
-    if isinstance(search, HalvingSearch):
+@SEARCHES.register("grid")
+@dataclass
+class GridSearch(SearchBase):
+    """The paper's grid: every weight in {lo, lo+step, ..., hi}, summing to 1, plus uniform."""
+
+    name: str = "grid"
+    lo: float = 0.1
+    hi: float = 0.9
+    step: float = 0.1
+    include_uniform: bool = True
+    budget: Optional[int] = None  # at most this many points (None: the whole grid)
+
+    def check(self) -> None:
+        _check_budget(self.budget)
+        try:
+            simplex_grid(1, self.lo, self.hi, self.step)
+        except ConfigError as err:
+            raise ConfigError(f"search: {err}") from None
+
+    def points(self, n: int) -> list[Point]:
+        return grid_points(n, self.lo, self.hi, self.step, self.include_uniform, self.budget)
+
+
+@SEARCHES.register("halving")
+@dataclass
+class HalvingSearch(GridSearch):
+    """Successive halving of the grid's points over nested, stratified subsets of the examples:
+    every point on min_examples, the best 1/eta of them on eta times more, ..., the survivors on
+    all. race=true keeps, at each rung, every point a paired bootstrap cannot tell from the best."""
+
+    name: str = "halving"
+    eta: int = 3  # the reduction factor: 1/eta of the points go on, on eta times the examples
+    min_examples: Optional[int] = None  # the first rung's examples; default: 4 per category
+    seed: int = 0  # the order the subsets take the examples in
+    race: bool = False
+    confidence: float = 0.85  # race: a point is dropped when it is worse than the best at this confidence
+    resamples: int = 1000  # race: bootstrap resamples per comparison
+
+    per_example: ClassVar[bool] = True
+
+    def check(self) -> None:
+        super().check()
+        if self.eta < 2:
+            raise ConfigError(f"search.eta={self.eta}: the reduction factor must be at least 2")
+        if self.min_examples is not None and self.min_examples < 1:
+            raise ConfigError(f"search.min_examples={self.min_examples}: at least 1 example (or unset, for 4 per category)")
+        if not 0 < self.confidence < 1:
+            raise ConfigError(f"search.confidence={self.confidence}: must be between 0 and 1 (e.g. 0.85)")
+        if self.resamples < 2:
+            raise ConfigError(f"search.resamples={self.resamples}: a bootstrap needs at least 2 resamples")
+
+    def run(self, n, evaluate, order, shard=(0, 1), examples=(), evaluate_on=None):
+        """The grid's points (a shard's share of them: its first rung only; the later rungs need
+        every shard's results, and the unsharded collect step runs them) on the split's `examples`
+        ((id, category) pairs) through `evaluate_on`. Returns what it did (a soce.halving.Halving)."""
         from soce.halving import successive_halving
 
-        points = grid_points(n, search.lo, search.hi, search.step, search.include_uniform, search.budget)
-        return successive_halving(points[k::num], examples, lambda p, rung, ids: evaluate_on(p, ids), eta=search.eta,
-                                  min_examples=search.min_examples, seed=search.seed, race=search.race,
-                                  confidence=search.confidence, resamples=search.resamples, objective=search.objective.value,
+        k, num = shard
+        return successive_halving(super().points(n)[k::num], examples, lambda p, rung, ids: evaluate_on(p, ids),
+                                  eta=self.eta, min_examples=self.min_examples, seed=self.seed, race=self.race,
+                                  confidence=self.confidence, resamples=self.resamples, objective=self.objective.value,
                                   rungs=1 if num > 1 else None)
-    points = planned_points(search, n)
-    if points is not None:
-        run_points(points[k::num], evaluate)
-    elif num > 1:
+
+    def points(self, n: int) -> None:  # which points reach every example depends on the scores
+        return None
+
+    def expected(self, n: int, shard: tuple[int, int] = (0, 1)) -> None:
+        return None
+
+
+@SEARCHES.register("uniform")
+@dataclass
+class UniformSearch(SearchBase):
+    name: str = "uniform"
+
+    def points(self, n: int) -> list[Point]:
+        return [uniform(n)]
+
+
+@SEARCHES.register("experts")
+@dataclass
+class ExpertsSearch(SearchBase):
+    """Each expert alone (weight 1), then the uniform soup: what the soup gains over its best
+    ingredient, measured on the sweep's own evaluator (one point per expert, and one more)."""
+
+    name: str = "experts"
+
+    def points(self, n: int) -> list[Point]:
+        return [tuple(1.0 if j == i else 0.0 for j in range(n)) for i in range(n)] + ([uniform(n)] if n > 1 else [])
+
+
+@SEARCHES.register("random")
+@dataclass
+class RandomSearch(SearchBase):
+    name: str = "random"
+    budget: int = 32  # the uniform point, then Dirichlet draws
+    concentration: float = 1.0
+    seed: int = 0
+
+    def check(self) -> None:
+        _check_budget(self.budget)
+        if not self.concentration > 0:
+            raise ConfigError(f"search.concentration={self.concentration}: must be positive")
+
+    def points(self, n: int) -> list[Point]:
+        return [uniform(n), *dirichlet(n, self.budget, self.concentration, self.seed)][: self.budget]
+
+
+@SEARCHES.register("greedy")
+@dataclass
+class GreedySearch(SearchBase):
+    """Greedy soup (Wortsman et al. 2022) over the experts, in order of their own scores."""
+
+    name: str = "greedy"
+
+    shardable: ClassVar[bool] = False
+
+    def run(self, n, evaluate, order, shard=(0, 1), examples=(), evaluate_on=None):
+        greedy_soup(order, n, evaluate)
+
+    def expected(self, n: int, shard: tuple[int, int] = (0, 1)) -> int:
+        return n
+
+
+@SEARCHES.register("optuna")
+@dataclass
+class OptunaSearch(SearchBase):
+    name: str = "optuna"
+    budget: int = 32
+    seed: int = 0
+
+    shardable: ClassVar[bool] = False
+
+    def check(self) -> None:
+        _check_budget(self.budget)
+
+    def run(self, n, evaluate, order, shard=(0, 1), examples=(), evaluate_on=None):
+        optuna_search(n, self.budget, self.seed, evaluate)
+
+    def expected(self, n: int, shard: tuple[int, int] = (0, 1)) -> int:
+        return self.budget
+
+
+def run_search(search: SearchBase, n: int, evaluate: Evaluate, order: Sequence[int], shard: tuple[int, int] = (0, 1),
+               examples: Sequence[tuple[str, str]] = (), evaluate_on: EvaluateOn | None = None):
+    """`search` over n experts (SearchBase.run), refused up front where shards cannot split it."""
+    if shard[1] > 1 and not search.shardable:
         raise ConfigError(f"search {search.name} chooses each point from the scores before it: it cannot be split "
                           "into shards (use the grid or random search, or one job and one process)")
-    elif isinstance(search, GreedySearch):
-        greedy_soup(order, n, evaluate)
-    elif isinstance(search, OptunaSearch):
-        optuna_search(n, search.budget, search.seed, evaluate)
-    else:
-        raise ConfigError(f"search={search!r}: expected a GridSearch, UniformSearch, RandomSearch, GreedySearch or OptunaSearch")
-
-
-def expected_points(search: Search, n: int, shard: tuple[int, int] = (0, 1)) -> int | None:
-    """How many points the strategy evaluates, where known in advance (for the progress bar)."""
-    points = planned_points(search, n)
-    if points is not None:
-        return len(points[shard[0]::shard[1]])
-    if isinstance(search, OptunaSearch):
-        return search.budget
-    return n if isinstance(search, GreedySearch) else None
+    return search.run(n, evaluate, order, shard, examples, evaluate_on)

@@ -1,19 +1,23 @@
 """Step 2 of SoCE: choose the experts, and say why every other candidate was left out.
 
-Strategies: `soce` (the best candidate of each category in the weak set L), `all`, `topk`
-(best overall), `manual`. Experts come out ordered by overall score, best first.
+Strategies (the config group `selection`, one registered class each: its settings and its
+choice): `soce` (the best candidate of each category in the weak set L), `all`, `topk` (best
+overall), `manual`. Experts come out ordered by overall score, best first.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
+from omegaconf import MISSING
 
 from soce.analysis import Analysis
+from soce.choices import Population
 from soce.errors import ConfigError
+from soce.registry import Registry
 from soce.scores import ScoreTable, closest
 
 
@@ -168,3 +172,97 @@ def select_manual(table: ScoreTable, pool: Sequence[str], models: Sequence[str])
             raise ConfigError(f"models names {m!r}, which is not in the pool{closest(m, pool)}")
     experts = tuple(_expert(table, m, "named in selection.models") for m in _by_overall(table, list(models)))
     return Selection("manual", experts, {m: "not named in selection.models" for m in pool if m not in models})
+
+
+# --- the strategies, as the config group `selection` ---------------------------------------------
+SELECTIONS: Registry[type["SelectionBase"]] = Registry("selection")
+
+
+@dataclass
+class SelectionBase:
+    def choose(self, table: ScoreTable, pool: Sequence[str], analysis: Analysis) -> Selection:
+        """The experts among the `pool` models of `table`."""
+        raise NotImplementedError
+
+    def named(self) -> list[str] | None:
+        """The models the settings name (checked against the pool before anything runs)."""
+        return None
+
+    def weak_set(self, analysis: Analysis) -> tuple[list[str] | None, float | None]:
+        """The weak set and tau the choice rests on (None, None where it rests on neither)."""
+        return None, None
+
+    @property
+    def experts_label(self) -> str:
+        """What its experts are, in the results ("SoCE experts" only where SoCE chose them)."""
+        raise NotImplementedError
+
+    @property
+    def searched_label(self) -> str:
+        return f"searched soup, {self.experts_label}"
+
+
+@SELECTIONS.register("soce")
+@dataclass
+class SoceSelection(SelectionBase):
+    name: str = "soce"
+    tau: float = 0.2
+    population: Population = Population.all
+    keep_best_overall: bool = False
+    max_experts: Optional[int] = None
+
+    def choose(self, table, pool, analysis):
+        if len(analysis.models) < 3:
+            raise ConfigError(f"selection=soce chooses experts by the correlations between categories, which need at least 3 "
+                              f"models; the analysis has {len(analysis.models)} ({', '.join(analysis.models)}). Add candidates "
+                              f"to the pool, or choose selection=all or selection=manual")
+        return select_soce(table, pool, analysis, keep_best_overall=self.keep_best_overall, max_experts=self.max_experts)
+
+    def weak_set(self, analysis):
+        return list(analysis.weak_set), analysis.tau
+
+    experts_label = "SoCE experts"
+    searched_label = "SoCE"
+
+
+@SELECTIONS.register("all")
+@dataclass
+class AllSelection(SelectionBase):
+    name: str = "all"
+
+    def choose(self, table, pool, analysis):
+        return select_all(table, pool)
+
+    experts_label = "all candidates (selection=all)"
+
+
+@SELECTIONS.register("topk")
+@dataclass
+class TopKSelection(SelectionBase):
+    name: str = "topk"
+    k: int = 3
+
+    def choose(self, table, pool, analysis):
+        return select_topk(table, pool, self.k)
+
+    @property
+    def experts_label(self) -> str:
+        return f"top-{self.k} experts"
+
+
+@SELECTIONS.register("manual")
+@dataclass
+class ManualSelection(SelectionBase):
+    name: str = "manual"
+    models: List[str] = MISSING
+
+    def choose(self, table, pool, analysis):
+        from soce.pool import Candidate, resolve_pool
+
+        chosen = resolve_pool([Candidate(m) for m in self.models], pool, f"the pool ({', '.join(pool)})")
+        return select_manual(table, pool, [c.name for c in chosen])
+
+    def named(self):
+        return list(self.models)
+
+    experts_label = "chosen experts"

@@ -11,26 +11,16 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from soce.artifacts import digest
-from soce.config import HalvingSearch
-from soce.evaluate import Evaluator, scores_from_outcomes
-from soce.errors import ConfigError, DataError, EvaluationError
-from soce.evaluate.candidates import load_model, model_dir
-from soce.merge import InPlaceSoup
-from soce.pool import Candidate
+from soce.objective import aggregate
+from soce.evaluate import Evaluator
+from soce.errors import DataError, EvaluationError
+from soce.pool import Candidate, model_dir
 from soce.progress import Progress
 from soce.scores import Outcome
 from soce.store import SweepStore
 from soce.threads import compute_threads
 from soce.tracking import NoTracker, Tracker
 from soce.weights import key
-
-
-def aggregate(scores: dict[str, float], objective: str) -> float:
-    """The objective over all categories: their mean or their sum."""
-    values = list(scores.values())
-    if objective not in ("mean", "sum"):
-        raise ConfigError(f"objective={objective!r}: expected mean or sum")
-    return math.fsum(values) / len(values) if objective == "mean" else math.fsum(values)
 
 
 def solved_bits(outcomes: Sequence[Outcome]) -> str:
@@ -76,22 +66,21 @@ class Souper:
         self.tracker = tracker or NoTracker()
         self.best: dict | None = None
         self.bar: Progress | None = None  # set by whoever runs a long series of points
-        self.live = None  # (model, tokenizer, in-place soup): loaded for the first point not in the store
-        self.applied: tuple[float, ...] | None = None  # the weights the live model holds now
+        self.engine = None  # the experts' engine: loaded for the first point not in the store
+        self.applied: tuple[float, ...] | None = None  # the weights the engine holds now
         self._examples: dict[str, list[tuple[str, str]]] = {}  # split -> its (id, category) pairs
         self.stored_only = False  # True: a replay that evaluates nothing (NotStored where the store lacks a soup)
         self.examples_evaluated = self.examples_reused = 0  # search=halving's pieces: evaluated now, found in the store
 
     def _load(self):
-        if self.live is None:
-            import torch
+        """The engine holding the experts, loaded for the first soup the store lacks."""
+        if self.engine is None:
+            from soce.engine.hf import HfEngine
 
             where = self.placement
-            model, tokenizer = load_model(self.experts[0], where.device_map, where.dtype)
-            soup = InPlaceSoup(model, [model_dir(e) for e in self.experts], offload=where.offload, stream=where.stream,
-                               dtype=getattr(torch, where.dtype) if where.dtype else None)
-            self.live = model, tokenizer, soup
-        return self.live
+            self.engine = HfEngine.load(self.experts[0], where.device_map, where.dtype, [model_dir(e) for e in self.experts],
+                                        offload=where.offload, stream=where.stream)
+        return self.engine
 
     def evaluate(self, weights: Sequence[float], split: str = "dev") -> dict:
         """The record of the soup at `weights` on `split`: from the store, or evaluated now and stored."""
@@ -112,14 +101,14 @@ class Souper:
 
     def _evaluate(self, weights: Sequence[float], split: str, examples: Sequence[str] | None = None) -> dict:
         """The soup at `weights` evaluated on `split` (on `examples` only, where given), as a record."""
-        model, tokenizer, soup = self._load()
+        engine = self._load()
         started = time.perf_counter()
         if self.applied != tuple(weights):  # the same soup on another split is in place already
-            soup.apply(weights)
+            engine.apply(weights)
             self.applied = tuple(weights)
         merged = time.perf_counter()
-        with compute_threads(model.device):
-            result = self.evaluator.evaluate(model, tokenizer, split, source=list(zip(self.experts, weights)),
+        with compute_threads(engine.device):
+            result = self.evaluator.evaluate(engine, split, source=list(zip(self.experts, weights)),
                                              label=f"{self.kind}-" + "-".join(f"{w:.3f}" for w in weights),
                                              **({} if examples is None else {"examples": examples}))
         return self._record(weights, split, result.scores, result.outcomes, merged - started, time.perf_counter() - merged)
@@ -187,8 +176,7 @@ class Souper:
             return
         pieces = self._pieces(weights, split)
         outcomes = [Outcome("", i, c, known[i]) for i, c in examples]
-        scores = (self.evaluator.scores_of(split, outcomes) if hasattr(self.evaluator, "scores_of")
-                  else scores_from_outcomes(outcomes, self.evaluator.categories))
+        scores = self.evaluator.scores_of(split, outcomes)
         self._store(self._record(weights, split, scores, outcomes, math.fsum(r["merge_s"] for r in pieces),
                                  math.fsum(r["eval_s"] for r in pieces)))
 
@@ -272,7 +260,7 @@ def search_soups(souper: Souper, search, split: str, order: Sequence[int], shard
 
     souper.stored_only = stored_only
     try:
-        done = run_search(search, len(souper.names), evaluate, order, shard, souper.example_ids(split) if isinstance(search, HalvingSearch) else (),
+        done = run_search(search, len(souper.names), evaluate, order, shard, souper.example_ids(split) if search.per_example else (),
                           lambda p, ids: souper.outcomes_on(p, split, ids))
     except NotStored:
         done, complete = None, False
@@ -280,7 +268,7 @@ def search_soups(souper: Souper, search, split: str, order: Sequence[int], shard
         complete = True
     finally:
         souper.stored_only = False
-    if isinstance(search, HalvingSearch):  # its points are those that reached every example
+    if search.per_example:  # its points are those that reached every example
         survivors = done.alive[-1] if done is not None and done.alive else []
         full = [souper.store.get(souper.names, p, split) for p in survivors]
         records = [souper._with_objective(r) for r in full if r is not None]

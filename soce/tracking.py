@@ -7,11 +7,15 @@ goes quiet, while the stages keep writing their files to the run directory.
 from __future__ import annotations
 
 import functools
-import os
 import logging
+import os
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any, List, Optional, Protocol, Sequence
+
+from soce.choices import WandbMode
+from soce.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -181,3 +185,31 @@ class WandbTracker:
             shutil.copy2(self.log_path, Path(self.run.dir) / self.log_path.name)
         self.run.finish()
         self.run = None
+
+
+# --- the config group `tracker` ----------------------------------------------------------------
+TRACKERS: Registry[type] = Registry("tracker")
+
+
+@TRACKERS.register("wandb")
+@dataclass
+class WandbTrackerConfig:
+    name: str = "wandb"
+    project: str = "soce"
+    entity: Optional[str] = None
+    mode: WandbMode = WandbMode.offline  # offline: runs land in <run dir>/wandb, no account needed
+    group: Optional[str] = None  # default: the study name
+    tags: List[str] = field(default_factory=list)
+
+    def tracker(self, *, study: str, name: str | None, settings: dict, run_dir: Path, job_type: str) -> Tracker:
+        return WandbTracker(project=self.project, entity=self.entity, mode=self.mode.value, group=self.group or study,
+                            name=name, config=settings, dir=run_dir, tags=list(self.tags), job_type=job_type)
+
+
+@TRACKERS.register("none")
+@dataclass
+class NoTrackerConfig:
+    name: str = "none"
+
+    def tracker(self, **_) -> Tracker:
+        return NoTracker()

@@ -16,7 +16,7 @@ pytest.importorskip("bfcl_eval", reason="benchmark=bfcl needs the bfcl extra: pi
 from bfcl_oracle import language_of, render  # noqa: E402
 
 from soce.errors import ConfigError, EvaluationError  # noqa: E402
-from soce.evaluate import bfcl  # noqa: E402
+from soce import bfcl  # noqa: E402
 
 XLAM = "Salesforce/Llama-xLAM-2-8b-fc-r"
 AST_COLUMNS = [c for c in bfcl.CATEGORIES if "AST" in c]
@@ -38,10 +38,11 @@ class StubTokenizer:
         return text.split()
 
 
-class StubModel:
-    """What a handler reads from the model when nothing is generated."""
-    name_or_path = "stub"
-    config = type("Config", (), {"max_position_embeddings": 32768})()
+class StubEngine:
+    """What a handler reads from the engine when nothing is generated."""
+    tokenizer = StubTokenizer()
+    name = "stub"
+    context_length = 32768
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +52,7 @@ def ast_eval():
 
 @pytest.fixture(scope="module")
 def xlam(ast_eval):
-    return ast_eval.make_handler(XLAM, StubModel(), StubTokenizer(), None)
+    return ast_eval.make_handler(XLAM, StubEngine(), None)
 
 
 def _oracle(evaluator, handler, entries, answer=lambda e: e.answer):
@@ -98,7 +99,7 @@ def test_a_changed_argument_or_a_dropped_call_fails_exactly_those_entries(ast_ev
 
 def test_no_call_passes_irrelevance_and_fails_relevance():
     evaluator = bfcl.BfclEvaluator(["Relevance Detection", "Irrelevance Detection"], split="none")
-    handler = evaluator.make_handler(XLAM, StubModel(), StubTokenizer(), None)
+    handler = evaluator.make_handler(XLAM, StubEngine(), None)
     entries = evaluator.examples["dev"]
     for output, want in (("I cannot help with that: no tool fits.", {"Irrelevance Detection": 1.0, "Relevance Detection": 0.0}),
                          ("[]", {"Irrelevance Detection": 1.0, "Relevance Detection": 0.0})):
@@ -148,7 +149,7 @@ def test_ground_truth_through_the_handlers_multi_turn_loop_scores_right():
     columns = [c for c in bfcl.CATEGORIES if c.startswith("Multi Turn")]
     evaluator = bfcl.BfclEvaluator(columns, split="halves", limit=4)
     client = ScriptedClient()
-    handler = evaluator.make_handler(XLAM, StubModel(), StubTokenizer(), client)
+    handler = evaluator.make_handler(XLAM, StubEngine(), client)
     entries = evaluator.examples["dev"]
     bfcl._reset_multi_turn_state()
     records = []
@@ -195,7 +196,7 @@ def test_bfcl_eval_missing_says_how_to_install(tmp_path):
     blocker = tmp_path / "bfcl_eval"
     blocker.mkdir()
     (blocker / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'bfcl_eval'\", name='bfcl_eval')\n")
-    code = ("from soce.evaluate import bfcl\n"
+    code = ("from soce import bfcl\n"
             "try:\n    bfcl.import_bfcl()\nexcept Exception as e:\n    print(type(e).__name__, e)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
                          env={**__import__("os").environ, "PYTHONPATH": str(tmp_path)})
@@ -206,7 +207,7 @@ def test_bfcl_eval_missing_says_how_to_install(tmp_path):
 # --- the real generation path on a tiny Llama ---------------------------------------------------
 @pytest.fixture(scope="module")
 def standins(tmp_path_factory):
-    from soce.zoo.standin import build_standin, build_tokenizer
+    from soce.bfcl.standin import build_standin, build_tokenizer
 
     root = tmp_path_factory.mktemp("standins")
     tokenizer = build_tokenizer()
@@ -217,14 +218,16 @@ def standins(tmp_path_factory):
 def _load(path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    return AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+    from soce.engine.hf import HfEngine
+
+    return HfEngine(AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path))
 
 
 def test_generation_runs_end_to_end_on_a_tiny_llama(standins, tmp_path):
-    model, tokenizer = _load(standins["chat"])
+    engine = _load(standins["chat"])
     evaluator = bfcl.BfclEvaluator(list(bfcl.CATEGORIES), handler=XLAM, limit=1, max_new_tokens=8, batch_size=4,
                                    result_dir=tmp_path / "bfcl")
-    result = evaluator.evaluate(model, tokenizer, "dev", label="chat")
+    result = evaluator.evaluate(engine, "dev", label="chat")
     files = [f for c in bfcl.CATEGORIES.values() for f in c]
     assert len(result.outcomes) == len(files)  # one entry of each test file
     assert set(result.scores) == set(bfcl.CATEGORIES)
@@ -235,17 +238,16 @@ def test_generation_runs_end_to_end_on_a_tiny_llama(standins, tmp_path):
     written = sorted(p.name for p in (tmp_path / "bfcl" / "chat-dev").rglob("*_result.json"))
     assert written == sorted(f"BFCL_v4_{f}_result.json" for f in files)
     # the same weights give the same generations
-    again = evaluator.evaluate(model, tokenizer, "dev", label="chat")
+    again = evaluator.evaluate(engine, "dev", label="chat")
     assert [o.output for o in again.outcomes] == [o.output for o in result.outcomes]
 
 
 def test_a_handler_that_applies_the_chat_template_refuses_a_tokenizer_without_one(standins):
-    model, tokenizer = _load(standins["plain"])
+    engine = _load(standins["plain"])
     evaluator = bfcl.BfclEvaluator(["Live Simple AST"], handler="tiiuae/Falcon3-1B-Instruct-FC", limit=1, max_new_tokens=4)
     with pytest.raises(EvaluationError, match=r"plain: its tokenizer has no chat template.*tiiuae/Falcon3-1B-Instruct-FC"):
-        evaluator.evaluate(model, tokenizer, "dev")
-    model, tokenizer = _load(standins["chat"])
-    assert evaluator.evaluate(model, tokenizer, "dev").scores == {"Live Simple AST": 0.0}
+        evaluator.evaluate(engine, "dev")
+    assert evaluator.evaluate(_load(standins["chat"]), "dev").scores == {"Live Simple AST": 0.0}
 
 
 def test_bfcl_evaluate_scores_soces_result_files_as_soce_does(tmp_path, ast_eval, xlam):
@@ -291,7 +293,7 @@ def test_the_paper_8b_experiment_runs_through_selection_and_a_first_point(soce, 
     uniform soup) is evaluated on BFCL."""
     from conftest import BFCL_FIXTURE
 
-    from soce.zoo.standin import build_standin, build_tokenizer
+    from soce.bfcl.standin import build_standin, build_tokenizer
 
     pool = [("xLAM-2-8b-fc-r", "Salesforce/Llama-xLAM-2-8b-fc-r", None), ("ToolACE-2-8B", "Team-ACE/ToolACE-2-8B", None),
             ("watt-tool-8B", "watt-ai/watt-tool-8B", "meta-llama/Llama-3.1-8B-Instruct"),
@@ -320,12 +322,12 @@ def test_the_paper_8b_experiment_runs_through_selection_and_a_first_point(soce, 
 def test_a_point_evaluated_rung_by_rung_keeps_every_generation_in_its_folder(standins, tmp_path):
     """search=halving evaluates a point on pieces of the split: its result folder ends with every
     piece's generations, not the last piece's alone."""
-    model, tokenizer = _load(standins["chat"])
+    engine = _load(standins["chat"])
     evaluator = bfcl.BfclEvaluator(["Live Simple AST", "Irrelevance Detection"], handler=XLAM, limit=3, max_new_tokens=4,
                                    batch_size=4, result_dir=tmp_path / "bfcl")
     ids = [i for i, _ in evaluator.example_ids("dev")]
     for piece in (ids[:2], ids[2:]):
-        evaluator.evaluate(model, tokenizer, "dev", label="sweep-0.500-0.500", examples=piece)
+        evaluator.evaluate(engine, "dev", label="sweep-0.500-0.500", examples=piece)
     written = [json.loads(line)["id"] for f in (tmp_path / "bfcl" / "sweep-0.500-0.500-dev").rglob("*_result.json")
                for line in f.read_text().splitlines()]
     assert sorted(written) == sorted(ids) and len(ids) == 9

@@ -8,6 +8,7 @@ from omegaconf import MISSING, OmegaConf
 
 from conftest import compose_cfg
 from soce import config
+from soce.choices import Choice
 from soce.cli import CONF_DIR
 from soce.errors import ConfigError, SoceError
 
@@ -115,7 +116,7 @@ def test_yaml_options_do_not_repeat_their_schemas_defaults(group, option):
     defaults = _schema_defaults(schema)
     for key, value in yaml.items():
         default = defaults.get(key, MISSING)
-        default = default.value if isinstance(default, config.Choice) else default
+        default = default.value if isinstance(default, Choice) else default
         assert value != default, f"{group}/{option}.yaml sets {key}: {value!r}, the default of {schema.__name__}"
 
 

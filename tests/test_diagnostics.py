@@ -8,7 +8,8 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
 from soce.merge import InPlaceSoup
-from soce.report.diagnostics import Connectivity, connectivity, prediction, task_vectors
+from soce.merge.vectors import task_vectors
+from soce.report.diagnostics import Connectivity, connectivity, prediction
 from tiny_models import build_tiny_llama
 
 

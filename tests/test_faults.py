@@ -21,8 +21,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
-from soce.errors import CheckpointError, SoceError
-from soce.evaluate.candidates import load_model
+from soce.errors import CheckpointError
+from soce.engine.hf import load_model
 from soce.merge import InPlaceSoup, merge_to_disk, open_checkpoint
 from soce.merge import disk
 from soce.merge.checkpoint import read_header

@@ -125,19 +125,19 @@ def test_a_halving_sweep_killed_mid_rung_resumes_where_it_stopped(zoo_cache, tmp
 
 
 def test_lm_eval_evaluates_a_subset_as_the_whole_split_does(zoo_cache):
-    from soce.evaluate.candidates import load_model
-    from soce.evaluate.lm_eval_backend import toy_fc_backend
+    from soce.engine.hf import HfEngine, load_model
+    from soce.toy_fc.harness import toy_fc_backend
     from soce.pool import Candidate
     from soce.zoo.family import build_family
 
     family = build_family("micro", zoo_cache / "zoo")
-    model, tokenizer = load_model(Candidate("json", path=str(family.candidates["micro-json"])))
+    engine = HfEngine(*load_model(Candidate("json", path=str(family.candidates["micro-json"]))))
     backend = toy_fc_backend(seed=0, per_category=5, batch_size=16)
     examples = backend.example_ids("dev")
     assert len(examples) == 30 and {c for _, c in examples} == set(backend.categories)
-    whole = {o.example_id: o.correct for o in backend.evaluate(model, tokenizer, "dev").outcomes}
+    whole = {o.example_id: o.correct for o in backend.evaluate(engine, "dev").outcomes}
     subset = [i for i, _ in examples[::4]]
-    part = backend.evaluate(model, tokenizer, "dev", examples=subset)
+    part = backend.evaluate(engine, "dev", examples=subset)
     assert {o.example_id: o.correct for o in part.outcomes} == {i: whole[i] for i in subset}
 
 

@@ -9,11 +9,13 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from conftest import compose_cfg
-from soce import pipeline
-from soce.errors import CheckpointError, ConfigError, SoceError
-from soce.evaluate.candidates import load_model
+from soce.placement.plan import memory_plan
+from soce.stages.study import Study
+from soce.errors import CheckpointError, ConfigError
+from soce.engine.hf import load_model
 from soce.merge import InPlaceSoup, merge_to_disk, open_checkpoint
-from soce.merge.plan import GPU_OVERHEAD, Device, model_shape, parse_devices, plan_memory
+from soce.placement.devices import GPU_OVERHEAD, Device, parse_devices
+from soce.placement.memory import model_shape, plan_memory
 from soce.pool import Candidate
 from soce.tracking import NoTracker
 from tiny_models import build_tiny_llama
@@ -127,7 +129,7 @@ def test_bad_device_specs_are_refused(study, devices, message):
 
 def micro_run(zoo_cache, tmp_path, *overrides):
     cfg = compose_cfg(["pool=toy_zoo_micro", f"pool.cache_dir={zoo_cache}", "tracker=none", *overrides])
-    return pipeline.Run(cfg, tmp_path / "run", NoTracker())
+    return Study(cfg, tmp_path / "run", NoTracker())
 
 
 def test_a_sweep_asking_for_gpus_this_machine_lacks_is_refused(zoo_cache, tmp_path):
@@ -135,7 +137,7 @@ def test_a_sweep_asking_for_gpus_this_machine_lacks_is_refused(zoo_cache, tmp_pa
         pytest.skip("this machine has GPUs")
     run = micro_run(zoo_cache, tmp_path, "sweep.devices=2x80GB")
     with pytest.raises(ConfigError, match=r"sweep.devices=2x80GB names 2 GPUs; this machine has 0"):
-        pipeline.memory_plan(run.cfg, pipeline.pool_refs(run.cfg)[:3])
+        memory_plan(run.cfg.sweep, run.pool_refs()[:3])
 
 
 def test_a_pool_that_does_not_fit_is_refused_before_anything_loads(study, zoo_cache):
@@ -155,15 +157,15 @@ def test_a_pool_that_does_not_fit_is_refused_before_anything_loads(study, zoo_ca
 
 def test_experts_of_different_dtypes_are_refused_unless_sweep_dtype_names_one(zoo_cache, tmp_path):
     run = micro_run(zoo_cache, tmp_path)
-    a, b, c = pipeline.pool_refs(run.cfg)[:3]
+    a, b, c = run.pool_refs()[:3]
     half = tmp_path / "half"
     model, tokenizer = load_model(b, dtype="bfloat16")
     model.save_pretrained(half)
     tokenizer.save_pretrained(half)
     mixed = [a, Candidate(b.name, path=str(half)), c]
     with pytest.raises(ConfigError, match=r"dtypes differ: tensor .* is BF16 in .*half.*set sweep.dtype"):
-        pipeline.memory_plan(run.cfg, mixed)
-    plan = pipeline.memory_plan(micro_run(zoo_cache, tmp_path, "sweep.dtype=float32").cfg, mixed)
+        memory_plan(run.cfg.sweep, mixed)
+    plan = memory_plan(micro_run(zoo_cache, tmp_path, "sweep.dtype=float32").cfg.sweep, mixed)
     assert plan.fits and plan.shape.dtype == torch.float32
 
 

@@ -3,6 +3,7 @@
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -127,10 +128,10 @@ def test_the_paper_experiments_compose_select_and_stop_at_the_first_missing_mode
 
 
 def test_mgsm_has_one_category_per_language_and_lm_eval_knows_its_tasks():
-    from soce.pipeline import make_evaluator
+    from soce.stages.study import Study
+    from soce.tracking import NoTracker
 
-    cfg = compose_cfg(["benchmark=mgsm"])
-    evaluator = make_evaluator(cfg)  # lm-eval's TaskManager checks every task name
+    evaluator = Study(compose_cfg(["benchmark=mgsm"]), Path("."), NoTracker()).evaluator  # lm-eval's TaskManager checks every task name
     assert evaluator.categories == ("bn", "de", "en", "es", "fr", "ja", "ru", "sw", "te", "th", "zh")
     assert evaluator.tasks["dev"]["sw"] == "mgsm_direct_sw" and evaluator.splits == ("dev",)
 

@@ -13,8 +13,9 @@ from safetensors.torch import load_file, save_file
 
 from soce.errors import DataError
 from soce.evaluate.candidates import evaluate_candidates
-from soce.evaluate.direct import ToyFcDirect
-from soce.evaluate.lm_eval_backend import TOY_FC_TASKS, LmEvalBackend
+from soce.toy_fc.direct import ToyFcDirect
+from soce.evaluate.lm_eval_backend import LmEvalBackend
+from soce.toy_fc.harness import TOY_FC_TASKS
 from soce.pool import Candidate
 from soce.zoo.family import build_family
 

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from soce.config import OptunaSearch
+from soce.search import OptunaSearch
 from soce.errors import SoceError
 from soce.search import greedy_soup, grid_points, run_search
 from soce.store import SweepStore
@@ -191,7 +191,7 @@ def _row(role, name, test, models=("a", "b")):
     (0.60, "beats none of the baselines: -0.1500"),
 ])
 def test_the_results_are_said_in_a_sentence(searched, verdict):
-    from soce.pipeline import results_summary
+    from soce.stages.present import results_summary
 
     rows = [_row("base", "base model", 0.1, ["base"]), _row("single", "best single candidate", 0.75, ["m1"]),
             _row("uniform_all", "uniform soup, all candidates", 0.6), _row("uniform_experts", "uniform soup, SoCE experts", 0.7),
@@ -201,7 +201,7 @@ def test_the_results_are_said_in_a_sentence(searched, verdict):
 
 
 def test_a_one_expert_result_says_its_soups_are_the_model_itself():
-    from soce.pipeline import results_summary
+    from soce.stages.present import results_summary
 
     rows = [_row("single", "best single candidate", 0.75, ["m1"]), _row("uniform_all", "uniform soup, all candidates", 0.6),
             _row("uniform_experts", "uniform soup, SoCE experts", 0.75, ["m1"]), _row("searched", "SoCE (grid search)", 0.75, ["m1"])]
@@ -217,11 +217,12 @@ def test_a_one_expert_result_says_its_soups_are_the_model_itself():
     (["selection=manual", "selection.models=[a]"], "chosen experts", "searched soup, chosen experts"),
 ])
 def test_the_baseline_rows_are_named_by_the_selection_that_chose_the_experts(selection, experts, searched):
-    from conftest import compose_cfg
-    from soce.pipeline import experts_label, searched_label
+    from omegaconf import OmegaConf
 
-    cfg = compose_cfg(selection)
-    assert (experts_label(cfg), searched_label(cfg)) == (experts, searched)
+    from conftest import compose_cfg
+
+    chosen = OmegaConf.to_object(compose_cfg(selection).selection)
+    assert (chosen.experts_label, chosen.searched_label) == (experts, searched)
 
 
 def test_progress_lines_without_a_terminal(caplog, monkeypatch):

@@ -8,12 +8,11 @@ import threading
 from pathlib import Path
 
 import pytest
-import torch
 from safetensors.torch import load_file, save_file
 
 from conftest import compose_cfg, sweep_record, write_csv
 from soce import config
-from soce.errors import CheckpointError, ConfigError, DataError, SoceError
+from soce.errors import CheckpointError, ConfigError, DataError
 from soce.merge import disk, merge_to_disk
 from soce.store import SweepStore
 from soce.weights import simplex_grid, uniform
@@ -194,7 +193,7 @@ def test_the_pools_own_mistakes_are_found_before_any_evaluation(tmp_path):
 
 
 def test_a_checkpoint_with_a_nan_weight_is_refused_by_name(tmp_path):
-    from soce.evaluate.candidates import load_model
+    from soce.engine.hf import load_model
     from soce.pool import Candidate
 
     path = build_tiny_llama(tmp_path / "nan", seed=0)
@@ -221,7 +220,7 @@ def test_a_bfcl_table_with_scores_outside_0_to_100_is_refused(tmp_path):
 
 # --- 7. the memory plan believes the weights, not a config that disagrees ---------------------------
 def test_a_config_that_does_not_belong_to_its_weights_is_refused(tmp_path):
-    from soce.merge.plan import model_shape
+    from soce.placement.memory import model_shape
 
     path = build_tiny_llama(tmp_path / "m", seed=0)
     cfg = json.loads((path / "config.json").read_text())
@@ -237,7 +236,7 @@ def test_a_config_that_does_not_belong_to_its_weights_is_refused(tmp_path):
 
 
 def test_a_device_list_of_millions_is_refused_at_once():
-    from soce.merge.plan import parse_devices
+    from soce.placement.devices import parse_devices
 
     with pytest.raises(ConfigError, match=r"names 10000000 GPUs: a sweep process places its model on the GPUs of one node, at most 64"):
         parse_devices("10000000x80GB")
@@ -254,7 +253,8 @@ def test_the_merge_stage_names_its_own_keys(study, experts, tmp_path):
 
 
 def test_one_expert_is_one_expert_in_the_plan(experts):
-    from soce.merge.plan import Device, model_shape, plan_memory
+    from soce.placement.devices import Device
+    from soce.placement.memory import model_shape, plan_memory
 
     plan = plan_memory(model_shape(experts[0]), 1, [Device("cpu", 10**9)])
     assert ", 1 expert beside it;" in plan.text()
@@ -264,7 +264,7 @@ def test_an_unwritable_store_or_eval_cache(tmp_path, soce, zoo_cache, caplog):
     from test_faults import mounted_tmpfs
 
     from soce.evaluate.candidates import evaluate_candidates
-    from soce.evaluate.direct import ToyFcDirect
+    from soce.toy_fc.direct import ToyFcDirect
     from soce.pool import Candidate
     from soce.zoo.family import build_family
 

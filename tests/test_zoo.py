@@ -10,9 +10,11 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from soce.errors import SoceError
-from soce.evaluate.direct import ToyFcDirect
-from soce.evaluate.lm_eval_backend import TOY_FC_TASKS, LmEvalBackend, toy_fc_backend
-from soce.zoo import fc
+from soce.engine.hf import HfEngine
+from soce.toy_fc.direct import ToyFcDirect
+from soce.evaluate.lm_eval_backend import LmEvalBackend
+from soce.toy_fc.harness import TOY_FC_TASKS, toy_fc_backend
+from soce.toy_fc import fc
 from soce.zoo.family import FAMILIES, UNIFORM, build_family, default_cache_dir, mixed, specialised
 from soce.zoo.realism import CandidateRealism, Realism, measure
 
@@ -183,7 +185,7 @@ def test_realism_measured_on_the_micro_family(zoo_cache):
         return AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
 
     base, tokenizer = load(family.base)
-    base_scores = evaluator.evaluate(base, tokenizer, "dev").scores
+    base_scores = evaluator.evaluate(HfEngine(base, tokenizer), "dev").scores
     assert realism.base_scores == base_scores
     theta = {n: p.detach().double() for n, p in base.named_parameters()}
     base_norm = torch.sqrt(sum(p.square().sum() for p in theta.values()))
@@ -191,7 +193,7 @@ def test_realism_measured_on_the_micro_family(zoo_cache):
         model, _ = load(family.candidates[spec.name])
         delta = torch.sqrt(sum((p.detach().double() - theta[n]).square().sum() for n, p in model.named_parameters()))
         assert measured.relative_delta == pytest.approx(float(delta / base_norm), rel=1e-9)
-        assert measured.scores == evaluator.evaluate(model, tokenizer, "dev").scores
+        assert measured.scores == evaluator.evaluate(HfEngine(model, tokenizer), "dev").scores
         assert measured.specialised == specialised(spec.mixture)
         assert measured.kept == {c: measured.scores[c] / base_scores[c] if base_scores[c] else 1.0
                                  for c in fc.CATEGORIES if c not in measured.specialised}
@@ -215,13 +217,12 @@ def test_the_default_family_is_realistic_and_the_specialists_are_not():
 @pytest.fixture(scope="module")
 def micro_json(zoo_cache):
     path = build_family("micro", zoo_cache / "zoo", progress=False).candidates["micro-json"]
-    return AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+    return HfEngine(AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path))
 
 
 def test_lm_eval_backend_agrees_with_direct_computation(micro_json):
-    model, tokenizer = micro_json
-    direct = ToyFcDirect(seed=0, per_category=100, batch_size=64).evaluate(model, tokenizer, "dev")
-    harness = toy_fc_backend(seed=0, per_category=100, batch_size=64).evaluate(model, tokenizer, "dev")
+    direct = ToyFcDirect(seed=0, per_category=100, batch_size=64).evaluate(micro_json, "dev")
+    harness = toy_fc_backend(seed=0, per_category=100, batch_size=64).evaluate(micro_json, "dev")
     assert harness.scores == pytest.approx(direct.scores, abs=1e-12)
     assert {o.example_id: (o.correct, o.output) for o in harness.outcomes} == {o.example_id: (o.correct, o.output) for o in direct.outcomes}
     assert len(direct.outcomes) == 600 and 0 < sum(o.correct for o in direct.outcomes) < 600
@@ -235,19 +236,19 @@ def test_lm_eval_prints_nothing_outside_a_git_checkout(micro_json, tmp_path, mon
     """lm-eval asks git for its hash at every evaluation; outside a checkout git printed 'fatal:
     not a git repository' each time (85 lines a sweep). Captured at the file descriptors."""
     monkeypatch.chdir(tmp_path)
-    toy_fc_backend(seed=0, per_category=5, batch_size=64).evaluate(*micro_json, "dev")
+    toy_fc_backend(seed=0, per_category=5, batch_size=64).evaluate(micro_json, "dev")
     assert "not a git repository" not in capfd.readouterr().err
 
 
 def test_the_harness_sees_weights_changed_in_place(micro_json):
     """One HFLM wrapper across soups: no cached answers from the weights before."""
-    model, tokenizer = micro_json
+    model = micro_json.model
     backend = toy_fc_backend(seed=0, per_category=20, batch_size=64)
-    before = backend.evaluate(model, tokenizer, "dev")
+    before = backend.evaluate(micro_json, "dev")
     saved = {k: v.clone() for k, v in model.state_dict().items()}
     with torch.no_grad():
         model.model.embed_tokens.weight.mul_(0.0)
-    after = backend.evaluate(model, tokenizer, "dev")
+    after = backend.evaluate(micro_json, "dev")
     model.load_state_dict(saved)
     assert after.scores != before.scores
 
@@ -257,7 +258,7 @@ def test_a_foreign_tokenizer_is_refused(tmp_path):
 
     path = build_tiny_llama(tmp_path / "foreign", seed=0)
     with pytest.raises(SoceError, match="tokenizer does not match toy_fc's vocabulary"):
-        ToyFcDirect(seed=0, per_category=5, batch_size=64).evaluate(AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path), "dev")
+        ToyFcDirect(seed=0, per_category=5, batch_size=64).evaluate(HfEngine(AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)), "dev")
 
 
 def test_an_unknown_lm_eval_task_is_named_with_where_it_was_looked_for():
@@ -281,7 +282,7 @@ def test_an_lm_eval_group_stands_for_its_tasks_each_a_category(micro_json):
     assert grouped.categories == tuple(f"toy_fc_dev_{c}" for c in fc.CATEGORIES)
     assert list(grouped.tasks["test"].values()) == [f"toy_fc_test_{c}" for c in fc.CATEGORIES]
     one_by_one = _toy_backend({"dev": {c: f"toy_fc_dev_{c}" for c in fc.CATEGORIES}})
-    ours, theirs = grouped.evaluate(*micro_json, "dev"), one_by_one.evaluate(*micro_json, "dev")
+    ours, theirs = grouped.evaluate(micro_json, "dev"), one_by_one.evaluate(micro_json, "dev")
     assert list(ours.scores.values()) == list(theirs.scores.values())
     with pytest.raises(SoceError, match="benchmark.test_tasks has 1 tasks, the categories are 6"):
         _toy_backend({"dev": ["toy_fc_dev"], "test": ["toy_fc_test_simple"]})
@@ -294,7 +295,7 @@ def test_lm_eval_options_reach_the_harness_and_the_fingerprint(micro_json):
     limited = _toy_backend({"dev": ["toy_fc_dev_simple", "toy_fc_dev_json"]}, limit=2, num_fewshot=0,
                            gen_kwargs={"max_gen_toks": 8})
     assert len(limited.example_ids("dev")) == 4 and len(plain.example_ids("dev")) == 10
-    result = limited.evaluate(*micro_json, "dev")
+    result = limited.evaluate(micro_json, "dev")
     assert len(result.outcomes) == 4 and all(len(o.output.split()) <= 8 for o in result.outcomes)
     assert {k: limited.fingerprint[k] for k in ("limit", "num_fewshot", "gen_kwargs")} == {
         "limit": 2, "num_fewshot": 0, "gen_kwargs": {"max_gen_toks": 8}}
@@ -305,12 +306,15 @@ def test_lm_eval_options_reach_the_harness_and_the_fingerprint(micro_json):
 
 def test_the_evaluator_is_built_once_per_setting(tmp_path):
     from conftest import compose_cfg
-    from soce.pipeline import make_evaluator
+    from soce.stages.study import Study
+    from soce.tracking import NoTracker
 
-    cfg = compose_cfg(["benchmark.per_category=5"])
-    first = make_evaluator(cfg, tmp_path)
-    assert make_evaluator(cfg, tmp_path) is first  # lm-eval's task index is built once, not at every stage
-    assert make_evaluator(compose_cfg(["benchmark.per_category=6"]), tmp_path) is not first
+    def evaluator(*overrides):
+        return Study(compose_cfg(list(overrides)), tmp_path, NoTracker()).evaluator
+
+    first = evaluator("benchmark.per_category=5")
+    assert evaluator("benchmark.per_category=5") is first  # lm-eval's task index is built once, not at every stage
+    assert evaluator("benchmark.per_category=6") is not first
 
 
 # --- the pipeline on the micro family -------------------------------------------------------------

@@ -15,79 +15,14 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from soce.artifacts import digest, model_fingerprint
-from soce.errors import CheckpointError
+from soce.artifacts import digest
+from soce.engine.hf import HfEngine
 from soce.evaluate import EvalResult, Evaluator
-from soce.pool import Candidate
+from soce.pool import Candidate, fingerprint
 from soce.scores import Outcome, ScoreTable
 from soce.threads import compute_threads
 
 log = logging.getLogger(__name__)
-
-
-def fingerprint(candidate: Candidate) -> str:
-    """What the candidate's scores depend on: the files of its model directory (for a Hub id,
-    the snapshot fetched: its revision's files), never its name alone."""
-    return model_fingerprint(Path(model_dir(candidate)))
-
-
-def model_dir(candidate: Candidate) -> str:
-    """The candidate's local model directory: its path, or its Hub id fetched into the Hugging
-    Face cache (weights, config and tokenizer files only)."""
-    if candidate.path:
-        if not Path(candidate.path).is_dir():
-            raise CheckpointError(f"pool model {candidate.name!r}: {candidate.path} is not a model directory")
-        return candidate.path
-    if not candidate.hub_id:
-        raise CheckpointError(f"pool model {candidate.name!r} has neither a path nor a hub_id: set one in the pool config")
-    from huggingface_hub import snapshot_download
-
-    log.info("  pool model %r: %s from the Hugging Face Hub (or its cache)", candidate.name, candidate.hub_id)
-    try:
-        return snapshot_download(candidate.hub_id, allow_patterns=["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt"])
-    except Exception as err:  # offline, gated, missing: every cause ends here, with the model named
-        raise CheckpointError(f"pool model {candidate.name!r}: cannot fetch {candidate.hub_id} from the Hugging Face Hub "
-                        f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
-                        "download it where there is a network and set its path in the pool config") from None
-
-
-def load_model(candidate: Candidate, device_map: dict[str, str] | None = None, dtype: str | None = None):
-    """The candidate's model and tokenizer. Its weights are checked first as the merge reads them
-    (safetensors only, inside its directory, headers valid): soce and transformers then load the
-    same files, and a pickle is never unpickled. `device_map`: where each module goes (a memory
-    plan's; default: the CPU); `dtype`: the model's (default: the checkpoint's)."""
-    import pickle
-
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
-    from soce.merge import open_checkpoint
-
-    hf_logging.disable_progress_bar()  # a bar per model loaded: soce prints what it loads
-    where = model_dir(candidate)
-    try:
-        open_checkpoint(where)
-    except CheckpointError as err:
-        raise CheckpointError(f"pool model {candidate.name!r}: {err}") from None
-    try:
-        model = AutoModelForCausalLM.from_pretrained(where, device_map=device_map, **({"dtype": dtype} if dtype else {}))
-        tokenizer = AutoTokenizer.from_pretrained(where)
-    except (OSError, ValueError, pickle.UnpicklingError) as err:
-        raise CheckpointError(f"pool model {candidate.name!r}: cannot load {where} ({type(err).__name__}: {err})") from None
-    check_finite(model, f"pool model {candidate.name!r} ({where})")
-    return model, tokenizer
-
-
-def check_finite(model, where: str) -> None:
-    """Refuse a model with NaN or Inf weights: its outputs are garbage, its scores 0 everywhere,
-    and they would enter the correlations and the selection as if it were a real model."""
-    import torch
-
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.is_floating_point() and p.device.type != "meta" and not torch.isfinite(p).all():
-                raise CheckpointError(f"{where}: tensor {name!r} holds NaN or Inf values: fix the checkpoint, or leave the "
-                                      "model out of the pool")
 
 
 def _read_cached(path: Path, name: str) -> EvalResult | None:
@@ -121,7 +56,7 @@ def evaluate_candidates(
     for c in candidates:
         files = fingerprints[c.name]
         # an evaluator that prompts each model its own way (BFCL's handlers): the way is part of the question
-        handler = evaluator.handler_for([(c, 1.0)]) if hasattr(evaluator, "handler_for") else None
+        handler = evaluator.prompt_key([(c, 1.0)])
         loaded = None
         for split in splits:
             key = digest([files, question, split] + ([handler] if handler else []))[:20]
@@ -131,12 +66,12 @@ def evaluate_candidates(
                 results[split][c.name] = hit
                 continue
             if loaded is None:
-                loaded = load_model(c, device_map(c) if device_map else None)
+                loaded = HfEngine.load(c, device_map(c) if device_map else None)
                 if check is not None:
-                    check(loaded[1], c.path or c.name)
+                    check(loaded.tokenizer, c.path or c.name)
             started = time.perf_counter()
-            with compute_threads(loaded[0].device):
-                result = evaluator.evaluate(*loaded, split, source=[(c, 1.0)], label=c.name)
+            with compute_threads(loaded.device):
+                result = evaluator.evaluate(loaded, split, source=[(c, 1.0)], label=c.name)
             log.info("  evaluated %s on %s in %.1f s", c.name, split, time.perf_counter() - started)
             outcomes = tuple(Outcome(c.name, o.example_id, o.category, o.correct, o.output) for o in result.outcomes)
             results[split][c.name] = EvalResult(result.scores, outcomes)

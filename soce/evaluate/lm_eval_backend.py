@@ -16,10 +16,9 @@ from typing import Sequence
 
 from soce.artifacts import data_digest, files_digest
 from soce.errors import EvaluationError
-from soce.evaluate import EvalResult
+from soce.evaluate import EvalResult, Evaluator
 from soce.scores import Outcome, closest
 
-TOY_FC_TASKS = Path(__file__).parent / "tasks" / "toy_fc"
 log = logging.getLogger("soce")
 
 
@@ -27,7 +26,7 @@ log = logging.getLogger("soce")
 TASK_KEYS = {"dev": "benchmark.dev_tasks", "test": "benchmark.test_tasks"}
 
 
-class LmEvalBackend:
+class LmEvalBackend(Evaluator):
     """tasks: split -> its tasks, as a list (a group or tag is replaced by its tasks, each a
     category: named by `categories`, else after the dev split's tasks) or as {category: task}.
 
@@ -66,8 +65,6 @@ class LmEvalBackend:
         self.limit, self.num_fewshot = limit, num_fewshot
         self.apply_chat_template, self.fewshot_as_multiturn = apply_chat_template, fewshot_as_multiturn
         self.gen_kwargs, self.model_args = dict(gen_kwargs or {}), dict(model_args or {})
-        self._lm = None
-        self._wrapped = None
         self._index: dict[str, dict[str, tuple[str, str, int]]] = {}
         configs = {task: self._configs(task) for mapping in self.tasks.values() for task in mapping.values()}
         self._check_metric(configs)
@@ -155,27 +152,6 @@ class LmEvalBackend:
                                           f"(benchmark.metric); it reports: {', '.join(map(str, listed))}. "
                                           f"Set benchmark.metric={listed[0]}")
 
-    def _harness_model(self, model, tokenizer):
-        from lm_eval.models.huggingface import HFLM
-
-        class QuietHFLM(HFLM):
-            """HFLM without its per-request progress bars: soce's sweep has its own."""
-
-            def generate_until(self, requests, disable_tqdm: bool = False):
-                return super().generate_until(requests, disable_tqdm=True)
-
-            def loglikelihood(self, requests, disable_tqdm: bool = False):
-                return super().loglikelihood(requests, disable_tqdm=True)
-
-        if self._wrapped is not model:  # wrap once; the weights may change in place between calls
-            try:
-                self._lm = QuietHFLM(pretrained=model, tokenizer=tokenizer, batch_size=self.batch_size,
-                                     max_length=self.max_length, **self.model_args)
-            except TypeError as err:
-                raise EvaluationError(f"benchmark.model_args={self.model_args}: lm-eval's HFLM does not take them ({err})") from None
-            self._wrapped = model
-        return self._lm
-
     def _docs(self, split: str) -> dict[str, tuple[str, str, int]]:
         """The split's examples: id -> (category, task, document index), as `evaluate` names them."""
         if split not in self._index:
@@ -196,7 +172,7 @@ class LmEvalBackend:
     def example_ids(self, split: str) -> list[tuple[str, str]]:
         return [(i, category) for i, (category, _, _) in self._docs(split).items()]
 
-    def evaluate(self, model, tokenizer, split: str, source=None, label: str | None = None, examples=None) -> EvalResult:
+    def evaluate(self, engine, split: str, source=None, label: str | None = None, examples=None) -> EvalResult:
         from lm_eval import simple_evaluate
 
         if split not in self.tasks:
@@ -211,7 +187,11 @@ class LmEvalBackend:
             samples = {t: samples[t] for t in mapping.values()}
         options = {k: v for k, v in (("num_fewshot", self.num_fewshot), ("gen_kwargs", self.gen_kwargs or None)) if v is not None}
         with _one_process():
-            out = simple_evaluate(model=self._harness_model(model, tokenizer), tasks=list(mapping.values()), samples=samples,
+            try:
+                harness = engine.harness_model(batch_size=self.batch_size, max_length=self.max_length, model_args=self.model_args)
+            except TypeError as err:
+                raise EvaluationError(f"benchmark.model_args={self.model_args}: lm-eval's model does not take them ({err})") from None
+            out = simple_evaluate(model=harness, tasks=list(mapping.values()), samples=samples,
                                   task_manager=self.task_manager, log_samples=True, bootstrap_iters=0, verbosity="ERROR",
                                   apply_chat_template=self.apply_chat_template, fewshot_as_multiturn=self.fewshot_as_multiturn,
                                   **options)
@@ -282,13 +262,3 @@ def _local_data_files(cfg: dict) -> list[Path]:
                 path = Path(item)
                 out += [f for f in path.rglob("*") if f.is_file()] if path.is_dir() else [path]
     return out
-
-
-def toy_fc_backend(*, seed: int, per_category: int, batch_size: int) -> LmEvalBackend:
-    from soce.zoo import fc
-
-    tasks = {split: {c: f"toy_fc_{split}_{c}" for c in fc.CATEGORIES} for split in ("dev", "test")}
-    # Only soce's own tasks: indexing lm-eval's thousands of built-in ones takes 7 s.
-    return LmEvalBackend(tasks, include_path=TOY_FC_TASKS, metric="acc", batch_size=batch_size, max_length=256,
-                         include_defaults=False, metadata={"seed": seed, "per_category": per_category},
-                         code=[Path(fc.__file__)])

@@ -15,8 +15,9 @@ import torch
 from soce.errors import CheckpointError
 from soce.merge.checkpoint import TensorReader, check_compatible, open_checkpoint
 from soce.merge.linear import check_weights, weighted_sum_into
-from soce.merge.plan import CPU_CHUNK
 from soce.threads import torch_threads
+
+CPU_CHUNK = 1 << 20  # float32 elements the in-place soup sums at a time on a CPU (the memory plan counts them)
 
 log = logging.getLogger(__name__)
 

@@ -19,14 +19,16 @@ from soce.artifacts import REPORT
 from soce.config import CoalitionValue, Players, ShapleyConfig
 from soce.progress import Progress, plural
 from soce.report.consistency import Consistency, consistency
-from soce.report.diagnostics import THRESHOLDS, connectivity, prediction, task_vectors
+from soce.merge.vectors import task_vectors
+from soce.report.diagnostics import THRESHOLDS, connectivity, prediction
 from soce.report.plots import plot_consistency, plot_diagnostics, plot_shapley, plot_ternary
 from soce.report.shapley import ShapleyResult, shapley
 from soce.report.significance import score_text, supported
 from soce.report.winrate import WinRates, win_rates
 from soce.scores import ScoreTable
-from soce.search import Search, run_search
-from soce.sweep import Souper, aggregate, solved_by_id
+from soce.search import SearchBase, run_search
+from soce.objective import aggregate
+from soce.sweep import Souper, solved_by_id
 from soce.tracking import Tracker
 from soce.weights import uniform
 
@@ -46,7 +48,7 @@ class StudyReport:
     analysis: dict  # analysis.json
     selection: dict  # selection.json
     experts: list[str]
-    search: Search
+    search: SearchBase
     shapley: ShapleyConfig
     top_points: int
     correlation_method: str
@@ -166,7 +168,7 @@ def _nothing_stored(r: StudyReport) -> str:
 
 
 def shapley_of(souper: Souper, own_scores: dict[str, float], split: str, config: ShapleyConfig,
-               search: Search | None = None, empty: float = 0.0) -> ShapleyResult:
+               search: SearchBase | None = None, empty: float = 0.0) -> ShapleyResult:
     """Shapley values of `souper`'s models; a coalition's value is its soup's objective on `split`
     (uniform weights, or the best of `search` over its members). A single model's value is its
     own score (`own_scores`): a soup of one is the model itself. The empty coalition is worth

@@ -34,7 +34,7 @@ from soce.artifacts import files_digest
 from soce.errors import ConfigError
 from soce.progress import Progress
 from soce.threads import compute_threads
-from soce.zoo import fc
+from soce.toy_fc import fc
 
 log = logging.getLogger(__name__)
 # The code a family is made by (its data, tokenizer and training): part of the cache key, so
@@ -213,7 +213,7 @@ class Trainer:
     space, disjoint by construction from every dev and test split (fc.side_of)."""
 
     def __init__(self, spec: FamilySpec) -> None:
-        from soce.zoo.tokenizer import build_tokenizer
+        from soce.toy_fc.tokenizer import build_tokenizer
 
         self.spec = spec
         self.tokenizer = build_tokenizer()

@@ -20,9 +20,9 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
-from soce.report.diagnostics import task_vectors
+from soce.merge.vectors import task_vectors
 from soce.threads import compute_threads
-from soce.zoo import fc
+from soce.toy_fc import fc
 from soce.zoo.family import FAMILIES, Family, build_family, specialised
 
 MIN_BASE_SCORE = 0.5
@@ -81,14 +81,15 @@ def measure(family: Family, per_category: int = 100, seed: int = 0) -> Realism:
     """The criteria's measurements for a built family, on toy_fc's dev split."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from soce.evaluate.direct import ToyFcDirect
+    from soce.engine.hf import HfEngine
+    from soce.toy_fc.direct import ToyFcDirect
 
     evaluator = ToyFcDirect(seed=seed, per_category=per_category, batch_size=100)
 
     def scores(path) -> dict[str, float]:
         model = AutoModelForCausalLM.from_pretrained(path)
         with compute_threads():
-            return evaluator.evaluate(model, AutoTokenizer.from_pretrained(path), "dev").scores
+            return evaluator.evaluate(HfEngine(model, AutoTokenizer.from_pretrained(path)), "dev").scores
 
     base = scores(family.base)
     vectors = task_vectors(family.base, family.candidates)

@@ -3,7 +3,7 @@ tokenizer (its special tokens and chat template), so that bfcl-eval's handlers f
 and decode for them exactly as for the real models. They run BFCL end to end on a CPU in
 seconds; their scores mean nothing (random weights), their code paths everything.
 
-    soce stage=zoo is not needed: `python -m soce.zoo.standin OUT_DIR NAME...` builds them.
+    soce stage=zoo is not needed: `python -m soce.bfcl.standin OUT_DIR NAME...` builds them.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ CHAT_TEMPLATE = (
 def _corpus() -> Iterable[str]:
     """Text like BFCL's prompts: bfcl-eval's own test files, when installed; otherwise JSON and English."""
     try:
-        from soce.evaluate.bfcl import import_bfcl
+        from soce.bfcl.data import import_bfcl
 
         import_bfcl()
         from bfcl_eval.constants.eval_config import PROMPT_PATH
@@ -88,7 +88,7 @@ def build_standin(out: str | Path, *, seed: int = 0, hidden: int = 128, layers: 
 
 def main(argv: list[str]) -> None:
     if len(argv) < 2:
-        sys.exit("usage: python -m soce.zoo.standin OUT_DIR NAME [NAME ...]  (one stand-in model per name, seeds 0, 1, ...)")
+        sys.exit("usage: python -m soce.bfcl.standin OUT_DIR NAME [NAME ...]  (one stand-in model per name, seeds 0, 1, ...)")
     tokenizer = build_tokenizer()
     for seed, name in enumerate(argv[1:]):
         print(build_standin(Path(argv[0]) / name, seed=seed, tokenizer=tokenizer))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datasets
 
-from soce.zoo import fc
+from soce.toy_fc import fc
 
 
 def load(category: str, split: str, seed: int = 0, per_category: int = 100, **_metadata) -> datasets.DatasetDict:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from tokenizers import Regex, Tokenizer, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
-from soce.zoo import fc
+from soce.toy_fc import fc
 
 SPECIALS = ["<pad>", "<unk>", "<s>", "</s>"]
 PATTERN = r"'[^'\s]*'|\"[^\"\s]*\"|\w+|[^\w\s]"

@@ -1,9 +1,9 @@
-"""An OpenAI completions endpoint served by the in-memory model, for bfcl-eval's handlers.
+"""An OpenAI completions endpoint served by an engine (soce.engine), for bfcl-eval's handlers.
 
 bfcl-eval's open-weights handlers format a prompt and call `client.completions.create(...)` on
 a vLLM or SGLang server. soce hands them this client instead: each test entry runs in its own
 thread (as bfcl-eval's own generation runs them, against a server), and the requests of the
-entries in flight are generated together, in batches, by the live model: no server, no disk.
+entries in flight are generated together, in batches, by the engine: no server, no disk.
 
 A batch is generated when every entry in flight is waiting for its completion, so which
 requests share a batch does not depend on thread timing: the same weights give the same
@@ -17,9 +17,6 @@ import threading
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Callable, Iterable, Sequence
-
-import torch
-
 
 # A batch's rows are padded to its longest prompt, and a padded batch's attention is computed with
 # an explicit mask: batch x width^2 scores per head (on a CPU, materialised). A batch holds at most
@@ -56,14 +53,13 @@ class _Completions:
 
 
 class BatchedCompletions:
-    """The client (`.completions.create`) and the scheduler that serves it from `model`."""
+    """The client (`.completions.create`) and the scheduler that serves it from `engine`."""
 
-    def __init__(self, model, tokenizer, *, batch_size: int, max_new_tokens: int | None = None,
-                 context_length: int | None = None) -> None:
-        self.model, self.tokenizer = model, tokenizer
+    def __init__(self, engine, *, batch_size: int, max_new_tokens: int | None = None) -> None:
+        self.engine, self.tokenizer = engine, engine.tokenizer
         self.batch_size = batch_size
         self.max_new_tokens = max_new_tokens  # a cap on every request's max_tokens (smoke runs)
-        self.context_length = context_length
+        self.context_length = engine.context_length
         self.completions = _Completions(self)
         self._cond = threading.Condition()
         self._pending: list[_Request] = []
@@ -171,25 +167,13 @@ class BatchedCompletions:
         if chunk:
             yield chunk
 
-    @torch.no_grad()
     def _generate(self, prompts: list[list[int]], requests: list[_Request]) -> list[tuple[str, int]]:
-        tok, model = self.tokenizer, self.model
-        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        width = max(map(len, prompts))
         limits = [self._limit(r, len(p)) for r, p in zip(requests, prompts)]
-        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=model.device)
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=model.device)
-        stops = sorted(set(_ids(model.generation_config.eos_token_id)) | set(_ids(tok.eos_token_id))
-                       | {s for r in requests for s in r.stop_token_ids})
-        out = model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=max(limits), do_sample=False,
-                             pad_token_id=pad, eos_token_id=stops or None)
+        stops = set(self.engine.eos_ids) | {s for r in requests for s in r.stop_token_ids}
         texts = []
-        for row, r, limit in zip(out[:, width:].tolist(), requests, limits):
-            row = row[:limit]
-            end = next((i for i, t in enumerate(row) if t in stops), len(row))
-            new = row[:end]
+        for new, r in zip(self.engine.generate(prompts, limits, stops), requests):
             self.generated_tokens += len(new)
-            texts.append((tok.decode(new, skip_special_tokens=r.skip_special_tokens), len(new)))
+            texts.append((self.tokenizer.decode(new, skip_special_tokens=r.skip_special_tokens), len(new)))
         self.prompt_tokens += sum(map(len, prompts))
         return texts
 
@@ -199,8 +183,3 @@ class BatchedCompletions:
             limit = min(limit, self.context_length - prompt_len)
         return max(1, min(limit, self.max_new_tokens) if self.max_new_tokens else limit)
 
-
-def _ids(value) -> Iterable[int]:
-    if value is None:
-        return ()
-    return (value,) if isinstance(value, int) else tuple(value)

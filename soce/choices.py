@@ -1,0 +1,92 @@
+"""The closed sets of choices of soce's settings (a value outside one fails at composition, with
+Hydra's message)."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class Choice(str, Enum):
+    """A closed set of choices: a value outside it fails at composition, with Hydra's message.
+    Compares, prints and serialises as its value ('mean', not 'Objective.mean')."""
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return self.value.__format__(spec)
+
+
+class Stage(Choice):
+    analyze = "analyze"
+    select = "select"
+    sweep = "sweep"
+    soup = "soup"
+    report = "report"
+    all = "all"  # every stage of the pipeline, in order
+    merge = "merge"  # a tool: merge.models with merge.weights into merge.output
+    zoo = "zoo"  # a tool: build (or verify) the pool's model family
+    plan = "plan"  # a tool: the sweep's memory plan, from the models' configs (sweep.devices=8xH100-80GB)
+
+
+class Method(Choice):
+    pearson = "pearson"
+    spearman = "spearman"
+
+
+class Population(Choice):
+    all = "all"  # every row of the score table
+    pool = "pool"  # only the pool's candidates
+
+
+class TableFormat(Choice):
+    csv = "csv"
+    bfcl = "bfcl"
+
+
+class Backend(Choice):
+    lm_eval = "lm_eval"  # through lm-evaluation-harness
+    direct = "direct"  # batched generation and the scorer, no harness
+
+
+class BfclSplit(Choice):
+    halves = "halves"  # each test file halved (fixed seed): weights chosen on dev, reported on test
+    none = "none"  # one split, tuned and reported on it (the paper's protocol)
+
+
+class Objective(Choice):
+    mean = "mean"
+    sum = "sum"
+
+
+class Split(Choice):
+    dev = "dev"
+    test = "test"
+
+
+class Players(Choice):
+    experts = "experts"
+    candidates = "candidates"  # every candidate of the pool
+
+
+class CoalitionValue(Choice):
+    uniform = "uniform"  # the coalition's uniform soup
+    best = "best"  # the best soup of the study's search over the coalition's members
+
+
+class ShapleyMethod(Choice):
+    auto = "auto"  # exact up to max_exact players, Monte Carlo beyond
+    exact = "exact"
+    monte_carlo = "monte_carlo"
+
+
+class WandbMode(Choice):
+    offline = "offline"
+    online = "online"
+    disabled = "disabled"
+
+
+class Dtype(Choice):
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+    float32 = "float32"

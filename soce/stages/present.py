@@ -1,0 +1,152 @@
+"""What the stages show: their results printed (to the terminal and soce.log) and logged to the
+tracker, apart from their computation."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+from soce import analysis as corr
+from soce.scores import ScoreTable
+from soce.selection import Selection
+from soce.tracking import Tracker
+
+log = logging.getLogger("soce")
+
+
+# --- analyze ---------------------------------------------------------------------------------
+def print_analysis(result: corr.Analysis, population: str, values) -> None:
+    k = len(result.categories)
+    log.info("analysis: %s correlation of %d categories over %d models (population: %s), tau=%g",
+             result.method, k, len(result.models), population, result.tau)
+    log.info("  weak set L (%d of %d): %s", len(result.weak_set), k, ", ".join(result.weak_set) or "(empty)")
+    log.info("  entry threshold per category (in L for any tau above it):")
+    for cat, t in sorted(result.entry_tau.items(), key=lambda kv: (math.isnan(kv[1]), kv[1])):
+        log.info("    %s  %s%s", "  n/a" if math.isnan(t) else f"{t:.3f}", cat, "  <- in L" if t < result.tau else "")
+    if len(result.models) < 3:
+        log.warning("  correlations over %d models are +-1 or undefined: the analysis needs at least 3 models", len(result.models))
+    reasons = result.undefined_reasons(values)
+    for reason in reasons[:5]:
+        log.warning("  %s", reason)
+    if len(reasons) > 5:
+        log.warning("  and %d more undefined pairs (every one in analysis.json)", len(reasons) - 5)
+
+
+def track_analysis(t: Tracker, table: ScoreTable, result: corr.Analysis, correlation_png, entry_tau_png) -> None:
+    t.log_table("scores", ["model", *table.categories, "overall"],
+                [[m, *map(na, row), na(o)] for m, row, o in zip(table.models, table.values, table.overall)])
+    t.log_table("correlation", ["category", *result.categories],
+                [[c, *map(na, row)] for c, row in zip(result.categories, result.matrix)])
+    t.log_table("entry_tau", ["category", "entry_tau", "in_weak_set"],
+                [[c, na(v), v < result.tau] for c, v in result.entry_tau.items()])
+    t.log_image("correlation", correlation_png)
+    t.log_image("entry_tau", entry_tau_png)
+    t.log_summary({"analysis/tau": result.tau, "analysis/weak_set_size": len(result.weak_set),
+                   "analysis/weak_set": ", ".join(result.weak_set)})
+
+
+def na(v: float) -> float | None:
+    return None if math.isnan(v) else float(v)
+
+
+
+# --- select ----------------------------------------------------------------------------------
+LEFT_OUT_SHOWN = 10  # models the terminal lists as left out; selection.json has them all
+
+
+def print_selection(selection: Selection) -> None:
+    log.info("selection: %s, %d expert%s", selection.strategy, len(selection.experts), "" if len(selection.experts) == 1 else "s")
+    width = max(len(e.model) for e in selection.experts)
+    for e in selection.experts:
+        overall = "n/a" if math.isnan(e.overall) else f"{e.overall:.2f}"
+        log.info("  %-*s  overall %6s  %s", width, e.model, overall, e.reason)
+    if selection.excluded:
+        log.info("  left out:")
+        shown = list(selection.excluded.items())[:LEFT_OUT_SHOWN]
+        for m, why in shown:
+            log.info("    %s: %s", m, why)
+        if len(selection.excluded) > len(shown):
+            log.info("    and %d more (every one, with why, in selection.json)", len(selection.excluded) - len(shown))
+    for note in selection.notes:
+        log.warning("  %s", note)
+
+
+
+# --- sweep and soup --------------------------------------------------------------------------
+def weights_text(names: list[str], weights: list[float]) -> str:
+    return ", ".join(f"{n} {w:.2f}" for n, w in zip(names, weights))
+
+
+def test_objective(row: dict) -> float | None:
+    return row["test"]["objective"] if "test" in row else None
+
+
+def print_results(results: dict) -> None:
+    from soce.report.significance import score_text, supported
+
+    stats = results.get("statistics")
+    intervals = f"; {stats['confidence']:.0%} intervals, paired bootstrap over examples" if stats else ""
+    log.info("results (%s over all categories; %s%s):", results["objective"], results["protocol"], intervals)
+    width = max(len(r["name"]) for r in results["rows"])
+    cell = 26 if stats else 8
+    log.info("  %-*s %*s %*s", width, "", cell, "dev", cell, "test")
+    for r in results["rows"]:
+        log.info("  %-*s %*s %*s", width, r["name"], cell, score_text(r.get("dev")), cell, score_text(r.get("test")))
+    log.info("%s", results_summary(results))
+    for sentence in supported(results, "test" if "test" in results["rows"][-1] else "dev"):
+        log.info("  %s", sentence)
+
+
+
+def results_summary(results: dict) -> str:
+    """What the table means, in two sentences: the searched soup against the best single model and
+    the uniform soups, on the reported split."""
+    role = {r.get("role"): r for r in results["rows"]}
+    single, everyone, experts, searched = role["single"], role["uniform_all"], role["uniform_experts"], role["searched"]
+    split = "test" if "test" in searched else "dev"
+    score = searched[split]["objective"]
+
+    def against(row: dict) -> str:
+        d = score - row[split]["objective"]
+        return f"{d:+.4f} against the {row['name']}" + (f" ({', '.join(row['models'])})" if len(row["models"]) == 1 else "")
+
+    if len(searched["models"]) == 1:  # one expert: its soups are the model itself, nothing to compare
+        return (f"On {split}, the {searched['name']} scores {score:.4f}: the selection has one expert, {searched['models'][0]}, "
+                f"so its soups are that model itself ({against(single)}, {against(everyone)}).")
+    baselines = (single, everyone, experts)
+    beaten = [r["name"] for r in baselines if score > r[split]["objective"]]
+    not_beaten = [r["name"] for r in baselines if score <= r[split]["objective"]]
+    if not not_beaten:
+        verdict = "beats every baseline"
+    elif not beaten:
+        verdict = "beats none of the baselines"
+    else:
+        verdict = f"beats the {' and the '.join(beaten)}, not the {' nor the '.join(not_beaten)}"
+    chosen = "" if results.get("select_on") is None else f" Its weights were chosen on {results['select_on']}."
+    return (f"On {split}, the {searched['name']} scores {score:.4f} and {verdict}: {against(single)}, {against(everyone)}, "
+            f"{against(experts)}.{chosen}")
+
+
+
+
+def track_selection(t: Tracker, selection: Selection, where: dict) -> None:
+    t.log_table("selection", ["model", "weights at", "reason", "leads", "overall"],
+                [[e.model, where[e.model].hub_id or where[e.model].path, e.reason, ", ".join(e.leads), na(e.overall)]
+                 for e in selection.experts])
+    t.log_table("excluded", ["model", "reason"], [[m, r] for m, r in selection.excluded.items()])
+    t.log_summary({"selection/n_experts": len(selection.experts), "selection/experts": ", ".join(selection.models)})
+
+
+def track_results(t: Tracker, results: dict, soup_dir) -> None:
+    rows, objective = results["rows"], results["objective"]
+    t.log_table("baselines", ["row", f"dev {objective}", "dev low", "dev high", f"test {objective}", "test low",
+                              "test high", "test vs single", "models", "weights"],
+                [[r["name"], r["dev"]["objective"], *r["dev"].get("ci", [None, None]), test_objective(r),
+                  *r.get("test", {}).get("ci", [None, None]), r.get("test", r["dev"]).get("vs_single", {}).get("estimate"),
+                  ", ".join(r["models"]), ", ".join(f"{w:.3f}" for w in r["weights"])] for r in rows])
+    for s, tests in results.get("mcnemar", {}).items():
+        t.log_table(f"mcnemar_{s}", ["ingredient", "only_soup", "only_ingredient", "p"],
+                    [[x["ingredient"], x["only_soup"], x["only_ingredient"], x["p"]] for x in tests])
+    t.log_summary({"soup/dev": rows[-1]["dev"]["objective"], "soup/test": test_objective(rows[-1]),
+                   "soup/protocol": results["protocol"]})
+    t.log_reference("soup", soup_dir)

@@ -1,0 +1,75 @@
+"""report: everything the earlier stages left in the run directory -> report.md, with
+shapley.png, consistency.png and landscape.png (3 experts). The report module is handed its
+inputs; it knows nothing of the stages."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from soce import artifacts
+from soce.artifacts import ANALYSIS, RESULTS, SELECTION
+from soce.choices import Players
+from soce.objective import aggregate
+from soce.pool import model_dir
+from soce.stages.products import SELECTED, Stage
+from soce.stages.study import Study
+from soce.stages.sweep import check_store, make_souper
+
+
+def report(study: Study) -> Path:
+    from soce.report.study import StudyReport, write_report
+    from soce.sweep import search_soups
+
+    cfg, search = study.cfg, study.search
+    selection = json.loads(study.path(SELECTION).read_text())
+    experts = [e["model"] for e in selection["experts"]]
+    inputs = StudyReport(
+        study=cfg.study, dir=study.dir, tracker=study.tracker, config=config_rows(cfg, study.benchmark.evaluates),
+        analysis=json.loads(study.path(ANALYSIS).read_text()), selection=selection, experts=experts,
+        search=search, shapley=OmegaConf.to_object(cfg.report.shapley), top_points=cfg.report.top_points,
+        correlation_method=cfg.analysis.method.value)
+    if not study.benchmark.evaluates:
+        return write_report(inputs)
+    candidates = study.candidates()
+    check_store(study, candidates)
+    souper = make_souper(study, [candidates[n] for n in experts], kind="shapley")
+    split = search.select_on.value
+    # the search's own points: this run's, or its soups the store holds (a sweep not finished shows those so far)
+    searched = study.searched[1] if study.searched else search_soups(souper, search, split, study.by_own_score(experts),
+                                                                     stored_only=True)
+    pieces = sum(1 for r in study.store if r["experts"] == experts and r["split"].startswith(f"{split}@")
+                 and search.per_example)  # a halving search's pieces of points, stored so far
+    evaluator = study.evaluator
+    inputs = replace(
+        inputs, categories=evaluator.categories, souper=souper, points=searched.records, pieces=pieces,
+        candidate_souper=lambda: make_souper(study, list(candidates.values()), kind="shapley"),
+        own=study.candidate_scores(), results=artifacts.read_current(study.path(RESULTS), artifacts.results_settings(cfg)),
+        line_points=cfg.report.line_points)
+    base = study.pool_base()
+    if base is not None:  # its score is the empty coalition's value (cached since the soup stage)
+        own = study.evaluate_pool([base])[split]
+        vectors = candidates if cfg.report.task_vectors == Players.candidates else experts
+        inputs = replace(inputs, base_dir=model_dir(base), base_score=aggregate(own.row(base.name), search.objective),
+                         vector_dirs={n: model_dir(candidates[n]) for n in vectors})
+    return write_report(inputs)
+
+
+def config_rows(cfg: DictConfig, evaluates: bool) -> list[tuple[str, str]]:
+    s = cfg.search
+    rows = [("benchmark", cfg.benchmark.name), ("pool", cfg.pool.name), ("selection", _options(cfg.selection))]
+    if evaluates:  # a score table has no sweep: no search, objective or split to choose on
+        rows += [("search", _options(s)), ("objective", f"{s.objective} over all categories"), ("weights chosen on", str(s.select_on))]
+    return rows + [("analysis", f"{cfg.analysis.method.value}, population {cfg.analysis.population.value}")]
+
+
+def _options(node) -> str:
+    d = OmegaConf.to_container(node, resolve=True, enum_to_str=True)
+    name = d.pop("name")
+    return name + (" (" + ", ".join(f"{k}={v}" for k, v in d.items() if k not in ("objective", "select_on")) + ")" if d else "")
+
+
+STAGE = Stage("report", report, reads=(SELECTED,))

@@ -1,0 +1,99 @@
+"""sweep: selection.json and the experts -> sweep.jsonl (one record per soup): the registered
+search strategy over the experts' weights, every soup it asks for from the store or souped in
+place and evaluated now. A shard of a multirun (or a process of a launch) evaluates its share."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from soce.errors import config_group
+from soce.pool import Candidate
+from soce.progress import Progress, plural
+from soce.stages import present
+from soce.stages.products import SEARCHED, SELECTED, Stage
+from soce.stages.select import experts as selected_experts
+from soce.stages.study import Study
+
+log = logging.getLogger("soce")
+
+
+def check_store(study: Study, candidates: dict[str, Candidate]) -> None:
+    """Refuse a store holding answers to another question than the study's now (stored soups
+    of models no longer in the pool are left alone); set aside a record of this question whose
+    categories or outcomes are not the benchmark's (a hand edit, a damaged file)."""
+    from soce.sweep import record_problem
+
+    asked = study.question()
+    study.check_records(record_problem(study.evaluator, asked))  # a record of another question is left to check_question
+    stored = {m for r in study.store for m in (r.get("question") or {}).get("models", {})}
+    study.store.check_question({**asked, "models": {m: study.fingerprint(candidates[m]) for m in stored if m in candidates}})
+
+
+def make_souper(study: Study, models: list[Candidate], kind: str = "sweep", stream: bool = False, plan=None):
+    """A Souper of `models` placed by the memory plan (checked: a plan that does not fit is
+    refused here, before anything loads), storing into the study's store; its soups' question
+    names these models' files. stream: the experts stay on disk (a soup evaluated once)."""
+    from soce.placement.plan import memory_plan
+    from soce.sweep import Placement, Souper
+
+    sweep = study.cfg.sweep
+    plan = plan or memory_plan(sweep, models, device=study.device, stream=stream)
+    plan.check()
+    dtype = sweep.dtype.value if sweep.dtype else None  # None: the checkpoints' own
+    placement = Placement(plan.device_map, dtype, plan.experts_at == "host", stream)
+    evaluator = study.evaluator
+    asked = {**study.question(), "models": {c.name: study.fingerprint(c) for c in models}, **evaluator.soup_question(models)}
+    return Souper(models, evaluator, study.store, asked, study.search.objective, study.tracker, kind=kind, placement=placement)
+
+
+def sweep(study: Study):
+    """The search over the selection's experts. Returns its SearchResult (for a shard's share,
+    its best is None)."""
+    from soce.placement.plan import memory_plan
+    from soce.store import SweepStore
+    from soce.sweep import search_soups
+
+    search = study.search
+    experts = selected_experts(study)
+    candidates = study.candidates(experts)
+    check_store(study, candidates)
+    store = study.store
+    plan = memory_plan(study.cfg.sweep, [candidates[n] for n in experts], device=study.device)
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    # the same plan on every process of a launch: printed once, by the main process's shard
+    # (not again when it collects the shards' points, unsharded)
+    if int(os.environ.get("RANK", "0")) == 0 and not (launched and study.shard == (0, 1)):
+        log.info("%s", plan.text())
+        study.tracker.log_table("memory_plan", *plan.table())
+    souper = make_souper(study, [candidates[n] for n in experts], plan=plan)
+    split = search.select_on.value
+    before = set(store.records)
+    k, n = study.shard
+    what = f"sweep ({search.name})" + (f" shard {k}/{n}" if n > 1 else "")
+    with config_group("search"), Progress(search.expected(len(experts), study.shard), what,
+                                          "example" if search.per_example else "point") as bar:
+        souper.bar = bar
+        done = search_soups(souper, search, split, study.by_own_score(experts), study.shard)
+    souper.bar = None
+    if done.halving is not None and done.halving.alive[0]:  # (a shard may have no point of the first rung)
+        h, grid = done.halving, len(done.halving.alive[0]) * len(done.halving.subsets[-1])
+        log.info("%s: rungs of %s examples, %s points alive at each; %d examples asked for, %.0f%% of the grid's %d "
+                 "(%d evaluated now, %d from the store)", search.name, "/".join(str(len(s)) for s in h.subsets),
+                 "/".join(str(len(a)) for a in h.alive), h.evaluated, 100 * h.evaluated / grid, grid,
+                 souper.examples_evaluated, souper.examples_reused)
+    if n > 1:
+        log.info("sweep: shard %d of %d done: %s evaluated now, into %s", k, n,
+                 plural(sum(SweepStore.record_key(r) not in before for r in store), "point"), store.path)
+        return done
+    already = sum(SweepStore.record_key(r) in before for r in done.records)
+    best = done.best
+    log.info("sweep: %s on %s (%d already in the store), best %s %.4f at %s", plural(len(done.records), "point"), split,
+             already, search.objective, best["objective"], present.weights_text(experts, best["weights"]))
+    study.tracker.log_table("sweep", [*experts, "objective", *study.evaluator.categories],
+                            [[*r["weights"], r["objective"], *r["scores"].values()] for r in done.records])
+    study.searched = souper, done
+    return done
+
+
+STAGE = Stage("sweep", sweep, reads=(SELECTED,), writes=(SEARCHED,))
