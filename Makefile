@@ -18,7 +18,7 @@ demo: $(STAMP)
 	$(BIN)/soce
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow" --durations=15
 
 test-slow: $(STAMP)  # pytest exits 5 when no test is marked slow: that is not a failure
 	$(BIN)/python -m pytest -q -m slow || [ $$? -eq 5 ]

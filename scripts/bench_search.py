@@ -40,7 +40,6 @@ def grid_outcomes(family: str, workdir: Path, per_category: int):
     from soce.stages.runner import STAGES, ready
     from soce.stages.select import experts as selected_experts
     from soce.stages.study import Study
-    from soce.stages.sweep import make_souper
     from soce.sweep import solved_by_id
     from soce.tracking import NoTracker
 
@@ -55,7 +54,7 @@ def grid_outcomes(family: str, workdir: Path, per_category: int):
     ready(run, STAGES["sweep"])  # the analysis and selection the sweep reads
     experts = selected_experts(run)
     candidates = run.candidates(experts)
-    souper = make_souper(run, [candidates[n] for n in experts])
+    souper = run.souper([candidates[n] for n in experts])
     search = OmegaConf.to_object(cfg.search)
     points = grid_points(len(experts), search.lo, search.hi, search.step, search.include_uniform)
     out = {}

@@ -121,7 +121,7 @@ def run_study(cfg: DictConfig, run_dir: Path, job: int | None = None, tracker: T
                 run_stage(study, stage)
     finally:
         study.close()
-        where = getattr(tracker, "where", lambda: None)()
+        where = tracker.where()
         tracker.finish()
     if processes.is_main:
         print_files(run_dir)

@@ -66,6 +66,7 @@ class Souper:
         self.tracker = tracker or NoTracker()
         self.best: dict | None = None
         self.bar: Progress | None = None  # set by whoever runs a long series of points
+        self.show_best = False  # the bar shows the best soup so far (a search's)
         self.engine = None  # the experts' engine: loaded for the first point not in the store
         self.applied: tuple[float, ...] | None = None  # the weights the engine holds now
         self._examples: dict[str, list[tuple[str, str]]] = {}  # split -> its (id, category) pairs
@@ -95,7 +96,7 @@ class Souper:
             self.best = record
         if self.bar is not None:
             self.bar.update(1, stored=stored is not None)
-        if self.bar is not None and self.kind == "sweep":
+        if self.bar is not None and self.show_best:  # a search's series of points: its best so far
             self.bar.set_postfix(best=f"{self.best['objective']:.4f}", s_per_point=f"{record['merge_s'] + record['eval_s']:.2f}", refresh=False)
         return record
 

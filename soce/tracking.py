@@ -27,6 +27,7 @@ class Tracker(Protocol):
     def log_image(self, name: str, path: Path) -> None: ...
     def log_reference(self, name: str, path: Path) -> None: ...
     def finish(self) -> None: ...
+    def where(self) -> str | None: ...
 
 
 class NoTracker:
@@ -46,6 +47,9 @@ class NoTracker:
 
     def log_reference(self, name: str, path: Path) -> None:
         pass
+
+    def where(self) -> str | None:
+        return None
 
     def finish(self) -> None:
         pass
@@ -77,6 +81,9 @@ class RecordingTracker:
 
     def log_reference(self, name: str, path: Path) -> None:
         self.references[name] = Path(path)
+
+    def where(self) -> str | None:
+        return None
 
     def finish(self) -> None:
         self.finished = True

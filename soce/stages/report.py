@@ -17,7 +17,6 @@ from soce.objective import aggregate
 from soce.pool import model_dir
 from soce.stages.products import SELECTED, Stage
 from soce.stages.study import Study
-from soce.stages.sweep import check_store, make_souper
 
 
 def report(study: Study) -> Path:
@@ -35,8 +34,8 @@ def report(study: Study) -> Path:
     if not study.benchmark.evaluates:
         return write_report(inputs)
     candidates = study.candidates()
-    check_store(study, candidates)
-    souper = make_souper(study, [candidates[n] for n in experts], kind="shapley")
+    study.check_store(candidates)
+    souper = study.souper([candidates[n] for n in experts], kind="shapley")
     split = search.select_on.value
     # the search's own points: this run's, or its soups the store holds (a sweep not finished shows those so far)
     searched = study.searched[1] if study.searched else search_soups(souper, search, split, study.by_own_score(experts),
@@ -46,7 +45,7 @@ def report(study: Study) -> Path:
     evaluator = study.evaluator
     inputs = replace(
         inputs, categories=evaluator.categories, souper=souper, points=searched.records, pieces=pieces,
-        candidate_souper=lambda: make_souper(study, list(candidates.values()), kind="shapley"),
+        candidate_souper=lambda: study.souper(list(candidates.values()), kind="shapley"),
         own=study.candidate_scores(), results=artifacts.read_current(study.path(RESULTS), artifacts.results_settings(cfg)),
         line_points=cfg.report.line_points)
     base = study.pool_base()

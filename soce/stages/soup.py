@@ -14,7 +14,6 @@ from soce.stages import present
 from soce.stages.products import SEARCHED, SELECTED, Stage
 from soce.stages.select import experts as selected_experts
 from soce.stages.study import Study
-from soce.stages.sweep import check_store, make_souper
 
 log = logging.getLogger("soce")
 
@@ -29,12 +28,12 @@ def soup(study: Study) -> dict:
     split, objective = search.select_on.value, search.objective
     experts = selected_experts(study)
     candidates = study.candidates()
-    check_store(study, candidates)
+    study.check_store(candidates)
     artifacts.supersede(study.dir, artifacts.results_settings(study.cfg))
     souper, searched = study.searched
     best = searched.best
     # the whole pool's uniform soup streams from disk: never every candidate in memory at once
-    everyone = make_souper(study, list(candidates.values()), kind="uniform_all", stream=True)
+    everyone = study.souper(list(candidates.values()), kind="uniform_all", stream=True)
     tables = study.candidate_scores()
     single = max(tables["dev"].models, key=lambda m: tables["dev"].overall_of(m))
 

@@ -113,6 +113,34 @@ class Study:
             self._fingerprints[candidate.name] = fingerprint(candidate)
         return self._fingerprints[candidate.name]
 
+    # --- the store's question, and the soups that answer it -----------------------------------
+    def check_store(self, candidates: dict[str, Candidate]) -> None:
+        """Refuse a store holding answers to another question than the study's now (stored soups
+        of models no longer in the pool are left alone); set aside a record of this question whose
+        categories or outcomes are not the benchmark's (a hand edit, a damaged file)."""
+        from soce.sweep import record_problem
+
+        asked = self.question()
+        self.check_records(record_problem(self.evaluator, asked))  # a record of another question is left to check_question
+        stored = {m for r in self.store for m in (r.get("question") or {}).get("models", {})}
+        self.store.check_question({**asked, "models": {m: self.fingerprint(candidates[m]) for m in stored if m in candidates}})
+
+    def souper(self, models: list[Candidate], kind: str = "sweep", stream: bool = False, plan=None):
+        """A Souper of `models` placed by the memory plan (checked: a plan that does not fit is
+        refused here, before anything loads), storing into the study's store; its soups' question
+        names these models' files. stream: the experts stay on disk (a soup evaluated once)."""
+        from soce.placement.plan import memory_plan
+        from soce.sweep import Placement, Souper
+
+        sweep = self.cfg.sweep
+        plan = plan or memory_plan(sweep, models, device=self.device, stream=stream)
+        plan.check()
+        dtype = sweep.dtype.value if sweep.dtype else None  # None: the checkpoints' own
+        placement = Placement(plan.device_map, dtype, plan.experts_at == "host", stream)
+        evaluator = self.evaluator
+        asked = {**self.question(), "models": {c.name: self.fingerprint(c) for c in models}, **evaluator.soup_question(models)}
+        return Souper(models, evaluator, self.store, asked, self.search.objective, self.tracker, kind=kind, placement=placement)
+
     # --- the pool ------------------------------------------------------------------------------
     @property
     def cache_dir(self) -> Path:

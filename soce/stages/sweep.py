@@ -8,7 +8,6 @@ import logging
 import os
 
 from soce.errors import config_group
-from soce.pool import Candidate
 from soce.progress import Progress, plural
 from soce.stages import present
 from soce.stages.products import SEARCHED, SELECTED, Stage
@@ -16,35 +15,6 @@ from soce.stages.select import experts as selected_experts
 from soce.stages.study import Study
 
 log = logging.getLogger("soce")
-
-
-def check_store(study: Study, candidates: dict[str, Candidate]) -> None:
-    """Refuse a store holding answers to another question than the study's now (stored soups
-    of models no longer in the pool are left alone); set aside a record of this question whose
-    categories or outcomes are not the benchmark's (a hand edit, a damaged file)."""
-    from soce.sweep import record_problem
-
-    asked = study.question()
-    study.check_records(record_problem(study.evaluator, asked))  # a record of another question is left to check_question
-    stored = {m for r in study.store for m in (r.get("question") or {}).get("models", {})}
-    study.store.check_question({**asked, "models": {m: study.fingerprint(candidates[m]) for m in stored if m in candidates}})
-
-
-def make_souper(study: Study, models: list[Candidate], kind: str = "sweep", stream: bool = False, plan=None):
-    """A Souper of `models` placed by the memory plan (checked: a plan that does not fit is
-    refused here, before anything loads), storing into the study's store; its soups' question
-    names these models' files. stream: the experts stay on disk (a soup evaluated once)."""
-    from soce.placement.plan import memory_plan
-    from soce.sweep import Placement, Souper
-
-    sweep = study.cfg.sweep
-    plan = plan or memory_plan(sweep, models, device=study.device, stream=stream)
-    plan.check()
-    dtype = sweep.dtype.value if sweep.dtype else None  # None: the checkpoints' own
-    placement = Placement(plan.device_map, dtype, plan.experts_at == "host", stream)
-    evaluator = study.evaluator
-    asked = {**study.question(), "models": {c.name: study.fingerprint(c) for c in models}, **evaluator.soup_question(models)}
-    return Souper(models, evaluator, study.store, asked, study.search.objective, study.tracker, kind=kind, placement=placement)
 
 
 def sweep(study: Study):
@@ -57,7 +27,7 @@ def sweep(study: Study):
     search = study.search
     experts = selected_experts(study)
     candidates = study.candidates(experts)
-    check_store(study, candidates)
+    study.check_store(candidates)
     store = study.store
     plan = memory_plan(study.cfg.sweep, [candidates[n] for n in experts], device=study.device)
     launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -66,14 +36,14 @@ def sweep(study: Study):
     if int(os.environ.get("RANK", "0")) == 0 and not (launched and study.shard == (0, 1)):
         log.info("%s", plan.text())
         study.tracker.log_table("memory_plan", *plan.table())
-    souper = make_souper(study, [candidates[n] for n in experts], plan=plan)
+    souper = study.souper([candidates[n] for n in experts], plan=plan)
     split = search.select_on.value
     before = set(store.records)
     k, n = study.shard
     what = f"sweep ({search.name})" + (f" shard {k}/{n}" if n > 1 else "")
     with config_group("search"), Progress(search.expected(len(experts), study.shard), what,
                                           "example" if search.per_example else "point") as bar:
-        souper.bar = bar
+        souper.bar, souper.show_best = bar, True
         done = search_soups(souper, search, split, study.by_own_score(experts), study.shard)
     souper.bar = None
     if done.halving is not None and done.halving.alive[0]:  # (a shard may have no point of the first rung)

@@ -34,12 +34,12 @@ from soce.artifacts import files_digest
 from soce.errors import ConfigError
 from soce.progress import Progress
 from soce.threads import compute_threads
-from soce.toy_fc import fc
+from soce.toy_fc import fc, tokenizer
 
 log = logging.getLogger(__name__)
 # The code a family is made by (its data, tokenizer and training): part of the cache key, so
 # that a change to any of it builds the family anew instead of reusing models made otherwise.
-SOURCES = [Path(__file__), Path(fc.__file__), Path(__file__).with_name("tokenizer.py")]
+SOURCES = [Path(__file__), Path(fc.__file__), Path(tokenizer.__file__)]
 
 
 @dataclass(frozen=True)
@@ -213,10 +213,8 @@ class Trainer:
     space, disjoint by construction from every dev and test split (fc.side_of)."""
 
     def __init__(self, spec: FamilySpec) -> None:
-        from soce.toy_fc.tokenizer import build_tokenizer
-
         self.spec = spec
-        self.tokenizer = build_tokenizer()
+        self.tokenizer = tokenizer.build_tokenizer()
         examples = fc.generate_examples(spec.seed + 1000, spec.train_per_category, "train", tag="train-")
         self.by_category = {c: [e for e in examples if e.category == c] for c in fc.CATEGORIES}
 
