@@ -42,8 +42,9 @@ def make_tracker(cfg: DictConfig, run_dir: Path, name: str | None = None) -> Tra
     """The tracker `tracker` names; from the main process only (every other: none)."""
     if int(os.environ.get("RANK", "0")) != 0:
         return NoTracker()
-    settings = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    settings.pop("hydra", None)
+    # the study's settings, without Hydra's own (a multirun's end has no job number to resolve)
+    settings = OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True,
+                                      enum_to_str=True)
     return OmegaConf.to_object(cfg.tracker).tracker(study=cfg.study, name=name, settings=settings, run_dir=run_dir,
                                                     job_type=cfg.stage.value)
 

@@ -151,7 +151,7 @@ def test_ground_truth_through_the_handlers_multi_turn_loop_scores_right():
     client = ScriptedClient()
     handler = evaluator.make_handler(XLAM, StubEngine(), client)
     entries = evaluator.examples["dev"]
-    bfcl._reset_multi_turn_state()
+    bfcl.evaluator._reset_multi_turn_state()
     records = []
     for e in entries:
         client.load(e)
@@ -334,9 +334,9 @@ def test_a_point_evaluated_rung_by_rung_keeps_every_generation_in_its_folder(sta
 
 
 def test_two_names_never_share_a_result_folder():
-    assert bfcl._slug("m+1") != bfcl._slug("m_1") == "m_1"
-    assert bfcl._slug("sweep-0.100-0.900") == "sweep-0.100-0.900"
-    assert bfcl._slug("org/model (FC)").startswith("org_model_FC-")
+    assert bfcl.evaluator._slug("m+1") != bfcl.evaluator._slug("m_1") == "m_1"
+    assert bfcl.evaluator._slug("sweep-0.100-0.900") == "sweep-0.100-0.900"
+    assert bfcl.evaluator._slug("org/model (FC)").startswith("org_model_FC-")
 
 
 def test_a_result_folder_that_cannot_be_written_is_refused_before_any_generation(tmp_path):

@@ -80,8 +80,9 @@ class HfEngine(Engine):
 
     def harness_model(self, *, batch_size: int, max_length: int, model_args: dict):
         """lm-eval's HFLM over this model, without its per-request progress bars (soce's sweep has
-        its own); made once: the weights change in place between evaluations."""
-        if self._harness is None:
+        its own); made once per setting: the weights change in place between evaluations."""
+        key = (batch_size, max_length, repr(sorted(model_args.items())))
+        if self._harness is None or self._harness[0] != key:
             from lm_eval.models.huggingface import HFLM
 
             class QuietHFLM(HFLM):
@@ -91,9 +92,9 @@ class HfEngine(Engine):
                 def loglikelihood(self, requests, disable_tqdm: bool = False):
                     return super().loglikelihood(requests, disable_tqdm=True)
 
-            self._harness = QuietHFLM(pretrained=self.model, tokenizer=self.tokenizer, batch_size=batch_size,
-                                      max_length=max_length, **model_args)
-        return self._harness
+            self._harness = key, QuietHFLM(pretrained=self.model, tokenizer=self.tokenizer, batch_size=batch_size,
+                                           max_length=max_length, **model_args)
+        return self._harness[1]
 
 
 def load_model(candidate: Candidate, device_map: dict[str, str] | None = None, dtype: str | None = None):
