@@ -29,5 +29,7 @@ ls study/wandb/offline-run-* > /dev/null
 import soce, pathlib
 where = pathlib.Path(soce.__file__).parent
 assert "site-packages" in str(where), f"soce was imported from {where}, not the installed wheel"
+tasks = sorted(p.name for p in (where / "toy_fc" / "tasks").iterdir())
+assert "toy_fc.py" in tasks and "toy_fc_dev_simple.yaml" in tasks, f"toy_fc's lm-eval tasks are not in the wheel: {tasks}"
 print(f"wheel smoke: soce from {where} composed its config and ran the demo study")
 PY
