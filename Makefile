@@ -17,14 +17,15 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/soce
 
+# the tests in one worker per core (a test file's tests stay together), the 15 slowest listed
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow" --durations=15
+	$(BIN)/python -m pytest -q -m "not slow" -n auto --dist loadfile --durations=15
 
 test-slow: $(STAMP)  # pytest exits 5 when no test is marked slow: that is not a failure
 	$(BIN)/python -m pytest -q -m slow || [ $$? -eq 5 ]
 
 test-all: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist loadfile
 
 # mergekit and psutil, for the benchmarks in scripts/
 bench-deps: $(STAMP)

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -69,9 +70,13 @@ def accelerate_launch(args: list[str], cwd: Path, processes: int = 2) -> subproc
     --multi_gpu is what starts several processes (through torchrun); soce then joins them over
     gloo on the CPU. (--cpu starts a single process.)"""
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    with socket.socket() as s:  # a port of its own: launches in parallel test workers never meet
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
     return subprocess.run(
         [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
-         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "soce", *args],
+         "--num_machines", "1", "--main_process_port", str(port), "--mixed_precision", "no", "--dynamo_backend", "no",
+         "-m", "soce", *args],
         capture_output=True, text=True, env=env, cwd=cwd,
     )
 
