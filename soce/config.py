@@ -249,7 +249,8 @@ def validate(cfg: DictConfig) -> None:
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ConfigError(f"no value for {', '.join(missing)}: set it on the command line, e.g. {missing[0]}=...")
-    OmegaConf.to_object(cfg.search).check()
+    search = OmegaConf.to_object(cfg.search)
+    search.check()
     check_pool(cfg)
     for key in ("selection.tau", "analysis.tau"):
         tau = OmegaConf.select(cfg, key)
@@ -281,7 +282,7 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"sweep.num_shards={n}: must be at least 1")
     if shard is not None and not 0 <= shard < n:
         raise ConfigError(f"sweep.shard={shard} is outside [0, {n}): with sweep.num_shards={n} the shards are 0 to {n - 1}")
-    if shard is not None and n > 1 and not OmegaConf.to_object(cfg.search).shardable:
+    if shard is not None and n > 1 and not search.shardable:
         raise ConfigError(f"search={cfg.search.name} chooses each point from the scores before it: it cannot be split "
                         "into shards (use search=grid or search=random, or one job)")
     k = OmegaConf.select(cfg, "selection.k")

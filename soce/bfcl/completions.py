@@ -59,7 +59,6 @@ class BatchedCompletions:
         self.engine, self.tokenizer = engine, engine.tokenizer
         self.batch_size = batch_size
         self.max_new_tokens = max_new_tokens  # a cap on every request's max_tokens (smoke runs)
-        self.context_length = engine.context_length
         self.completions = _Completions(self)
         self._cond = threading.Condition()
         self._pending: list[_Request] = []
@@ -142,8 +141,8 @@ class BatchedCompletions:
         encoded = []
         for r in requests:
             ids = self.tokenizer(r.prompt, add_special_tokens=True)["input_ids"]
-            if self.context_length is not None and len(ids) + 1 > self.context_length:
-                r.error = PromptTooLong(f"the prompt has {len(ids)} tokens; the model's context is {self.context_length}")
+            if self.engine.context_length is not None and len(ids) + 1 > self.engine.context_length:
+                r.error = PromptTooLong(f"the prompt has {len(ids)} tokens; the model's context is {self.engine.context_length}")
                 r.done.set()
                 continue
             encoded.append((r, ids))
@@ -179,7 +178,7 @@ class BatchedCompletions:
 
     def _limit(self, request: _Request, prompt_len: int) -> int:
         limit = max(1, request.max_tokens)
-        if self.context_length is not None:
-            limit = min(limit, self.context_length - prompt_len)
+        if self.engine.context_length is not None:
+            limit = min(limit, self.engine.context_length - prompt_len)
         return max(1, min(limit, self.max_new_tokens) if self.max_new_tokens else limit)
 

@@ -127,15 +127,11 @@ def load_model(candidate: Candidate, device_map: dict[str, str] | None = None, d
 def check_finite(model, where: str) -> None:
     """Refuse a model with NaN or Inf weights: its outputs are garbage, its scores 0 everywhere,
     and they would enter the correlations and the selection as if it were a real model."""
-    import torch
-
     with torch.no_grad():
         for name, p in model.named_parameters():
             if p.is_floating_point() and p.device.type != "meta" and not torch.isfinite(p).all():
                 raise CheckpointError(f"{where}: tensor {name!r} holds NaN or Inf values: fix the checkpoint, or leave the "
                                       "model out of the pool")
-
-
 
 
 def _context_length(model, tokenizer) -> int:

@@ -7,6 +7,7 @@
     soup:    the search's soups -> results.json (the rows on dev and test), soup/ (a model directory)
     report:  all of the above -> report.md with shapley.png, consistency.png, landscape.png (3 experts)
 
-and the tools (soce.stages.tools): merge, zoo, plan. `run_stages` (soce.stages.runner) runs
-them in order, making first whatever a stage reads that is missing or stale.
+and the tools (soce.stages.tools): merge, zoo, plan. soce.stages.runner runs the stages asked
+for in order (`asked_for`, `run_stage`), making first whatever a stage reads that is missing or
+stale.
 """

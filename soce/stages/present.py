@@ -49,7 +49,6 @@ def na(v: float) -> float | None:
     return None if math.isnan(v) else float(v)
 
 
-
 # --- select ----------------------------------------------------------------------------------
 LEFT_OUT_SHOWN = 10  # models the terminal lists as left out; selection.json has them all
 

@@ -40,8 +40,9 @@ def report(study: Study) -> Path:
     # the search's own points: this run's, or its soups the store holds (a sweep not finished shows those so far)
     searched = study.searched[1] if study.searched else search_soups(souper, search, split, study.by_own_score(experts),
                                                                      stored_only=True)
-    pieces = sum(1 for r in study.store if r["experts"] == experts and r["split"].startswith(f"{split}@")
-                 and search.per_example)  # a halving search's pieces of points, stored so far
+    # a halving search's pieces of points, stored so far
+    pieces = (sum(1 for r in study.store if r["experts"] == experts and r["split"].startswith(f"{split}@"))
+              if search.per_example else 0)
     evaluator = study.evaluator
     inputs = replace(
         inputs, categories=evaluator.categories, souper=souper, points=searched.records, pieces=pieces,
