@@ -50,6 +50,27 @@ def study(tmp_path, caplog):
     return run
 
 
+def run_study(overrides, run_dir: Path) -> Study:
+    """The `study` fixture's run, for a fixture of wider scope (where caplog is not available):
+    the study's soce log lines are collected by a handler of its own."""
+    import io
+
+    text = io.StringIO()
+    handler = logging.StreamHandler(text)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s:%(message)s"))
+    logger = logging.getLogger("soce")
+    level, logger.level = logger.level, logging.INFO
+    logger.addHandler(handler)
+    try:
+        tracker = RecordingTracker()
+        cli.run_study(compose_cfg(overrides), run_dir, tracker=tracker)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert tracker.finished
+    return Study(run_dir, tracker, text.getvalue())
+
+
 @pytest.fixture
 def soce(tmp_path):
     """Run the real CLI (`python -m soce ...`) in a subprocess, with W&B kept inside tmp_path.
@@ -93,12 +114,26 @@ def write_csv(path: Path, text: str) -> Path:
 
 
 @pytest.fixture(scope="session")
-def zoo_cache(tmp_path_factory) -> Path:
+def zoo_cache(tmp_path_factory, worker_id) -> Path:
     """A cache holding the micro model family, built once per test session (about 30 s) by the
-    command line, as a user would (`soce stage=zoo`): its log is `<cache>/build/soce.log`."""
+    command line, as a user would (`soce stage=zoo`): its log is `<cache>/build/soce.log`. Under
+    pytest-xdist the first worker builds it and the others wait for it (a file lock); each worker's
+    cache links to the shared models and build log, and keeps its evaluations to itself (tests
+    rewrite them)."""
+    import fcntl
+
+    shared = tmp_path_factory.getbasetemp() if worker_id == "master" else tmp_path_factory.getbasetemp().parent
+    built = shared / "soce-cache-shared"
+    with (shared / "soce-cache-shared.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (built / "built").exists():
+            environ = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+            r = subprocess.run([sys.executable, "-m", "soce", "stage=zoo", "pool=toy_zoo_micro", f"pool.cache_dir={built}",
+                                "tracker=none", f"hydra.run.dir={built / 'build'}"], env=environ, capture_output=True,
+                               text=True)
+            assert r.returncode == 0, r.stderr[-3000:]
+            (built / "built").touch()
     cache = tmp_path_factory.mktemp("soce-cache")
-    environ = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    r = subprocess.run([sys.executable, "-m", "soce", "stage=zoo", "pool=toy_zoo_micro", f"pool.cache_dir={cache}",
-                        "tracker=none", f"hydra.run.dir={cache / 'build'}"], env=environ, capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr[-3000:]
+    for part in ("zoo", "build"):
+        (cache / part).symlink_to(built / part, target_is_directory=True)
     return cache

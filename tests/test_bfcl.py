@@ -237,9 +237,11 @@ def test_generation_runs_end_to_end_on_a_tiny_llama(standins, tmp_path):
     assert all(v == 0.0 for c, v in result.scores.items() if c != "Irrelevance Detection")
     written = sorted(p.name for p in (tmp_path / "bfcl" / "chat-dev").rglob("*_result.json"))
     assert written == sorted(f"BFCL_v4_{f}_result.json" for f in files)
-    # the same weights give the same generations
-    again = evaluator.evaluate(engine, "dev", label="chat")
-    assert [o.output for o in again.outcomes] == [o.output for o in result.outcomes]
+    # the same weights give the same generations (on the short categories: the long ones cost most)
+    short = ["Non-Live Multiple AST", "Live Simple AST", "Irrelevance Detection"]
+    again = bfcl.BfclEvaluator(short, handler=XLAM, limit=1, max_new_tokens=8, batch_size=4).evaluate(engine, "dev")
+    first = {o.example_id: o.output for o in result.outcomes}
+    assert again.outcomes and all(o.output == first[o.example_id] for o in again.outcomes)
 
 
 def test_a_handler_that_applies_the_chat_template_refuses_a_tokenizer_without_one(standins):

@@ -62,9 +62,27 @@ def test_no_example_of_a_point_is_evaluated_twice_and_the_best_survives(race):
         assert [len(a) for a in run.alive] == [9, 3, 1, 1, 1]
 
 
-def test_halving_in_a_study_stores_pieces_then_full_records_equal_to_a_full_evaluation(study, zoo_cache, tmp_path):
+@pytest.fixture(scope="module")
+def halving(zoo_cache, tmp_path_factory):
+    """The unsharded halving study on the micro family, run once for the tests of this file; a
+    test that runs more in its directory works on a copy (`copy_of`)."""
+    from conftest import run_study
+
+    return run_study([*STUDY, f"pool.cache_dir={zoo_cache}", "stage=sweep", "search=halving"],
+                     tmp_path_factory.mktemp("halving") / "run")
+
+
+def copy_of(study, into):
+    import shutil
+
+    return shutil.copytree(study.dir, into)
+
+
+def test_halving_in_a_study_stores_pieces_then_full_records_equal_to_a_full_evaluation(study, halving, zoo_cache,
+                                                                                       tmp_path):
     args = [*STUDY, f"pool.cache_dir={zoo_cache}", "stage=sweep"]
-    s = study(*args, "search=halving", run_dir=tmp_path / "halving")
+    s = halving
+    copy_of(halving, tmp_path / "halving")
     records = [json.loads(line) for line in (tmp_path / "halving" / "sweep.jsonl").read_text().splitlines()]
     pieces = [r for r in records if r["kind"] == "halving"]
     full = [r for r in records if r["kind"] == "sweep"]
@@ -83,9 +101,9 @@ def test_halving_in_a_study_stores_pieces_then_full_records_equal_to_a_full_eval
     assert "5 points on dev (5 already in the store)" in again.log and "(0 evaluated now, " in again.log
 
 
-def test_halving_sharded_then_collected_gives_the_unsharded_sweep(study, zoo_cache, tmp_path):
+def test_halving_sharded_then_collected_gives_the_unsharded_sweep(study, halving, zoo_cache, tmp_path):
     args = [*STUDY, f"pool.cache_dir={zoo_cache}", "stage=sweep", "search=halving"]
-    alone = study(*args, run_dir=tmp_path / "alone")
+    alone = halving
     store = tmp_path / "store"
     for k in (0, 1):  # each shard evaluates its half of the first rung
         study(*args, f"sweep.store={store}", "sweep.num_shards=2", f"sweep.shard={k}", run_dir=tmp_path / f"job{k}")
@@ -141,13 +159,14 @@ def test_lm_eval_evaluates_a_subset_as_the_whole_split_does(zoo_cache):
     assert {o.example_id: o.correct for o in part.outcomes} == {i: whole[i] for i in subset}
 
 
-def test_a_changed_seed_or_first_rung_reuses_every_stored_outcome(study, zoo_cache, tmp_path):
+def test_a_changed_seed_or_first_rung_reuses_every_stored_outcome(study, halving, zoo_cache, tmp_path):
     """Other subsets of the examples (search.seed, search.min_examples) ask for examples a point
     has stored outcomes of already: those are reused, and the log says how many."""
     import re
 
     args = [*STUDY, f"pool.cache_dir={zoo_cache}", "stage=sweep", "search=halving"]
-    first = study(*args)
+    first = halving
+    copy_of(halving, tmp_path / "run")
     asked_first = int(re.search(r"; (\d+) examples asked for", first.log).group(1))
     for override in ("search.seed=1", "search.min_examples=12"):
         r = study(*args, override)

@@ -9,6 +9,7 @@ which setting would make it fit, with its figure.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -71,8 +72,7 @@ def read_config(source: str | Path) -> tuple[dict, str]:
 def model_shape(source: str | Path, dtype: torch.dtype | None = None) -> ModelShape:
     """The shape of the model at `source` from its config alone; `dtype`: the live model's, by
     default the config's (torch_dtype), else float32."""
-    from accelerate import init_empty_weights
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig
 
     raw, where = read_config(source)
     try:
@@ -80,12 +80,29 @@ def model_shape(source: str | Path, dtype: torch.dtype | None = None) -> ModelSh
     except (ValueError, KeyError, TypeError) as err:
         raise CheckpointError(f"{where}/config.json: not a model config transformers knows ({type(err).__name__}: {err})") from None
     _check_sizes(raw, config, where)
-    with init_empty_weights(include_buffers=True):
-        model = AutoModelForCausalLM.from_config(config)
+    blocks, unique, every = _layout(json.dumps(raw, sort_keys=True))
     if Path(source).is_dir() and any(Path(source).glob("*.safetensors")):
-        _check_weights(model, Path(source))
+        _check_weights(unique, every, Path(source))
     named = raw.get("torch_dtype") or raw.get("dtype") or "float32"
     dtype = dtype or getattr(torch, named)
+    text = getattr(config, "get_text_config", lambda: config)()
+    heads = text.num_attention_heads
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
+    kv_heads = getattr(text, "num_key_value_heads", None) or heads
+    return ModelShape(where, dtype, blocks, text.hidden_size, getattr(text, "intermediate_size", 4 * text.hidden_size),
+                      2 * kv_heads * head_dim)
+
+
+@functools.lru_cache(maxsize=8)
+def _layout(config_json: str) -> tuple[tuple[Block, ...], int, int]:
+    """The blocks of the model a config describes, and its parameters counted once (`unique`)
+    and as a state dict holds them (`every`: tied ones twice, persistent buffers too), from an
+    empty model on the meta device: built once per config (half a second each)."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with init_empty_weights(include_buffers=True):
+        model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**json.loads(config_json)))
     no_split = set(getattr(model, "_no_split_modules", None) or ())
     blocks, owner = [], {}
 
@@ -105,12 +122,9 @@ def model_shape(source: str | Path, dtype: torch.dtype | None = None) -> ModelSh
             visit(f"{prefix}.{name}" if prefix else name, child)
 
     visit("", model)
-    text = getattr(config, "get_text_config", lambda: config)()
-    heads = text.num_attention_heads
-    head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
-    kv_heads = getattr(text, "num_key_value_heads", None) or heads
-    return ModelShape(where, dtype, tuple(blocks), text.hidden_size, getattr(text, "intermediate_size", 4 * text.hidden_size),
-                      2 * kv_heads * head_dim)
+    unique = sum(p.numel() for p in model.parameters())
+    every = sum(t.numel() for t in model.state_dict().values())
+    return tuple(blocks), unique, every
 
 
 def _check_sizes(raw: dict, config, where: str) -> None:
@@ -127,15 +141,13 @@ def _check_sizes(raw: dict, config, where: str) -> None:
             raise CheckpointError(f"{where}/config.json: {size}={value!r} is not a positive integer. Give the model's own config.json")
 
 
-def _check_weights(model: torch.nn.Module, path: Path) -> None:
-    """The config's model and the weights beside it have the same number of parameters (tied
-    parameters counted once or twice, as a checkpoint may store them): a config that does not
-    belong to its weights is refused, never planned."""
+def _check_weights(unique: int, every: int, path: Path) -> None:
+    """The config's model (`unique` parameters, `every` in its state dict) and the weights beside
+    it have the same number of parameters (tied parameters counted once or twice, as a checkpoint
+    may store them): a config that does not belong to its weights is refused, never planned."""
     from soce.merge.checkpoint import open_checkpoint
 
     stored = sum(t.numel for t in open_checkpoint(path).tensors.values())
-    unique = sum(p.numel() for p in model.parameters())
-    every = sum(t.numel() for t in model.state_dict().values())  # tied ones twice, persistent buffers too
     if not unique <= stored <= every:
         count = lambda n: f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.2f}M"  # noqa: E731
         raise CheckpointError(f"{path}/config.json describes a model of {count(unique)} parameters, but the safetensors "
