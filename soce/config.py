@@ -12,8 +12,8 @@ from typing import Any, List, Optional
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from soce.choices import (CoalitionValue, Dtype, Method, Players, Population, ShapleyMethod,
-                          Stage)
+from soce.choices import (CoalitionValue, Dtype, EngineName, Method, Players, Population,
+                          ShapleyMethod, Stage)
 from soce.errors import ConfigError
 from soce.benchmarks import BENCHMARKS
 from soce.search import SEARCHES
@@ -58,6 +58,15 @@ class LinearMerge:
 
 # --- sweep: how the sweep's points are spread over jobs and processes --------------------------
 @dataclass
+class VllmConfig:
+    """sweep.vllm: the vllm engine's settings (sweep.dtype is its weights' dtype)."""
+
+    max_model_len: Optional[int] = None  # the engine's context in tokens; default: the model's
+    kv_cache_gb: int = 1  # a CPU engine's KV cache (VLLM_CPU_KVCACHE_SPACE, whole GiB)
+    gpu_memory_utilization: float = 0.85  # a GPU engine's share of the GPU's memory
+
+
+@dataclass
 class SweepConfig:
     shard: Optional[int] = None  # this job's share of the points: shard k of num_shards (points k, k+N, ...)
     num_shards: int = 1
@@ -72,6 +81,10 @@ class SweepConfig:
     tokens: int = 32768  # tokens the evaluation holds at once (batch x sequence), for the activation allowance
     activations: Optional[str] = None  # the activation allowance per device (8GB) instead of the estimate from tokens
     host_memory: Optional[str] = None  # the host's memory, for offloaded experts; default: this machine's
+    # What every candidate and soup is evaluated in (docs/engines.md): hf, a Hugging Face model in
+    # this process; vllm, one vLLM engine per process, each model and soup pushed into its workers
+    engine: EngineName = EngineName.hf
+    vllm: VllmConfig = field(default_factory=lambda: VllmConfig())
 
 
 # --- report -------------------------------------------------------------------------------
@@ -235,6 +248,22 @@ def study_name(stage, benchmark: str, pool: str) -> str:
     return {"merge": "merge", "zoo": f"zoo-{pool}", "plan": f"plan-{pool}"}.get(str(stage), f"{benchmark}-{pool}")
 
 
+def check_engine(sweep: DictConfig) -> None:
+    """sweep.engine=vllm: vLLM installed, and no setting that only the hf engine reads."""
+    if sweep.engine != EngineName.vllm:
+        return
+    from soce.engine.vllm import INSTALL, available
+
+    if not available():
+        raise ConfigError(f"sweep.engine=vllm: vLLM is not installed: {INSTALL}")
+    if sweep.offload:
+        raise ConfigError("sweep.offload=true applies to sweep.engine=hf: vLLM's workers hold the experts themselves. "
+                          "Drop sweep.offload, or use sweep.engine=hf")
+    if sweep.vllm.kv_cache_gb <= 0 or not 0 < sweep.vllm.gpu_memory_utilization <= 1:
+        raise ConfigError(f"sweep.vllm: kv_cache_gb={sweep.vllm.kv_cache_gb} must be positive and gpu_memory_utilization="
+                          f"{sweep.vllm.gpu_memory_utilization} in (0, 1]")
+
+
 def validate(cfg: DictConfig) -> None:
     """Checks that the schemas' types cannot express; each error names its key. Everything
     knowable from the config is checked here, before any evaluation and before a W&B run opens."""
@@ -252,6 +281,7 @@ def validate(cfg: DictConfig) -> None:
     search = OmegaConf.to_object(cfg.search)
     search.check()
     check_pool(cfg)
+    check_engine(cfg.sweep)
     for key in ("selection.tau", "analysis.tau"):
         tau = OmegaConf.select(cfg, key)
         if tau is not None and not 0.0 <= tau <= 1.0:

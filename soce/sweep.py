@@ -14,7 +14,7 @@ from soce.artifacts import digest
 from soce.objective import aggregate
 from soce.evaluate import Evaluator
 from soce.errors import DataError, EvaluationError
-from soce.pool import Candidate, model_dir
+from soce.pool import Candidate
 from soce.progress import Progress
 from soce.scores import Outcome
 from soce.store import SweepStore
@@ -41,12 +41,15 @@ def solved_by_id(bits: str, example_ids: Sequence[str]) -> dict[str, bool]:
 class Placement:
     """Where a Souper's live model and experts go: its device map (from the memory plan; None:
     the CPU), its dtype (None: the checkpoints'), and the experts' home: the model's devices,
-    pinned host memory (offload) or the disk (stream: read at every soup)."""
+    pinned host memory (offload) or the disk (stream: read at every soup); `engine`: the
+    engine it is evaluated in (soce.engine.ENGINES), with `vllm`'s settings where it is vllm."""
 
     device_map: dict[str, str] | None = None
     dtype: str | None = None
     offload: bool = False
     stream: bool = False
+    engine: str = "hf"
+    vllm: object = None
 
 
 class Souper:
@@ -68,7 +71,6 @@ class Souper:
         self.bar: Progress | None = None  # set by whoever runs a long series of points
         self.show_best = False  # the bar shows the best soup so far (a search's)
         self.engine = None  # the experts' engine: loaded for the first point not in the store
-        self.applied: tuple[float, ...] | None = None  # the weights the engine holds now
         self._examples: dict[str, list[tuple[str, str]]] = {}  # split -> its (id, category) pairs
         self.stored_only = False  # True: a replay that evaluates nothing (NotStored where the store lacks a soup)
         self.examples_evaluated = self.examples_reused = 0  # search=halving's pieces: evaluated now, found in the store
@@ -76,11 +78,10 @@ class Souper:
     def _load(self):
         """The engine holding the experts, loaded for the first soup the store lacks."""
         if self.engine is None:
-            from soce.engine.hf import HfEngine
+            from soce.engine import ENGINES, register_engines
 
-            where = self.placement
-            self.engine = HfEngine.load(self.experts[0], where.device_map, where.dtype, [model_dir(e) for e in self.experts],
-                                        offload=where.offload, stream=where.stream)
+            register_engines()
+            self.engine = ENGINES[self.placement.engine].for_soup(self.experts, self.placement)
         return self.engine
 
     def evaluate(self, weights: Sequence[float], split: str = "dev") -> dict:
@@ -104,9 +105,7 @@ class Souper:
         """The soup at `weights` evaluated on `split` (on `examples` only, where given), as a record."""
         engine = self._load()
         started = time.perf_counter()
-        if self.applied != tuple(weights):  # the same soup on another split is in place already
-            engine.apply(weights)
-            self.applied = tuple(weights)
+        engine.apply(weights)  # nothing to do where the engine holds this soup already (another split)
         merged = time.perf_counter()
         with compute_threads(engine.device):
             result = self.evaluator.evaluate(engine, split, source=list(zip(self.experts, weights)),

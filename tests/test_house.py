@@ -43,6 +43,14 @@ def test_an_unknown_option_names_the_group_and_the_choices():
         SEARCHES["simplex"]
 
 
+def test_every_engine_choice_is_a_registered_engine():
+    from soce.choices import EngineName
+    from soce.engine import ENGINES, register_engines
+
+    register_engines()
+    assert sorted(ENGINES) == sorted(e.value for e in EngineName)
+
+
 def test_every_product_a_stage_reads_has_a_producer():
     for stage in PIPELINE.values():
         for product in stage.reads:

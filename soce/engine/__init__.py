@@ -2,11 +2,16 @@
 
 Only prompts, token ids, texts and weights cross the seam, never the model object, so an engine
 may live in another process (vLLM's workers). `hf` is a Hugging Face model in this process,
-souped in place (soce.engine.hf)."""
+souped in place (soce.engine.hf); `vllm` is one vLLM engine per process, each soup pushed into
+its workers (soce.engine.vllm). ENGINES names them for sweep.engine."""
 
 from __future__ import annotations
 
 from typing import Sequence
+
+from soce.registry import Registry
+
+ENGINES: Registry[type] = Registry("sweep.engine")
 
 
 class Engine:
@@ -38,3 +43,31 @@ class Engine:
     def apply(self, weights: Sequence[float]) -> None:
         """Put the soup of the engine's experts at `weights` into it."""
         raise NotImplementedError
+
+    @classmethod
+    def for_soup(cls, experts, placement) -> "Engine":
+        """An engine holding `experts` (pool candidates), ready for `apply`, placed as
+        `placement` (soce.sweep.Placement) says."""
+        raise NotImplementedError
+
+    @classmethod
+    def for_candidate(cls, candidate, placement) -> "Engine":
+        """An engine holding the candidate's own model, as it is."""
+        raise NotImplementedError
+
+
+def eos_ids(generation_eos, tokenizer) -> tuple[int, ...]:
+    """The token ids that end a completion: the model's generation config's and its tokenizer's."""
+    return tuple(sorted(set(_ids(generation_eos)) | set(_ids(tokenizer.eos_token_id))))
+
+
+def _ids(value) -> tuple[int, ...]:
+    if value is None:
+        return ()
+    return (value,) if isinstance(value, int) else tuple(value)
+
+
+def register_engines() -> None:
+    """Import the engines' modules, each registering itself (vllm's imports vLLM only when used)."""
+    import soce.engine.hf  # noqa: F401
+    import soce.engine.vllm  # noqa: F401

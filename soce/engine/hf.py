@@ -9,13 +9,14 @@ from typing import Sequence
 
 import torch
 
-from soce.engine import Engine
+from soce.engine import ENGINES, Engine, eos_ids
 from soce.errors import CheckpointError
 from soce.pool import Candidate, model_dir
 
 log = logging.getLogger(__name__)
 
 
+@ENGINES.register("hf")
 class HfEngine(Engine):
     """`model` and `tokenizer` in this process; `soup`: the in-place soup of its experts (None: a
     model evaluated as it is)."""
@@ -24,8 +25,9 @@ class HfEngine(Engine):
         self.model, self.tokenizer, self.soup = model, tokenizer, soup
         self.name = getattr(model, "name_or_path", "model")
         self.context_length = _context_length(model, tokenizer)
-        self.eos_ids = tuple(sorted(set(_ids(model.generation_config.eos_token_id)) | set(_ids(tokenizer.eos_token_id))))
+        self.eos_ids = eos_ids(model.generation_config.eos_token_id, tokenizer)
         self._harness = None
+        self.applied: tuple[float, ...] | None = None  # the weights of the soup in the model now
 
     @classmethod
     def load(cls, candidate: Candidate, device_map: dict[str, str] | None = None, dtype: str | None = None,
@@ -41,6 +43,16 @@ class HfEngine(Engine):
                                dtype=getattr(torch, dtype) if dtype else None)
         return cls(model, tokenizer, soup)
 
+    @classmethod
+    def for_soup(cls, experts: Sequence[Candidate], placement) -> "HfEngine":
+        """The first expert's model, souped in place from all of them."""
+        return cls.load(experts[0], placement.device_map, placement.dtype, [model_dir(e) for e in experts],
+                        offload=placement.offload, stream=placement.stream)
+
+    @classmethod
+    def for_candidate(cls, candidate: Candidate, placement) -> "HfEngine":
+        return cls.load(candidate, placement.device_map)
+
     @property
     def device(self):
         return self.model.device
@@ -48,7 +60,9 @@ class HfEngine(Engine):
     def apply(self, weights: Sequence[float]) -> None:
         if self.soup is None:
             raise ValueError(f"{self.name} holds no experts: it cannot be souped")
-        self.soup.apply(weights)
+        if self.applied != tuple(weights):  # the same soup on another split is in place already
+            self.soup.apply(weights)
+            self.applied = tuple(weights)
 
     @torch.no_grad()
     def generate(self, prompts, max_tokens, stop):
@@ -137,9 +151,3 @@ def check_finite(model, where: str) -> None:
 def _context_length(model, tokenizer) -> int:
     n = getattr(model.config, "max_position_embeddings", None)
     return int(n) if n else int(tokenizer.model_max_length)
-
-
-def _ids(value) -> tuple[int, ...]:
-    if value is None:
-        return ()
-    return (value,) if isinstance(value, int) else tuple(value)

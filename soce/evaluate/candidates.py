@@ -16,6 +16,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from soce.artifacts import digest
+from soce.engine import Engine
 from soce.engine.hf import HfEngine
 from soce.evaluate import EvalResult, Evaluator
 from soce.pool import Candidate, fingerprint
@@ -44,11 +45,11 @@ def evaluate_candidates(
     question: dict,
     check: Callable[[object, str], None] | None = None,
     reuse: bool = True,
-    device_map: Callable[[Candidate], dict[str, str]] | None = None,
+    load: Callable[[Candidate], Engine] | None = None,
 ) -> dict[str, ScoreTable]:
     """Per split, the table of the candidates' scores (overall: the mean over categories).
     reuse=False evaluates every candidate again (benchmark.cache=false) and caches the result.
-    device_map: where a candidate is loaded (default: the CPU)."""
+    load: the engine a candidate is evaluated in (default: its Hugging Face model on the CPU)."""
     cache_dir.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict[str, EvalResult]] = {s: {} for s in splits}
     # every candidate found (or fetched) before any is evaluated: a missing one fails first
@@ -66,7 +67,7 @@ def evaluate_candidates(
                 results[split][c.name] = hit
                 continue
             if loaded is None:
-                loaded = HfEngine.load(c, device_map(c) if device_map else None)
+                loaded = load(c) if load else HfEngine.load(c)
                 if check is not None:
                     check(loaded.tokenizer, c.path or c.name)
             started = time.perf_counter()

@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from soce import artifacts
 from soce.artifacts import SCORES, SCORES_TEST
 from soce.benchmarks import BenchmarkBase
+from soce.choices import EngineName
 from soce.errors import ConfigError
 from soce.pool import Candidate, fingerprint, model_dir, resolve_pool
 from soce.progress import plural
@@ -104,7 +105,10 @@ class Study:
     def question(self) -> dict:
         """What an evaluation's scores depend on besides the model: the benchmark's settings and
         the evaluator's code and task files."""
-        return {**artifacts.resolved(self.cfg, "benchmark"), "evaluator": self.evaluator.fingerprint}
+        asked = {**artifacts.resolved(self.cfg, "benchmark"), "evaluator": self.evaluator.fingerprint}
+        if self.cfg.sweep.engine != EngineName.hf:  # hf's questions stay as they were before there were engines
+            asked["engine"] = str(self.cfg.sweep.engine)
+        return asked
 
     def fingerprint(self, candidate: Candidate) -> str:
         """The candidate's files' fingerprint, found once per run (for a Hub id, resolving the
@@ -130,13 +134,12 @@ class Study:
         refused here, before anything loads), storing into the study's store; its soups' question
         names these models' files. stream: the experts stay on disk (a soup evaluated once)."""
         from soce.placement.plan import memory_plan
-        from soce.sweep import Placement, Souper
+        from soce.sweep import Souper
 
         sweep = self.cfg.sweep
         plan = plan or memory_plan(sweep, models, device=self.device, stream=stream)
         plan.check()
-        dtype = sweep.dtype.value if sweep.dtype else None  # None: the checkpoints' own
-        placement = Placement(plan.device_map, dtype, plan.experts_at == "host", stream)
+        placement = replace(self.placement, device_map=plan.device_map, offload=plan.experts_at == "host", stream=stream)
         evaluator = self.evaluator
         asked = {**self.question(), "models": {c.name: self.fingerprint(c) for c in models}, **evaluator.soup_question(models)}
         return Souper(models, evaluator, self.store, asked, self.search.objective, self.tracker, kind=kind, placement=placement)
@@ -210,16 +213,30 @@ class Study:
         evaluator = self.evaluator
         return evaluate_candidates(refs, evaluator, evaluator.splits, self.cache_dir.parent / "evals", self.question(),
                                    self.benchmark.candidate_check(), reuse=self.cfg.benchmark.cache,
-                                   device_map=self.candidate_device_map)
+                                   load=self.candidate_engine)
 
-    def candidate_device_map(self, candidate: Candidate) -> dict[str, str]:
-        """Where a candidate evaluated alone goes: the memory plan of its model without experts
-        (this machine's GPUs, dispatched over them if it needs more than one; its CPU without one)."""
+    @cached_property
+    def placement(self):
+        """The engine every model and soup of the run is evaluated in, and its settings."""
+        from soce.engine.vllm import VllmSettings
+        from soce.sweep import Placement
+
+        sweep = self.cfg.sweep
+        dtype = sweep.dtype.value if sweep.dtype else None  # None: the checkpoints' own
+        return Placement(dtype=dtype, engine=str(sweep.engine),
+                         vllm=VllmSettings(sweep.vllm.max_model_len, sweep.vllm.kv_cache_gb, sweep.vllm.gpu_memory_utilization, dtype))
+
+    def candidate_engine(self, candidate: Candidate):
+        """A candidate evaluated alone, in the run's engine: with hf, its model placed by the memory
+        plan of its model without experts (this machine's GPUs, dispatched over them if it needs
+        more than one; its CPU without one); with vllm, pushed into the process's engine."""
+        from soce.engine import ENGINES, register_engines
         from soce.placement.plan import memory_plan
 
+        register_engines()
         plan = memory_plan(self.cfg.sweep, [replace(candidate, path=model_dir(candidate))], n_experts=0)
         plan.check()
-        return plan.device_map
+        return ENGINES[str(self.cfg.sweep.engine)].for_candidate(candidate, replace(self.placement, device_map=plan.device_map))
 
     def candidate_scores(self) -> dict[str, ScoreTable]:
         """The candidates' own scores by the sweep's evaluator, per split: those the analysis wrote,
