@@ -60,10 +60,15 @@ def test_a_pushed_soup_generates_as_hf_generate_in_float32(engines, weights):
 
 
 def test_a_pushed_soup_equals_the_soup_written_to_disk_in_a_fresh_engine(engines, family, tmp_path):
-    """Tokens and log-probabilities, exactly: the fresh engine reads the soup soce's merge wrote."""
+    """Tokens and log-probabilities exactly, and toy_fc's scores through the direct evaluator and
+    through lm-eval: the fresh engine loads the soup soce's merge wrote, and is pushed nothing."""
+    import copy
+
     from vllm import LLM, SamplingParams, TokensPrompt
 
     from soce.merge import merge_to_disk
+    from soce.toy_fc.direct import ToyFcDirect
+    from soce.toy_fc.harness import toy_fc_backend
 
     _, pushed = engines
     weights = (0.2, 0.5, 0.3)
@@ -71,17 +76,22 @@ def test_a_pushed_soup_equals_the_soup_written_to_disk_in_a_fresh_engine(engines
     pushed.apply(weights)
     ids = prompts(pushed.tokenizer, 24)
     params = SamplingParams(temperature=0, max_tokens=24, logprobs=0, ignore_eos=True)
+    evaluators = [ToyFcDirect(seed=0, per_category=20, batch_size=64), toy_fc_backend(seed=0, per_category=5, batch_size=16)]
 
-    def run(llm):
-        outs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in ids], params, use_tqdm=False)
-        return [[(t, lp[t].logprob) for t, lp in zip(o.outputs[0].token_ids, o.outputs[0].logprobs)] for o in outs]
+    def run(engine):
+        outs = engine.server.llm.generate([TokensPrompt(prompt_token_ids=p) for p in ids], params, use_tqdm=False)
+        tokens = [[(t, lp[t].logprob) for t, lp in zip(o.outputs[0].token_ids, o.outputs[0].logprobs)] for o in outs]
+        scored = [e.evaluate(engine, "dev") for e in evaluators]
+        return tokens, [(r.scores, [(o.example_id, o.output, o.correct) for o in r.outcomes]) for r in scored]
 
-    held = run(pushed.server.llm)
-    fresh = LLM(model=str(soup), dtype="float32", enforce_eager=True, seed=0)
+    held = run(pushed)
+    fresh = copy.copy(pushed)  # the same evaluators' view of an engine, over a fresh LLM that was pushed nothing
+    fresh.server, fresh._harness = copy.copy(pushed.server), None
+    fresh.server.llm = LLM(model=str(soup), dtype="float32", enforce_eager=True, seed=0)
     try:
         assert run(fresh) == held
     finally:
-        fresh.llm_engine.engine_core.shutdown()
+        fresh.server.llm.llm_engine.engine_core.shutdown()
 
 
 def test_the_check_after_a_push_names_a_head_left_with_the_previous_weights(engines):
