@@ -60,7 +60,7 @@ def build_big(out: Path, hidden: int, layers: int) -> Path:
 def compare(label: str, experts, args) -> dict:
     """Tokens/s of both engines on one model's soup, and push vs fresh start."""
     from soce.engine.hf import HfEngine
-    from soce.engine.vllm import VllmEngine, VllmServer, VllmSettings
+    from soce.engine.vllm import VllmEngine, VllmSettings
     from soce.sweep import Placement
 
     placement = Placement(vllm=VllmSettings())
@@ -83,7 +83,6 @@ def compare(label: str, experts, args) -> dict:
                "vllm_tok_s": tokens_per_second(pushed, prompts, args.max_tokens, args.repeats),
                "push_s": statistics.median(pushes[1:]), "fresh_start_s": started}
     pushed.server.close()
-    VllmServer._running = None
     return figures
 
 

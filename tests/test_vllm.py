@@ -108,6 +108,27 @@ def test_the_check_after_a_push_names_a_head_left_with_the_previous_weights(engi
     assert clean == []
 
 
+def test_a_candidate_with_nan_weights_is_refused_naming_its_tensor(engines, family, tmp_path):
+    """As the hf engine refuses it: a NaN would score 0 everywhere and enter the analysis."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from soce.engine.vllm import VllmEngine, VllmSettings
+    from soce.errors import CheckpointError
+    from soce.pool import Candidate
+    from soce.sweep import Placement
+
+    bad = shutil.copytree(family["micro-json"].path, tmp_path / "bad")
+    tensors = load_file(bad / "model.safetensors")
+    tensors["model.norm.weight"][0] = float("nan")
+    save_file(tensors, bad / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match=r"bad: tensor 'model.norm.weight' has NaN or Inf values"):
+        VllmEngine.for_candidate(Candidate("bad", path=str(bad)), Placement(vllm=VllmSettings()))
+    _, pushed = engines
+    pushed.apply((0.0, 0.0, 1.0))  # the engine goes on: the experts are held again
+
+
 def test_the_study_with_vllm_gives_the_same_selection_points_and_rows_as_with_hf(zoo_cache, tmp_path):
     runs = {}
     for engine in ("hf", "vllm"):

