@@ -5,7 +5,7 @@ import os
 import socket
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -41,11 +41,7 @@ def study(tmp_path, caplog):
     def run(*overrides: str, run_dir: Path | None = None) -> Study:
         caplog.set_level(logging.INFO, logger="soce")
         caplog.clear()
-        run_dir = Path(run_dir or tmp_path / "run")
-        tracker = RecordingTracker()
-        cli.run_study(compose_cfg(overrides), run_dir, tracker=tracker)
-        assert tracker.finished
-        return Study(run_dir, tracker, caplog.text)
+        return replace(run_study(overrides, Path(run_dir or tmp_path / "run")), log=caplog.text)
 
     return run
 
