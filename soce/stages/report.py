@@ -20,7 +20,8 @@ from soce.stages.study import Study
 
 
 def report(study: Study) -> Path:
-    from soce.report.study import StudyReport, write_report
+    from soce.report.content import StudyReport, compute
+    from soce.report.render import write_report
     from soce.sweep import search_soups
 
     cfg, search = study.cfg, study.search
@@ -32,7 +33,7 @@ def report(study: Study) -> Path:
         search=search, shapley=OmegaConf.to_object(cfg.report.shapley), top_points=cfg.report.top_points,
         correlation_method=cfg.analysis.method.value)
     if not study.benchmark.evaluates:
-        return write_report(inputs)
+        return write_report(compute(inputs))
     candidates = study.candidates()
     study.check_store(candidates)
     souper = study.souper([candidates[n] for n in experts], kind="shapley")
@@ -55,7 +56,7 @@ def report(study: Study) -> Path:
         vectors = candidates if cfg.report.task_vectors == Players.candidates else experts
         inputs = replace(inputs, base_dir=model_dir(base), base_score=aggregate(own.row(base.name), search.objective),
                          vector_dirs={n: model_dir(candidates[n]) for n in vectors})
-    return write_report(inputs)
+    return write_report(compute(inputs))
 
 
 def config_rows(cfg: DictConfig, evaluates: bool) -> list[tuple[str, str]]:
