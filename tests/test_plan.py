@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from conftest import compose_cfg
+from conftest import BFCL_FIXTURE, compose_cfg
 from soce.placement.plan import memory_plan
 from soce.stages.study import Study
 from soce.errors import CheckpointError, ConfigError
@@ -116,6 +116,23 @@ def test_stage_plan_prints_the_plan_for_another_machine(study, llama3):
     assert "the uniform soup of all 4 candidates streams from disk" in s.log
     columns, rows = s.tracker.tables["memory_plan"]
     assert columns[0] == "device" and [r[0] for r in rows] == [f"cuda:{i}" for i in range(8)] + ["host"]
+
+
+def test_the_70b_experiment_is_planned_for_the_devices_given_whatever_sweep_device_says(study, llama3):
+    """experiment=paper_bfcl_70b sets sweep.device=cuda (for the GPU machine it runs on); stage=plan
+    on this CPU-only machine plans for sweep.devices. (Its Hub ids' config.json cannot be fetched
+    here: the pool's entries point at a local copy, their names and Hub ids kept.)"""
+    pool = compose_cfg(["experiment=paper_bfcl_70b"]).pool.models
+    models = ", ".join(f"{{name: '{m.name}', hub_id: {m.hub_id}, path: {llama3 / '70b'}}}" for m in pool)
+    args = ["experiment=paper_bfcl_70b", f"pool.models=[{models}]", "stage=plan", "selection.max_experts=3", "tracker=none"]
+    eight = study(*args, "sweep.devices=8xH100-80GB", run_dir=llama3 / "eight").log
+    assert "the live model dispatched over 8 devices" in eight and "DOES NOT FIT" in eight
+    assert "sweep.offload=true: the experts (423.3 GB) in pinned host memory" in eight  # the fix
+    assert "sweep.device=cuda" not in eight
+    one = study(*args, "sweep.devices=1xH100-80GB", run_dir=llama3 / "one").log
+    assert "cuda:0     80.0 GB  141.1 GB" in one and "sweep.devices=9x80GB: 9 such GPUs" in one
+    with pytest.raises(ConfigError, match="sweep.device=cuda: this machine has 0 CUDA GPUs"):  # a sweep runs here
+        study(*args[:2], "stage=sweep", "sweep.devices=8xH100-80GB", f"benchmark.table={BFCL_FIXTURE}", run_dir=llama3 / "sweep")
 
 
 @pytest.mark.parametrize("devices, message", [
