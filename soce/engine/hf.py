@@ -9,7 +9,7 @@ from typing import Sequence
 
 import torch
 
-from soce.engine import ENGINES, Engine, eos_ids
+from soce.engine import ENGINES, Engine, eos_ids, load_tokenizer
 from soce.errors import CheckpointError
 from soce.pool import Candidate, model_dir
 
@@ -118,7 +118,7 @@ def load_model(candidate: Candidate, device_map: dict[str, str] | None = None, d
     plan's; default: the CPU); `dtype`: the model's (default: the checkpoint's)."""
     import pickle
 
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     from soce.merge import open_checkpoint
@@ -131,11 +131,10 @@ def load_model(candidate: Candidate, device_map: dict[str, str] | None = None, d
         raise CheckpointError(f"pool model {candidate.name!r}: {err}") from None
     try:
         model = AutoModelForCausalLM.from_pretrained(where, device_map=device_map, **({"dtype": dtype} if dtype else {}))
-        tokenizer = AutoTokenizer.from_pretrained(where)
     except (OSError, ValueError, pickle.UnpicklingError) as err:
         raise CheckpointError(f"pool model {candidate.name!r}: cannot load {where} ({type(err).__name__}: {err})") from None
     check_finite(model, f"pool model {candidate.name!r} ({where})")
-    return model, tokenizer
+    return model, load_tokenizer(candidate.name, where)
 
 
 def check_finite(model, where: str) -> None:

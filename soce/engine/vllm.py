@@ -25,7 +25,7 @@ from importlib.metadata import version as _distribution_version
 from pathlib import Path
 from typing import Sequence
 
-from soce.engine import ENGINES, Engine, eos_ids
+from soce.engine import ENGINES, Engine, eos_ids, load_tokenizer
 from soce.errors import CheckpointError, ConfigError, EvaluationError
 from soce.pool import Candidate, model_dir
 
@@ -143,12 +143,10 @@ class VllmEngine(Engine):
     """A soup of `experts` in the process's vLLM engine (soce.engine.Engine's interface)."""
 
     def __init__(self, experts: Sequence[Candidate], settings: VllmSettings) -> None:
-        from transformers import AutoTokenizer
-
         self.paths = tuple(str(model_dir(e)) for e in experts)
+        self.tokenizer = load_tokenizer(experts[0].name, self.paths[0])  # first: a bad one is one line, not vLLM's traceback
         self.server = VllmServer.shared(self.paths[0], settings)
         self.name = self.paths[0]
-        self.tokenizer = AutoTokenizer.from_pretrained(self.paths[0])
         self.context_length = self.server.max_model_len
         self.eos_ids = eos_ids(_generation_eos(self.paths[0]), self.tokenizer)
         self.device = "cpu"  # this process only sends token ids: vLLM's workers compute
