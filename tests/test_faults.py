@@ -28,7 +28,7 @@ from soce.merge import disk
 from soce.merge.checkpoint import read_header
 from soce.pool import Candidate, resolve_pool
 from soce.store import SweepStore
-from conftest import sweep_record
+from conftest import MICRO_STUDY, sweep_record
 from tiny_models import build_tiny_llama
 
 WEIGHTS = [0.5, 0.2, 0.3]
@@ -428,10 +428,10 @@ def test_a_run_directory_that_cannot_be_written_is_one_error_line(soce, tmp_path
     assert f"the run directory {ro / 'run'} cannot be written (Read-only file system): choose another with hydra.run.dir" in line
 
 
-SWEEP = ["benchmark=toy_fc", "benchmark.backend=direct", "benchmark.per_category=20", "pool=toy_zoo_micro",
-         "selection=topk", "selection.k=3", "tracker=none", "stage=sweep"]
+SWEEP = [*MICRO_STUDY, "tracker=none", "stage=sweep"]
 
 
+@pytest.mark.slow
 def test_a_store_that_fills_its_disk_is_one_error_line_and_resumes_elsewhere(soce, zoo_cache, tmp_path):
     args = [*SWEEP, f"pool.cache_dir={zoo_cache}", f"hydra.run.dir={tmp_path / 'run'}"]
     with mounted_tmpfs(tmp_path / "disk", "size=16k") as disk_dir:

@@ -11,11 +11,11 @@ from collections import Counter
 
 import pytest
 
+from conftest import MICRO_STUDY
 from soce.errors import ConfigError
 from soce.halving import nested_subsets, rung_sizes, successive_halving
 
-STUDY = ["benchmark=toy_fc", "benchmark.backend=direct", "benchmark.per_category=20", "pool=toy_zoo_micro",
-         "selection=topk", "selection.k=3", "tracker=none"]
+STUDY = [*MICRO_STUDY, "tracker=none"]
 
 
 def test_subsets_are_nested_stratified_and_seeded():
@@ -119,6 +119,7 @@ def test_halving_sharded_then_collected_gives_the_unsharded_sweep(study, halving
     assert best and best[-1].split("best mean")[1] == [line for line in alone.log.splitlines() if "best mean" in line][-1].split("best mean")[1]
 
 
+@pytest.mark.slow
 def test_a_halving_sweep_killed_mid_rung_resumes_where_it_stopped(zoo_cache, tmp_path):
     run = tmp_path / "run"
     args = [*STUDY, f"pool.cache_dir={zoo_cache}", "stage=sweep", "search=halving", f"hydra.run.dir={run}"]

@@ -331,6 +331,7 @@ def test_cli_merge_stage(soce, zoo, tmp_path):
     assert missing.returncode == 1 and "stage=merge needs merge.models" in missing.stderr
 
 
+@pytest.mark.slow
 def test_accelerate_two_processes_give_the_single_process_result(zoo, tmp_path):
     experts = zoo[("bfloat16", False)]
     out = tmp_path / "soup"

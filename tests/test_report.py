@@ -9,6 +9,7 @@ import random
 import numpy as np
 import pytest
 
+from conftest import MICRO_STUDY
 from soce.errors import ConfigError, DataError
 from soce.report.consistency import consistency, mean_off_diagonal
 from soce.report.shapley import exact_shapley, monte_carlo_shapley, shapley
@@ -96,8 +97,7 @@ def test_consistency_means_off_the_diagonal():
     assert c.candidates[0, 1] == pytest.approx(1.0) and c.n_candidates == c.n_soups == 3
 
 
-STUDY = ["benchmark=toy_fc", "benchmark.backend=direct", "benchmark.per_category=20", "pool=toy_zoo_micro",
-         "selection=topk", "selection.k=3", "search.budget=6"]
+STUDY = [*MICRO_STUDY, "search.budget=6"]
 
 
 def test_the_report_on_the_micro_family_has_every_section_and_costs_nothing_twice(study, zoo_cache, tmp_path):

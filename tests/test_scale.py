@@ -7,13 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import accelerate_launch, compose_cfg
+from conftest import MICRO_STUDY, accelerate_launch, compose_cfg
 from soce.cli import run_study
 from soce.errors import SoceError
 from soce.weights import dirichlet
 
-STUDY = ["benchmark=toy_fc", "benchmark.backend=direct", "benchmark.per_category=20", "pool=toy_zoo_micro",
-         "selection=topk", "selection.k=3", "search.budget=7", "tracker=none"]
+STUDY = [*MICRO_STUDY, "search.budget=7", "tracker=none"]
 
 
 def points(directory):
@@ -41,7 +40,8 @@ def assert_same_study(run, reference):
     assert (run / "report.md").exists()
 
 
-@pytest.mark.parametrize("launcher", ["basic", "joblib", "submitit_local"])
+@pytest.mark.parametrize("launcher", ["basic", pytest.param("joblib", marks=pytest.mark.slow),
+                                      pytest.param("submitit_local", marks=pytest.mark.slow)])
 def test_a_three_shard_multirun_gives_the_unsharded_study(soce, zoo_cache, tmp_path, unsharded, launcher):
     sweep_dir = tmp_path / "multirun"
     r = soce("-m", f"hydra/launcher={launcher}", *STUDY, f"pool.cache_dir={zoo_cache}", "sweep.shard=range(0,3)",
@@ -53,6 +53,7 @@ def test_a_three_shard_multirun_gives_the_unsharded_study(soce, zoo_cache, tmp_p
     assert_same_study(sweep_dir, unsharded)
 
 
+@pytest.mark.slow
 def test_two_accelerate_processes_give_the_unsharded_study(zoo_cache, tmp_path, unsharded):
     run = tmp_path / "run"
     r = accelerate_launch([*STUDY, f"pool.cache_dir={zoo_cache}", f"hydra.run.dir={run}"], cwd=tmp_path)
@@ -108,10 +109,14 @@ def test_sequential_searches_cannot_be_sharded(study, zoo_cache):
 
 # --- real studies as configs ----------------------------------------------------------------------
 @pytest.mark.parametrize("size, first", [("70b", "CoALM-70B"), ("8b", "ToolACE-2-8B (FC)")])
-def test_the_paper_experiments_compose_select_and_stop_at_the_first_missing_model(soce, tmp_path, size, first):
+def test_the_paper_experiments_compose_select_and_stop_at_the_first_missing_model(study, tmp_path, monkeypatch, size, first):
+    """As `soce experiment=paper_bfcl_SIZE` runs, in this process, offline (HF_HUB_OFFLINE=1)."""
+    import huggingface_hub.constants
+
     from conftest import BFCL_FIXTURE
 
     from soce import config
+    from soce.errors import CheckpointError
 
     cfg = compose_cfg([f"experiment=paper_bfcl_{size}", f"benchmark.table={BFCL_FIXTURE}"])
     config.validate(cfg)
@@ -120,10 +125,9 @@ def test_the_paper_experiments_compose_select_and_stop_at_the_first_missing_mode
     assert cfg.benchmark.kind == "bfcl" and cfg.benchmark.categories is None  # all 14 leaderboard columns
     assert cfg.benchmark.split.value == "none"  # the paper's protocol: one split
 
-    r = soce(f"experiment=paper_bfcl_{size}", f"benchmark.table={BFCL_FIXTURE}", "tracker=none",
-             f"hydra.run.dir={tmp_path / 'run'}", env={"HF_HUB_OFFLINE": "1"})
-    assert r.returncode == 1 and f"error: pool model {first!r}: cannot fetch" in r.stderr, r.stderr[-2000:]
-    assert "set its path in the pool config" in r.stderr
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(CheckpointError, match=rf"pool model {re.escape(repr(first))}: cannot fetch .*set its path in the pool config"):
+        study(f"experiment=paper_bfcl_{size}", f"benchmark.table={BFCL_FIXTURE}", "tracker=none")
     assert json.loads((tmp_path / "run" / "selection.json").read_text())["experts"][0]["model"] == first  # selected on the table
 
 
@@ -136,6 +140,7 @@ def test_mgsm_has_one_category_per_language_and_lm_eval_knows_its_tasks():
     assert evaluator.tasks["dev"]["sw"] == "mgsm_direct_sw" and evaluator.splits == ("dev",)
 
 
+@pytest.mark.slow
 def test_two_accelerate_processes_with_the_default_evaluator(zoo_cache, tmp_path):
     """lm-eval through `accelerate launch`: each process evaluates its own points as a single
     process (lm-eval would return nothing on rank 1), and `stage=sweep` on a fresh run directory
@@ -153,6 +158,7 @@ def test_two_accelerate_processes_with_the_default_evaluator(zoo_cache, tmp_path
     assert points(run) == points(alone) and len(points(alone)) == 5
 
 
+@pytest.mark.slow
 def test_two_multiruns_sharing_a_store_keep_their_own_results(soce, zoo_cache, tmp_path):
     """A second study (another search) on the store of a first: it reuses the soups both ask for,
     writes its results into its own multirun's directory, and takes its soup from its own points."""

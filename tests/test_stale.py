@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from conftest import MICRO_STUDY
 from soce.errors import DataError
 from soce.evaluate.candidates import evaluate_candidates
 from soce.toy_fc.direct import ToyFcDirect
@@ -19,8 +20,7 @@ from soce.toy_fc.harness import TOY_FC_TASKS
 from soce.pool import Candidate
 from soce.zoo.family import build_family
 
-STUDY = ["benchmark=toy_fc", "benchmark.backend=direct", "benchmark.per_category=20", "pool=toy_zoo_micro",
-         "selection=topk", "selection.k=3", "search.budget=3"]
+STUDY = [*MICRO_STUDY, "search.budget=3"]
 
 
 def sweep_records(run: Path) -> list[dict]:

@@ -11,7 +11,7 @@ from soce.errors import SoceError
 from soce.search import greedy_soup, grid_points, run_search
 from soce.store import SweepStore
 from soce.weights import dirichlet, simplex_grid
-from conftest import sweep_record
+from conftest import MICRO_STUDY, sweep_record
 
 
 @pytest.mark.parametrize("n, count", [(2, 9), (3, 36), (4, 84), (5, 126)])
@@ -89,8 +89,7 @@ def test_shards_share_a_store_directory_and_each_file_has_one_writer(tmp_path):
 
 
 # --- the sweep on the micro family -------------------------------------------------------------
-STUDY = ["benchmark=toy_fc", "benchmark.backend=direct", "benchmark.per_category=20", "pool=toy_zoo_micro",
-         "selection=topk", "selection.k=3", "search.budget=6"]
+STUDY = [*MICRO_STUDY, "search.budget=6"]
 
 
 def test_sweep_resumes_and_the_soup_stage_reports_four_rows(study, zoo_cache, tmp_path):

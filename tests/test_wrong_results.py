@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file, save_file
 
-from conftest import compose_cfg, sweep_record, write_csv
+from conftest import MICRO_STUDY, compose_cfg, sweep_record, write_csv
 from soce import config
 from soce.errors import CheckpointError, ConfigError, DataError
 from soce.merge import disk, merge_to_disk
@@ -18,8 +18,7 @@ from soce.store import SweepStore
 from soce.weights import simplex_grid, uniform
 from tiny_models import build_tiny_llama
 
-STUDY = ["benchmark=toy_fc", "benchmark.backend=direct", "benchmark.per_category=20", "pool=toy_zoo_micro",
-         "selection=topk", "selection.k=3", "report.line_points=0"]
+STUDY = [*MICRO_STUDY, "report.line_points=0"]
 
 
 def records(path: Path) -> list[dict]:

@@ -221,12 +221,12 @@ def micro_json(zoo_cache):
 
 
 def test_lm_eval_backend_agrees_with_direct_computation(micro_json):
-    direct = ToyFcDirect(seed=0, per_category=100, batch_size=64).evaluate(micro_json, "dev")
-    harness = toy_fc_backend(seed=0, per_category=100, batch_size=64).evaluate(micro_json, "dev")
+    direct = ToyFcDirect(seed=0, per_category=40, batch_size=64).evaluate(micro_json, "dev")
+    harness = toy_fc_backend(seed=0, per_category=40, batch_size=64).evaluate(micro_json, "dev")
     assert harness.scores == pytest.approx(direct.scores, abs=1e-12)
     assert {o.example_id: (o.correct, o.output) for o in harness.outcomes} == {o.example_id: (o.correct, o.output) for o in direct.outcomes}
-    assert len(direct.outcomes) == 600 and 0 < sum(o.correct for o in direct.outcomes) < 600
-    examples = {e.id: e for e in fc.splits(0, 100)["dev"]}
+    assert len(direct.outcomes) == 240 and 0 < sum(o.correct for o in direct.outcomes) < 240
+    examples = {e.id: e for e in fc.splits(0, 40)["dev"]}
     assert all(fc.is_correct(o.output, examples[o.example_id]) == o.correct for o in direct.outcomes)  # the output kept is the one scored
     assert any(fc.parse_calls(o.output, "json" if o.category == "json" else "python") is None for o in direct.outcomes
                if not o.correct)  # unparseable outputs are kept too, scored wrong
@@ -319,14 +319,15 @@ def test_the_evaluator_is_built_once_per_setting(tmp_path):
 
 # --- the pipeline on the micro family -------------------------------------------------------------
 def test_analyze_end_to_end_on_the_micro_family(study, zoo_cache, tmp_path):
-    args = ["benchmark=toy_fc", "pool=toy_zoo_micro", f"pool.cache_dir={zoo_cache}", "stage=select", "selection.tau=0.6"]
+    args = ["benchmark=toy_fc", "benchmark.per_category=20", "pool=toy_zoo_micro", f"pool.cache_dir={zoo_cache}", "stage=select",
+            "selection.tau=0.6"]
     r = study(*args)
     run = tmp_path / "run"
     header = (run / "scores.csv").read_text().splitlines()[0]
     assert header == "model," + ",".join(fc.CATEGORIES) + ",overall"
     assert len((run / "scores_test.csv").read_text().splitlines()) == 5  # 4 candidates
     outcomes = [json.loads(line) for line in (run / "outcomes.jsonl").read_text().splitlines()]
-    assert len(outcomes) == 4 * 600 and {o["model"] for o in outcomes} == {c.name for c in FAMILIES["micro"].candidates}
+    assert len(outcomes) == 4 * 6 * 20 and {o["model"] for o in outcomes} == {c.name for c in FAMILIES["micro"].candidates}
     assert json.loads((run / "selection.json").read_text())["experts"]
     assert "evaluated micro-json on dev" in r.log
     again = study(*args, run_dir=tmp_path / "run2")  # every evaluation comes from the cache
@@ -340,8 +341,8 @@ def test_any_lm_eval_task_group_through_the_generic_benchmark(study, zoo_cache, 
     models = ",".join(f"{{name: {n}, path: '{p}'}}" for n, p in family.candidates.items())
     study("benchmark=lm_eval", "benchmark.dev_tasks=[toy_fc_dev_simple,toy_fc_dev_json,toy_fc_dev_parallel]",
           "benchmark.test_tasks=[toy_fc_test_simple,toy_fc_test_json,toy_fc_test_parallel]",
-          f"benchmark.include_path={TOY_FC_TASKS}", "pool=all", f"pool.models=[{models}]", f"pool.cache_dir={tmp_path / 'cache'}",
-          "stage=analyze")
+          f"benchmark.include_path={TOY_FC_TASKS}", "benchmark.limit=20", "pool=all", f"pool.models=[{models}]",
+          f"pool.cache_dir={tmp_path / 'cache'}", "stage=analyze")
     header = (tmp_path / "run" / "scores.csv").read_text().splitlines()[0]
     assert header == "model,toy_fc_dev_simple,toy_fc_dev_json,toy_fc_dev_parallel,overall"
     assert (tmp_path / "run" / "scores_test.csv").exists()
