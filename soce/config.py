@@ -129,6 +129,12 @@ class AnalysisConfig:
 
 
 @dataclass
+class SoupConfig:
+    push_to_hub: Optional[str] = None  # a Hub repo id (OWNER/NAME): the soup and its model card are uploaded there
+    private: Optional[bool] = None  # a repo created by the push is private (default: the Hub's default, public)
+
+
+@dataclass
 class SoceConfig:
     stage: Stage = Stage.all
     study: str = MISSING
@@ -141,6 +147,7 @@ class SoceConfig:
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
+    soup: SoupConfig = field(default_factory=SoupConfig)
 
 
 # Each group's schemas, stored in the ConfigStore under schema/GROUP (not among the group's own
@@ -282,6 +289,9 @@ def validate(cfg: DictConfig) -> None:
     search.check()
     check_pool(cfg)
     check_engine(cfg.sweep)
+    from soce.card import check_push
+
+    check_push(cfg.soup.push_to_hub)
     for key in ("selection.tau", "analysis.tau"):
         tau = OmegaConf.select(cfg, key)
         if tau is not None and not 0.0 <= tau <= 1.0:

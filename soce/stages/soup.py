@@ -3,10 +3,12 @@ test, with intervals where the scores have per-example outcomes) and soup/ (a mo
 
 from __future__ import annotations
 
+import json
 import logging
 
 from soce import artifacts
-from soce.artifacts import RESULTS, SOUP
+from soce.artifacts import RESULTS, SELECTION, SOUP
+from soce.card import Ingredient, command_of, model_card, push
 from soce.objective import aggregate
 from soce.pool import model_dir
 from soce.scores import ScoreTable
@@ -77,10 +79,22 @@ def soup(study: Study) -> dict:
     ids = [candidates[n].hub_id or candidates[n].path for n in experts]
     merge_to_disk(paths, best["weights"], study.path(SOUP), model_ids=ids, overwrite=True, progress=False,
                   all_processes=False)  # the soup stage runs on the main process alone
+    write_card(study, results, [Ingredient(n, i, candidates[n].hub_id, w) for n, i, w in zip(experts, ids, best["weights"])])
     present.print_results(results)
     log.info("soup: %s (%s)", study.path(SOUP), present.weights_text(experts, best["weights"]))
     present.track_results(study.tracker, results, study.path(SOUP))
+    if study.cfg.soup.push_to_hub:
+        push(study.path(SOUP), study.cfg.soup.push_to_hub, study.cfg.soup.private)
     return results
+
+
+def write_card(study: Study, results: dict, ingredients: list[Ingredient]) -> None:
+    """soup/README.md: the soup's model card, with the command that reproduces the study."""
+    cfg = study.cfg
+    groups = [f"{g}={cfg[g].name}" for g in ("benchmark", "pool", "selection", "search")]
+    text = model_card(study=cfg.study, benchmark=cfg.benchmark.name, results=results, selection=json.loads(study.path(SELECTION).read_text()),
+                      ingredients=ingredients, command=command_of(study.dir, groups))
+    (study.path(SOUP) / "README.md").write_text(text)
 
 
 def solved_of(table: ScoreTable, model: str) -> dict[str, bool]:

@@ -1,0 +1,107 @@
+"""The soup as a Hub model: soup/README.md, a model card with the Hugging Face Hub's YAML front
+matter (the experts as the base models of a merge, tags), the experts and their weights, how
+they were chosen, the objective and its scores with intervals on each split, and the command
+that reproduces it; and its upload (soup.push_to_hub=REPO)."""
+
+from __future__ import annotations
+
+import logging
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from soce.errors import ConfigError, SoceError
+
+log = logging.getLogger("soce")
+
+TAGS = ["merge", "model-soup", "soce"]
+
+
+@dataclass(frozen=True)
+class Ingredient:
+    name: str  # its pool name
+    source: str  # its Hub id, or its directory where it has none
+    hub_id: str | None
+    weight: float
+
+
+def model_card(*, study: str, benchmark: str, results: dict, selection: dict, ingredients: Sequence[Ingredient],
+               command: str) -> str:
+    """The card's text: front matter (huggingface_hub.ModelCardData) and markdown."""
+    from huggingface_hub import ModelCardData
+
+    data = ModelCardData(library_name="transformers", tags=TAGS,
+                         base_model=[i.hub_id for i in ingredients if i.hub_id] or None,
+                         base_model_relation="merge" if any(i.hub_id for i in ingredients) else None)
+    searched = results["rows"][-1]
+    splits = [s for s in ("dev", "test") if s in searched]
+    objective = results["objective"]
+    md = [f"# {study}: a soup of {len(ingredients)} models", "",
+          f"A weighted average of the parameters of {len(ingredients)} fine-tunes of one base model, made by "
+          "[soce](https://arxiv.org/abs/2511.13254) (Soup Of Category Experts) on the benchmark "
+          f"`{benchmark}`. No training: the weights were searched ({results['search']} search) on the {results['select_on']} split.",
+          "", "## Ingredients", "", "| model | weight | why |", "|---|---|---|"]
+    why = {e["model"]: e["reason"] for e in selection["experts"]}
+    md += [f"| {i.source if i.hub_id else f'{i.name} (`{i.source}`)'} | {i.weight:.2f} | {why.get(i.name, '')} |"
+           for i in ingredients]
+    weak = selection.get("weak_set")
+    md += ["", "## How the experts were chosen", "",
+           f"selection: {selection['strategy']}" + (f"; the weak set of categories: {', '.join(weak)}" if weak else "") + ".",
+           "", f"## Scores ({objective} over all categories; {results['protocol']})", "",
+           "| | " + " | ".join(splits) + " |", "|---|" + "---|" * len(splits)]
+    for row in results["rows"]:
+        md.append(f"| {row['name']} | " + " | ".join(_score(row.get(s)) for s in splits) + " |")
+    stats = results.get("statistics")
+    if stats:
+        md += ["", f"In brackets, {stats['confidence']:.0%} intervals of a paired bootstrap ({stats['bootstrap']} resamples "
+               "of the examples, within each category)."]
+    md += ["", "## Reproduce", "", "```bash", command, "```", ""]
+    return f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(md)
+
+
+def _score(part: dict | None) -> str:
+    if not part:
+        return "n/a"
+    ci = part.get("ci")
+    return f"{part['objective']:.4f}" + (f" [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "")
+
+
+def command_of(run_dir: Path, fallback: Sequence[str]) -> str:
+    """`soce` with the overrides the run was started with (Hydra's .hydra/overrides.yaml), or
+    with `fallback` where there is none (a study run from Python)."""
+    from omegaconf import OmegaConf
+
+    saved = run_dir / ".hydra" / "overrides.yaml"
+    overrides = list(OmegaConf.load(saved)) if saved.exists() else list(fallback)
+    return " ".join(["soce", *(shlex.quote(str(o)) for o in overrides)])
+
+
+def check_push(repo: str | None) -> None:
+    """soup.push_to_hub: a valid repo id and a token to push with, known before any evaluation."""
+    if repo is None:
+        return
+    from huggingface_hub import get_token
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo)
+    except HFValidationError as err:
+        raise ConfigError(f"soup.push_to_hub={repo}: not a Hub repo id ({err}); write it as NAME or OWNER/NAME") from None
+    if get_token() is None:
+        raise ConfigError(f"soup.push_to_hub={repo}: no Hugging Face token here; log in (`hf auth login`) or set HF_TOKEN")
+
+
+def push(folder: Path, repo: str, private: bool | None) -> str:
+    """Upload the soup's folder to the Hub repo `repo` (created where it does not exist); its URL."""
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    try:
+        url = api.create_repo(repo, private=private, exist_ok=True)
+        api.upload_folder(folder_path=str(folder), repo_id=repo, commit_message="soce: the soup, its config and model card")
+    except Exception as err:  # offline, no rights, a name taken: the soup stays on disk
+        raise SoceError(f"soup.push_to_hub={repo}: the upload failed ({type(err).__name__}: {err}); the soup and its card "
+                        f"are kept in {folder}: `hf upload {repo} {folder}` uploads them") from None
+    log.info("soup: pushed to %s", url)
+    return str(url)

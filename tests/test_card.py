@@ -1,0 +1,97 @@
+"""The soup as a Hub model: its model card (soup/README.md) read back by huggingface_hub, and
+soup.push_to_hub with the network mocked (the Hub's create_repo and upload_folder: the only mock)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from conftest import MICRO_STUDY, compose_cfg
+from soce import config
+from soce.card import Ingredient, command_of, model_card, push
+from soce.errors import ConfigError, SoceError
+
+
+@pytest.fixture
+def hub(monkeypatch, tmp_path):
+    """The Hub's calls recorded instead of sent; a token in the environment, none stored."""
+    from huggingface_hub import HfApi
+
+    calls = []
+    monkeypatch.setenv("HF_TOKEN", "hf_test")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: calls.append(("create_repo", repo_id, kw))
+                        or f"https://huggingface.co/{repo_id}")
+
+    def upload_folder(self, *, folder_path, repo_id, **kw):
+        calls.append(("upload_folder", repo_id, sorted(p.name for p in __import__("pathlib").Path(folder_path).iterdir())))
+
+    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+    return calls
+
+
+def test_the_soup_has_a_model_card_and_is_pushed_to_the_hub(study, zoo_cache, tmp_path, hub):
+    from huggingface_hub import ModelCard
+
+    study(*MICRO_STUDY, "search.budget=3", f"pool.cache_dir={zoo_cache}", "stage=soup", "tracker=none",
+          "soup.push_to_hub=someone/micro-soup", "soup.private=true")
+    soup = tmp_path / "run" / "soup"
+    card = ModelCard.load(soup / "README.md")
+    assert card.data.tags == ["merge", "model-soup", "soce"] and card.data.library_name == "transformers"
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    searched = results["rows"][-1]
+    for name, weight in zip(searched["models"], searched["weights"]):
+        assert f"| {name} (`" in card.text and f"| {weight:.2f} |" in card.text
+    test = searched["test"]
+    assert f"{test['objective']:.4f} [{test['ci'][0]:.4f}, {test['ci'][1]:.4f}]" in card.text  # the score, its interval
+    assert "soce benchmark=toy_fc pool=toy_zoo_micro selection=topk search=grid" in card.text  # no Hydra run: the groups
+    assert hub == [("create_repo", "someone/micro-soup", {"private": True, "exist_ok": True}),
+                   ("upload_folder", "someone/micro-soup", sorted(p.name for p in soup.iterdir()))]
+    assert "README.md" in hub[1][2] and "config.json" in hub[1][2]
+
+
+def test_a_card_names_hub_experts_as_the_base_models_of_a_merge_and_the_command_run(tmp_path):
+    from huggingface_hub import ModelCard
+
+    results = {"objective": "mean", "protocol": "one split", "search": "grid", "select_on": "dev",
+               "rows": [{"name": "searched soup", "dev": {"objective": 0.81}}]}
+    selection = {"strategy": "soce", "weak_set": ["Live Simple AST", "Multi Turn Base"],
+                 "experts": [{"model": "a", "reason": "best on Live Simple AST"}, {"model": "b", "reason": "best on Multi Turn Base"}]}
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "overrides.yaml").write_text("- experiment=paper_bfcl_8b\n- selection.tau=0.1\n- study=it's\n")
+    text = model_card(study="s", benchmark="bfcl", results=results, selection=selection, command=command_of(tmp_path, []),
+                      ingredients=[Ingredient("a", "org/a", "org/a", 0.7), Ingredient("b", "/models/b", None, 0.3)])
+    card = ModelCard(text)
+    assert card.data.base_model == ["org/a"] and card.data.base_model_relation == "merge"
+    assert "| org/a | 0.70 | best on Live Simple AST |" in text and "| b (`/models/b`) | 0.30 |" in text
+    assert "the weak set of categories: Live Simple AST, Multi Turn Base" in text and "| searched soup | 0.8100 |" in text
+    assert "soce experiment=paper_bfcl_8b selection.tau=0.1 'study=it'\"'\"'s'" in text  # as a shell reads it
+
+
+def test_a_failed_upload_names_the_repo_and_keeps_the_soup(tmp_path, monkeypatch):
+    from huggingface_hub import HfApi
+
+    def offline(self, *a, **k):
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr(HfApi, "create_repo", offline)
+    (tmp_path / "soup").mkdir()
+    with pytest.raises(SoceError, match=r"soup.push_to_hub=me/soup: the upload failed \(ConnectionError: no network\); "
+                                        rf"the soup and its card are kept in {tmp_path / 'soup'}: `hf upload me/soup"):
+        push(tmp_path / "soup", "me/soup", None)
+    assert (tmp_path / "soup").exists()
+
+
+@pytest.mark.parametrize("repo, token, message", [
+    ("me/too/deep", "hf_x", "soup.push_to_hub=me/too/deep: not a Hub repo id"),
+    ("me/soup", None, "soup.push_to_hub=me/soup: no Hugging Face token here; log in (`hf auth login`) or set HF_TOKEN"),
+])
+def test_a_push_that_cannot_happen_is_refused_before_any_evaluation(monkeypatch, tmp_path, repo, token, message):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    if token:
+        monkeypatch.setenv("HF_TOKEN", token)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        config.validate(compose_cfg([f"soup.push_to_hub={repo}"]))
