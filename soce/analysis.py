@@ -53,9 +53,32 @@ def _pearson(x: np.ndarray, y: np.ndarray) -> float:
     return math.nan if denom == 0 else float(np.clip(dx @ dy / denom, -1.0, 1.0))
 
 
+NOISY = 0.5  # a category whose reliability is below this is mostly sampling noise between models
+
+
+def reliability(values: np.ndarray, sizes: Sequence[float | None]) -> tuple[float, ...]:
+    """Per category (a column of `values`: the models' accuracies, as fractions or percentages),
+    the share of its variance between models that is not binomial sampling noise:
+    1 - mean over models of p(1-p)/n, over the variance of p between models (n: the category's
+    examples, `sizes`). 1: every difference between models is real; 0 or below: the differences
+    are no larger than n examples' noise. NaN where n is unknown, or the scores are the same for
+    every model (a saturated category: no spread to measure)."""
+    scale = 100.0 if np.nanmax(values, initial=0.0) > 1.0 else 1.0
+    out = []
+    for j, n in enumerate(sizes):
+        p = values[:, j][~np.isnan(values[:, j])] / scale
+        spread = float(p.var(ddof=1)) if len(p) > 1 else 0.0
+        if not n or spread == 0.0:
+            out.append(math.nan)
+            continue
+        out.append(1.0 - float(np.mean(p * (1 - p) / n)) / spread)
+    return tuple(out)
+
+
 @dataclass(frozen=True)
 class Analysis:
-    """The correlation matrix of a population of models and the weak set at tau."""
+    """The correlation matrix of a population of models and the weak set at tau; each category's
+    reliability (NaN: its size unknown) where the sizes are known."""
 
     method: str
     tau: float
@@ -63,6 +86,14 @@ class Analysis:
     categories: tuple[str, ...]
     matrix: np.ndarray
     counts: np.ndarray
+    reliability: tuple[float, ...] = ()
+    sizes: tuple[float | None, ...] = ()
+
+    def noisy(self) -> list[tuple[str, float, float]]:
+        """(category, reliability, examples) of every category of L whose spread between models is
+        mostly sampling noise: its correlations, and the expert it picks, rest on noise."""
+        weak = set(self.weak_set)
+        return [(c, r, n) for c, r, n in zip(self.categories, self.reliability, self.sizes) if c in weak and r < NOISY]
 
     @property
     def entry_tau(self) -> dict[str, float]:
@@ -132,24 +163,32 @@ class Analysis:
             "entry_tau": {c: _json_float(t) for c, t in self.entry_tau.items()},
             "undefined_pairs": [list(p) for p in self.undefined_pairs],
             "tau_sweep": self.tau_sweep(taus),
+            "reliability": {c: _json_float(r) for c, r in zip(self.categories, self.reliability)},
+            "sizes": dict(zip(self.categories, self.sizes)),
         }
 
     @classmethod
     def from_dict(cls, d: dict) -> "Analysis":
         matrix = np.array([[math.nan if v is None else v for v in row] for row in d["matrix"]], dtype=np.float64)
-        return cls(d["method"], float(d["tau"]), tuple(d["models"]), tuple(d["categories"]), matrix, np.array(d["counts"]))
+        reliability = tuple(math.nan if r is None else r for r in d.get("reliability", {}).values())
+        return cls(d["method"], float(d["tau"]), tuple(d["models"]), tuple(d["categories"]), matrix, np.array(d["counts"]),
+                   reliability, tuple(d.get("sizes", {}).values()))
 
 
 def _json_float(v: float) -> float | None:
     return None if math.isnan(v) else float(v)
 
 
-def analyze(table: ScoreTable, tau: float, method: str = "pearson") -> Analysis:
-    """Correlations between the categories of `table` across its models, and L at `tau`."""
+def analyze(table: ScoreTable, tau: float, method: str = "pearson", sizes: dict[str, float] | None = None) -> Analysis:
+    """Correlations between the categories of `table` across its models, and L at `tau`; with
+    `sizes` (category -> its examples), each category's reliability."""
     if not 0.0 <= tau <= 1.0:
         raise ConfigError(f"tau={tau} is outside [0, 1]")
     matrix, counts = correlation_matrix(table.values, method)
-    return Analysis(method, tau, table.models, table.categories, matrix, counts)
+    if not sizes:
+        return Analysis(method, tau, table.models, table.categories, matrix, counts)
+    n = tuple(sizes.get(c) for c in table.categories)
+    return Analysis(method, tau, table.models, table.categories, matrix, counts, reliability(table.values, n), n)
 
 
 def cell_text(v: float, tau: float | None = None) -> str:

@@ -6,6 +6,7 @@ one class here and one YAML file in conf/benchmark/."""
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Dict, List, Optional
@@ -46,6 +47,14 @@ class BenchmarkBase:
         """A check of a candidate's tokenizer before it is evaluated (None: none)."""
         return None
 
+    def sizes_of(self, table) -> dict[str, float] | None:
+        """Each category's number of examples behind a score of `table` (its reliability's n):
+        counted from its per-example outcomes where it has them; None: unknown."""
+        if not table.outcomes:
+            return None
+        first = table.outcomes[0].model
+        return dict(Counter(o.category for o in table.outcomes if o.model == first))
+
 
 @BENCHMARKS.register("table")
 @dataclass
@@ -63,6 +72,28 @@ class TableBenchmark(BenchmarkBase):
 
     evaluates: ClassVar[bool] = False
     reads_table = True
+
+    # examples behind each category's score, for its reliability (default: none; format bfcl: BFCL v3's)
+    category_sizes: Optional[Any] = None  # {category: examples}
+
+    def check(self) -> None:
+        for c, n in (self.category_sizes or {}).items():
+            if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+                raise ConfigError(f"benchmark.category_sizes.{c}={n}: the number of examples behind the category's scores, "
+                                  "a positive integer")
+
+    def sizes_of(self, table) -> dict[str, float] | None:
+        if self.category_sizes:
+            unknown = [c for c in self.category_sizes if c not in table.categories]
+            if unknown:
+                raise ConfigError(f"benchmark.category_sizes names {unknown[0]!r}, not a category of {self.path} "
+                                  f"({', '.join(table.categories)})")
+            return dict(self.category_sizes)
+        if self.format == TableFormat.bfcl:
+            from soce.bfcl.data import CATEGORIES, column_sizes
+
+            return column_sizes([c for c in table.categories if c in CATEGORIES])
+        return None
 
     def score_table(self):
         from soce.scores import read_table
@@ -191,6 +222,13 @@ class BfclBenchmark(BenchmarkBase):
 
         log.info("analysis and selection on the scores of %s; the sweep evaluates with bfcl-eval", self.table)
         return read_bfcl_scores(self.table, list(self.categories or CATEGORIES))
+
+    def sizes_of(self, table) -> dict[str, float] | None:
+        if table.outcomes:
+            return super().sizes_of(table)
+        from soce.bfcl.data import column_sizes
+
+        return column_sizes(table.categories)  # a leaderboard snapshot: v3's test files
 
     def evaluator(self, run_dir):
         from soce.bfcl import CATEGORIES, BfclEvaluator

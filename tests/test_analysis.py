@@ -88,3 +88,61 @@ def test_a_correlation_near_tau_is_written_with_the_digits_that_tell_its_side():
 
     assert cell_text(0.1972, 0.2) == "0.197" and cell_text(0.2031, 0.2) == "0.203" and cell_text(-0.1951, 0.2) == "-0.195"
     assert cell_text(0.5612, 0.2) == "0.56" and cell_text(float("nan"), 0.2) == "n/a"
+
+
+def test_reliability_by_hand_and_the_noisy_categories_of_the_weak_set():
+    """Per category: 1 - mean p(1-p)/n over the variance of p between models (ddof 1)."""
+    from soce.analysis import NOISY, reliability
+
+    big = [0.2, 0.5, 0.8, 0.35, 0.65]  # 1000 examples: real differences
+    small = [0.4, 0.6, 0.47, 0.53, 0.67]  # 15 examples: about the noise of 15 coin flips
+    flat = [1.0, 1.0, 1.0, 1.0, 1.0]  # saturated: no spread to measure
+    values = np.array([big, small, flat, big[::-1]], dtype=float).T
+    by_hand = [1 - np.mean([p * (1 - p) / n for p in col]) / np.var(col, ddof=1) for col, n in ((big, 1000), (small, 15))]
+    r = reliability(values, [1000, 15, 100, None])
+    assert r[:2] == pytest.approx(by_hand) and r[0] > 0.99 and r[1] < NOISY
+    assert math.isnan(r[2]) and math.isnan(r[3])  # saturated; size unknown
+    assert reliability(values * 100, [1000, 15, 100, None])[:2] == pytest.approx(by_hand)  # percentages, as BFCL's tables
+    table = ScoreTable(("m1", "m2", "m3", "m4", "m5"), ("big", "small", "flat", "other"), values, values.mean(axis=1))
+    a = analyze(table, 0.99, sizes={"big": 1000, "small": 15, "flat": 100})
+    assert "small" in a.weak_set and [c for c, _, _ in a.noisy()] == ["small"]
+    again = Analysis.from_dict(a.to_dict())
+    assert again.reliability[:2] == pytest.approx(a.reliability[:2]) and again.sizes == (1000, 15, 100, None)
+
+
+def test_bfcl_columns_count_their_test_files_examples():
+    """A column is the unweighted mean of its files' accuracies: n = k^2 / sum(1/n_f)."""
+    from soce.bfcl.data import column_sizes
+
+    sizes = column_sizes(["Relevance Detection", "Non-Live Simple AST", "Irrelevance Detection"])
+    assert sizes == pytest.approx({"Relevance Detection": 18, "Non-Live Simple AST": 9 / (1 / 400 + 1 / 100 + 1 / 50),
+                                   "Irrelevance Detection": 4 / (1 / 240 + 1 / 882)})
+
+
+def test_the_analysis_stage_reports_each_categorys_reliability(study, tmp_path):
+    import json
+
+    r = study("benchmark=bfcl_leaderboard", f"benchmark.path={BFCL_FIXTURE}", "pool=all", "stage=analyze", "tracker=none")
+    analysis = json.loads((tmp_path / "run" / "analysis.json").read_text())
+    assert list(analysis["reliability"]) == analysis["categories"] and analysis["sizes"]["Relevance Detection"] == 18
+    assert "its reliability (the share of its spread between models that is not sampling noise)" in r.log
+    csv = tmp_path / "scores.csv"
+    csv.write_text("model,a,b,c\nm1,0.2,0.5,0.9\nm2,0.4,0.45,0.1\nm3,0.8,0.55,0.5\nm4,0.5,0.6,0.3\n")
+    r = study("benchmark=table", f"benchmark.path={csv}", "benchmark.category_sizes={a: 500, b: 10}", "pool=all",
+              "stage=analyze", "selection.tau=0.99", "tracker=none", run_dir=tmp_path / "table")
+    assert json.loads((tmp_path / "table" / "analysis.json").read_text())["sizes"] == {"a": 500, "b": 10, "c": None}
+    assert "'b' is in L on a spread between models that is mostly sampling noise (reliability" in r.log
+
+
+@pytest.mark.parametrize("sizes, message", [
+    ("{a: 0}", "benchmark.category_sizes.a=0: the number of examples behind the category's scores, a positive integer"),
+    ("{z: 10}", "benchmark.category_sizes names 'z', not a category of"),
+])
+def test_bad_category_sizes_are_refused_naming_the_key(study, tmp_path, sizes, message):
+    from soce.errors import ConfigError
+
+    csv = tmp_path / "scores.csv"
+    csv.write_text("model,a,b,c\nm1,0.2,0.5,0.9\nm2,0.4,0.45,0.1\nm3,0.8,0.55,0.5\n")
+    with pytest.raises(ConfigError, match=message):
+        study("benchmark=table", f"benchmark.path={csv}", f"benchmark.category_sizes={sizes}", "pool=all", "stage=analyze",
+              "tracker=none")

@@ -37,6 +37,20 @@ CATEGORIES: dict[str, tuple[str, ...]] = {
     "Relevance Detection": ("live_relevance",),
     "Irrelevance Detection": ("irrelevance", "live_irrelevance"),
 }
+# Entries per test file in BFCL v3 (the leaderboard's snapshots of 2025; gorilla's
+# eval_runner_helper.py at 1bb65c9 weighs the live files by them)
+V3_FILE_SIZES = {"simple_python": 400, "simple_java": 100, "simple_javascript": 50, "multiple": 200, "parallel": 200,
+                 "parallel_multiple": 200, "irrelevance": 240, "live_simple": 258, "live_multiple": 1053, "live_parallel": 16,
+                 "live_parallel_multiple": 24, "live_irrelevance": 882, "live_relevance": 18, "multi_turn_base": 200,
+                 "multi_turn_miss_func": 200, "multi_turn_miss_param": 200, "multi_turn_long_context": 200}
+
+
+def column_sizes(categories: Sequence[str]) -> dict[str, float]:
+    """Each leaderboard column's effective number of examples in v3: a column is the unweighted
+    mean of its files' accuracies, whose sampling variance is p(1-p)/n with n = k^2 / sum(1/n_f)."""
+    return {c: len(CATEGORIES[c]) ** 2 / sum(1 / V3_FILE_SIZES[f] for f in CATEGORIES[c]) for c in categories}
+
+
 INSTALL = "pip install 'soce[bfcl]' (bfcl-eval, the leaderboard's own evaluator)"
 
 

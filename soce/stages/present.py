@@ -20,9 +20,17 @@ def print_analysis(result: corr.Analysis, population: str, values) -> None:
     log.info("analysis: %s correlation of %d categories over %d models (population: %s), tau=%g",
              result.method, k, len(result.models), population, result.tau)
     log.info("  weak set L (%d of %d): %s", len(result.weak_set), k, ", ".join(result.weak_set) or "(empty)")
-    log.info("  entry threshold per category (in L for any tau above it):")
+    reliable = dict(zip(result.categories, result.reliability))
+    log.info("  entry threshold per category (in L for any tau above it)%s:",
+             "; its reliability (the share of its spread between models that is not sampling noise)" if reliable else "")
+    width = max(map(len, result.categories))
     for cat, t in sorted(result.entry_tau.items(), key=lambda kv: (math.isnan(kv[1]), kv[1])):
-        log.info("    %s  %s%s", "  n/a" if math.isnan(t) else f"{t:.3f}", cat, "  <- in L" if t < result.tau else "")
+        r = f"  reliability {reliable[cat]:5.2f}" if cat in reliable and not math.isnan(reliable[cat]) else ""
+        log.info("    %s  %-*s%s%s", "  n/a" if math.isnan(t) else f"{t:.3f}", width if r else 0, cat, r,
+                 "  <- in L" if t < result.tau else "")
+    for cat, r, n in result.noisy():
+        log.warning("  %r is in L on a spread between models that is mostly sampling noise (reliability %.2f, %s examples): "
+                    "its correlations, and the expert it picks, rest on chance", cat, r, f"{n:.0f}")
     if len(result.models) < 3:
         log.warning("  correlations over %d models are +-1 or undefined: the analysis needs at least 3 models", len(result.models))
     reasons = result.undefined_reasons(values)
