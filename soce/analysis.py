@@ -88,6 +88,7 @@ class Analysis:
     counts: np.ndarray
     reliability: tuple[float, ...] = ()
     sizes: tuple[float | None, ...] = ()
+    min_reliability: float | None = None  # categories less reliable than this are left out of L
 
     def noisy(self) -> list[tuple[str, float, float]]:
         """(category, reliability, examples) of every category of L whose spread between models is
@@ -96,15 +97,26 @@ class Analysis:
         return [(c, r, n) for c, r, n in zip(self.categories, self.reliability, self.sizes) if c in weak and r < NOISY]
 
     @property
+    def left_out(self) -> dict[str, str]:
+        """The categories analysis.min_reliability leaves out of L, each with its figures."""
+        if self.min_reliability is None:
+            return {}
+        return {c: f"reliability {r:.2f} < analysis.min_reliability={self.min_reliability:g} ({n:.0f} examples): its spread "
+                   "between models is mostly sampling noise" for c, r, n in zip(self.categories, self.reliability, self.sizes)
+                if r < self.min_reliability}
+
+    @property
     def entry_tau(self) -> dict[str, float]:
         """Per category, min |rho| with any other category: it is in L for every tau above this.
 
-        NaN correlations (too few rows, constant column) never make a pair weak.
+        NaN correlations (too few rows, constant column) never make a pair weak; a category left
+        out (min_reliability) never enters L, nor makes another enter it.
         """
-        out = {}
+        out, left_out = {}, self.left_out
+        kept = [b for b, c in enumerate(self.categories) if c not in left_out]
         for a, cat in enumerate(self.categories):
-            others = [abs(self.matrix[a, b]) for b in range(len(self.categories)) if b != a and not math.isnan(self.matrix[a, b])]
-            out[cat] = float(min(others)) if others else math.nan
+            others = [abs(self.matrix[a, b]) for b in kept if b != a and not math.isnan(self.matrix[a, b])]
+            out[cat] = float(min(others)) if others and cat not in left_out else math.nan
         return out
 
     def weak_set_at(self, tau: float) -> tuple[str, ...]:
@@ -165,6 +177,8 @@ class Analysis:
             "tau_sweep": self.tau_sweep(taus),
             "reliability": {c: _json_float(r) for c, r in zip(self.categories, self.reliability)},
             "sizes": dict(zip(self.categories, self.sizes)),
+            "min_reliability": self.min_reliability,
+            "left_out": self.left_out,
         }
 
     @classmethod
@@ -172,23 +186,26 @@ class Analysis:
         matrix = np.array([[math.nan if v is None else v for v in row] for row in d["matrix"]], dtype=np.float64)
         reliability = tuple(math.nan if r is None else r for r in d.get("reliability", {}).values())
         return cls(d["method"], float(d["tau"]), tuple(d["models"]), tuple(d["categories"]), matrix, np.array(d["counts"]),
-                   reliability, tuple(d.get("sizes", {}).values()))
+                   reliability, tuple(d.get("sizes", {}).values()), d.get("min_reliability"))
 
 
 def _json_float(v: float) -> float | None:
     return None if math.isnan(v) else float(v)
 
 
-def analyze(table: ScoreTable, tau: float, method: str = "pearson", sizes: dict[str, float] | None = None) -> Analysis:
+def analyze(table: ScoreTable, tau: float, method: str = "pearson", sizes: dict[str, float] | None = None,
+            min_reliability: float | None = None) -> Analysis:
     """Correlations between the categories of `table` across its models, and L at `tau`; with
-    `sizes` (category -> its examples), each category's reliability."""
+    `sizes` (category -> its examples), each category's reliability, and L without the categories
+    less reliable than `min_reliability`."""
     if not 0.0 <= tau <= 1.0:
         raise ConfigError(f"tau={tau} is outside [0, 1]")
     matrix, counts = correlation_matrix(table.values, method)
     if not sizes:
         return Analysis(method, tau, table.models, table.categories, matrix, counts)
     n = tuple(sizes.get(c) for c in table.categories)
-    return Analysis(method, tau, table.models, table.categories, matrix, counts, reliability(table.values, n), n)
+    return Analysis(method, tau, table.models, table.categories, matrix, counts, reliability(table.values, n), n,
+                    min_reliability)
 
 
 def cell_text(v: float, tau: float | None = None) -> str:

@@ -46,11 +46,15 @@ def results_settings(cfg: DictConfig) -> dict:
 
 
 def differences(old: Any, new: Any, prefix: str = "") -> list[str]:
-    """'key: old -> new' for every leaf that differs between two nested dicts."""
+    """'key: old -> new' for every leaf that differs between two nested dicts. A setting added to
+    soce since `old` was made, and left unset (None: what was done before it existed), is no
+    difference."""
     if isinstance(old, dict) and isinstance(new, dict):
         out = []
         for k in sorted(set(old) | set(new), key=lambda k: (k != "name", str(k))):  # a changed name first
             where = f"{prefix}.{k}" if prefix else str(k)
+            if k not in old and new[k] is None:
+                continue
             if k not in old:
                 out.append(f"{where}: (absent) -> {json.dumps(new[k])}")
             elif k not in new:

@@ -126,6 +126,9 @@ class AnalysisConfig:
     tau: float = "${oc.select:selection.tau,0.2}"  # type: ignore[assignment]
     population: Population = "${oc.select:selection.population,all}"  # type: ignore[assignment]
     tau_grid: List[float] = field(default_factory=lambda: [0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5])
+    # leave out of L the categories whose reliability (where the sizes are known) is below this:
+    # their spread between models is mostly sampling noise. None: the paper's rule, every category
+    min_reliability: Optional[float] = None
 
 
 @dataclass
@@ -296,6 +299,10 @@ def validate(cfg: DictConfig) -> None:
         tau = OmegaConf.select(cfg, key)
         if tau is not None and not 0.0 <= tau <= 1.0:
             raise ConfigError(f"{key}={tau} is outside [0, 1]")
+    floor = cfg.analysis.min_reliability
+    if floor is not None and not 0.0 < floor <= 1.0:
+        raise ConfigError(f"analysis.min_reliability={floor}: a share between 0 and 1 (0.5: noise at most half the spread), "
+                          "or null for the paper's rule")
     max_experts = OmegaConf.select(cfg, "selection.max_experts")
     if max_experts is not None and max_experts < 1:
         raise ConfigError(f"selection.max_experts={max_experts}: must be at least 1")

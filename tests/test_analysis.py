@@ -146,3 +146,30 @@ def test_bad_category_sizes_are_refused_naming_the_key(study, tmp_path, sizes, m
     with pytest.raises(ConfigError, match=message):
         study("benchmark=table", f"benchmark.path={csv}", f"benchmark.category_sizes={sizes}", "pool=all", "stage=analyze",
               "tracker=none")
+
+
+def test_a_saturated_and_a_15_example_category_are_left_out_of_l_where_the_papers_rule_keeps_them(study, tmp_path):
+    import json
+
+    csv = tmp_path / "scores.csv"
+    csv.write_text("model,big,other,small,saturated\n"
+                   "m1,0.20,0.70,0.40,1.00\nm2,0.50,0.20,0.60,1.00\nm3,0.80,0.55,0.47,0.99\n"
+                   "m4,0.35,0.90,0.53,1.00\nm5,0.65,0.40,0.67,1.00\n")
+    args = ["benchmark=table", f"benchmark.path={csv}", "benchmark.category_sizes={big: 1000, other: 1000, small: 15, saturated: 100}",
+            "pool=all", "stage=analyze", "selection.tau=0.5", "tracker=none"]
+    paper = study(*args, run_dir=tmp_path / "paper")
+    assert {"small", "saturated"} <= set(json.loads((tmp_path / "paper" / "analysis.json").read_text())["weak_set"])
+    noise = study(*args, "analysis.min_reliability=0.5", run_dir=tmp_path / "noise")
+    analysis = json.loads((tmp_path / "noise" / "analysis.json").read_text())
+    assert sorted(analysis["left_out"]) == ["saturated", "small"] and analysis["weak_set"] == ["big", "other"]
+    assert "left out of L: small: reliability" in noise.log and "< analysis.min_reliability=0.5 (15 examples)" in noise.log
+    assert analysis["entry_tau"]["small"] is None  # never enters L, nor makes another enter it
+
+
+def test_a_min_reliability_outside_0_to_1_is_refused():
+    from conftest import compose_cfg
+    from soce import config
+    from soce.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"analysis.min_reliability=1.5: a share between 0 and 1"):
+        config.validate(compose_cfg(["analysis.min_reliability=1.5"]))

@@ -50,6 +50,8 @@ def _selection_section(r: StudyReport) -> list[str]:
           f"{analysis['method'].capitalize()} correlation over {len(analysis['models'])} models; at tau={analysis['tau']:g} "
           f"the weak set L holds {len(weak)} of {len(analysis['categories'])} categories: {', '.join(weak) or '(none)'}.", "",
           "![category correlation](correlation.png)", "", "| expert | overall | why |", "|---|---|---|"]
+    if analysis.get("left_out"):
+        md[-4:-4] = ["Left out of L: " + "; ".join(f"{c} ({why})" for c, why in analysis["left_out"].items()) + ".", ""]
     md += [f"| {e['model']} | {_num(e['overall'])} | {e['reason']} |" for e in selection["experts"]]
     if selection.get("excluded"):
         md += ["", "Left out: " + "; ".join(f"{m} ({why})" for m, why in selection["excluded"].items()) + "."]

@@ -21,7 +21,7 @@ def analyze(study: Study) -> corr.Analysis:
     a = study.cfg.analysis
     pool = study.pool_candidates(table)
     population = table if a.population.value == "all" else table.subset([c.name for c in pool])
-    result = corr.analyze(population, float(a.tau), a.method.value, study.benchmark.sizes_of(table))
+    result = corr.analyze(population, float(a.tau), a.method.value, study.benchmark.sizes_of(table), a.min_reliability)
     artifacts.write_json(study.path(ANALYSIS), artifacts.analysis_settings(study.cfg), result.to_dict(list(a.tau_grid)))
     corr.plot_correlation(result, study.path("correlation.png"))
     corr.plot_entry_tau(result, study.path("entry_tau.png"))

@@ -28,6 +28,11 @@ def print_analysis(result: corr.Analysis, population: str, values) -> None:
         r = f"  reliability {reliable[cat]:5.2f}" if cat in reliable and not math.isnan(reliable[cat]) else ""
         log.info("    %s  %-*s%s%s", "  n/a" if math.isnan(t) else f"{t:.3f}", width if r else 0, cat, r,
                  "  <- in L" if t < result.tau else "")
+    for cat, why in result.left_out.items():
+        log.info("  left out of L: %s: %s", cat, why)
+    if result.min_reliability is not None and not result.reliability:
+        log.warning("  analysis.min_reliability=%g leaves nothing out: the number of examples behind each category's scores "
+                    "is unknown here (benchmark.category_sizes gives them for a table)", result.min_reliability)
     for cat, r, n in result.noisy():
         log.warning("  %r is in L on a spread between models that is mostly sampling noise (reliability %.2f, %s examples): "
                     "its correlations, and the expert it picks, rest on chance", cat, r, f"{n:.0f}")
