@@ -179,3 +179,14 @@ def test_benchmark_cache_false_evaluates_the_candidates_again(study, zoo_cache, 
     assert again.log.count("evaluated micro-") == 8  # 4 candidates, dev and test
     cached = study(*common, run_dir=tmp_path / "c")
     assert "evaluated micro-" not in cached.log
+
+
+def test_a_setting_added_since_and_left_unset_is_no_difference():
+    """A run directory made before a setting existed stays current while the setting is unset
+    (None: what was done before it existed); set, it is a difference like any other."""
+    from soce.artifacts import differences
+
+    old = {"analysis": {"tau": 0.2}, "benchmark": {"name": "table"}}
+    assert differences(old, {"analysis": {"tau": 0.2, "min_reliability": None}, "benchmark": {"name": "table", "category_sizes": None}}) == []
+    assert differences(old, {"analysis": {"tau": 0.2, "min_reliability": 0.5}, "benchmark": {"name": "table"}}) == [
+        "analysis.min_reliability: (absent) -> 0.5"]
