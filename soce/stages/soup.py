@@ -92,7 +92,8 @@ def write_card(study: Study, results: dict, ingredients: list[Ingredient]) -> No
     """soup/README.md: the soup's model card, with the command that reproduces the study."""
     cfg = study.cfg
     groups = [f"{g}={cfg[g].name}" for g in ("benchmark", "pool", "selection", "search")]
-    text = model_card(study=cfg.study, benchmark=cfg.benchmark.name, results=results, selection=json.loads(study.path(SELECTION).read_text()),
+    selection = json.loads(study.path(SELECTION).read_text())
+    text = model_card(study=cfg.study, benchmark=cfg.benchmark.name, results=results, selection=selection,
                       ingredients=ingredients, command=command_of(study.dir, groups))
     (study.path(SOUP) / "README.md").write_text(text)
 
