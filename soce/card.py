@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Sequence
 
 from soce.errors import ConfigError, SoceError
+from soce.progress import plural
 
 log = logging.getLogger("soce")
 
@@ -37,8 +38,8 @@ def model_card(*, study: str, benchmark: str, results: dict, selection: dict, in
     searched = results["rows"][-1]
     splits = [s for s in ("dev", "test") if s in searched]
     objective = results["objective"]
-    md = [f"# {study}: a soup of {len(ingredients)} models", "",
-          f"A weighted average of the parameters of {len(ingredients)} fine-tunes of one base model, made by "
+    md = [f"# {study}: a soup of {plural(len(ingredients), 'model')}", "",
+          f"A weighted average of the parameters of {plural(len(ingredients), 'fine-tune')} of one base model, made by "
           "[soce](https://arxiv.org/abs/2511.13254) (Soup Of Category Experts) on the benchmark "
           f"`{benchmark}`. No training: the weights were searched ({results['search']} search) on the {results['select_on']} split.",
           "", "## Ingredients", "", "| model | weight | why |", "|---|---|---|"]

@@ -88,11 +88,17 @@ def select_soce(
     """Algorithm 1, step 3: for each category of L, the pool's best model on it; each model once."""
     weak = analysis.weak_set
     if not weak:
-        pairs = [(abs(r), a, b) for a, b, r in analysis.pairs() if not math.isnan(r)]
+        left_out = analysis.left_out
+        pairs = [(abs(r), a, b) for a, b, r in analysis.pairs() if not math.isnan(r) and a not in left_out and b not in left_out]
         hint = ""
         if pairs:
             t, a, b = min(pairs)
             hint = f"; the weakest pair is {a} and {b} (|rho|={t:.3f}): any tau above {t:.3f} gives a non-empty set"
+        if left_out:
+            hint += (f"; analysis.min_reliability={analysis.min_reliability:g} leaves {len(left_out)} of "
+                     f"{len(analysis.categories)} categories out of L ({', '.join(left_out)})"
+                     + ("" if pairs else ": no pair is left to be weak; lower analysis.min_reliability, or unset it for the "
+                        "paper's rule"))
         raise ConfigError(f"the selection is empty: no pair of categories has |rho| < tau={analysis.tau:g}{hint}")
     scores = table.subset(pool)
     leads: dict[str, list[str]] = {}

@@ -173,3 +173,16 @@ def test_a_min_reliability_outside_0_to_1_is_refused():
 
     with pytest.raises(ConfigError, match=r"analysis.min_reliability=1.5: a share between 0 and 1"):
         config.validate(compose_cfg(["analysis.min_reliability=1.5"]))
+
+
+def test_an_empty_selection_names_the_categories_min_reliability_left_out(study, tmp_path):
+    from soce.errors import ConfigError
+
+    csv = tmp_path / "scores.csv"
+    csv.write_text("model,big,other,small,saturated\n"
+                   "m1,0.20,0.70,0.40,1.00\nm2,0.50,0.20,0.60,1.00\nm3,0.80,0.55,0.47,0.99\n"
+                   "m4,0.35,0.90,0.53,1.00\nm5,0.65,0.40,0.67,1.00\n")
+    with pytest.raises(ConfigError, match=r"the weakest pair is big and other \(\|rho\|=[\d.]+\): any tau above .*; "
+                                          r"analysis.min_reliability=0.5 leaves 2 of 4 categories out of L \(small, saturated\)$"):
+        study("benchmark=table", f"benchmark.path={csv}", "benchmark.category_sizes={big: 1000, other: 1000, small: 15, saturated: 100}",
+              "pool=all", "stage=select", "selection.tau=0.01", "analysis.min_reliability=0.5", "tracker=none")
