@@ -201,10 +201,8 @@ def analyze(table: ScoreTable, tau: float, method: str = "pearson", sizes: dict[
     if not 0.0 <= tau <= 1.0:
         raise ConfigError(f"tau={tau} is outside [0, 1]")
     matrix, counts = correlation_matrix(table.values, method)
-    if not sizes:
-        return Analysis(method, tau, table.models, table.categories, matrix, counts)
-    n = tuple(sizes.get(c) for c in table.categories)
-    return Analysis(method, tau, table.models, table.categories, matrix, counts, reliability(table.values, n), n,
+    n = tuple(sizes.get(c) for c in table.categories) if sizes else ()
+    return Analysis(method, tau, table.models, table.categories, matrix, counts, reliability(table.values, n) if n else (), n,
                     min_reliability)
 
 

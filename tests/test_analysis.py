@@ -186,3 +186,12 @@ def test_an_empty_selection_names_the_categories_min_reliability_left_out(study,
                                           r"analysis.min_reliability=0.5 leaves 2 of 4 categories out of L \(small, saturated\)$"):
         study("benchmark=table", f"benchmark.path={csv}", "benchmark.category_sizes={big: 1000, other: 1000, small: 15, saturated: 100}",
               "pool=all", "stage=select", "selection.tau=0.01", "analysis.min_reliability=0.5", "tracker=none")
+
+
+def test_min_reliability_without_sizes_says_it_leaves_nothing_out(study, tmp_path):
+    csv = tmp_path / "scores.csv"
+    csv.write_text("model,a,b,c\nm1,0.2,0.5,0.9\nm2,0.4,0.45,0.1\nm3,0.8,0.55,0.5\n")
+    r = study("benchmark=table", f"benchmark.path={csv}", "pool=all", "stage=analyze", "analysis.min_reliability=0.5",
+              "tracker=none")
+    assert ("analysis.min_reliability=0.5 leaves nothing out: the number of examples behind each category's scores is "
+            "unknown here (benchmark.category_sizes gives them for a table)") in r.log
