@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -26,7 +27,7 @@ def hub(monkeypatch, tmp_path):
                         or f"https://huggingface.co/{repo_id}")
 
     def upload_folder(self, *, folder_path, repo_id, **kw):
-        calls.append(("upload_folder", repo_id, sorted(p.name for p in __import__("pathlib").Path(folder_path).iterdir())))
+        calls.append(("upload_folder", repo_id, sorted(p.name for p in Path(folder_path).iterdir())))
 
     monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
     return calls

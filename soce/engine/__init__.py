@@ -7,6 +7,7 @@ its workers (soce.engine.vllm). ENGINES names them for sweep.engine."""
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Sequence
 
 from soce.registry import Registry
@@ -56,19 +57,26 @@ class Engine:
         raise NotImplementedError
 
 
-def load_tokenizer(name: str, where):
-    """Model `name`'s tokenizer, from its directory `where`; one error line naming both where it
-    cannot be read."""
+@contextmanager
+def loading(name: str, where):
+    """Loading pool model `name` from `where` (its model or tokenizer by transformers): what
+    transformers cannot read is one error line naming both."""
     import pickle
-
-    from transformers import AutoTokenizer
 
     from soce.errors import CheckpointError
 
     try:
-        return AutoTokenizer.from_pretrained(where)
+        yield
     except (OSError, ValueError, pickle.UnpicklingError) as err:
         raise CheckpointError(f"pool model {name!r}: cannot load {where} ({type(err).__name__}: {err})") from None
+
+
+def load_tokenizer(name: str, where):
+    """Model `name`'s tokenizer, from its directory `where`."""
+    from transformers import AutoTokenizer
+
+    with loading(name, where):
+        return AutoTokenizer.from_pretrained(where)
 
 
 def eos_ids(generation_eos, tokenizer) -> tuple[int, ...]:

@@ -9,7 +9,7 @@ from typing import Sequence
 
 import torch
 
-from soce.engine import ENGINES, Engine, eos_ids, load_tokenizer
+from soce.engine import ENGINES, Engine, eos_ids, load_tokenizer, loading
 from soce.errors import CheckpointError
 from soce.pool import Candidate, model_dir
 
@@ -116,8 +116,6 @@ def load_model(candidate: Candidate, device_map: dict[str, str] | None = None, d
     (safetensors only, inside its directory, headers valid): soce and transformers then load the
     same files, and a pickle is never unpickled. `device_map`: where each module goes (a memory
     plan's; default: the CPU); `dtype`: the model's (default: the checkpoint's)."""
-    import pickle
-
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
@@ -129,10 +127,8 @@ def load_model(candidate: Candidate, device_map: dict[str, str] | None = None, d
         open_checkpoint(where)
     except CheckpointError as err:
         raise CheckpointError(f"pool model {candidate.name!r}: {err}") from None
-    try:
+    with loading(candidate.name, where):
         model = AutoModelForCausalLM.from_pretrained(where, device_map=device_map, **({"dtype": dtype} if dtype else {}))
-    except (OSError, ValueError, pickle.UnpicklingError) as err:
-        raise CheckpointError(f"pool model {candidate.name!r}: cannot load {where} ({type(err).__name__}: {err})") from None
     check_finite(model, f"pool model {candidate.name!r} ({where})")
     return model, load_tokenizer(candidate.name, where)
 

@@ -25,13 +25,12 @@ def sweep_devices(sweep: DictConfig, device: str | None = None, planning: bool =
 
     cap = parse_size(sweep.max_memory, "sweep.max_memory") if sweep.max_memory else None
     processes = int(os.environ.get("WORLD_SIZE", "1"))
-    if planning and sweep.devices:  # the devices of the machine planned for, whatever sweep.device says of this one
-        return [replace(d, memory=min(d.memory, cap or d.memory)) for d in parse_devices(sweep.devices)], processes
-    if device or sweep.device:  # this process's device under accelerate launch, or the one asked for
+    other_machine = planning and sweep.devices  # its devices, whatever sweep.device says of this one's
+    if (device or sweep.device) and not other_machine:  # this process's device under accelerate launch, or the one asked for
         return [one_device(device or sweep.device, cap)], processes
     if sweep.devices:
         devices = [replace(d, memory=min(d.memory, cap or d.memory)) for d in parse_devices(sweep.devices)]
-        if devices[0].is_gpu and len(devices) > torch.cuda.device_count():
+        if not planning and devices[0].is_gpu and len(devices) > torch.cuda.device_count():
             raise ConfigError(f"sweep.devices={sweep.devices} names {len(devices)} GPUs; this machine has "
                               f"{torch.cuda.device_count()} (stage=plan plans for another machine)")
         return devices, processes
