@@ -278,7 +278,11 @@ def plot_entry_tau(analysis: Analysis, path: Path) -> None:
         if not math.isnan(t):
             ax.scatter([t], [i], color="firebrick" if inside else "gray", zorder=2)
     ax.axvline(analysis.tau, color="firebrick", linestyle="--", label=f"tau = {analysis.tau:g}")
-    ax.set_yticks(range(k), [c for c, _ in entries], fontsize=8)
+    reliable = {c: r for c, r in zip(analysis.categories, analysis.reliability) if not math.isnan(r)}
+    left_out = analysis.left_out
+    labels = [c + (f" (reliability {reliable[c]:.2f}" + (", left out" if c in left_out else "") + ")" if c in reliable else "")
+              for c, _ in entries]
+    ax.set_yticks(range(k), labels, fontsize=8)
     ax.invert_yaxis()
     finite = [t for _, t in entries if not math.isnan(t)]
     ax.set_xlim(0, min(1.0, 1.15 * max([*finite, analysis.tau])))  # the thresholds' range, tau always in view

@@ -1,4 +1,5 @@
 import math
+import re
 
 import numpy as np
 import pandas as pd
@@ -195,3 +196,15 @@ def test_min_reliability_without_sizes_says_it_leaves_nothing_out(study, tmp_pat
               "tracker=none")
     assert ("analysis.min_reliability=0.5 leaves nothing out: the number of examples behind each category's scores is "
             "unknown here (benchmark.category_sizes gives them for a table)") in r.log
+
+
+def test_the_report_names_the_categories_of_l_that_rest_on_noise(study, tmp_path):
+    csv = tmp_path / "scores.csv"
+    csv.write_text("model,big,other,small,saturated\n"
+                   "m1,0.20,0.70,0.40,1.00\nm2,0.50,0.20,0.60,1.00\nm3,0.80,0.55,0.47,0.99\n"
+                   "m4,0.35,0.90,0.53,1.00\nm5,0.65,0.40,0.67,1.00\n")
+    study("benchmark=table", f"benchmark.path={csv}", "benchmark.category_sizes={big: 1000, other: 1000, small: 15, saturated: 100}",
+          "pool=all", "stage=report", "selection.tau=0.5", "tracker=none")
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert re.search(r"In L on a spread between models that is mostly sampling noise \(reliability below 0.5\): "
+                     r"small \(-?[\d.]+\), saturated \(-?[\d.]+\);", report)

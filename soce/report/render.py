@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from soce.analysis import NOISY
 from soce.artifacts import REPORT
 from soce.progress import plural
 from soce.report.content import Content, Diagnostics, Landscape, ShapleyValues, StudyReport, WinRateRows
@@ -50,6 +51,10 @@ def _selection_section(r: StudyReport) -> list[str]:
           f"{analysis['method'].capitalize()} correlation over {len(analysis['models'])} models; at tau={analysis['tau']:g} "
           f"the weak set L holds {len(weak)} of {len(analysis['categories'])} categories: {', '.join(weak) or '(none)'}.", "",
           "![category correlation](correlation.png)", "", "| expert | overall | why |", "|---|---|---|"]
+    noisy = [f"{c} ({r:.2f})" for c, r in analysis.get("reliability", {}).items() if c in weak and r is not None and r < NOISY]
+    if noisy:
+        md[-4:-4] = [f"In L on a spread between models that is mostly sampling noise (reliability below {NOISY:g}): "
+                     f"{', '.join(noisy)}; their correlations, and the experts they pick, rest on chance.", ""]
     if analysis.get("left_out"):
         md[-4:-4] = ["Left out of L: " + "; ".join(f"{c} ({why})" for c, why in analysis["left_out"].items()) + ".", ""]
     md += [f"| {e['model']} | {_num(e['overall'])} | {e['reason']} |" for e in selection["experts"]]
