@@ -112,14 +112,22 @@ def write_csv(path: Path, text: str) -> Path:
     return path
 
 
-def build_shared_family(shared: Path) -> Path:
-    """The micro family in `shared`/soce-cache-shared, built once by the command line, as a user
-    would (`soce stage=zoo`; its log is `build/soce.log`): whoever takes the file lock first builds
-    it, the others wait and find it built."""
+# Where the tests keep the micro family between sessions: its directory is named by the family's
+# spec and the code that trains it (FamilySpec.key), so a change to either builds it anew.
+TEST_CACHE = Path(os.environ.get("SOCE_TEST_CACHE", Path.home() / ".cache" / "soce-tests"))
+
+
+def build_shared_family(root: Path = TEST_CACHE) -> Path:
+    """The micro family under `root`, built once by the command line as a user would (`soce
+    stage=zoo`; the build's log is `build/soce.log`) and kept for later sessions: whoever takes the
+    file lock first builds it, the others wait and find it built."""
     import fcntl
 
-    built = shared / "soce-cache-shared"
-    with (shared / "soce-cache-shared.lock").open("w") as lock:
+    from soce.zoo.family import FAMILIES
+
+    built = root / f"shared-{FAMILIES['micro'].key()}"
+    root.mkdir(parents=True, exist_ok=True)
+    with (root / f"{built.name}.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (built / "built").exists():
             environ = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
@@ -132,12 +140,12 @@ def build_shared_family(shared: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def zoo_cache(tmp_path_factory, worker_id) -> Path:
-    """A cache holding the micro model family, built once per test session (about a minute; under
-    pytest-xdist, by the first worker that needs it). Each worker's cache links to the shared
-    models and build log, and keeps its evaluations to itself (tests rewrite them)."""
-    shared = tmp_path_factory.getbasetemp() if worker_id == "master" else tmp_path_factory.getbasetemp().parent
-    built = build_shared_family(shared)
+def zoo_cache(tmp_path_factory) -> Path:
+    """A cache holding the micro model family (about a minute to build the first time, then kept in
+    $SOCE_TEST_CACHE, default ~/.cache/soce-tests; under pytest-xdist, the first worker that needs
+    it builds it). Each worker's cache links to the shared models and build log, and keeps its
+    evaluations to itself (tests rewrite them)."""
+    built = build_shared_family()
     cache = tmp_path_factory.mktemp("soce-cache")
     for part in ("zoo", "build"):
         (cache / part).symlink_to(built / part, target_is_directory=True)
