@@ -75,6 +75,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from soce.halving import successive_halving
+    from soce.objective import Objective
     from soce.stats import Bootstrap
 
     print(f"load average at start {os.getloadavg()[0]:.2f}")
@@ -83,7 +84,7 @@ def main() -> None:
         grid_cost = len(points) * len(dev)
         grid_best = max(points, key=lambda p: out["dev_objective"][p])
         test_ids = [i for i, _ in test]
-        boot = Bootstrap([c for _, c in test], "mean", 2000, 0, 0.95)
+        boot = Bootstrap(test, Objective(), 2000, 0, 0.95)
         print(f"\n{family}: {len(experts)} experts, {len(points)} grid points, {len(dev)} dev examples; grid's best "
               f"{grid_best} (dev {out['dev_objective'][grid_best]:.4f}, test {out['test_objective'][grid_best]:.4f})")
         for name in ("halving", "race"):

@@ -30,8 +30,9 @@ def resolved(cfg: DictConfig, *keys: str) -> dict:
 
 
 def analysis_settings(cfg: DictConfig) -> dict:
-    """What scores.csv and analysis.json depend on."""
-    return resolved(cfg, "benchmark", "pool", "analysis")
+    """What scores.csv and analysis.json depend on (the objective: an evaluated pool's overall
+    column, which ranks the candidates)."""
+    return {**resolved(cfg, "benchmark", "pool", "analysis"), "objective": str(cfg.search.objective)}
 
 
 def selection_settings(cfg: DictConfig) -> dict:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Sequence
 
 from soce.errors import ConfigError, SoceError
+from soce.objective import label_of
 from soce.progress import plural
 
 log = logging.getLogger("soce")
@@ -37,7 +38,6 @@ def model_card(*, study: str, benchmark: str, results: dict, selection: dict, in
                          base_model_relation="merge" if any(i.hub_id for i in ingredients) else None)
     searched = results["rows"][-1]
     splits = [s for s in ("dev", "test") if s in searched]
-    objective = results["objective"]
     md = [f"# {study}: a soup of {plural(len(ingredients), 'model')}", "",
           f"A weighted average of the parameters of {plural(len(ingredients), 'fine-tune')} of one base model, made by "
           "[soce](https://arxiv.org/abs/2511.13254) (Soup Of Category Experts) on the benchmark "
@@ -49,7 +49,7 @@ def model_card(*, study: str, benchmark: str, results: dict, selection: dict, in
     weak = selection.get("weak_set")
     md += ["", "## How the experts were chosen", "",
            f"selection: {selection['strategy']}" + (f"; the weak set of categories: {', '.join(weak)}" if weak else "") + ".",
-           "", f"## Scores ({objective} over all categories; {results['protocol']})", "",
+           "", f"## Scores ({label_of(results)}; {results['protocol']})", "",
            "| | " + " | ".join(splits) + " |", "|---|" + "---|" * len(splits)]
     for row in results["rows"]:
         md.append(f"| {row['name']} | " + " | ".join(_score(row.get(s)) for s in splits) + " |")

@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from soce.errors import ConfigError
+from soce.objective import Objective
+from soce.scores import Outcome
 from soce.stats import Bootstrap
-from soce.objective import aggregate
 
 Point = tuple[float, ...]
 # evaluate_on(point, rung, ids): the point's outcomes (id -> solved) on the examples `ids`, the
@@ -63,7 +64,7 @@ class Halving:
 
 def successive_halving(points: Sequence[Point], examples: Sequence[tuple[str, str]], evaluate_on: EvaluateOn, *,
                        eta: int = 3, min_examples: int | None = None, seed: int = 0, race: bool = False,
-                       confidence: float = 0.95, resamples: int = 1000, objective: str = "mean",
+                       confidence: float = 0.95, resamples: int = 1000, objective: Objective = Objective(),
                        rungs: int | None = None) -> Halving:
     """The point with the best objective on every example among those that survive the rungs.
     rungs: run only the first `rungs` rungs (a shard's share: rung 0), returning no best."""
@@ -83,22 +84,20 @@ def successive_halving(points: Sequence[Point], examples: Sequence[tuple[str, st
                 run.evaluated += len(new)
         if r == len(subsets) - 1:
             break
-        score = {p: _objective([outcomes[p][i] for i in subset], [category[i] for i in subset], objective) for p in alive}
+        score = {p: _objective(objective, outcomes[p], subset, category) for p in alive}
         ranked = sorted(alive, key=lambda p: -score[p])  # stable: ties keep the planned order
         if race:
-            boot = Bootstrap([category[i] for i in subset], objective, resamples, seed + r, confidence)
+            boot = Bootstrap([(i, category[i]) for i in subset], objective, resamples, seed + r, confidence)
             lead = [outcomes[ranked[0]][i] for i in subset]
             alive = [p for p in ranked if p == ranked[0] or boot.difference([outcomes[p][i] for i in subset], lead).high >= 0]
         else:
             alive = ranked[: max(1, math.ceil(len(ranked) / eta))]
     if rungs is None or rungs >= len(subsets):
         full = subsets[-1]
-        run.best = max(alive, key=lambda p: _objective([outcomes[p][i] for i in full], [category[i] for i in full], objective))
+        run.best = max(alive, key=lambda p: _objective(objective, outcomes[p], full, category))
     return run
 
 
-def _objective(correct: Sequence[bool], categories: Sequence[str], objective: str) -> float:
-    per: dict[str, list[bool]] = {}
-    for c, ok in zip(categories, correct):
-        per.setdefault(c, []).append(ok)
-    return aggregate({c: sum(v) / len(v) for c, v in per.items()}, objective)
+def _objective(objective: Objective, solved: dict[str, bool], ids: Sequence[str], category: dict[str, str]) -> float:
+    """A point's objective on the examples `ids` (a rung's subset)."""
+    return objective.of_outcomes([Outcome("", i, category[i], solved[i]) for i in ids])

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, ClassVar, Optional, Sequence
 
-from soce.choices import Objective, Split
+from soce.choices import ObjectiveName, Split
 from soce.errors import ConfigError
 from soce.registry import Registry
 from soce.weights import close, dirichlet, simplex_grid, uniform
@@ -19,6 +19,15 @@ Point = tuple[float, ...]
 Evaluate = Callable[[Point], float]
 # evaluate_on(point, ids): the point's outcomes (id -> solved) on those examples (search=halving)
 EvaluateOn = Callable[[Point, Sequence[str]], dict[str, bool]]
+
+
+@dataclass(frozen=True)
+class Examples:
+    """A split's examples, for a search that evaluates points on subsets of them (per_example)."""
+
+    pairs: Sequence[tuple[str, str]]  # (id, category)
+    evaluate_on: EvaluateOn  # a point's outcomes on some of them
+    objective: object  # a soce.objective.Objective: a point's objective on any subset
 
 SEARCHES: Registry[type["SearchBase"]] = Registry("search")
 
@@ -73,7 +82,7 @@ def _check_budget(budget: int | None) -> None:
 
 @dataclass
 class SearchBase:
-    objective: Objective = Objective.mean  # aggregate over all categories of the benchmark
+    objective: ObjectiveName = ObjectiveName.benchmark  # soce.objective.OBJECTIVES: the benchmark's own, mean or sum
     select_on: Split = Split.dev  # test: the paper's protocol, tuned on the reported split
 
     shardable: ClassVar[bool] = True  # shards can split its points (it knows them before any score)
@@ -88,7 +97,7 @@ class SearchBase:
         return None
 
     def run(self, n: int, evaluate: Evaluate, order: Sequence[int], shard: tuple[int, int] = (0, 1),
-            examples: Sequence[tuple[str, str]] = (), evaluate_on: EvaluateOn | None = None):
+            examples: Examples | None = None):
         """Evaluate its points over n experts; `order`: experts by their own score, best first;
         `shard` (k, N): only points k, k+N, k+2N, ... of its planned points."""
         k, num = shard
@@ -152,16 +161,16 @@ class HalvingSearch(GridSearch):
         if self.resamples < 2:
             raise ConfigError(f"search.resamples={self.resamples}: a bootstrap needs at least 2 resamples")
 
-    def run(self, n, evaluate, order, shard=(0, 1), examples=(), evaluate_on=None):
+    def run(self, n, evaluate, order, shard=(0, 1), examples=None):
         """The grid's points (a shard's share of them: its first rung only; the later rungs need
-        every shard's results, and the unsharded collect step runs them) on the split's `examples`
-        ((id, category) pairs) through `evaluate_on`. Returns what it did (a soce.halving.Halving)."""
+        every shard's results, and the unsharded collect step runs them) on the split's `examples`.
+        Returns what it did (a soce.halving.Halving)."""
         from soce.halving import successive_halving
 
         k, num = shard
-        return successive_halving(super().points(n)[k::num], examples, lambda p, rung, ids: evaluate_on(p, ids),
+        return successive_halving(super().points(n)[k::num], examples.pairs, lambda p, rung, ids: examples.evaluate_on(p, ids),
                                   eta=self.eta, min_examples=self.min_examples, seed=self.seed, race=self.race,
-                                  confidence=self.confidence, resamples=self.resamples, objective=self.objective.value,
+                                  confidence=self.confidence, resamples=self.resamples, objective=examples.objective,
                                   rungs=1 if num > 1 else None)
 
     def points(self, n: int) -> None:  # which points reach every example depends on the scores
@@ -218,7 +227,7 @@ class GreedySearch(SearchBase):
 
     shardable: ClassVar[bool] = False
 
-    def run(self, n, evaluate, order, shard=(0, 1), examples=(), evaluate_on=None):
+    def run(self, n, evaluate, order, shard=(0, 1), examples=None):
         greedy_soup(order, n, evaluate)
 
     def expected(self, n: int, shard: tuple[int, int] = (0, 1)) -> int:
@@ -237,7 +246,7 @@ class OptunaSearch(SearchBase):
     def check(self) -> None:
         _check_budget(self.budget)
 
-    def run(self, n, evaluate, order, shard=(0, 1), examples=(), evaluate_on=None):
+    def run(self, n, evaluate, order, shard=(0, 1), examples=None):
         optuna_search(n, self.budget, self.seed, evaluate)
 
     def expected(self, n: int, shard: tuple[int, int] = (0, 1)) -> int:
@@ -245,9 +254,9 @@ class OptunaSearch(SearchBase):
 
 
 def run_search(search: SearchBase, n: int, evaluate: Evaluate, order: Sequence[int], shard: tuple[int, int] = (0, 1),
-               examples: Sequence[tuple[str, str]] = (), evaluate_on: EvaluateOn | None = None):
+               examples: Examples | None = None):
     """`search` over n experts (SearchBase.run), refused up front where shards cannot split it."""
     if shard[1] > 1 and not search.shardable:
         raise ConfigError(f"search {search.name} chooses each point from the scores before it: it cannot be split "
                           "into shards (use the grid or random search, or one job and one process)")
-    return search.run(n, evaluate, order, shard, examples, evaluate_on)
+    return search.run(n, evaluate, order, shard, examples)

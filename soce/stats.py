@@ -1,5 +1,5 @@
 """Paired statistics on per-example outcomes: bootstrap confidence intervals of a benchmark
-objective (examples resampled within each category, so every category keeps its size) for one
+objective (examples resampled within each of its groups, so every category or test file keeps its size) for one
 model and for the difference of two models on the same examples, and McNemar's exact test.
 """
 
@@ -12,6 +12,7 @@ from typing import Sequence
 import numpy as np
 
 from soce.errors import ConfigError
+from soce.objective import Objective
 
 
 @dataclass(frozen=True)
@@ -30,28 +31,27 @@ class Interval:
 
 class Bootstrap:
     """Resamples of one split's examples, drawn once and shared by every model compared on them
-    (that is what makes a difference paired). `categories`: each example's category, in the
-    order of the outcome vectors given later; the objective is the mean (or sum) over categories
-    of each category's accuracy, as the study's."""
+    (that is what makes a difference paired). `examples`: (id, category) pairs, in the order of
+    the outcome vectors given later; `objective`: the study's, which says each example's group
+    (its category, or its test file) and combines the groups' accuracies."""
 
-    def __init__(self, categories: Sequence[str], objective: str = "mean", samples: int = 2000, seed: int = 0,
-                 confidence: float = 0.95) -> None:
-        if objective not in ("mean", "sum"):
-            raise ConfigError(f"objective={objective!r}: expected mean or sum")
+    def __init__(self, examples: Sequence[tuple[str, str]], objective: Objective = Objective(), samples: int = 2000,
+                 seed: int = 0, confidence: float = 0.95) -> None:
         if not 0 < confidence < 1:
             raise ConfigError(f"confidence={confidence}: must be between 0 and 1")
         if samples < 2:
             raise ConfigError(f"samples={samples}: a bootstrap needs at least 2")
         rng = np.random.default_rng(seed)
-        cats = np.asarray(categories)
-        self.groups = [np.flatnonzero(cats == c) for c in dict.fromkeys(categories)]
-        # per category: (samples, size) indices into the outcome vectors
+        of = objective.groups(examples)
+        names = list(dict.fromkeys(of))
+        labels = np.asarray(of)
+        self.groups = [np.flatnonzero(labels == g) for g in names]
+        # per group: (samples, size) indices into the outcome vectors
         self.draws = [g[rng.integers(0, len(g), size=(samples, len(g)))] for g in self.groups]
-        self.objective, self.confidence = objective, confidence
+        self.combine, self.confidence = objective.combiner(names), confidence
 
     def _objective(self, values: np.ndarray, draws: Sequence[np.ndarray]) -> np.ndarray:
-        per_category = np.stack([values[d].mean(axis=-1) for d in draws], axis=-1)
-        return per_category.mean(axis=-1) if self.objective == "mean" else per_category.sum(axis=-1)
+        return self.combine(np.stack([values[d].mean(axis=-1) for d in draws], axis=-1))
 
     def _interval(self, values: np.ndarray) -> Interval:
         estimate = float(self._objective(values, self.groups))

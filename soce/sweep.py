@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from soce.artifacts import digest
-from soce.objective import aggregate
+from soce.objective import Objective
 from soce.evaluate import Evaluator
 from soce.errors import DataError, EvaluationError
 from soce.pool import Candidate
@@ -58,13 +58,13 @@ class Souper:
 
     Each stored record carries `question` (what its scores depend on: the benchmark's settings,
     the evaluator, the fingerprints of the experts' files, as the caller found them); the objective is recomputed from the stored
-    per-category scores on every read, so a changed objective never reuses an old one."""
+    per-category scores and outcomes on every read, so a changed objective never reuses an old one."""
 
     def __init__(self, experts: Sequence[Candidate], evaluator: Evaluator, store: SweepStore, question: dict,
-                 objective: str, tracker: Tracker | None = None, kind: str = "sweep", placement: Placement = Placement()) -> None:
+                 objective: Objective, tracker: Tracker | None = None, kind: str = "sweep", placement: Placement = Placement()) -> None:
         self.experts, self.placement = list(experts), placement
         self.names = [e.name for e in experts]
-        self.evaluator, self.store, self.objective, self.kind = evaluator, store, str(objective), kind
+        self.evaluator, self.store, self.objective, self.kind = evaluator, store, objective, kind
         self.question = question
         self.tracker = tracker or NoTracker()
         self.best: dict | None = None
@@ -120,7 +120,7 @@ class Souper:
                                   f"{split}: not a finite score. Nothing was stored; check benchmark.metric and the "
                                   "experts' weights (a NaN in a checkpoint gives NaN logits)")
         return {"kind": self.kind, "experts": self.names, "weights": [float(w) for w in weights], "split": split,
-                "question": self.question, "scores": scores, "objective": aggregate(scores, self.objective),
+                "question": self.question, "scores": scores, "objective": self.objective.of(scores, outcomes),
                 "correct": solved_bits(outcomes), "merge_s": merge_s, "eval_s": eval_s, "time": time.time()}
 
     def _store(self, record: dict) -> None:
@@ -186,7 +186,9 @@ class Souper:
         return self._examples[split]
 
     def _with_objective(self, record: dict) -> dict:
-        return {**record, "objective": aggregate(record["scores"], self.objective)}
+        """A whole split's record with the objective as asked now."""
+        outcomes = [Outcome("", i, c, b == "1") for (i, c), b in zip(self.example_ids(record["split"]), record["correct"])]
+        return {**record, "objective": self.objective.of(record["scores"], outcomes)}
 
 
 def record_problem(evaluator: Evaluator, question: dict):
@@ -249,7 +251,7 @@ def search_soups(souper: Souper, search, split: str, order: Sequence[int], shard
     whatever else the store holds (other searches', the report's, the baselines'), so running it
     again with the same settings gives the same result. stored_only: evaluate nothing, stop at
     the first soup the store lacks (what a report of an unfinished sweep shows)."""
-    from soce.search import run_search
+    from soce.search import Examples, run_search
 
     asked: dict[str, dict] = {}
 
@@ -260,8 +262,8 @@ def search_soups(souper: Souper, search, split: str, order: Sequence[int], shard
 
     souper.stored_only = stored_only
     try:
-        done = run_search(search, len(souper.names), evaluate, order, shard, souper.example_ids(split) if search.per_example else (),
-                          lambda p, ids: souper.outcomes_on(p, split, ids))
+        examples = Examples(souper.example_ids(split), lambda p, ids: souper.outcomes_on(p, split, ids), souper.objective)
+        done = run_search(search, len(souper.names), evaluate, order, shard, examples if search.per_example else None)
     except NotStored:
         done, complete = None, False
     else:

@@ -235,6 +235,10 @@ def test_generation_runs_end_to_end_on_a_tiny_llama(standins, tmp_path):
     # random weights call no function: irrelevance is right, everything else wrong (never a crash)
     assert result.scores["Irrelevance Detection"] == 1.0
     assert all(v == 0.0 for c, v in result.scores.items() if c != "Irrelevance Detection")
+    # the leaderboard's Overall Acc: the irrelevance files' weights (1/15 non-live, live's by its 882 of 2251 entries)
+    objective = evaluator.benchmark_objective()
+    assert objective.name == "bfcl_v3_overall"
+    assert objective.of(result.scores, result.outcomes) == pytest.approx(1 / 15 + 882 / (3 * 2251))
     written = sorted(p.name for p in (tmp_path / "bfcl" / "chat-dev").rglob("*_result.json"))
     assert written == sorted(f"BFCL_v4_{f}_result.json" for f in files)
     # the same weights give the same generations (on the short categories: the long ones cost most)

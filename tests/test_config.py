@@ -81,7 +81,7 @@ def test_an_unknown_group_option_lists_the_options_and_no_schema():
 @pytest.mark.parametrize(
     "override, allowed",
     [
-        ("search.objective=mena", "mean, sum"),
+        ("search.objective=mena", "benchmark, mean, sum"),
         ("search.select_on=tset", "dev, test"),
         ("search.select_on=val", "dev, test"),
         ("benchmark.backend=direkt", "lm_eval, direct"),

@@ -15,6 +15,7 @@ from soce.report.consistency import consistency, mean_off_diagonal
 from soce.report.shapley import exact_shapley, monte_carlo_shapley, shapley
 from soce.report.winrate import win_rates
 from soce.scores import read_scores
+from soce.objective import Objective
 from soce.stats import Bootstrap
 from soce.weights import simplex_grid
 from soce.zoo.family import FAMILIES
@@ -159,7 +160,7 @@ def test_the_report_on_the_micro_family_has_every_section_and_costs_nothing_twic
     outcomes = sorted((o for o in own.outcomes if o.model == single), key=lambda o: o.example_id)
     searched = next(p for p in records if p["kind"] == "sweep" and p["split"] == "test" and p["weights"] == rows["searched"]["weights"])
     soup = [b == "1" for b in searched["correct"]]
-    boot = Bootstrap([o.category for o in outcomes], "mean", 2000, 0, 0.95)
+    boot = Bootstrap([(o.example_id, o.category) for o in outcomes], Objective(), 2000, 0, 0.95)
     assert rows["searched"]["test"]["ci"] == list(boot.interval(soup).to_dict()["ci"])
     assert rows["searched"]["test"]["vs_single"] == boot.difference(soup, [o.correct for o in outcomes]).to_dict()
     assert rows["searched"]["test"]["ci"][0] <= rows["searched"]["test"]["objective"] <= rows["searched"]["test"]["ci"][1]

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from soce.errors import ConfigError
+from soce.objective import Objective, Sum
 from soce.stats import Bootstrap, mcnemar
 
 
@@ -23,11 +24,11 @@ def test_mcnemar_matches_a_hand_computed_table():
 
 
 def test_the_estimate_is_the_studys_objective_and_the_interval_brackets_it():
-    cats = ["x"] * 4 + ["y"] * 6
-    boot = Bootstrap(cats, "mean", samples=500)
+    cats = list(enumerate(["x"] * 4 + ["y"] * 6))
+    boot = Bootstrap(cats, Objective(), samples=500)
     r = boot.interval([1, 1, 0, 0, 1, 1, 1, 0, 0, 0])  # x: 0.5, y: 0.5
     assert r.estimate == 0.5 and r.low <= 0.5 <= r.high and r.low < r.high
-    assert Bootstrap(cats, "sum", samples=500).interval([1] * 10).to_dict() == {"estimate": 2.0, "ci": [2.0, 2.0]}
+    assert Bootstrap(cats, Sum(), samples=500).interval([1] * 10).to_dict() == {"estimate": 2.0, "ci": [2.0, 2.0]}
     assert boot.difference([1] * 10, [1] * 10).to_dict() == {"estimate": 0.0, "ci": [0.0, 0.0]}
     with pytest.raises(ConfigError, match="confidence=1.5"):
         Bootstrap(cats, confidence=1.5)
@@ -48,7 +49,7 @@ def test_the_paired_interval_contains_the_true_difference_at_the_stated_rate():
         p_of = {c: i for i, c in enumerate("abc")}
         idx = np.array([p_of[c] for c in cats])
         a, b = u < p_a[idx], u < p_b[idx]
-        boot = Bootstrap(list(cats), samples=1000, seed=s, confidence=0.9)
+        boot = Bootstrap(list(enumerate(cats)), samples=1000, seed=s, confidence=0.9)
         d = boot.difference(a, b)
         covered += d.low <= 0.05 <= d.high
         widths.append(d.high - d.low)

@@ -45,6 +45,22 @@ V3_FILE_SIZES = {"simple_python": 400, "simple_java": 100, "simple_javascript": 
                  "multi_turn_miss_func": 200, "multi_turn_miss_param": 200, "multi_turn_long_context": 200}
 
 
+# BFCL v3's Overall Acc (gorilla's eval_runner_helper.py): the mean of three sections, each the
+# weighted mean of its test files' accuracies. Non-Live Overall: the unweighted mean of its
+# columns with irrelevance (Simple: of its three files); Live Overall: the files weighted by their
+# entries; Multi Turn Overall: the mean of its four. It gives both 2025 snapshots' Overall Acc from
+# their section files to within 0.01 points for every model.
+V3_OVERALL = {
+    "Non-Live": {"simple_python": 1 / 3, "simple_java": 1 / 3, "simple_javascript": 1 / 3, "multiple": 1.0,
+                 "parallel": 1.0, "parallel_multiple": 1.0, "irrelevance": 1.0},
+    "Live": {f: float(V3_FILE_SIZES[f]) for f in ("live_simple", "live_multiple", "live_parallel", "live_parallel_multiple",
+                                                   "live_irrelevance", "live_relevance")},
+    "Multi Turn": {f: 1.0 for f in ("multi_turn_base", "multi_turn_miss_func", "multi_turn_miss_param",
+                                    "multi_turn_long_context")},
+}
+V3_OVERALL_LABEL = "BFCL v3 Overall Acc (the leaderboard's: mean of Non-Live, Live and Multi Turn Overall)"
+
+
 def column_sizes(categories: Sequence[str]) -> dict[str, float]:
     """Each leaderboard column's effective number of examples in v3: a column is the unweighted
     mean of its files' accuracies, whose sampling variance is p(1-p)/n with n = k^2 / sum(1/n_f)."""

@@ -97,6 +97,14 @@ class BfclEvaluator(Evaluator):
         return handler
 
     # --- evaluation --------------------------------------------------------------------------------
+    def benchmark_objective(self):
+        """The leaderboard's Overall Acc from each test file's accuracy (BFCL v3's weights)."""
+        from soce.bfcl.data import V3_OVERALL, V3_OVERALL_LABEL
+        from soce.objective import Weighted
+
+        return Weighted("bfcl_v3_overall", V3_OVERALL_LABEL, V3_OVERALL,
+                        {e.id: e.file for items in self.examples.values() for e in items})
+
     def example_ids(self, split: str) -> list[tuple[str, str]]:
         return [(e.id, e.category) for e in self.examples[split]]
 

@@ -44,6 +44,11 @@ class Evaluator:
         """What a soup's scores depend on besides its experts' files and the benchmark's settings."""
         return {}
 
+    def benchmark_objective(self):
+        """The benchmark's own overall (a soce.objective.Objective), where it defines one other than
+        the mean of its categories (BFCL's Overall Acc); None: the mean."""
+        return None
+
     def scores_of(self, split: str, outcomes: Sequence[Outcome]) -> dict[str, float]:
         """The per-category scores of a split from its per-example outcomes."""
         return scores_from_outcomes(list(outcomes), self.categories)

@@ -19,6 +19,7 @@ from soce.artifacts import digest
 from soce.engine import Engine
 from soce.engine.hf import HfEngine
 from soce.evaluate import EvalResult, Evaluator
+from soce.objective import Objective
 from soce.pool import Candidate, fingerprint
 from soce.scores import Outcome, ScoreTable
 from soce.threads import compute_threads
@@ -46,8 +47,10 @@ def evaluate_candidates(
     check: Callable[[object, str], None] | None = None,
     reuse: bool = True,
     load: Callable[[Candidate], Engine] | None = None,
+    objective: Objective = Objective(),
 ) -> dict[str, ScoreTable]:
-    """Per split, the table of the candidates' scores (overall: the mean over categories).
+    """Per split, the table of the candidates' scores (overall: `objective.overall`, the mean over
+    categories unless the objective is the benchmark's own).
     reuse=False evaluates every candidate again (benchmark.cache=false) and caches the result.
     load: the engine a candidate is evaluated in (default: its Hugging Face model on the CPU)."""
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -92,5 +95,6 @@ def evaluate_candidates(
         models = [c.name for c in candidates]
         values = np.array([[by_model[m].scores[cat] for cat in evaluator.categories] for m in models], dtype=np.float64)
         outcomes = tuple(o for m in models for o in by_model[m].outcomes)
-        tables[split] = ScoreTable(tuple(models), tuple(evaluator.categories), values, values.mean(axis=1), f"{split} split", outcomes)
+        tables[split] = ScoreTable(tuple(models), tuple(evaluator.categories), values,
+                                   objective.overall(models, values, outcomes), f"{split} split", outcomes)
     return tables

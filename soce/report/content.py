@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 
 from soce.config import CoalitionValue, Players, ShapleyConfig
 from soce.merge.vectors import TaskVectors, task_vectors
-from soce.objective import aggregate
+from soce.objective import Objective
 from soce.progress import Progress, plural
 from soce.report.consistency import Consistency, consistency
 from soce.report.diagnostics import Connectivity, connectivity
@@ -60,14 +60,15 @@ class StudyReport:
     base_dir: str | None = None  # the model the candidates were fine-tuned from, where known
     vector_dirs: dict[str, str] = field(default_factory=dict)  # model -> its directory: the task vectors to compare
     base_score: float | None = None  # its objective on the split weights are chosen on: the empty coalition's value
+    objective: Objective = field(default_factory=Objective)  # what the soups' values are (the study's)
 
     @property
     def split(self) -> str:
         return self.search.select_on.value
 
     @property
-    def objective(self) -> str:
-        return self.search.objective.value
+    def objective_name(self) -> str:
+        return self.objective.name
 
     def path(self, name: str) -> Path:
         return self.dir / name
@@ -127,7 +128,7 @@ def _landscape(r: StudyReport) -> Landscape | None:
         return None
     alone = None
     if len(r.experts) == 3 and r.own and r.split in r.own:
-        alone = [aggregate(r.own[r.split].row(e), r.objective) for e in r.experts]
+        alone = [r.objective.of_row(r.own[r.split], e) for e in r.experts]
     return Landscape(sorted(r.points, key=lambda p: -p["objective"])[:r.top_points], alone)
 
 
@@ -167,12 +168,12 @@ def shapley_of(souper: Souper, own_scores: dict[str, float], split: str, config:
 
 
 def _shapley(r: StudyReport) -> ShapleyValues:
-    c, split, obj = r.shapley, r.split, r.objective
+    c, split, obj = r.shapley, r.split, r.objective_name
     souper = r.souper
     if c.players == Players.candidates and r.candidate_souper is not None:
         souper = r.candidate_souper()
     players = souper.names
-    own = {m: aggregate(r.own[split].row(m), obj) for m in players}
+    own = {m: r.objective.of_row(r.own[split], m) for m in players}
     before = len(souper.store)
     log.info("report: Shapley values of %s (coalition value: %s soup, %s on %s)", plural(len(players), c.players.value[:-1]), c.value, obj, split)
     n = len(players)
@@ -195,7 +196,7 @@ def _diagnostics(r: StudyReport) -> Diagnostics:
     vectors = task_vectors(r.base_dir, r.vector_dirs) if r.base_dir and r.vector_dirs else None
     lines = []
     if r.line_points and len(experts) > 1:
-        own = {m: aggregate(r.own[split].row(m), r.objective) for m in experts}
+        own = {m: r.objective.of_row(r.own[split], m) for m in experts}
 
         def score(weights: tuple[float, ...]) -> float:
             if max(weights) == 1.0:  # an end of the line: the expert itself

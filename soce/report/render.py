@@ -85,7 +85,7 @@ def _baselines_section(r: StudyReport) -> list[str]:
 
 
 def _landscape_section(r: StudyReport, landscape: Landscape | None) -> list[str]:
-    split, obj, experts, points = r.split, r.objective, r.experts, r.points
+    split, obj, experts, points = r.split, r.objective_name, r.experts, r.points
     md = ["## Weight landscape", ""]
     if landscape is None:
         nothing = _nothing_stored(r)
@@ -113,7 +113,7 @@ def _nothing_stored(r: StudyReport) -> str:
 
 
 def _shapley_section(r: StudyReport, s: ShapleyValues) -> list[str]:
-    c, split, obj = r.shapley, r.split, r.objective
+    c, split, obj = r.shapley, r.split, r.objective_name
     players, result = s.players, s.result
     plot_shapley(players, result, f"Shapley values of the {c.players}: coalition value = {split} {obj} of its {s.what}", r.path("shapley.png"))
     how = ("Exact, over all coalitions" if result.errors is None
@@ -137,7 +137,7 @@ def _shapley_section(r: StudyReport, s: ShapleyValues) -> list[str]:
 
 def _diagnostics_section(r: StudyReport, d: Diagnostics) -> list[str]:
     md = ["## Will souping work? Task vectors and linear mode connectivity", ""]
-    experts, obj, tv, lines = r.experts, r.objective, d.vectors, d.lines
+    experts, obj, tv, lines = r.experts, r.objective_name, d.vectors, d.lines
     if tv is None and not lines:
         return md + ["_No base model is known for this pool (set pool.base) and report.line_points=0: nothing to show._", ""]
     if tv is not None:

@@ -6,20 +6,21 @@ that say which differences the data supports.
 
 from __future__ import annotations
 
+from soce.objective import Objective
 from soce.stats import Bootstrap, mcnemar
 
 
-def add_statistics(results: dict, correct: dict[str, dict[str, dict[str, bool]]], categories: dict[str, dict[str, str]],
-                   ingredients: dict[str, dict[str, dict[str, bool]]], samples: int, confidence: float, seed: int) -> None:
+def add_statistics(results: dict, objective: Objective, correct: dict[str, dict[str, dict[str, bool]]],
+                   categories: dict[str, dict[str, str]], ingredients: dict[str, dict[str, dict[str, bool]]], samples: int,
+                   confidence: float, seed: int) -> None:
     """Adds the statistics to `results` (results.json's dict) in place.
     correct: split -> row role -> example id -> solved; categories: split -> example id -> its
     category; ingredients: split -> expert -> example id -> solved (for McNemar)."""
-    objective = results["objective"]
     rows = {r["role"]: r for r in results["rows"]}
     tests = {}
     for split, by_role in correct.items():
         ids = sorted(categories[split])
-        boot = Bootstrap([categories[split][i] for i in ids], objective, samples, seed, confidence)
+        boot = Bootstrap([(i, categories[split][i]) for i in ids], objective, samples, seed, confidence)
         vector = {role: [by_id[i] for i in ids] for role, by_id in by_role.items()}
         for role, values in vector.items():
             row = rows[role][split]
@@ -30,7 +31,7 @@ def add_statistics(results: dict, correct: dict[str, dict[str, dict[str, bool]]]
         tests[split] = [{"ingredient": name, **_renamed(mcnemar(searched, [by_id[i] for i in ids]).to_dict())}
                         for name, by_id in ingredients[split].items()]
     results["statistics"] = {"bootstrap": samples, "confidence": confidence, "seed": seed,
-                             "resampled": "examples, within each category (paired: the same resamples for every row)"}
+                             "resampled": f"examples, within each {objective.group} (paired: the same resamples for every row)"}
     results["mcnemar"] = tests
 
 

@@ -13,7 +13,6 @@ from omegaconf import DictConfig, OmegaConf
 from soce import artifacts
 from soce.artifacts import ANALYSIS, RESULTS, SELECTION
 from soce.choices import Players
-from soce.objective import aggregate
 from soce.pool import model_dir
 from soce.stages.products import SELECTED, Stage
 from soce.stages.study import Study
@@ -28,7 +27,7 @@ def report(study: Study) -> Path:
     selection = json.loads(study.path(SELECTION).read_text())
     experts = [e["model"] for e in selection["experts"]]
     inputs = StudyReport(
-        study=cfg.study, dir=study.dir, tracker=study.tracker, config=config_rows(cfg, study.benchmark.evaluates),
+        study=cfg.study, dir=study.dir, tracker=study.tracker, config=config_rows(cfg, study.objective.label if study.benchmark.evaluates else None),
         analysis=json.loads(study.path(ANALYSIS).read_text()), selection=selection, experts=experts,
         search=search, shapley=OmegaConf.to_object(cfg.report.shapley), top_points=cfg.report.top_points,
         correlation_method=cfg.analysis.method.value)
@@ -46,7 +45,7 @@ def report(study: Study) -> Path:
               if search.per_example else 0)
     evaluator = study.evaluator
     inputs = replace(
-        inputs, categories=evaluator.categories, souper=souper, points=searched.records, pieces=pieces,
+        inputs, categories=evaluator.categories, objective=study.objective, souper=souper, points=searched.records, pieces=pieces,
         candidate_souper=lambda: study.souper(list(candidates.values()), kind="shapley"),
         own=study.candidate_scores(), results=artifacts.read_current(study.path(RESULTS), artifacts.results_settings(cfg)),
         line_points=cfg.report.line_points)
@@ -54,16 +53,18 @@ def report(study: Study) -> Path:
     if base is not None:  # its score is the empty coalition's value (cached since the soup stage)
         own = study.evaluate_pool([base])[split]
         vectors = candidates if cfg.report.task_vectors == Players.candidates else experts
-        inputs = replace(inputs, base_dir=model_dir(base), base_score=aggregate(own.row(base.name), search.objective),
+        inputs = replace(inputs, base_dir=model_dir(base), base_score=study.objective.of_row(own, base.name),
                          vector_dirs={n: model_dir(candidates[n]) for n in vectors})
     return write_report(compute(inputs))
 
 
-def config_rows(cfg: DictConfig, evaluates: bool) -> list[tuple[str, str]]:
+def config_rows(cfg: DictConfig, objective_label: str | None) -> list[tuple[str, str]]:
+    """The study's settings; `objective_label`: the objective's, None for a score table (no sweep:
+    no search, objective or split to choose on)."""
     s = cfg.search
     rows = [("benchmark", cfg.benchmark.name), ("pool", cfg.pool.name), ("selection", _options(cfg.selection))]
-    if evaluates:  # a score table has no sweep: no search, objective or split to choose on
-        rows += [("search", _options(s)), ("objective", f"{s.objective} over all categories"), ("weights chosen on", str(s.select_on))]
+    if objective_label is not None:
+        rows += [("search", _options(s)), ("objective", objective_label), ("weights chosen on", str(s.select_on))]
     return rows + [("analysis", f"{cfg.analysis.method.value}, population {cfg.analysis.population.value}")]
 
 

@@ -9,7 +9,6 @@ import logging
 from soce import artifacts
 from soce.artifacts import RESULTS, SELECTION, SOUP
 from soce.card import Ingredient, command_of, model_card, push
-from soce.objective import aggregate
 from soce.pool import model_dir
 from soce.scores import ScoreTable
 from soce.stages import present
@@ -27,7 +26,7 @@ def soup(study: Study) -> dict:
     from soce.weights import uniform
 
     search, selection = study.search, study.selection
-    split, objective = search.select_on.value, search.objective
+    split, objective = search.select_on.value, study.objective
     experts = selected_experts(study)
     candidates = study.candidates()
     study.check_store(candidates)
@@ -45,7 +44,7 @@ def soup(study: Study) -> dict:
         for s, t in scores.items():
             correct[s][role] = solved_of(t, model)
         return {"role": role, "name": name, "models": [model], "weights": [1.0],
-                **{s: {"objective": aggregate(t.row(model), objective), "scores": t.row(model)} for s, t in scores.items()}}
+                **{s: {"objective": objective.of_row(t, model), "scores": t.row(model)} for s, t in scores.items()}}
 
     base = study.pool_base()  # the model the candidates were fine-tuned from, where the pool knows it
     rows = [own_row("base", "base model", base.name, study.evaluate_pool([base]))] if base else []
@@ -65,10 +64,11 @@ def soup(study: Study) -> dict:
         protocol = "weights chosen on dev, reported on test"
     else:
         protocol = "weights chosen on TEST, the split reported (the paper's protocol): test scores are optimistic"
-    results = {"protocol": protocol, "objective": objective.value, "search": search.name, "select_on": split, "rows": rows}
+    results = {"protocol": protocol, "objective": objective.name, "objective_label": objective.label, "search": search.name,
+               "select_on": split, "rows": rows}
     if all(t.outcomes for t in tables.values()):
         b = study.cfg.report.bootstrap
-        add_statistics(results, correct, {s: {o.example_id: o.category for o in t.outcomes if o.model == single}
+        add_statistics(results, objective, correct, {s: {o.example_id: o.category for o in t.outcomes if o.model == single}
                                           for s, t in tables.items()},
                        {s: {e: solved_of(t, e) for e in experts} for s, t in tables.items()}, b.samples, b.confidence, b.seed)
     else:

@@ -102,6 +102,13 @@ class Study:
             _EVALUATORS[key] = self.benchmark.evaluator(self.dir)
         return _EVALUATORS[key]
 
+    @cached_property
+    def objective(self):
+        """What the search maximises and the results report (search.objective, for this benchmark)."""
+        from soce.objective import OBJECTIVES
+
+        return OBJECTIVES[self.search.objective.value](self.evaluator)
+
     def question(self) -> dict:
         """What an evaluation's scores depend on besides the model: the benchmark's settings and
         the evaluator's code and task files."""
@@ -142,7 +149,7 @@ class Study:
         placement = replace(self.placement, device_map=plan.device_map, offload=plan.experts_at == "host", stream=stream)
         evaluator = self.evaluator
         asked = {**self.question(), "models": {c.name: self.fingerprint(c) for c in models}, **evaluator.soup_question(models)}
-        return Souper(models, evaluator, self.store, asked, self.search.objective, self.tracker, kind=kind, placement=placement)
+        return Souper(models, evaluator, self.store, asked, self.objective, self.tracker, kind=kind, placement=placement)
 
     # --- the pool ------------------------------------------------------------------------------
     @property
@@ -213,7 +220,7 @@ class Study:
         evaluator = self.evaluator
         return evaluate_candidates(refs, evaluator, evaluator.splits, self.cache_dir.parent / "evals", self.question(),
                                    self.benchmark.candidate_check(), reuse=self.cfg.benchmark.cache,
-                                   load=self.candidate_engine)
+                                   load=self.candidate_engine, objective=self.objective)
 
     @cached_property
     def placement(self):

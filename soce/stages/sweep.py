@@ -59,7 +59,7 @@ def sweep(study: Study):
     already = sum(SweepStore.record_key(r) in before for r in done.records)
     best = done.best
     log.info("sweep: %s on %s (%d already in the store), best %s %.4f at %s", plural(len(done.records), "point"), split,
-             already, search.objective, best["objective"], present.weights_text(experts, best["weights"]))
+             already, study.objective.name, best["objective"], present.weights_text(experts, best["weights"]))
     study.tracker.log_table("sweep", [*experts, "objective", *study.evaluator.categories],
                             [[*r["weights"], r["objective"], *r["scores"].values()] for r in done.records])
     study.searched = souper, done
