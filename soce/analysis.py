@@ -89,6 +89,7 @@ class Analysis:
     reliability: tuple[float, ...] = ()
     sizes: tuple[float | None, ...] = ()
     min_reliability: float | None = None  # categories less reliable than this are left out of L
+    stability: dict | None = None  # soce.stability.Stability's dict, where the scores were redrawn
 
     def noisy(self) -> list[tuple[str, float, float]]:
         """(category, reliability, examples) of every category of L whose spread between models is
@@ -179,6 +180,7 @@ class Analysis:
             "sizes": dict(zip(self.categories, self.sizes)),
             "min_reliability": self.min_reliability,
             "left_out": self.left_out,
+            **({"stability": self.stability} if self.stability else {}),
         }
 
     @classmethod
@@ -186,7 +188,7 @@ class Analysis:
         matrix = np.array([[math.nan if v is None else v for v in row] for row in d["matrix"]], dtype=np.float64)
         reliability = tuple(math.nan if r is None else r for r in d.get("reliability", {}).values())
         return cls(d["method"], float(d["tau"]), tuple(d["models"]), tuple(d["categories"]), matrix, np.array(d["counts"]),
-                   reliability, tuple(d.get("sizes", {}).values()), d.get("min_reliability"))
+                   reliability, tuple(d.get("sizes", {}).values()), d.get("min_reliability"), d.get("stability"))
 
 
 def _json_float(v: float) -> float | None:

@@ -41,6 +41,11 @@ class Method(Choice):
     spearman = "spearman"
 
 
+class Ties(Choice):
+    best_overall = "best_overall"  # a category's tied leaders: the best overall of them is its expert (the paper's)
+    all = "all"  # every tied leader is an expert (exact ties, and leaders tied within the noise)
+
+
 class Population(Choice):
     all = "all"  # every row of the score table
     pool = "pool"  # only the pool's candidates

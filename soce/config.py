@@ -129,6 +129,10 @@ class AnalysisConfig:
     # leave out of L the categories whose reliability (where the sizes are known) is below this:
     # their spread between models is mostly sampling noise. None: the paper's rule, every category
     min_reliability: Optional[float] = None
+    # redraws of the scores (each a binomial proportion of its category's examples, where the sizes
+    # are known) behind the correlations' intervals and the weak set's and experts' stability; 0: none
+    resamples: int = 200
+    seed: int = 0
 
 
 @dataclass
@@ -303,6 +307,8 @@ def validate(cfg: DictConfig) -> None:
     if floor is not None and not 0.0 < floor <= 1.0:
         raise ConfigError(f"analysis.min_reliability={floor}: a share between 0 and 1 (0.5: noise at most half the spread), "
                           "or null for the paper's rule")
+    if cfg.analysis.resamples == 1 or cfg.analysis.resamples < 0:
+        raise ConfigError(f"analysis.resamples={cfg.analysis.resamples}: at least 2 redraws of the scores, or 0 for none")
     max_experts = OmegaConf.select(cfg, "selection.max_experts")
     if max_experts is not None and max_experts < 1:
         raise ConfigError(f"selection.max_experts={max_experts}: must be at least 1")

@@ -7,6 +7,7 @@ overall), `manual`. Experts come out ordered by overall score, best first.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import asdict, dataclass
 from typing import List, Optional, Sequence
@@ -15,10 +16,12 @@ import numpy as np
 from omegaconf import MISSING
 
 from soce.analysis import Analysis
-from soce.choices import Population
+from soce.choices import Population, Ties
 from soce.errors import ConfigError
 from soce.registry import Registry
 from soce.scores import ScoreTable, closest
+
+log = logging.getLogger("soce")
 
 
 @dataclass(frozen=True)
@@ -84,8 +87,11 @@ def select_soce(
     *,
     keep_best_overall: bool = False,
     max_experts: int | None = None,
+    keep_ties: bool = False,
 ) -> Selection:
-    """Algorithm 1, step 3: for each category of L, the pool's best model on it; each model once."""
+    """Algorithm 1, step 3: for each category of L, the pool's best model on it; each model once.
+    keep_ties: every tied leader of a category is an expert too (exact ties, and the leaders tied
+    within the noise in the analysis's redraws of the scores)."""
     weak = analysis.weak_set
     if not weak:
         left_out = analysis.left_out
@@ -102,6 +108,7 @@ def select_soce(
         raise ConfigError(f"the selection is empty: no pair of categories has |rho| < tau={analysis.tau:g}{hint}")
     scores = table.subset(pool)
     leads: dict[str, list[str]] = {}
+    tied_leads: dict[str, list[str]] = {}  # keep_ties: the other tied leaders of each category
     notes = []
     for cat in weak:
         column = scores.values[:, table.categories.index(cat)]
@@ -112,13 +119,21 @@ def select_soce(
             continue
         leads.setdefault(leader, []).append(cat)
         tied = [m for m, v in zip(pool, column) if v == table.score(leader, cat)]
-        if len(tied) > 1:
+        if keep_ties:
+            noisy = [m for m in _tied_in_redraws(analysis, cat) if m in pool and m not in tied]
+            for m in [*tied, *noisy]:
+                if m != leader:
+                    tied_leads.setdefault(m, []).append(cat)
+        if len(tied) > 1 and not keep_ties:
             notes.append(f"{cat!r}: {len(tied)} pool models tie at {table.score(leader, cat):g} ({_some(tied)}); a tie goes "
                          f"to the best overall score: {leader}")
         if missing:
             notes.append(f"{cat!r}: {leader} leads among the {len(pool) - len(missing)} pool models with a score; "
                          f"{len(missing)} without one (N/A) could not: {_some(missing)}")
     experts = {m: _expert(table, m, "best on " + ", ".join(cats), cats) for m, cats in leads.items()}
+    for m, cats in tied_leads.items():
+        if m not in experts:
+            experts[m] = _expert(table, m, "tied for the lead on " + ", ".join(cats) + " (selection.ties=all)", cats)
     if keep_best_overall:
         top = best_overall(table, pool)
         if top not in experts:
@@ -134,6 +149,12 @@ def select_soce(
         if m not in experts and m not in excluded:
             excluded[m] = _why_not_leader(table, pool, m, weak)
     return Selection("soce", tuple(experts[m] for m in _by_overall(table, list(experts))), excluded, tuple(notes))
+
+
+def _tied_in_redraws(analysis: Analysis, category: str, share: float = 0.05) -> list[str]:
+    """The models that lead `category` in at least `share` of the analysis's redraws of the scores."""
+    leaders = (analysis.stability or {}).get("leaders", {}).get(category, {})
+    return [m for m, s in leaders.items() if s >= share] if len(leaders) > 1 else []
 
 
 def _some(names: Sequence[str], shown: int = 3) -> str:
@@ -216,13 +237,18 @@ class SoceSelection(SelectionBase):
     population: Population = Population.all
     keep_best_overall: bool = False
     max_experts: Optional[int] = None
+    ties: Ties = Ties.best_overall  # all: every tied leader (exact, or within the noise of the redraws) is an expert
 
     def choose(self, table, pool, analysis):
         if len(analysis.models) < 3:
             raise ConfigError(f"selection=soce chooses experts by the correlations between categories, which need at least 3 "
                               f"models; the analysis has {len(analysis.models)} ({', '.join(analysis.models)}). Add candidates "
                               f"to the pool, or choose selection=all or selection=manual")
-        return select_soce(table, pool, analysis, keep_best_overall=self.keep_best_overall, max_experts=self.max_experts)
+        if self.ties == Ties.all and not analysis.stability:
+            log.warning("selection.ties=all: the analysis has no redraws of the scores (their sizes are unknown, or "
+                        "analysis.resamples=0): only exact ties are kept")
+        return select_soce(table, pool, analysis, keep_best_overall=self.keep_best_overall, max_experts=self.max_experts,
+                           keep_ties=self.ties == Ties.all)
 
     def weak_set(self, analysis):
         return list(analysis.weak_set), analysis.tau

@@ -167,6 +167,64 @@ def test_a_saturated_and_a_15_example_category_are_left_out_of_l_where_the_paper
     assert analysis["entry_tau"]["small"] is None  # never enters L, nor makes another enter it
 
 
+
+def test_stability_gives_intervals_and_ties_leaders_within_the_noise_of_a_small_category(study, tmp_path):
+    """Redraws of the scores (binomial on each category's examples): a 2000-example category's
+    clear leader leads every redraw and its correlation interval is narrow; the 15-example
+    category's two leaders 0.03 apart each lead a share of the redraws (tied within the noise),
+    and its entry into L is not certain."""
+    import json
+
+    from soce.stability import stability
+
+    csv = tmp_path / "scores.csv"
+    csv.write_text("model,big,other,small\n"
+                   "m1,0.20,0.70,0.60\nm2,0.50,0.20,0.63\nm3,0.90,0.55,0.40\nm4,0.35,0.90,0.30\nm5,0.65,0.40,0.20\n")
+    r = study("benchmark=table", f"benchmark.path={csv}", "benchmark.category_sizes={big: 2000, other: 2000, small: 15}",
+              "pool=all", "stage=analyze", "selection.tau=0.5", "analysis.resamples=300", "tracker=none")
+    analysis = json.loads((tmp_path / "run" / "analysis.json").read_text())
+    s = analysis["stability"]
+    assert s["resamples"] == 300 and set(s["in_weak_set"]) == {"big", "other", "small"}
+    assert "small" in analysis["weak_set"] and 0 < s["in_weak_set"]["small"] < 1
+    assert s["leaders"]["big"] == {"m3": 1.0}
+    assert {"m1", "m2"} <= set(s["leaders"]["small"]) and max(s["leaders"]["small"].values()) < 0.95
+    rho = {(p["a"], p["b"]): p["ci"] for p in s["rho_interval"]}
+    point = analysis["matrix"][0][1]
+    low, high = rho[("big", "other")]
+    assert low <= point <= high and high - low < 0.1  # 2000 examples each: a narrow interval
+    low, high = rho[("big", "small")]
+    assert high - low > 0.3  # 15 examples: a wide one
+    assert "small: in L, in L in" in r.log and "led by (tied within the noise) " in r.log
+    # the same redraws (seeded) give the same figures; the table's own analysis is unchanged by them
+    a = Analysis.from_dict(analysis)
+    table = read_table(csv)
+    again = stability(table, a, table, 300, 0)
+    assert again.in_weak_set == s["in_weak_set"] and a.weak_set == tuple(analysis["weak_set"])
+
+
+def test_selection_ties_all_keeps_every_leader_tied_within_the_noise(study, tmp_path):
+    """small's leaders m2 (0.63) and m1 (0.60) on 15 examples are tied within the noise: the
+    paper's rule takes m2 alone; selection.ties=all takes both. Without redraws (resamples=0)
+    only exact ties are kept, and the log says so."""
+    import json
+
+    csv = tmp_path / "scores.csv"
+    csv.write_text("model,big,other,small\n"
+                   "m1,0.20,0.70,0.60\nm2,0.50,0.20,0.63\nm3,0.90,0.55,0.40\nm4,0.35,0.90,0.30\nm5,0.65,0.40,0.20\n")
+    args = ["benchmark=table", f"benchmark.path={csv}", "benchmark.category_sizes={big: 2000, other: 2000, small: 15}",
+            "pool=all", "stage=select", "selection.tau=0.5", "tracker=none"]
+
+    def experts(run: str, *more: str) -> dict[str, str]:
+        r = study(*args, *more, run_dir=tmp_path / run)
+        return r, {e["model"]: e["reason"] for e in json.loads((tmp_path / run / "selection.json").read_text())["experts"]}
+
+    _, paper = experts("paper")
+    assert "small" in paper["m2"] and "m1" not in paper
+    _, ties = experts("ties", "selection.ties=all")
+    assert ties["m1"] == "tied for the lead on small (selection.ties=all)" and set(paper) < set(ties)
+    r, exact = experts("exact", "selection.ties=all", "analysis.resamples=0")
+    assert exact == paper and "selection.ties=all: the analysis has no redraws of the scores" in r.log
+
 def test_a_min_reliability_outside_0_to_1_is_refused():
     from conftest import compose_cfg
     from soce import config

@@ -17,6 +17,7 @@ from soce.report.consistency import Consistency
 from soce.report.diagnostics import THRESHOLDS, prediction
 from soce.report.plots import plot_consistency, plot_diagnostics, plot_shapley, plot_ternary
 from soce.report.significance import score_text, supported
+from soce.stability import stability_lines
 
 log = logging.getLogger("soce")
 
@@ -55,6 +56,11 @@ def _selection_section(r: StudyReport) -> list[str]:
     if noisy:
         md[-4:-4] = [f"In L on a spread between models that is mostly sampling noise (reliability below {NOISY:g}): "
                      f"{', '.join(noisy)}; their correlations, and the experts they pick, rest on chance.", ""]
+    if analysis.get("stability"):
+        s = analysis["stability"]
+        md[-4:-4] = [f"Stability over {s['resamples']} redraws of the scores (each a binomial proportion of its category's "
+                     "examples; analysis.json has each correlation's interval):", "",
+                     *[f"- {line}" for line in stability_lines(s, weak)], ""]
     if analysis.get("left_out"):
         md[-4:-4] = ["Left out of L: " + "; ".join(f"{c} ({why})" for c, why in analysis["left_out"].items()) + ".", ""]
     md += [f"| {e['model']} | {_num(e['overall'])} | {e['reason']} |" for e in selection["experts"]]

@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from soce import analysis as corr
 from soce import artifacts
 from soce.artifacts import ANALYSIS, SCORES, SCORES_TEST
 from soce.scores import write_scores
+from soce.stability import stability
 from soce.stages import present
 from soce.stages.products import ANALYZED, Stage
 from soce.stages.study import Study
@@ -22,6 +25,9 @@ def analyze(study: Study) -> corr.Analysis:
     pool = study.pool_candidates(table)
     population = table if a.population.value == "all" else table.subset([c.name for c in pool])
     result = corr.analyze(population, float(a.tau), a.method.value, study.benchmark.sizes_of(table), a.min_reliability)
+    if result.sizes and a.resamples > 0:  # the weak set's and its experts' stability under the scores' noise
+        redrawn = stability(population, result, table.subset([c.name for c in pool]), a.resamples, a.seed)
+        result = replace(result, stability=redrawn.to_dict())
     artifacts.write_json(study.path(ANALYSIS), artifacts.analysis_settings(study.cfg), result.to_dict(list(a.tau_grid)))
     corr.plot_correlation(result, study.path("correlation.png"))
     corr.plot_entry_tau(result, study.path("entry_tau.png"))

@@ -7,8 +7,10 @@ import logging
 import math
 
 from soce import analysis as corr
+from soce.objective import label_of
 from soce.scores import ScoreTable
 from soce.selection import Selection
+from soce.stability import stability_lines
 from soce.tracking import Tracker
 
 log = logging.getLogger("soce")
@@ -36,6 +38,11 @@ def print_analysis(result: corr.Analysis, population: str, values) -> None:
     for cat, r, n in result.noisy():
         log.warning("  %r is in L on a spread between models that is mostly sampling noise (reliability %.2f, %s examples): "
                     "its correlations, and the expert it picks, rest on chance", cat, r, f"{n:.0f}")
+    if result.stability:
+        log.info("  stability over %d redraws of the scores (each a binomial proportion of its category's examples):",
+                 result.stability["resamples"])
+        for line in stability_lines(result.stability, result.weak_set):
+            log.info("    %s", line)
     if len(result.models) < 3:
         log.warning("  correlations over %d models are +-1 or undefined: the analysis needs at least 3 models", len(result.models))
     reasons = result.undefined_reasons(values)
@@ -98,7 +105,7 @@ def print_results(results: dict) -> None:
 
     stats = results.get("statistics")
     intervals = f"; {stats['confidence']:.0%} intervals, paired bootstrap over examples" if stats else ""
-    log.info("results (%s over all categories; %s%s):", results["objective"], results["protocol"], intervals)
+    log.info("results (%s; %s%s):", label_of(results), results["protocol"], intervals)
     width = max(len(r["name"]) for r in results["rows"])
     cell = 26 if stats else 8
     log.info("  %-*s %*s %*s", width, "", cell, "dev", cell, "test")

@@ -1,0 +1,111 @@
+"""How far the weak set and its experts stand above the scores' sampling noise (beyond the
+paper): the score table redrawn many times, each score a binomial proportion of its category's
+examples (a parametric bootstrap: a table has no per-example outcomes to resample), and the
+analysis repeated on each redraw. Out: per pair of categories a percentile interval of its
+correlation; per category the share of redraws in which it enters L; per category of L the
+share of redraws in which each pool model leads it (the expert it picks).
+
+A category whose size is unknown keeps its scores in every redraw (no noise is assumed where
+none can be measured)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Sequence
+
+import numpy as np
+
+from soce.analysis import Analysis, correlation_matrix
+from soce.scores import ScoreTable
+
+
+@dataclass(frozen=True)
+class Stability:
+    resamples: int
+    confidence: float
+    rho_interval: dict[tuple[str, str], tuple[float, float]]  # pair -> (low, high)
+    in_weak_set: dict[str, float]  # category -> share of redraws in which it is in L
+    leaders: dict[str, dict[str, float]]  # category of L -> pool model -> share of redraws it leads it
+
+    def to_dict(self) -> dict:
+        return {"resamples": self.resamples, "confidence": self.confidence,
+                "rho_interval": [{"a": a, "b": b, "ci": [_json(lo), _json(hi)]} for (a, b), (lo, hi) in self.rho_interval.items()],
+                "in_weak_set": self.in_weak_set, "leaders": self.leaders}
+
+    def tied_leaders(self, share: float = 0.05) -> dict[str, list[str]]:
+        """Per category of L with more than one model that leads it in at least `share` of the
+        redraws: those models, most often leading first (leaders tied within the noise)."""
+        return {c: [m for m, s in sorted(by.items(), key=lambda kv: -kv[1]) if s >= share]
+                for c, by in self.leaders.items() if sum(s >= share for s in by.values()) > 1}
+
+
+def _json(v: float) -> float | None:
+    return None if math.isnan(v) else float(v)
+
+
+def stability(population: ScoreTable, analysis: Analysis, pool_table: ScoreTable, resamples: int = 200, seed: int = 0,
+              confidence: float = 0.95) -> Stability:
+    """`analysis` (of `population`, with its sizes) repeated on `resamples` redraws of the
+    population's scores; the leaders among `pool_table`'s models (the pool, scored on the same
+    categories) redrawn alike."""
+    sizes = np.array([n if n else 0 for n in analysis.sizes] or [0] * len(analysis.categories), dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    redraw = _redrawer(sizes, rng)
+    cats = analysis.categories
+    weak = analysis.weak_set
+    matrices, in_l = [], {c: 0 for c in cats}
+    leads = {c: {} for c in weak}
+    pool_columns = [pool_table.categories.index(c) for c in cats]
+    for _ in range(resamples):
+        values = redraw(population.values)
+        matrix, counts = correlation_matrix(values, analysis.method)
+        matrices.append(matrix)
+        for c in replace(analysis, matrix=matrix, counts=counts).weak_set:
+            in_l[c] += 1
+        pool_values = redraw(pool_table.values[:, pool_columns])
+        for c in weak:
+            column = pool_values[:, cats.index(c)]
+            if not np.all(np.isnan(column)):
+                leader = pool_table.models[int(np.nanargmax(column))]
+                leads[c][leader] = leads[c].get(leader, 0) + 1
+    stack = np.stack(matrices)
+    tail = (1 - confidence) / 2
+    intervals = {}
+    for a in range(len(cats)):
+        for b in range(a + 1, len(cats)):
+            finite = stack[:, a, b][~np.isnan(stack[:, a, b])]
+            lo, hi = np.quantile(finite, [tail, 1 - tail]) if finite.size else (math.nan, math.nan)
+            intervals[(cats[a], cats[b])] = (float(lo), float(hi))
+    return Stability(resamples, confidence, intervals, {c: k / resamples for c, k in in_l.items()},
+                     {c: {m: k / resamples for m, k in sorted(by.items(), key=lambda kv: -kv[1])} for c, by in leads.items()})
+
+
+def _redrawer(sizes: np.ndarray, rng: np.random.Generator):
+    """A function redrawing a models x categories table of accuracies (fractions or percentages)."""
+    def redraw(values: np.ndarray) -> np.ndarray:
+        scale = 100.0 if np.nanmax(values, initial=0.0) > 1.0 else 1.0
+        p = np.clip(np.nan_to_num(values / scale), 0.0, 1.0)
+        n = np.rint(np.broadcast_to(sizes, p.shape)).astype(np.int64)
+        drawn = rng.binomial(np.maximum(n, 1), p) / np.maximum(n, 1)
+        out = np.where(n > 0, drawn, p) * scale
+        return np.where(np.isnan(values), np.nan, out)
+    return redraw
+
+
+def stability_lines(stability: dict, weak: Sequence[str], tied_share: float = 0.05) -> list[str]:
+    """One line per category of L (and per category outside L that enters it in some redraws):
+    how often it is in L, and for L's categories which pool models lead it how often (more than
+    one at `tied_share` or above: leaders tied within the noise)."""
+    out = []
+    for c, share in sorted(stability["in_weak_set"].items(), key=lambda kv: -kv[1]):
+        if c not in weak and share == 0:
+            continue
+        line = f"{c}: {'in' if c in weak else 'not in'} L, in L in {share:.0%} of redraws"
+        leaders = stability["leaders"].get(c, {})
+        if leaders:
+            shown = [(m, s) for m, s in leaders.items() if s >= tied_share]
+            tied = " (tied within the noise)" if len(shown) > 1 else ""
+            line += f"; led by{tied} " + ", ".join(f"{m} {s:.0%}" for m, s in shown)
+        out.append(line)
+    return out
