@@ -223,6 +223,7 @@ def _load(path):
     return HfEngine(AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path))
 
 
+@pytest.mark.slow  # every test file, the multi-turn ones' prompts about 17,000 tokens: 30 s
 def test_generation_runs_end_to_end_on_a_tiny_llama(standins, tmp_path):
     engine = _load(standins["chat"])
     evaluator = bfcl.BfclEvaluator(list(bfcl.CATEGORIES), handler=XLAM, limit=1, max_new_tokens=8, batch_size=4,

@@ -40,8 +40,8 @@ def assert_same_study(run, reference):
     assert (run / "report.md").exists()
 
 
-@pytest.mark.parametrize("launcher", ["basic", pytest.param("joblib", marks=pytest.mark.slow),
-                                      pytest.param("submitit_local", marks=pytest.mark.slow)])
+@pytest.mark.slow  # three Hydra jobs and the collect step (20-25 s each launcher); make test shards in the dead-shard test
+@pytest.mark.parametrize("launcher", ["basic", "joblib", "submitit_local"])
 def test_a_three_shard_multirun_gives_the_unsharded_study(soce, zoo_cache, tmp_path, unsharded, launcher):
     sweep_dir = tmp_path / "multirun"
     r = soce("-m", f"hydra/launcher={launcher}", *STUDY, f"pool.cache_dir={zoo_cache}", "sweep.shard=range(0,3)",

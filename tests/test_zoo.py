@@ -335,6 +335,7 @@ def test_analyze_end_to_end_on_the_micro_family(study, zoo_cache, tmp_path):
     assert (tmp_path / "run2" / "scores.csv").read_text() == (run / "scores.csv").read_text()
 
 
+@pytest.mark.slow  # four candidates through lm-eval on three tasks of two splits: 15-17 s
 def test_any_lm_eval_task_group_through_the_generic_benchmark(study, zoo_cache, tmp_path):
     """benchmark=lm_eval with local tasks (here toy_fc's own YAMLs) and a pool of model paths."""
     family = build_family("micro", zoo_cache / "zoo", progress=False)
