@@ -8,13 +8,14 @@ resamples within each group, so every group keeps its size and a weighted aggreg
 benchmark's). `search.objective` chooses one from OBJECTIVES:
 
 - mean / sum: of the per-category scores (the paper's);
-- benchmark: the benchmark's own overall where it defines one (BFCL v3's Overall Acc), the
-  mean elsewhere.
+- benchmark: the benchmark's own overall where it defines one (BFCL v3's Overall Acc, the
+  aggregate of the lm-eval groups asked for), the mean elsewhere.
 """
 
 from __future__ import annotations
 
 import math
+from collections import Counter
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
@@ -36,17 +37,20 @@ class Objective:
         """Each example's group, for (id, category) pairs: its category."""
         return [category for _, category in examples]
 
-    def of_groups(self, accuracy: Mapping[str, float]) -> float:
+    def of_groups(self, accuracy: Mapping[str, float], sizes: Mapping[str, int] | None = None) -> float:
+        """The objective of per-group accuracies (`sizes`: each group's examples, for an objective
+        that weighs by them)."""
         values = list(accuracy.values())
         return math.fsum(values) / len(values)
 
-    def combiner(self, names: Sequence[str]) -> Callable[[np.ndarray], np.ndarray]:
-        """The objective of arrays of per-group accuracies (last axis: the groups `names`)."""
+    def combiner(self, names: Sequence[str], sizes: Sequence[int]) -> Callable[[np.ndarray], np.ndarray]:
+        """The objective of arrays of per-group accuracies (last axis: the groups `names`, of
+        `sizes` examples)."""
         return lambda per_group: per_group.mean(axis=-1)
 
     def of(self, scores: Mapping[str, float], outcomes: Sequence[Outcome] = ()) -> float:
         """A model's objective from its per-category scores (and, for an objective over other
-        groups than the categories, its per-example outcomes)."""
+        groups than the categories or weighed by their sizes, its per-example outcomes)."""
         return self.of_groups(scores)
 
     def of_outcomes(self, outcomes: Sequence[Outcome]) -> float:
@@ -55,7 +59,7 @@ class Objective:
         solved: dict[str, list[bool]] = {}
         for g, o in zip(groups, outcomes):
             solved.setdefault(g, []).append(o.correct)
-        return self.of_groups({g: sum(v) / len(v) for g, v in solved.items()})
+        return self.of_groups({g: sum(v) / len(v) for g, v in solved.items()}, {g: len(v) for g, v in solved.items()})
 
     def of_row(self, table: ScoreTable, model: str) -> float:
         """`model`'s objective in `table` (its scores and, where the table has them, its outcomes)."""
@@ -70,10 +74,10 @@ class Sum(Objective):
     name = "sum"
     label = "sum over all categories"
 
-    def of_groups(self, accuracy: Mapping[str, float]) -> float:
+    def of_groups(self, accuracy, sizes=None):
         return math.fsum(accuracy.values())
 
-    def combiner(self, names):
+    def combiner(self, names, sizes):
         return lambda per_group: per_group.sum(axis=-1)
 
 
@@ -101,11 +105,11 @@ class Weighted(Objective):
             raise ValueError(f"{self.name}: no weight for {', '.join(sorted(unknown))}")
         return {g: w / math.fsum(p.values()) / len(parts) for p in parts for g, w in p.items()}
 
-    def of_groups(self, accuracy):
+    def of_groups(self, accuracy, sizes=None):
         w = self.weights(list(accuracy))
         return math.fsum(w[g] * a for g, a in accuracy.items())
 
-    def combiner(self, names):
+    def combiner(self, names, sizes):
         w = self.weights(names)
         vector = np.array([w[g] for g in names])
         return lambda per_group: per_group @ vector
@@ -120,6 +124,41 @@ class Weighted(Objective):
         for o in outcomes:
             by_model.setdefault(o.model, []).append(o)
         return np.array([self.of_outcomes(by_model[m]) for m in models], dtype=np.float64)
+
+
+class Sections(Objective):
+    """The mean of sections (an lm-eval group each, or a task asked for alone), each its
+    categories' scores aggregated as the group does: weighted by their examples (lm-eval's
+    weight_by_size) or not."""
+
+    def __init__(self, name: str, label: str, sections: Mapping[str, tuple[Sequence[str], bool]]) -> None:
+        self.name, self.label = name, label
+        self.sections = {s: (tuple(cats), by_size) for s, (cats, by_size) in sections.items()}
+
+    def weights(self, sizes: Mapping[str, int]) -> dict[str, float]:
+        """Each category's share of the objective, for the categories present (`sizes`: their examples)."""
+        parts = []
+        for cats, by_size in self.sections.values():
+            w = {c: float(sizes[c]) if by_size else 1.0 for c in cats if c in sizes}
+            if w:
+                parts.append(w)
+        return {c: v / math.fsum(p.values()) / len(parts) for p in parts for c, v in p.items()}
+
+    def of_groups(self, accuracy, sizes=None):
+        if sizes is None:
+            if any(by_size for _, by_size in self.sections.values()):
+                raise ValueError(f"{self.name} weighs categories by their examples: it needs the per-example outcomes")
+            sizes = {c: 1 for c in accuracy}
+        w = self.weights({c: sizes[c] for c in accuracy})
+        return math.fsum(w[c] * a for c, a in accuracy.items())
+
+    def combiner(self, names, sizes):
+        w = self.weights(dict(zip(names, sizes)))
+        vector = np.array([w[c] for c in names])
+        return lambda per_group: per_group @ vector
+
+    def of(self, scores, outcomes=()):
+        return self.of_groups(scores, Counter(o.category for o in outcomes) if outcomes else None)
 
 
 def label_of(results: dict) -> str:

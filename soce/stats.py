@@ -48,7 +48,7 @@ class Bootstrap:
         self.groups = [np.flatnonzero(labels == g) for g in names]
         # per group: (samples, size) indices into the outcome vectors
         self.draws = [g[rng.integers(0, len(g), size=(samples, len(g)))] for g in self.groups]
-        self.combine, self.confidence = objective.combiner(names), confidence
+        self.combine, self.confidence = objective.combiner(names, [len(g) for g in self.groups]), confidence
 
     def _objective(self, values: np.ndarray, draws: Sequence[np.ndarray]) -> np.ndarray:
         return self.combine(np.stack([values[d].mean(axis=-1) for d in draws], axis=-1))

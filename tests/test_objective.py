@@ -110,3 +110,21 @@ def test_search_objective_benchmark_is_the_benchmarks_own_or_the_mean():
     assert type(OBJECTIVES["benchmark"](Plain())) is Objective
     assert OBJECTIVES["benchmark"](Bfcl()).name == "bfcl_v3_overall"
     assert OBJECTIVES["mean"](Bfcl()).name == "mean" and OBJECTIVES["sum"](Plain()).name == "sum"
+
+
+def test_an_lm_eval_groups_aggregate_weighs_its_tasks_as_the_group_says():
+    """Sections: each group's categories weighted by their examples (weight_by_size) or not, the
+    groups and the tasks asked for alone averaged; the bootstrap's estimate is the same number."""
+    from soce.objective import Sections
+
+    objective = Sections("lm_eval_groups", "x", {"g": (["a", "b"], True), "c": (["c"], False)})
+    outcomes = [Outcome("m", f"a{i}", "a", i < 30) for i in range(40)] + \
+               [Outcome("m", f"b{i}", "b", i < 2) for i in range(10)] + [Outcome("m", f"c{i}", "c", i < 5) for i in range(20)]
+    scores = {"a": 0.75, "b": 0.2, "c": 0.25}
+    g = (40 * 0.75 + 10 * 0.2) / 50  # lm-eval's weight_by_size: the group's examples pooled
+    assert objective.of(scores, outcomes) == pytest.approx((g + 0.25) / 2)
+    assert objective.of_outcomes(outcomes) == pytest.approx((g + 0.25) / 2)
+    boot = Bootstrap([(o.example_id, o.category) for o in outcomes], objective, samples=50)
+    assert boot.interval([o.correct for o in outcomes]).estimate == pytest.approx((g + 0.25) / 2)
+    unweighted = Sections("lm_eval_groups", "x", {"g": (["a", "b"], False)})
+    assert unweighted.of({"a": 0.75, "b": 0.2}) == pytest.approx(0.475)

@@ -349,6 +349,34 @@ def test_any_lm_eval_task_group_through_the_generic_benchmark(study, zoo_cache, 
     assert (tmp_path / "run" / "scores_test.csv").exists()
 
 
+
+@pytest.mark.slow  # lm-eval twice over 230 examples: about 7 s
+def test_an_lm_eval_groups_aggregate_is_the_objective_lm_eval_reports(zoo_cache, tmp_path):
+    """search.objective=benchmark with an lm-eval group asked for: the objective of a model's
+    outcomes is the group's own result as lm-eval's simple_evaluate reports it (weight_by_size:
+    true, over tasks of 100 and 30 examples), averaged with a task asked for alone."""
+    from lm_eval import simple_evaluate
+
+    from soce.objective import OBJECTIVES
+
+    tasks = shutil.copytree(TOY_FC_TASKS, tmp_path / "tasks", ignore=shutil.ignore_patterns("__pycache__"))
+    (tasks / "small_json.yaml").write_text("include: _toy_fc.yaml\ntask: small_json\n"
+                                           "dataset_kwargs:\n  category: json\n  split: dev\n  per_category: 30\n")
+    (tasks / "mixed.yaml").write_text("group: mixed\ntask:\n  - toy_fc_dev_simple\n  - small_json\naggregate_metric_list:\n"
+                                      "  - metric: acc\n    aggregation: mean\n    weight_by_size: true\n")
+    family = build_family("micro", zoo_cache / "zoo", progress=False)
+    engine = HfEngine(*map(lambda f: f.from_pretrained(family.candidates["micro-json"]), (AutoModelForCausalLM, AutoTokenizer)))
+    backend = LmEvalBackend({"dev": ["mixed", "toy_fc_dev_parallel"]}, include_path=tasks, metric="acc", batch_size=32,
+                            max_length=256, include_defaults=False)
+    objective = OBJECTIVES["benchmark"](backend)
+    assert objective.name == "lm_eval_groups" and "mixed (weighted by size)" in objective.label
+    result = backend.evaluate(engine, "dev")
+    own = simple_evaluate(model=engine.harness_model(batch_size=32, max_length=256, model_args={}), tasks=["mixed"],
+                          task_manager=backend.task_manager, bootstrap_iters=0, verbosity="ERROR")["results"]["mixed"]["acc,none"]
+    assert objective.of(result.scores, result.outcomes) == pytest.approx((own + result.scores["toy_fc_dev_parallel"]) / 2)
+    assert [sum(o.category == c for o in result.outcomes) for c in ("toy_fc_dev_simple", "small_json")] == [100, 30]
+    assert result.scores["small_json"] != result.scores["toy_fc_dev_simple"]  # the weights matter
+
 def test_the_family_trains_to_the_same_bits_with_any_thread_count():
     """soce picks the thread count by the machine's load (soce.threads): it must not change a model."""
     from soce.zoo.family import Trainer

@@ -85,6 +85,7 @@ class LmEvalBackend(Evaluator):
         """split -> {category: lm-eval task}, every group and tag replaced by its tasks."""
         known = set(self.task_manager.all_tasks)
         out, names = {}, None
+        self._asked: list[tuple[str, list[str]]] = []  # the first split's tasks as asked for, each with its categories
         for split, given in tasks.items():
             key = TASK_KEYS.get(split, f"benchmark tasks of {split}")
             for task in given.values() if isinstance(given, dict) else given:
@@ -104,12 +105,36 @@ class LmEvalBackend(Evaluator):
                     raise EvaluationError(f"benchmark.categories names {len(names)} categories, {key} has {len(leaves)} tasks"
                                           f"{' (its groups and tags expanded)' if len(leaves) != len(given) else ''}: one "
                                           "name per task, in the same order")
+                self._asked = [(task, [n for n, (t, _) in zip(names, leaves) if t == task]) for task in dict.fromkeys(given)]
             elif len(leaves) != len(names):
                 raise EvaluationError(f"{key} has {len(leaves)} tasks, the categories are {len(names)} "
                                       f"({', '.join(names[:6])}{' ...' if len(names) > 6 else ''}; groups and tags "
                                       "expanded): one task per category, in the same order")
             out[split] = dict(zip(names, (leaf for _, leaf in leaves)))
         return out
+
+    def benchmark_objective(self):
+        """The aggregate lm-eval reports for the groups asked for (each as its aggregate_metric_list
+        says for benchmark.metric: its tasks weighted by their examples, or not; a nested group's
+        tasks taken together), averaged with the tasks asked for alone; None where no group asked
+        for aggregates the metric (the mean of the categories)."""
+        from soce.objective import Sections
+
+        sections = {name: (categories, self._weight_by_size(name)) for name, categories in self._asked}
+        if all(by_size is None for _, by_size in sections.values()):
+            return None
+        groups = [f"{n} ({'weighted by size' if w else 'mean'})" for n, (_, w) in sections.items() if w is not None]
+        return Sections("lm_eval_groups", "lm-eval's group aggregate: " + ", ".join(groups)
+                        + (", averaged with the tasks asked for alone" if len(groups) < len(sections) else ""),
+                        {n: (c, bool(w)) for n, (c, w) in sections.items()})
+
+    def _weight_by_size(self, name: str) -> bool | None:
+        """A group's weight_by_size for benchmark.metric, None where it aggregates no such metric (or is a task)."""
+        entry = self.task_manager.task_index.get(name)
+        for aggregate in ((entry.cfg if entry is not None else None) or {}).get("aggregate_metric_list") or []:
+            if isinstance(aggregate, dict) and aggregate.get("metric") == self.metric.split(",")[0]:
+                return bool(aggregate.get("weight_by_size", False))
+        return None
 
     def _leaves(self, name: str, key: str) -> list[str]:
         """The tasks a name stands for: itself, a group's tasks (its subgroups' too), or a tag's."""
