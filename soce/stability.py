@@ -3,7 +3,8 @@ paper): the score table redrawn many times, each score a binomial proportion of 
 examples (a parametric bootstrap: a table has no per-example outcomes to resample), and the
 analysis repeated on each redraw. Out: per pair of categories a percentile interval of its
 correlation; per category the share of redraws in which it enters L; per category of L the
-share of redraws in which each pool model leads it (the expert it picks).
+share of redraws in which each pool model leads it (the expert it picks; models tied for the
+lead in a redraw share it: a saturated category's leaders are all tied).
 
 A category whose size is unknown keeps its scores in every redraw (no noise is assumed where
 none can be measured)."""
@@ -67,8 +68,9 @@ def stability(population: ScoreTable, analysis: Analysis, pool_table: ScoreTable
         for c in weak:
             column = pool_values[:, cats.index(c)]
             if not np.all(np.isnan(column)):
-                leader = pool_table.models[int(np.nanargmax(column))]
-                leads[c][leader] = leads[c].get(leader, 0) + 1
+                tied = np.flatnonzero(column == np.nanmax(column))
+                for i in tied:
+                    leads[c][pool_table.models[i]] = leads[c].get(pool_table.models[i], 0) + 1 / len(tied)
     stack = np.stack(matrices)
     tail = (1 - confidence) / 2
     intervals = {}

@@ -195,6 +195,11 @@ def test_stability_gives_intervals_and_ties_leaders_within_the_noise_of_a_small_
     low, high = rho[("big", "small")]
     assert high - low > 0.3  # 15 examples: a wide one
     assert "small: in L, in L in" in r.log and "led by (tied within the noise) " in r.log
+    # a saturated category: every redraw of 1.0 is 1.0, and the models tied at it share the lead
+    saturated = ScoreTable(("m1", "m2", "m3"), ("big", "sat"), np.array([[0.2, 1.0], [0.5, 1.0], [0.9, 0.5]]),
+                           np.zeros(3))
+    shared = stability(saturated, analyze(saturated, 1.0, sizes={"big": 2000, "sat": 100}), saturated, 50)
+    assert shared.leaders["sat"] == {"m1": pytest.approx(0.5), "m2": pytest.approx(0.5)}
     # the same redraws (seeded) give the same figures; the table's own analysis is unchanged by them
     a = Analysis.from_dict(analysis)
     table = read_table(csv)
