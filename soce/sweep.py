@@ -37,6 +37,13 @@ def solved_by_id(bits: str, example_ids: Sequence[str]) -> dict[str, bool]:
     return {i: b == "1" for i, b in zip(ids, bits)}
 
 
+def record_outcomes(bits: str, examples: Sequence[tuple[str, str]]) -> list[Outcome]:
+    """A stored record's per-example outcomes (its solved_bits), in the order of `examples`, the
+    split's (id, category) pairs."""
+    solved = solved_by_id(bits, [i for i, _ in examples])
+    return [Outcome("", i, c, solved[i]) for i, c in examples]
+
+
 @dataclass(frozen=True)
 class Placement:
     """Where a Souper's live model and experts go: its device map (from the memory plan; None:
@@ -187,7 +194,7 @@ class Souper:
 
     def _with_objective(self, record: dict) -> dict:
         """A whole split's record with the objective as asked now."""
-        outcomes = [Outcome("", i, c, b == "1") for (i, c), b in zip(self.example_ids(record["split"]), record["correct"])]
+        outcomes = record_outcomes(record["correct"], self.example_ids(record["split"]))
         return {**record, "objective": self.objective.of(record["scores"], outcomes)}
 
 

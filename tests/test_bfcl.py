@@ -327,6 +327,40 @@ def test_the_paper_8b_experiment_runs_through_selection_and_a_first_point(soce, 
     assert list((run_dir / "bfcl").glob("sweep-*-dev"))  # the point's generations, as BFCL result files
 
 
+
+@pytest.mark.slow  # a BFCL study through the soup stage on three stand-ins: about 25 s
+def test_a_bfcl_study_reports_the_leaderboards_overall_from_every_rows_own_outcomes(study, standins, tmp_path):
+    """benchmark=bfcl, through the soup stage: results.json names BFCL v3's Overall Acc, and every
+    row's objective is the overall of its own stored outcomes (the bootstrap's estimate, inside
+    its interval), for the candidates and the soups alike."""
+    from soce.objective import OBJECTIVES
+    from soce.scores import read_scores
+    from soce.stats import Bootstrap
+    from soce.sweep import record_outcomes
+
+    models = ", ".join(f"{{name: {n}, path: '{standins['chat']}', handler: {XLAM}}}" for n in ("a", "b", "c"))
+    categories = ["Live Simple AST", "Irrelevance Detection", "Non-Live Simple AST", "Relevance Detection"]
+    study("benchmark=bfcl", "pool=all", f"pool.models=[{models}]", "benchmark.limit=2", f"benchmark.categories=[{', '.join(categories)}]",
+          "benchmark.max_new_tokens=8", "selection=all", "search.budget=3", "stage=soup", "tracker=none")
+    run = tmp_path / "run"
+    results = json.loads((run / "results.json").read_text())
+    assert results["objective"] == "bfcl_v3_overall" and results["objective_label"].startswith("BFCL v3 Overall Acc")
+    evaluator = bfcl.BfclEvaluator(categories, handler=XLAM, limit=2)
+    objective = OBJECTIVES["benchmark"](evaluator)
+    examples = evaluator.example_ids("dev")
+    boot = Bootstrap(examples, objective, samples=200)
+    records = [json.loads(line) for line in (run / "sweep.jsonl").read_text().splitlines()]
+    for row in results["rows"]:
+        if row["role"] == "single":
+            own = [o for o in read_scores(run / "scores.csv").outcomes if o.model == row["models"][0]]
+            by_id = {o.example_id: o.correct for o in own}
+        else:
+            record = next(r for r in records if r["split"] == "dev" and r["weights"] == row["weights"] and r["experts"] == row["models"])
+            by_id = {o.example_id: o.correct for o in record_outcomes(record["correct"], examples)}
+        value = boot.interval([by_id[i] for i, _ in examples]).estimate
+        assert row["dev"]["objective"] == pytest.approx(value), row["name"]
+        assert row["dev"]["ci"][0] <= row["dev"]["objective"] <= row["dev"]["ci"][1], row["name"]
+
 def test_a_point_evaluated_rung_by_rung_keeps_every_generation_in_its_folder(standins, tmp_path):
     """search=halving evaluates a point on pieces of the split: its result folder ends with every
     piece's generations, not the last piece's alone."""

@@ -128,3 +128,18 @@ def test_an_lm_eval_groups_aggregate_weighs_its_tasks_as_the_group_says():
     assert boot.interval([o.correct for o in outcomes]).estimate == pytest.approx((g + 0.25) / 2)
     unweighted = Sections("lm_eval_groups", "x", {"g": (["a", "b"], False)})
     assert unweighted.of({"a": 0.75, "b": 0.2}) == pytest.approx(0.475)
+
+
+def test_a_stored_records_outcomes_are_read_back_by_id_whatever_the_splits_order():
+    """The store keeps outcomes in the order of example id; a split lists its examples in its own
+    order (BFCL's: by test file). Read back, each outcome is its own example's: an objective over
+    test files gets them right (it read them in the split's order once, and a soup scored 0.36
+    where its outcomes, identical to its expert's, gave 0.63)."""
+    from soce.sweep import record_outcomes, solved_bits
+
+    examples = [("simple_python_1", "Non-Live Simple AST"), ("live_simple_0", "Live Simple AST"),
+                ("irrelevance_0", "Irrelevance Detection"), ("live_irrelevance_2", "Irrelevance Detection")]
+    solved = {"simple_python_1": True, "live_simple_0": False, "irrelevance_0": False, "live_irrelevance_2": True}
+    bits = solved_bits([Outcome("", i, c, solved[i]) for i, c in examples])
+    back = record_outcomes(bits, examples)
+    assert [(o.example_id, o.category, o.correct) for o in back] == [(i, c, solved[i]) for i, c in examples]
