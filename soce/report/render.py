@@ -11,6 +11,7 @@ import numpy as np
 
 from soce.analysis import NOISY
 from soce.artifacts import REPORT
+from soce.objective import label_of
 from soce.progress import plural
 from soce.report.content import Content, Diagnostics, Landscape, ShapleyValues, StudyReport, WinRateRows
 from soce.report.consistency import Consistency
@@ -56,11 +57,12 @@ def _selection_section(r: StudyReport) -> list[str]:
     if noisy:
         md[-4:-4] = [f"In L on a spread between models that is mostly sampling noise (reliability below {NOISY:g}): "
                      f"{', '.join(noisy)}; their correlations, and the experts they pick, rest on chance.", ""]
-    if analysis.get("stability"):
+    lines = stability_lines(analysis["stability"], weak) if analysis.get("stability") else []
+    if lines:
         s = analysis["stability"]
         md[-4:-4] = [f"Stability over {s['resamples']} redraws of the scores (each a binomial proportion of its category's "
                      "examples; analysis.json has each correlation's interval):", "",
-                     *[f"- {line}" for line in stability_lines(s, weak)], ""]
+                     *[f"- {line}" for line in lines], ""]
     if analysis.get("left_out"):
         md[-4:-4] = ["Left out of L: " + "; ".join(f"{c} ({why})" for c, why in analysis["left_out"].items()) + ".", ""]
     md += [f"| {e['model']} | {_num(e['overall'])} | {e['reason']} |" for e in selection["experts"]]
@@ -77,8 +79,8 @@ def _baselines_section(r: StudyReport) -> list[str]:
         return md + [f"_The soup stage has not run in this directory with these settings ({state}): no baseline table._", ""]
     obj, stats = r.results["objective"], r.results.get("statistics")
     intervals = (f" In brackets, {stats['confidence']:.0%} intervals of a paired bootstrap ({stats['bootstrap']} resamples of "
-                 "the examples, within each category)." if stats else "")
-    md += [f"{obj} over all categories; {r.results['protocol']}.{intervals}", "",
+                 f"the examples, within each {stats.get('within', 'category')})." if stats else "")
+    md += [f"{label_of(r.results)}; {r.results['protocol']}.{intervals}", "",
            f"| | dev {obj} | test {obj} | weights |", "|---|---|---|---|"]
     for row in r.results["rows"]:
         weights = ", ".join(f"{m} {w:.2f}" for m, w in zip(row["models"], row["weights"]) if w > 0)

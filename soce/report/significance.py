@@ -31,7 +31,8 @@ def add_statistics(results: dict, objective: Objective, correct: dict[str, dict[
         tests[split] = [{"ingredient": name, **_renamed(mcnemar(searched, [by_id[i] for i in ids]).to_dict())}
                         for name, by_id in ingredients[split].items()]
     results["statistics"] = {"bootstrap": samples, "confidence": confidence, "seed": seed,
-                             "resampled": f"examples, within each {objective.group} (paired: the same resamples for every row)"}
+                             "resampled": f"examples, within each {objective.group} (paired: the same resamples for every row)",
+                             "within": objective.group}
     results["mcnemar"] = tests
 
 
