@@ -4,7 +4,9 @@ examples (a parametric bootstrap: a table has no per-example outcomes to resampl
 analysis repeated on each redraw. Out: per pair of categories a percentile interval of its
 correlation; per category the share of redraws in which it enters L; per category of L the
 share of redraws in which each pool model leads it (the expert it picks; models tied for the
-lead in a redraw share it: a saturated category's leaders are all tied).
+lead in a redraw share it: a saturated category's leaders are all tied); per pool model the
+share of redraws in which the paper's rule, applied to the redraw (its L, its leaders, a tie to
+the best overall score), makes it an expert.
 
 A category whose size is unknown keeps its scores in every redraw (no noise is assumed where
 none can be measured)."""
@@ -28,11 +30,12 @@ class Stability:
     rho_interval: dict[tuple[str, str], tuple[float, float]]  # pair -> (low, high)
     in_weak_set: dict[str, float]  # category -> share of redraws in which it is in L
     leaders: dict[str, dict[str, float]]  # category of L -> pool model -> share of redraws it leads it
+    chosen: dict[str, float]  # pool model -> share of redraws in which the paper's rule makes it an expert
 
     def to_dict(self) -> dict:
         return {"resamples": self.resamples, "confidence": self.confidence,
                 "rho_interval": [{"a": a, "b": b, "ci": [_json(lo), _json(hi)]} for (a, b), (lo, hi) in self.rho_interval.items()],
-                "in_weak_set": self.in_weak_set, "leaders": self.leaders}
+                "in_weak_set": self.in_weak_set, "leaders": self.leaders, "chosen": self.chosen}
 
     def tied_leaders(self, share: float = 0.05) -> dict[str, list[str]]:
         """Per category of L with more than one model that leads it in at least `share` of the
@@ -45,32 +48,40 @@ def _json(v: float) -> float | None:
     return None if math.isnan(v) else float(v)
 
 
-def stability(population: ScoreTable, analysis: Analysis, pool_table: ScoreTable, resamples: int = 200, seed: int = 0,
+def stability(population: ScoreTable, analysis: Analysis, pool: Sequence[str], resamples: int = 200, seed: int = 0,
               confidence: float = 0.95) -> Stability:
     """`analysis` (of `population`, with its sizes) repeated on `resamples` redraws of the
-    population's scores; the leaders among `pool_table`'s models (the pool, scored on the same
-    categories) redrawn alike."""
+    population's scores; the leaders and experts among the `pool` (models of the population)."""
     sizes = np.array([n if n else 0 for n in analysis.sizes] or [0] * len(analysis.categories), dtype=np.float64)
     rng = np.random.default_rng(seed)
     redraw = _redrawer(sizes, rng)
     cats = analysis.categories
     weak = analysis.weak_set
     matrices, in_l = [], {c: 0 for c in cats}
-    leads = {c: {} for c in weak}
-    pool_columns = [pool_table.categories.index(c) for c in cats]
+    leads: dict[str, dict[str, float]] = {c: {} for c in weak}
+    chosen: dict[str, int] = {}
+    rows = [population.models.index(m) for m in pool]
+    overall = np.nan_to_num(population.overall[rows], nan=-np.inf)  # the paper's tie rule: the best overall score
     for _ in range(resamples):
         values = redraw(population.values)
         matrix, counts = correlation_matrix(values, analysis.method)
         matrices.append(matrix)
-        for c in replace(analysis, matrix=matrix, counts=counts).weak_set:
+        redrawn_l = replace(analysis, matrix=matrix, counts=counts).weak_set
+        for c in redrawn_l:
             in_l[c] += 1
-        pool_values = redraw(pool_table.values[:, pool_columns])
-        for c in weak:
-            column = pool_values[:, cats.index(c)]
-            if not np.all(np.isnan(column)):
-                tied = np.flatnonzero(column == np.nanmax(column))
+        experts = set()
+        for c in set(weak) | set(redrawn_l):
+            column = values[rows, cats.index(c)]
+            if np.all(np.isnan(column)):
+                continue
+            tied = np.flatnonzero(column == np.nanmax(column))
+            if c in weak:
                 for i in tied:
-                    leads[c][pool_table.models[i]] = leads[c].get(pool_table.models[i], 0) + 1 / len(tied)
+                    leads[c][pool[i]] = leads[c].get(pool[i], 0) + 1 / len(tied)
+            if c in redrawn_l:
+                experts.add(pool[max(tied, key=lambda i: (overall[i], -i))])
+        for m in experts:
+            chosen[m] = chosen.get(m, 0) + 1
     stack = np.stack(matrices)
     tail = (1 - confidence) / 2
     intervals = {}
@@ -80,7 +91,8 @@ def stability(population: ScoreTable, analysis: Analysis, pool_table: ScoreTable
             lo, hi = np.quantile(finite, [tail, 1 - tail]) if finite.size else (math.nan, math.nan)
             intervals[(cats[a], cats[b])] = (float(lo), float(hi))
     return Stability(resamples, confidence, intervals, {c: k / resamples for c, k in in_l.items()},
-                     {c: {m: k / resamples for m, k in sorted(by.items(), key=lambda kv: -kv[1])} for c, by in leads.items()})
+                     {c: {m: k / resamples for m, k in sorted(by.items(), key=lambda kv: -kv[1])} for c, by in leads.items()},
+                     {m: k / resamples for m, k in sorted(chosen.items(), key=lambda kv: -kv[1])})
 
 
 def _redrawer(sizes: np.ndarray, rng: np.random.Generator):
@@ -98,7 +110,8 @@ def _redrawer(sizes: np.ndarray, rng: np.random.Generator):
 def stability_lines(stability: dict, weak: Sequence[str], tied_share: float = 0.05) -> list[str]:
     """One line per category of L (and per category outside L that enters it in some redraws):
     how often it is in L, and for L's categories which pool models lead it how often (more than
-    one at `tied_share` or above: leaders tied within the noise)."""
+    one at `tied_share` or above: leaders tied within the noise); then how often each pool model
+    is an expert of the paper's rule on the redraws."""
     out = []
     for c, share in sorted(stability["in_weak_set"].items(), key=lambda kv: -kv[1]):
         if c not in weak and share == 0:
@@ -110,4 +123,7 @@ def stability_lines(stability: dict, weak: Sequence[str], tied_share: float = 0.
             tied = " (tied within the noise)" if len(shown) > 1 else ""
             line += f"; led by{tied} " + ", ".join(f"{m} {s:.0%}" for m, s in shown)
         out.append(line)
+    if stability.get("chosen"):
+        out.append("experts of the paper's rule on the redraws: "
+                   + ", ".join(f"{m} {s:.0%}" for m, s in stability["chosen"].items()))
     return out

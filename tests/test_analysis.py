@@ -197,13 +197,15 @@ def test_stability_gives_intervals_and_ties_leaders_within_the_noise_of_a_small_
     assert "small: in L, in L in" in r.log and "led by (tied within the noise) " in r.log
     # a saturated category: every redraw of 1.0 is 1.0, and the models tied at it share the lead
     saturated = ScoreTable(("m1", "m2", "m3"), ("big", "sat"), np.array([[0.2, 1.0], [0.5, 1.0], [0.9, 0.5]]),
-                           np.zeros(3))
-    shared = stability(saturated, analyze(saturated, 1.0, sizes={"big": 2000, "sat": 100}), saturated, 50)
+                           np.array([0.6, 0.75, 0.7]))
+    shared = stability(saturated, analyze(saturated, 1.0, sizes={"big": 2000, "sat": 100}), saturated.models, 50)
     assert shared.leaders["sat"] == {"m1": pytest.approx(0.5), "m2": pytest.approx(0.5)}
+    # the paper's rule on each redraw: big's leader m3 always; sat's tie goes to the best overall, m2
+    assert shared.chosen == {"m3": 1.0, "m2": 1.0}
     # the same redraws (seeded) give the same figures; the table's own analysis is unchanged by them
     a = Analysis.from_dict(analysis)
     table = read_table(csv)
-    again = stability(table, a, table, 300, 0)
+    again = stability(table, a, table.models, 300, 0)
     assert again.in_weak_set == s["in_weak_set"] and a.weak_set == tuple(analysis["weak_set"])
 
 

@@ -26,7 +26,7 @@ def analyze(study: Study) -> corr.Analysis:
     population = table if a.population.value == "all" else table.subset([c.name for c in pool])
     result = corr.analyze(population, float(a.tau), a.method.value, study.benchmark.sizes_of(table), a.min_reliability)
     if result.sizes and a.resamples > 0:  # the weak set's and its experts' stability under the scores' noise
-        redrawn = stability(population, result, table.subset([c.name for c in pool]), a.resamples, a.seed)
+        redrawn = stability(population, result, [c.name for c in pool if c.name in population.models], a.resamples, a.seed)
         result = replace(result, stability=redrawn.to_dict())
     artifacts.write_json(study.path(ANALYSIS), artifacts.analysis_settings(study.cfg), result.to_dict(list(a.tau_grid)))
     corr.plot_correlation(result, study.path("correlation.png"))
