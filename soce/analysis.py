@@ -264,6 +264,17 @@ def plot_correlation(analysis: Analysis, path: Path) -> None:
     plt.close(fig)
 
 
+def entry_label(analysis: Analysis, category: str) -> str:
+    """A category as entry_tau.png names it: with its reliability, whether it is left out, and its
+    share of redraws in L, where the analysis has them."""
+    reliable = dict(zip(analysis.categories, analysis.reliability))
+    in_l = (analysis.stability or {}).get("in_weak_set", {})
+    notes = ([f"reliability {reliable[category]:.2f}"] if not math.isnan(reliable.get(category, math.nan)) else []) \
+        + (["left out"] if category in analysis.left_out else []) \
+        + ([f"in L in {in_l[category]:.0%} of redraws"] if category in in_l else [])
+    return category + (f" ({', '.join(notes)})" if notes else "")
+
+
 def plot_entry_tau(analysis: Analysis, path: Path) -> None:
     """Each category's entry threshold as a dot; those left of the tau line form L."""
     import matplotlib
@@ -280,15 +291,12 @@ def plot_entry_tau(analysis: Analysis, path: Path) -> None:
         if not math.isnan(t):
             ax.scatter([t], [i], color="firebrick" if inside else "gray", zorder=2)
     ax.axvline(analysis.tau, color="firebrick", linestyle="--", label=f"tau = {analysis.tau:g}")
-    reliable = {c: r for c, r in zip(analysis.categories, analysis.reliability) if not math.isnan(r)}
-    left_out = analysis.left_out
-    labels = [c + (f" (reliability {reliable[c]:.2f}" + (", left out" if c in left_out else "") + ")" if c in reliable else "")
-              for c, _ in entries]
+    labels = [entry_label(analysis, c) for c, _ in entries]
     ax.set_yticks(range(k), labels, fontsize=8)
     ax.invert_yaxis()
     finite = [t for _, t in entries if not math.isnan(t)]
     ax.set_xlim(0, min(1.0, 1.15 * max([*finite, analysis.tau])))  # the thresholds' range, tau always in view
-    ax.set_xlabel("entry threshold: min |rho| with any other category (in L for tau above it)")
+    ax.set_xlabel("entry threshold: min |rho| with any other category\n(in L for tau above it)")
     ax.set_title(f"Weak set L as tau varies ({len(analysis.weak_set)} of {k} in L at tau={analysis.tau:g})", fontsize=10)
     ax.legend(loc="best", fontsize=8)
     fig.tight_layout()

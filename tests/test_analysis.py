@@ -195,6 +195,9 @@ def test_stability_gives_intervals_and_ties_leaders_within_the_noise_of_a_small_
     low, high = rho[("big", "small")]
     assert high - low > 0.3  # 15 examples: a wide one
     assert "small: in L, in L in" in r.log and "led by (tied within the noise) " in r.log
+    from soce.analysis import entry_label
+
+    assert re.fullmatch(r"small \(reliability -?\d\.\d\d, in L in \d+% of redraws\)", entry_label(Analysis.from_dict(analysis), "small"))
     # a saturated category: every redraw of 1.0 is 1.0, and the models tied at it share the lead
     saturated = ScoreTable(("m1", "m2", "m3"), ("big", "sat"), np.array([[0.2, 1.0], [0.5, 1.0], [0.9, 0.5]]),
                            np.array([0.6, 0.75, 0.7]))
