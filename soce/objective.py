@@ -81,10 +81,34 @@ class Sum(Objective):
         return lambda per_group: per_group.sum(axis=-1)
 
 
-class Weighted(Objective):
+class SectionMean(Objective):
     """A benchmark's own overall: sections (each the weighted mean of its groups' accuracies),
     averaged. A section or group without examples (a subset of the benchmark's categories, a
-    subset of a split's examples) is left out and the others' weights renormalised."""
+    subset of a split's examples) is left out and the others' weights renormalised. Subclasses
+    say each present group's weight within its section (`parts`)."""
+
+    def parts(self, sizes: Mapping[str, int]) -> list[dict[str, float]]:
+        """Per section, the weights of its groups present in `sizes` (group -> its examples)."""
+        raise NotImplementedError
+
+    def weights(self, sizes: Mapping[str, int]) -> dict[str, float]:
+        """Each present group's share of the objective (they sum to 1)."""
+        parts = [p for p in self.parts(sizes) if p]
+        return {g: w / math.fsum(p.values()) / len(parts) for p in parts for g, w in p.items()}
+
+    def of_groups(self, accuracy, sizes=None):
+        w = self.weights(dict.fromkeys(accuracy, 1) if sizes is None else sizes)
+        return math.fsum(w[g] * a for g, a in accuracy.items())
+
+    def combiner(self, names, sizes):
+        w = self.weights(dict(zip(names, sizes)))
+        vector = np.array([w[g] for g in names])
+        return lambda per_group: per_group @ vector
+
+
+class Weighted(SectionMean):
+    """Sections of fixed weights over groups of examples (BFCL v3's Overall Acc over its test
+    files), computed from per-example outcomes."""
 
     def __init__(self, name: str, label: str, sections: Mapping[str, Mapping[str, float]], group_of: Mapping[str, str],
                  group: str = "test file") -> None:
@@ -95,24 +119,12 @@ class Weighted(Objective):
     def groups(self, examples):
         return [self.group_of[i] for i, _ in examples]
 
-    def weights(self, present: Sequence[str]) -> dict[str, float]:
-        """Each present group's share of the objective (they sum to 1)."""
-        here = set(present)
-        parts = [{g: w for g, w in section.items() if g in here} for section in self.sections.values()]
-        parts = [p for p in parts if p]
-        unknown = here - {g for p in parts for g in p}
+    def parts(self, sizes):
+        parts = [{g: w for g, w in section.items() if g in sizes} for section in self.sections.values()]
+        unknown = set(sizes) - {g for p in parts for g in p}
         if unknown:
             raise ValueError(f"{self.name}: no weight for {', '.join(sorted(unknown))}")
-        return {g: w / math.fsum(p.values()) / len(parts) for p in parts for g, w in p.items()}
-
-    def of_groups(self, accuracy, sizes=None):
-        w = self.weights(list(accuracy))
-        return math.fsum(w[g] * a for g, a in accuracy.items())
-
-    def combiner(self, names, sizes):
-        w = self.weights(names)
-        vector = np.array([w[g] for g in names])
-        return lambda per_group: per_group @ vector
+        return parts
 
     def of(self, scores, outcomes=()):
         if not outcomes:
@@ -126,7 +138,7 @@ class Weighted(Objective):
         return np.array([self.of_outcomes(by_model[m]) for m in models], dtype=np.float64)
 
 
-class Sections(Objective):
+class Sections(SectionMean):
     """The mean of sections (an lm-eval group each, or a task asked for alone), each its
     categories' scores aggregated as the group does: weighted by their examples (lm-eval's
     weight_by_size) or not."""
@@ -135,27 +147,13 @@ class Sections(Objective):
         self.name, self.label = name, label
         self.sections = {s: (tuple(cats), by_size) for s, (cats, by_size) in sections.items()}
 
-    def weights(self, sizes: Mapping[str, int]) -> dict[str, float]:
-        """Each category's share of the objective, for the categories present (`sizes`: their examples)."""
-        parts = []
-        for cats, by_size in self.sections.values():
-            w = {c: float(sizes[c]) if by_size else 1.0 for c in cats if c in sizes}
-            if w:
-                parts.append(w)
-        return {c: v / math.fsum(p.values()) / len(parts) for p in parts for c, v in p.items()}
+    def parts(self, sizes):
+        return [{c: float(sizes[c]) if by_size else 1.0 for c in cats if c in sizes} for cats, by_size in self.sections.values()]
 
     def of_groups(self, accuracy, sizes=None):
-        if sizes is None:
-            if any(by_size for _, by_size in self.sections.values()):
-                raise ValueError(f"{self.name} weighs categories by their examples: it needs the per-example outcomes")
-            sizes = {c: 1 for c in accuracy}
-        w = self.weights({c: sizes[c] for c in accuracy})
-        return math.fsum(w[c] * a for c, a in accuracy.items())
-
-    def combiner(self, names, sizes):
-        w = self.weights(dict(zip(names, sizes)))
-        vector = np.array([w[c] for c in names])
-        return lambda per_group: per_group @ vector
+        if sizes is None and any(by_size for _, by_size in self.sections.values()):
+            raise ValueError(f"{self.name} weighs categories by their examples: it needs the per-example outcomes")
+        return super().of_groups(accuracy, sizes)
 
     def of(self, scores, outcomes=()):
         return self.of_groups(scores, Counter(o.category for o in outcomes) if outcomes else None)

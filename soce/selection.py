@@ -20,6 +20,7 @@ from soce.choices import Population, Ties
 from soce.errors import ConfigError
 from soce.registry import Registry
 from soce.scores import ScoreTable, closest
+from soce.stability import leading
 
 log = logging.getLogger("soce")
 
@@ -120,7 +121,7 @@ def select_soce(
         leads.setdefault(leader, []).append(cat)
         tied = [m for m, v in zip(pool, column) if v == table.score(leader, cat)]
         if keep_ties:
-            noisy = [m for m in _tied_in_redraws(analysis, cat) if m in pool and m not in tied]
+            noisy = [m for m in (leading(analysis.stability, cat) if analysis.stability else {}) if m in pool and m not in tied]
             for m in [*tied, *noisy]:
                 if m != leader:
                     tied_leads.setdefault(m, []).append(cat)
@@ -149,12 +150,6 @@ def select_soce(
         if m not in experts and m not in excluded:
             excluded[m] = _why_not_leader(table, pool, m, weak)
     return Selection("soce", tuple(experts[m] for m in _by_overall(table, list(experts))), excluded, tuple(notes))
-
-
-def _tied_in_redraws(analysis: Analysis, category: str, share: float = 0.05) -> list[str]:
-    """The models that lead `category` in at least `share` of the analysis's redraws of the scores."""
-    leaders = (analysis.stability or {}).get("leaders", {}).get(category, {})
-    return [m for m, s in leaders.items() if s >= share] if len(leaders) > 1 else []
 
 
 def _some(names: Sequence[str], shown: int = 3) -> str:

@@ -22,6 +22,8 @@ import numpy as np
 from soce.analysis import Analysis, correlation_matrix
 from soce.scores import ScoreTable
 
+TIED_SHARE = 0.05  # models leading a category in at least this share of the redraws: its leaders within the noise
+
 
 @dataclass(frozen=True)
 class Stability:
@@ -37,11 +39,6 @@ class Stability:
                 "rho_interval": [{"a": a, "b": b, "ci": [_json(lo), _json(hi)]} for (a, b), (lo, hi) in self.rho_interval.items()],
                 "in_weak_set": self.in_weak_set, "leaders": self.leaders, "chosen": self.chosen}
 
-    def tied_leaders(self, share: float = 0.05) -> dict[str, list[str]]:
-        """Per category of L with more than one model that leads it in at least `share` of the
-        redraws: those models, most often leading first (leaders tied within the noise)."""
-        return {c: [m for m, s in sorted(by.items(), key=lambda kv: -kv[1]) if s >= share]
-                for c, by in self.leaders.items() if sum(s >= share for s in by.values()) > 1}
 
 
 def _json(v: float) -> float | None:
@@ -107,21 +104,25 @@ def _redrawer(sizes: np.ndarray, rng: np.random.Generator):
     return redraw
 
 
-def stability_lines(stability: dict, weak: Sequence[str], tied_share: float = 0.05) -> list[str]:
+def leading(stability: dict, category: str) -> dict[str, float]:
+    """The models leading `category` of L in at least TIED_SHARE of the redraws (`stability`:
+    Stability's dict), most often first, with their shares: more than one are tied within the noise."""
+    return {m: s for m, s in stability["leaders"].get(category, {}).items() if s >= TIED_SHARE}
+
+
+def stability_lines(stability: dict, weak: Sequence[str]) -> list[str]:
     """One line per category of L (and per category outside L that enters it in some redraws):
-    how often it is in L, and for L's categories which pool models lead it how often (more than
-    one at `tied_share` or above: leaders tied within the noise); then how often each pool model
-    is an expert of the paper's rule on the redraws."""
+    how often it is in L, and for L's categories which pool models lead it how often (`leading`);
+    then how often each pool model is an expert of the paper's rule on the redraws."""
     out = []
     for c, share in sorted(stability["in_weak_set"].items(), key=lambda kv: -kv[1]):
         if c not in weak and share == 0:
             continue
         line = f"{c}: {'in' if c in weak else 'not in'} L, in L in {share:.0%} of redraws"
-        leaders = stability["leaders"].get(c, {})
-        if leaders:
-            shown = [(m, s) for m, s in leaders.items() if s >= tied_share]
+        shown = leading(stability, c)
+        if shown:
             tied = " (tied within the noise)" if len(shown) > 1 else ""
-            line += f"; led by{tied} " + ", ".join(f"{m} {s:.0%}" for m, s in shown)
+            line += f"; led by{tied} " + ", ".join(f"{m} {s:.0%}" for m, s in shown.items())
         out.append(line)
     if stability.get("chosen"):
         out.append("experts of the paper's rule on the redraws: "

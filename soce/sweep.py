@@ -269,8 +269,9 @@ def search_soups(souper: Souper, search, split: str, order: Sequence[int], shard
 
     souper.stored_only = stored_only
     try:
-        examples = Examples(souper.example_ids(split), lambda p, ids: souper.outcomes_on(p, split, ids), souper.objective)
-        done = run_search(search, len(souper.names), evaluate, order, shard, examples if search.per_example else None)
+        examples = (Examples(souper.example_ids(split), lambda p, ids: souper.outcomes_on(p, split, ids), souper.objective)
+                    if search.per_example else None)
+        done = run_search(search, len(souper.names), evaluate, order, shard, examples)
     except NotStored:
         done, complete = None, False
     else:

@@ -77,7 +77,7 @@ def test_the_overall_from_outcomes_is_the_formula_on_each_files_accuracy_and_the
     expected = objective.of_groups({f: r / n for f, (r, n) in solved.items()})
     assert objective.of({}, outcomes) == pytest.approx(expected, abs=1e-12)
     # the weights: simple files 1/45, the other non-live files 1/15, live by entries, multi turn 1/12
-    w = objective.weights(list(V3_FILE_SIZES))
+    w = objective.weights(V3_FILE_SIZES)
     assert w["simple_java"] == pytest.approx(1 / 45) and w["irrelevance"] == pytest.approx(1 / 15)
     assert w["live_multiple"] == pytest.approx(1053 / (3 * 2251)) and w["multi_turn_base"] == pytest.approx(1 / 12)
     assert math.fsum(w.values()) == pytest.approx(1)
