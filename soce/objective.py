@@ -65,7 +65,8 @@ class Objective:
         """`model`'s objective in `table` (its scores and, where the table has them, its outcomes)."""
         return self.of(table.row(model), [o for o in table.outcomes if o.model == model])
 
-    def overall(self, models: Sequence[str], values: np.ndarray, outcomes: Sequence[Outcome]) -> np.ndarray:
+    def overall(self, models: Sequence[str], categories: Sequence[str], values: np.ndarray,
+                outcomes: Sequence[Outcome]) -> np.ndarray:
         """The overall column of a table of evaluated candidates (`values`: models x categories)."""
         return values.mean(axis=1)
 
@@ -105,6 +106,14 @@ class SectionMean(Objective):
         vector = np.array([w[g] for g in names])
         return lambda per_group: per_group @ vector
 
+    def overall(self, models, categories, values, outcomes):
+        """Each candidate's objective, from its row of scores and its outcomes."""
+        by_model: dict[str, list[Outcome]] = {}
+        for o in outcomes:
+            by_model.setdefault(o.model, []).append(o)
+        return np.array([self.of(dict(zip(categories, row)), by_model.get(m, ())) for m, row in zip(models, values)],
+                        dtype=np.float64)
+
 
 class Weighted(SectionMean):
     """Sections of fixed weights over groups of examples (BFCL v3's Overall Acc over its test
@@ -130,12 +139,6 @@ class Weighted(SectionMean):
         if not outcomes:
             raise ValueError(f"{self.name} is computed from per-example outcomes; none were given")
         return self.of_outcomes(outcomes)
-
-    def overall(self, models, values, outcomes):
-        by_model: dict[str, list[Outcome]] = {}
-        for o in outcomes:
-            by_model.setdefault(o.model, []).append(o)
-        return np.array([self.of_outcomes(by_model[m]) for m in models], dtype=np.float64)
 
 
 class Sections(SectionMean):

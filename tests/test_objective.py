@@ -143,3 +143,17 @@ def test_a_stored_records_outcomes_are_read_back_by_id_whatever_the_splits_order
     bits = solved_bits([Outcome("", i, c, solved[i]) for i, c in examples])
     back = record_outcomes(bits, examples)
     assert [(o.example_id, o.category, o.correct) for o in back] == [(i, c, solved[i]) for i, c in examples]
+
+
+def test_the_candidates_overall_column_is_the_objective_for_every_section_mean():
+    """The overall column ranks the candidates (best single, topk, the tie rule): for an lm-eval
+    group weighted by size it is the group's aggregate, not the mean of the categories (it was)."""
+    from soce.objective import Sections
+
+    objective = Sections("lm_eval_groups", "x", {"g": (["a", "b"], True)})
+    outcomes = [Outcome(m, f"{c}{i}", c, True) for m in ("m1", "m2") for c, n in (("a", 30), ("b", 10)) for i in range(n)]
+    values = np.array([[0.9, 0.1], [0.2, 0.8]])
+    overall = objective.overall(["m1", "m2"], ["a", "b"], values, outcomes)
+    assert list(overall) == pytest.approx([(30 * 0.9 + 10 * 0.1) / 40, (30 * 0.2 + 10 * 0.8) / 40])
+    assert overall[0] > overall[1] and values[0].mean() == values[1].mean()  # the mean would tie them
+    assert list(Objective().overall(["m1", "m2"], ["a", "b"], values, outcomes)) == list(values.mean(axis=1))

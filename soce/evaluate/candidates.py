@@ -96,5 +96,5 @@ def evaluate_candidates(
         values = np.array([[by_model[m].scores[cat] for cat in evaluator.categories] for m in models], dtype=np.float64)
         outcomes = tuple(o for m in models for o in by_model[m].outcomes)
         tables[split] = ScoreTable(tuple(models), tuple(evaluator.categories), values,
-                                   objective.overall(models, values, outcomes), f"{split} split", outcomes)
+                                   objective.overall(models, evaluator.categories, values, outcomes), f"{split} split", outcomes)
     return tables
