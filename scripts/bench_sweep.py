@@ -13,6 +13,7 @@ through lm-eval). Prints one line per figure.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import statistics
 import subprocess
@@ -30,18 +31,18 @@ from soce.zoo.family import build_family
 EXPERTS = ["fc-multi-long", "fc-parallel", "fc-json"]
 
 
-def naive_python(experts: list[Path], weights, work: Path) -> float:
+def naive_python(experts: list[Path], weights, work: Path, level: int) -> float:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     start = time.perf_counter()
     out = merge_to_disk(experts, weights, work / "naive-soup", overwrite=True, progress=False)
     model, tokenizer = AutoModelForCausalLM.from_pretrained(out), AutoTokenizer.from_pretrained(out)
     # a fresh harness and wrapper, as a script would
-    toy_fc_backend(seed=0, per_category=100, batch_size=64).evaluate(HfEngine(model, tokenizer), "dev")
+    toy_fc_backend(seed=0, per_category=100, batch_size=64, level=level).evaluate(HfEngine(model, tokenizer), "dev")
     return time.perf_counter() - start
 
 
-def naive_cli(experts: list[Path], weights, work: Path) -> float:
+def naive_cli(experts: list[Path], weights, work: Path, level: int) -> float:
     bin_dir = Path(sys.executable).parent
     recipe = work / "naive.yaml"
     recipe.write_text("merge_method: linear\ndtype: float32\nmodels:\n"
@@ -52,7 +53,7 @@ def naive_cli(experts: list[Path], weights, work: Path) -> float:
     subprocess.run([str(bin_dir / "mergekit-yaml"), str(recipe), str(out), "--quiet", "--no-write-model-card"],
                    check=True, capture_output=True)
     subprocess.run([str(bin_dir / "lm_eval"), "--model", "hf", "--model_args", f"pretrained={out}", "--tasks", "toy_fc_dev",
-                    "--include_path", str(TOY_FC_TASKS), "--batch_size", "64", "--output_path", str(work / "lm_eval_out")],
+                    "--include_path", str(TOY_FC_TASKS), "--metadata", json.dumps({"level": level}), "--batch_size", "64", "--output_path", str(work / "lm_eval_out")],
                    check=True, capture_output=True, cwd=work)
     return time.perf_counter() - start
 
@@ -72,7 +73,7 @@ def main() -> None:
     points = [grid[i * len(grid) // args.points] for i in range(args.points)]
 
     engine = HfEngine.load(Candidate(EXPERTS[0], path=str(experts[0])), experts=[str(e) for e in experts])
-    backend = toy_fc_backend(seed=0, per_category=100, batch_size=64)
+    backend = toy_fc_backend(seed=0, per_category=100, batch_size=64, level=family.spec.level)
     backend.evaluate(engine, "dev")  # warm-up: the HFLM wrapper is built once per sweep
     merge_t, eval_t, ours, py_naive, cli_naive = [], [], [], [], []
     for w in points:

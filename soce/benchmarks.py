@@ -111,6 +111,7 @@ class ToyFcBenchmark(BenchmarkBase):
     kind: str = "toy_fc"
     seed: int = 0
     per_category: int = 100  # examples per category in each of dev and test
+    level: int = 1  # how hard (soce.toy_fc.fc.LEVELS); toy_fc.yaml sets the embedded family's own (pool.zoo)
     backend: Backend = Backend.lm_eval
     batch_size: int = 64
     cache: bool = True  # reuse the candidates' cached scores (false: evaluate them again, and re-cache)
@@ -119,15 +120,17 @@ class ToyFcBenchmark(BenchmarkBase):
         if self.backend == Backend.direct:
             from soce.toy_fc.direct import ToyFcDirect
 
-            return ToyFcDirect(seed=self.seed, per_category=self.per_category, batch_size=self.batch_size)
+            return ToyFcDirect(seed=self.seed, per_category=self.per_category, batch_size=self.batch_size, level=self.level)
         from soce.toy_fc.harness import toy_fc_backend
 
-        return toy_fc_backend(seed=self.seed, per_category=self.per_category, batch_size=self.batch_size)
+        return toy_fc_backend(seed=self.seed, per_category=self.per_category, batch_size=self.batch_size, level=self.level)
 
     def candidate_check(self):
+        from functools import partial
+
         from soce.toy_fc.direct import check_tokenizer
 
-        return check_tokenizer
+        return partial(check_tokenizer, level=self.level)
 
 
 @BENCHMARKS.register("lm_eval")

@@ -184,6 +184,15 @@ def register() -> None:
         OmegaConf.register_new_resolver("soce.study", study_name)
     if not OmegaConf.has_resolver("soce.options"):
         OmegaConf.register_new_resolver("soce.options", options)
+    if not OmegaConf.has_resolver("soce.zoo_level"):
+        OmegaConf.register_new_resolver("soce.zoo_level", zoo_level)
+
+
+def zoo_level(zoo: str | None) -> int:
+    """The toy_fc level an embedded family is trained on (1 for any other pool)."""
+    from soce.zoo.family import FAMILIES
+
+    return FAMILIES[zoo].level if zoo in FAMILIES else 1
 
 
 def options(group: str) -> str:
@@ -245,6 +254,11 @@ def check_pool(cfg: DictConfig) -> None:
         if pool.zoo not in FAMILIES:
             raise ConfigError(f"pool.zoo={pool.zoo!r}: expected one of {', '.join(FAMILIES)}")
         names = [c.name for c in FAMILIES[pool.zoo].candidates]
+        level = OmegaConf.select(cfg, "benchmark.level")  # toy_fc's; None for a benchmark without levels
+        if level is not None and level != FAMILIES[pool.zoo].level:
+            raise ConfigError(f"benchmark.level={level}, but pool={pool.name} (pool.zoo={pool.zoo}) is trained on toy_fc "
+                              f"level {FAMILIES[pool.zoo].level}, and its tokenizer knows that level's words only: "
+                              f"drop the override, or set benchmark.level={FAMILIES[pool.zoo].level}")
     chosen = OmegaConf.to_object(cfg.selection).named()
     if chosen is not None and names is not None:
         from soce.scores import closest

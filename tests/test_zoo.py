@@ -37,10 +37,11 @@ def training_prompts():
     return {e.prompt for spec in FAMILIES.values() for examples in Trainer(spec).by_category.values() for e in examples}
 
 
+@pytest.mark.parametrize("level", list(fc.LEVELS))
 @pytest.mark.parametrize("seed", [0, 1, 2, 7, 1234])
 @pytest.mark.parametrize("per_category", [5, 20, 100, 300])
-def test_no_split_of_any_seed_or_size_shares_a_prompt_with_training(training_prompts, seed, per_category):
-    splits = fc.splits(seed, per_category)
+def test_no_split_of_any_seed_or_size_shares_a_prompt_with_training(training_prompts, seed, per_category, level):
+    splits = fc.splits(seed, per_category, level)
     held_out = {e.prompt for split in splits.values() for e in split}
     assert len(held_out) == 2 * per_category * len(fc.CATEGORIES)
     assert not held_out & training_prompts
@@ -106,9 +107,60 @@ def test_ast_scorer(category, calls, output, correct):
     assert fc.is_correct(output, ex(category, calls)) is correct
 
 
-def test_every_reference_answer_scores_right():
-    for split in fc.splits().values():
+@pytest.mark.parametrize("level", list(fc.LEVELS))
+def test_every_reference_answer_scores_right_and_every_word_is_in_the_vocabulary(level):
+    from soce.toy_fc.tokenizer import build_tokenizer
+
+    tok = build_tokenizer(level)
+    for split in fc.splits(0, 100, level).values():
         assert all(fc.is_correct(e.answer, e) for e in split)
+        assert tok.unk_token_id not in {i for e in split for i in tok(e.prompt + " " + e.answer)["input_ids"]}
+        # a model that writes the reference tokens is scored right (12.5 is three tokens at level 2)
+        assert all(fc.is_correct(tok.decode(tok(e.answer, add_special_tokens=False)["input_ids"]), e) for e in split)
+
+
+def test_level_1_is_the_benchmark_it_always_was():
+    """The micro and specialists families are trained and scored on level 1: its examples are
+    those every earlier run saw, bit for bit."""
+    import hashlib
+
+    s = fc.splits(0)
+    assert hashlib.sha256(json.dumps([e.to_dict() for e in s["dev"] + s["test"]]).encode()).hexdigest()[:16] == "8f512c322b6f573d"
+
+
+def test_level_2_offers_near_namesakes_and_reorders_same_valued_arguments():
+    lv = fc.LEVELS[2]
+    dev = fc.splits(0, 300, 2)["dev"]
+
+    def offered(e):
+        return re.findall(r"(\w+)\(", e.prompt.split(" | ")[0])
+
+    def of(category):
+        return [e for e in dev if e.category == category]
+
+    for e in of("multiple") + of("parallel_multiple"):
+        assert len(offered(e)) == lv.offered and {n for n, _ in json.loads(e.calls)} <= set(offered(e))
+    with_twin = [e for e in of("multiple") if lv.namesakes.get(json.loads(e.calls)[0][0]) in offered(e)]
+    assert 0.35 < len(with_twin) / len(of("multiple")) < 0.8  # half of those with a namesake, and chance
+    asked_twin = called = 0
+    for e in of("irrelevance"):  # the call where its function is offered, else none; its namesake offered half the time
+        request = e.prompt.split("request: ")[1].split(" | ")[0]
+        asked = [n for n, (_, templates) in lv.functions.items()
+                 if any(re.fullmatch(re.sub(r"\\\{\w+\\\}", r"\\S+", re.escape(t)), request) for t in templates)]
+        assert len(asked) == 1
+        calls = json.loads(e.calls)
+        assert [n for n, _ in calls] == ([asked[0]] if asked[0] in offered(e) else [])
+        called += bool(calls)
+        asked_twin += lv.namesakes.get(asked[0]) in offered(e)
+    assert 0.35 < called / len(of("irrelevance")) < 0.65 and asked_twin > 0.2 * len(of("irrelevance"))
+    routes = [e for e in of("simple") if json.loads(e.calls)[0][0] == "find_route"]
+    assert {e.prompt.split("request: route ")[1].split()[0] for e in routes} == {"from", "to"}  # both orders
+    assert any(isinstance(a["amount"], float) for e in dev for n, a in json.loads(e.calls) if n == "convert")
+
+
+def test_an_unknown_level_is_refused():
+    with pytest.raises(SoceError, match="benchmark.level=3: toy_fc has levels 1, 2"):
+        fc.splits(0, 5, 3)
 
 
 # --- the family ---------------------------------------------------------------------------------
@@ -259,6 +311,13 @@ def test_a_foreign_tokenizer_is_refused(tmp_path):
     path = build_tiny_llama(tmp_path / "foreign", seed=0)
     with pytest.raises(SoceError, match="tokenizer does not match toy_fc's vocabulary"):
         ToyFcDirect(seed=0, per_category=5, batch_size=64).evaluate(HfEngine(AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)), "dev")
+
+
+def test_a_family_of_another_level_is_refused_with_the_level_to_set(zoo_cache):
+    micro = build_family("micro", zoo_cache / "zoo", progress=False)  # level 1
+    engine = HfEngine(AutoModelForCausalLM.from_pretrained(micro.base), AutoTokenizer.from_pretrained(micro.base))
+    with pytest.raises(SoceError, match="its tokenizer is toy_fc level 1's, and benchmark.level=2; set benchmark.level=1"):
+        ToyFcDirect(seed=0, per_category=5, batch_size=64, level=2).evaluate(engine, "dev")
 
 
 def test_an_unknown_lm_eval_task_is_named_with_where_it_was_looked_for():

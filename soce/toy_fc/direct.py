@@ -16,21 +16,28 @@ from soce.toy_fc import fc
 MAX_NEW_TOKENS = 48
 
 
-def check_tokenizer(tokenizer, where: str) -> None:
-    """Refuse a model whose tokenizer is not toy_fc's: its scores would mean nothing."""
+def check_tokenizer(tokenizer, where: str, level: int = 1) -> None:
+    """Refuse a model whose tokenizer is not toy_fc's at this level: its scores would mean nothing."""
     from soce.toy_fc.tokenizer import vocabulary
 
-    if tokenizer.get_vocab() != {t: i for i, t in enumerate(vocabulary())}:
-        raise EvaluationError(f"{where}: its tokenizer does not match toy_fc's vocabulary (benchmark=toy_fc needs the zoo's tokenizer)")
+    vocab = tokenizer.get_vocab()
+    if vocab == {t: i for i, t in enumerate(vocabulary(level))}:
+        return
+    other = [lv for lv in fc.LEVELS if lv != level and vocab == {t: i for i, t in enumerate(vocabulary(lv))}]
+    if other:
+        raise EvaluationError(f"{where}: its tokenizer is toy_fc level {other[0]}'s, and benchmark.level={level}; "
+                              f"set benchmark.level={other[0]} (the level its family was trained on)")
+    raise EvaluationError(f"{where}: its tokenizer does not match toy_fc's vocabulary (benchmark=toy_fc needs the zoo's tokenizer)")
 
 
 class ToyFcDirect(Evaluator):
     categories = fc.CATEGORIES
     splits = ("dev", "test")
 
-    def __init__(self, *, seed: int, per_category: int, batch_size: int) -> None:
-        self.examples = fc.splits(seed, per_category)
+    def __init__(self, *, seed: int, per_category: int, batch_size: int, level: int = 1) -> None:
+        self.examples = fc.splits(seed, per_category, level)
         self.batch_size = batch_size
+        self.level = level
         # the examples, the decoding and the scorer are this code's: a change to it is a new question
         self.fingerprint = {"backend": "direct", "code": files_digest([Path(fc.__file__), Path(__file__)])}
 
@@ -39,7 +46,7 @@ class ToyFcDirect(Evaluator):
 
     def evaluate(self, engine, split: str, source=None, label: str | None = None, examples=None) -> EvalResult:
         tokenizer = engine.tokenizer
-        check_tokenizer(tokenizer, engine.name)
+        check_tokenizer(tokenizer, engine.name, self.level)
         examples = only(self.examples[split], examples)
         outcomes = []
         for i in range(0, len(examples), self.batch_size):

@@ -40,6 +40,56 @@ FUNCTIONS: dict[str, tuple[dict[str, list], str]] = {
 
 
 @dataclass(frozen=True)
+class Level:
+    """How hard toy_fc is: the functions (parameters with their values, and the request's
+    phrasings), each function's near namesake (the same parameters, asked for in other words),
+    how many functions multiple and parallel_multiple offer, and how often irrelevance offers
+    the function asked for."""
+
+    functions: dict[str, tuple[dict[str, list], tuple[str, ...]]]
+    namesakes: dict[str, str]
+    offered: int
+    relevant: float = 0.0  # irrelevance: the share of its requests whose function is offered (answer: the call)
+
+
+def _level_2() -> Level:
+    """Level 1's functions, with:
+    - a near namesake for half of them (the same arguments asked for in other words), offered
+      half the time beside the function asked for, or in its place;
+    - requests phrased in two orders where two arguments share their values (source and
+      target, start and end: the model must read which is which);
+    - amounts with decimals (12.5: three tokens);
+    - four functions offered in multiple and parallel_multiple;
+    - irrelevance as BFCL's relevance detection both ways: half its requests are for an
+      offered function (the answer is its call), half for none (no call)."""
+    functions = {name: (params, (template,)) for name, (params, template) in FUNCTIONS.items()}
+    amounts = [n + f for n in range(1, 50) for f in (0.5, 0.25)]
+    functions["convert"] = ({**FUNCTIONS["convert"][0], "amount": amounts},
+                            ("convert {amount} {source} to {target}", "how many {target} for {amount} {source}"))
+    functions["find_route"] = (FUNCTIONS["find_route"][0], ("route from {start} to {end}", "route to {end} from {start}"))
+    twins = {
+        "get_weather": ("get_forecast", ("forecast for {city} in {unit}",)),
+        "send_email": ("send_text", ("text {to} about the {topic}",)),
+        "book_table": ("book_taxi", ("book a taxi for {name} for {people} people",)),
+        "find_route": ("find_flight", ("flight from {start} to {end}", "flight to {end} from {start}")),
+    }
+    namesakes = {}
+    for name, (twin, templates) in twins.items():
+        functions[twin] = (functions[name][0], templates)
+        namesakes |= {name: twin, twin: name}
+    return Level(functions, namesakes, offered=4, relevant=0.5)
+
+
+LEVELS = {1: Level({n: (p, (t,)) for n, (p, t) in FUNCTIONS.items()}, {}, offered=3), 2: _level_2()}
+
+
+def level_of(level: int) -> Level:
+    if level not in LEVELS:
+        raise ConfigError(f"benchmark.level={level}: toy_fc has levels {', '.join(map(str, LEVELS))}")
+    return LEVELS[level]
+
+
+@dataclass(frozen=True)
 class Example:
     id: str
     category: str
@@ -51,8 +101,8 @@ class Example:
         return asdict(self)
 
 
-def signature(name: str) -> str:
-    return f"{name}({', '.join(FUNCTIONS[name][0])})"
+def signature(name: str, level: int = 1) -> str:
+    return f"{name}({', '.join(level_of(level).functions[name][0])})"
 
 
 def python_call(name: str, args: dict) -> str:
@@ -65,42 +115,71 @@ def render(calls: list[tuple[str, dict]], syntax: str) -> str:
     return "[" + ", ".join(python_call(n, a) for n, a in calls) + "]"
 
 
-def _draw_call(rng: random.Random, name: str) -> tuple[tuple[str, dict], str]:
-    params, template = FUNCTIONS[name]
+def _draw_call(rng: random.Random, level: Level, name: str) -> tuple[tuple[str, dict], str]:
+    params, templates = level.functions[name]
     args = {p: rng.choice(values) for p, values in params.items()}
+    template = templates[0] if len(templates) == 1 else rng.choice(templates)
     return (name, args), template.format(**args)
 
 
-def make_example(rng: random.Random, category: str) -> tuple[str, list[tuple[str, dict]], str]:
+def _offer(rng: random.Random, lv: Level, wanted: int) -> tuple[list[str], list[str]]:
+    """(offered, wanted) for multiple and parallel_multiple: `lv.offered` functions in random
+    order, the `wanted` ones among them and, at level 2, half the time the first's namesake."""
+    names = list(lv.functions)
+    if not lv.namesakes:  # level 1, drawn as it always was
+        offered = rng.sample(names, lv.offered)
+        return offered, [rng.choice(offered)] if wanted == 1 else rng.sample(offered, wanted)
+    chosen = [rng.choice(names)] if wanted == 1 else rng.sample(names, wanted)
+    offered = list(chosen)
+    twin = lv.namesakes[chosen[0]] if chosen[0] in lv.namesakes else None
+    if twin and twin not in offered and rng.random() < 0.5:
+        offered.append(twin)
+    offered += rng.sample([n for n in names if n not in offered], lv.offered - len(offered))
+    rng.shuffle(offered)
+    return offered, chosen
+
+
+def _offer_irrelevant(rng: random.Random, lv: Level) -> tuple[list[str], str]:
+    """(offered, asked) for irrelevance: two functions, the one asked for among them in the share
+    `lv.relevant` of the requests (the answer is then its call, else no call), and at level 2
+    half the time its namesake."""
+    names = list(lv.functions)
+    if not lv.namesakes:  # level 1, drawn as it always was
+        *offered, asked = rng.sample(names, 3)
+        return offered, asked
+    asked = rng.choice(names)
+    twin = lv.namesakes.get(asked)
+    offered = [twin] if twin and rng.random() < 0.5 else []
+    offered += [asked] if rng.random() < lv.relevant else []
+    offered += rng.sample([n for n in names if n not in (asked, *offered)], 2 - len(offered))
+    rng.shuffle(offered)
+    return offered, asked
+
+
+def make_example(rng: random.Random, category: str, level: int = 1) -> tuple[str, list[tuple[str, dict]], str]:
     """(prompt, reference calls, syntax) for one random example of `category`."""
-    names = list(FUNCTIONS)
+    if category not in CATEGORIES:
+        raise ConfigError(f"unknown category {category!r}")
+    lv = level_of(level)
     syntax = "json" if category == "json" else "python"
     if category in ("simple", "json"):
-        offered = [rng.choice(names)]
-        wanted = [offered[0]]
-    elif category == "multiple":
-        offered = rng.sample(names, 3)
-        wanted = [rng.choice(offered)]
+        offered = wanted = [rng.choice(list(lv.functions))]
     elif category == "parallel":
-        offered = [rng.choice(names)]
-        wanted = [offered[0], offered[0]]
-    elif category == "parallel_multiple":
-        offered = rng.sample(names, 3)
-        wanted = rng.sample(offered, 2)
+        offered = [rng.choice(list(lv.functions))]
+        wanted = offered * 2
     elif category == "irrelevance":
-        pool = rng.sample(names, 3)
-        offered, asked = pool[:2], pool[2]
-        _, request = _draw_call(rng, asked)
-        return _prompt(offered, syntax, request), [], syntax
+        offered, asked = _offer_irrelevant(rng, lv)
+        call, request = _draw_call(rng, lv, asked)
+        return _prompt(level, offered, syntax, request), [call] if asked in offered else [], syntax
     else:
-        raise ConfigError(f"unknown category {category!r}")
-    drawn = [_draw_call(rng, n) for n in wanted]
+        offered, wanted = _offer(rng, lv, 1 if category == "multiple" else 2)
+    drawn = [_draw_call(rng, lv, n) for n in wanted]
     request = " and ".join(r for _, r in drawn)
-    return _prompt(offered, syntax, request), [c for c, _ in drawn], syntax
+    return _prompt(level, offered, syntax, request), [c for c, _ in drawn], syntax
 
 
-def _prompt(offered: list[str], syntax: str, request: str) -> str:
-    return f"functions: {' ; '.join(signature(n) for n in offered)} | format: {syntax} | request: {request} | calls:"
+def _prompt(level: int, offered: list[str], syntax: str, request: str) -> str:
+    return f"functions: {' ; '.join(signature(n, level) for n in offered)} | format: {syntax} | request: {request} | calls:"
 
 
 Side = Literal["train", "dev", "test"]
@@ -114,7 +193,8 @@ def side_of(prompt: str) -> Side:
     return "dev" if bucket == 0 else "test" if bucket == 1 else "train"
 
 
-def generate_examples(seed: int, per_category: int, side: Side, exclude: set[str] = frozenset(), tag: str = "") -> list[Example]:
+def generate_examples(seed: int, per_category: int, side: Side, exclude: set[str] = frozenset(), tag: str = "",
+                      level: int = 1) -> list[Example]:
     """`per_category` distinct examples of each category from `side` of the prompt space, none
     whose prompt is in `exclude`."""
     rng = random.Random(seed)
@@ -127,7 +207,7 @@ def generate_examples(seed: int, per_category: int, side: Side, exclude: set[str
             if attempts > 200 * per_category:
                 raise ConfigError(f"per_category={per_category}: toy_fc cannot draw that many distinct {category} "
                                   f"examples for {side} (it has {len(seen)} after {attempts - 1} draws)")
-            prompt, calls, syntax = make_example(rng, category)
+            prompt, calls, syntax = make_example(rng, category, level)
             if prompt in seen or prompt in exclude or side_of(prompt) != side:
                 continue
             seen.add(prompt)
@@ -135,11 +215,11 @@ def generate_examples(seed: int, per_category: int, side: Side, exclude: set[str
     return out
 
 
-def splits(seed: int = 0, per_category: int = 100) -> dict[str, list[Example]]:
+def splits(seed: int = 0, per_category: int = 100, level: int = 1) -> dict[str, list[Example]]:
     """dev and test: `per_category` examples of each category each, from the dev and the test part
     of the prompt space (fc.side_of)."""
-    dev = generate_examples(seed, per_category, "dev", tag="dev-")
-    test = generate_examples(seed + 1, per_category, "test", tag="test-")
+    dev = generate_examples(seed, per_category, "dev", tag="dev-", level=level)
+    test = generate_examples(seed + 1, per_category, "test", tag="test-", level=level)
     return {"dev": dev, "test": test}
 
 

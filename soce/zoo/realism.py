@@ -84,7 +84,7 @@ def measure(family: Family, per_category: int = 100, seed: int = 0) -> Realism:
     from soce.engine.hf import HfEngine
     from soce.toy_fc.direct import ToyFcDirect
 
-    evaluator = ToyFcDirect(seed=seed, per_category=per_category, batch_size=100)
+    evaluator = ToyFcDirect(seed=seed, per_category=per_category, batch_size=100, level=family.spec.level)
 
     def scores(path) -> dict[str, float]:
         model = AutoModelForCausalLM.from_pretrained(path)

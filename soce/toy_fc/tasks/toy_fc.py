@@ -7,8 +7,8 @@ import datasets
 from soce.toy_fc import fc
 
 
-def load(category: str, split: str, seed: int = 0, per_category: int = 100, **_metadata) -> datasets.DatasetDict:
-    rows = [e.to_dict() for e in fc.splits(int(seed), int(per_category))[split] if e.category == category]
+def load(category: str, split: str, seed: int = 0, per_category: int = 100, level: int = 1, **_metadata) -> datasets.DatasetDict:
+    rows = [e.to_dict() for e in fc.splits(int(seed), int(per_category), int(level))[split] if e.category == category]
     return datasets.DatasetDict({"test": datasets.Dataset.from_list(rows)})
 
 
