@@ -85,9 +85,9 @@ def main() -> None:
         merge_t.append(merged - start)
         eval_t.append(done - merged)
         ours.append(done - start)
-        py_naive.append(naive_python(experts, w, work))
+        py_naive.append(naive_python(experts, w, work, family.spec.level))
         if not args.no_cli:
-            cli_naive.append(naive_cli(experts, w, work))
+            cli_naive.append(naive_cli(experts, w, work, family.spec.level))
         print(f"point {w}: soce {ours[-1]:.2f} s (merge {merge_t[-1] * 1e3:.1f} ms), naive Python {py_naive[-1]:.2f} s"
               + (f", naive CLI {cli_naive[-1]:.2f} s" if cli_naive else ""), flush=True)
 
