@@ -40,7 +40,6 @@ class Stability:
                 "in_weak_set": self.in_weak_set, "leaders": self.leaders, "chosen": self.chosen}
 
 
-
 def _json(v: float) -> float | None:
     return None if math.isnan(v) else float(v)
 
