@@ -327,7 +327,6 @@ def test_the_paper_8b_experiment_runs_through_selection_and_a_first_point(soce, 
     assert list((run_dir / "bfcl").glob("sweep-*-dev"))  # the point's generations, as BFCL result files
 
 
-
 @pytest.mark.slow  # a BFCL study through the soup stage on three stand-ins: about 25 s
 def test_a_bfcl_study_reports_the_leaderboards_overall_from_every_rows_own_outcomes(study, standins, tmp_path):
     """benchmark=bfcl, through the soup stage: results.json names BFCL v3's Overall Acc, and every
@@ -360,6 +359,7 @@ def test_a_bfcl_study_reports_the_leaderboards_overall_from_every_rows_own_outco
         value = boot.interval([by_id[i] for i, _ in examples]).estimate
         assert row["dev"]["objective"] == pytest.approx(value), row["name"]
         assert row["dev"]["ci"][0] <= row["dev"]["objective"] <= row["dev"]["ci"][1], row["name"]
+
 
 def test_a_point_evaluated_rung_by_rung_keeps_every_generation_in_its_folder(standins, tmp_path):
     """search=halving evaluates a point on pieces of the split: its result folder ends with every
