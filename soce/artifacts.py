@@ -1,8 +1,7 @@
-"""The run directory's files, each with the settings it was made with.
+"""The run directory's files by name, digests and fingerprints, and how two sets of settings differ.
 
-A stage reuses a file of an earlier stage only when the settings stored in it equal the
-settings now; otherwise it says which setting changed and makes the file again. The sweep
-store's records carry the question their scores answer (`question`): the benchmark's
+When a file of the run directory is current is soce.stages.products' rule (lineage.json). The
+sweep store's records carry the question their scores answer (`question`): the benchmark's
 settings, the evaluator's code and task files, and a fingerprint of each model's files.
 """
 
@@ -20,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 log = logging.getLogger("soce")
 
 SCORES, SCORES_TEST = "scores.csv", "scores_test.csv"
+OUTCOMES, OUTCOMES_TEST = "outcomes.jsonl", "outcomes_test.jsonl"  # beside them, where the scores have per-example outcomes
 ANALYSIS, SELECTION, RESULTS, REPORT, SOUP = "analysis.json", "selection.json", "results.json", "report.md", "soup"
 
 
@@ -27,23 +27,6 @@ def resolved(cfg: DictConfig, *keys: str) -> dict:
     """The config nodes `keys` as plain data, resolved in place (a node copied into a new
     config would lose its interpolations' root: analysis.tau follows selection.tau)."""
     return {key: OmegaConf.to_container(OmegaConf.select(cfg, key), resolve=True, enum_to_str=True) for key in keys}
-
-
-def analysis_settings(cfg: DictConfig) -> dict:
-    """What scores.csv and analysis.json depend on (the objective: an evaluated pool's overall
-    column, which ranks the candidates)."""
-    return {**resolved(cfg, "benchmark", "pool", "analysis"), "objective": str(cfg.search.objective)}
-
-
-def selection_settings(cfg: DictConfig) -> dict:
-    """What selection.json depends on: the analysis and the selection strategy."""
-    return {**analysis_settings(cfg), **resolved(cfg, "selection")}
-
-
-def results_settings(cfg: DictConfig) -> dict:
-    """What results.json depends on: the selection, the search (its objective and split too) and
-    the bootstrap of its intervals."""
-    return {**selection_settings(cfg), **resolved(cfg, "search"), **resolved(cfg, "report.bootstrap")}
 
 
 def differences(old: Any, new: Any, prefix: str = "") -> list[str]:
@@ -66,63 +49,8 @@ def differences(old: Any, new: Any, prefix: str = "") -> list[str]:
     return [] if old == new else [f"{prefix or 'value'}: {json.dumps(old)} -> {json.dumps(new)}"]
 
 
-def write_json(path: Path, settings: dict, record: dict) -> None:
-    path.write_text(json.dumps({"settings": settings, **record}, indent=2))
-
-
-def read_current(path: Path, settings: dict) -> dict | None:
-    """The record in `path` if it was made with `settings`; None (and why) if missing or stale."""
-    if not path.exists():
-        log.info("no %s in %s yet", path.name, path.parent)
-        return None
-    changed = stale(path, settings)
-    if changed:
-        log.info("%s in %s was made with other settings (%s): making it again", path.name, path.parent, "; ".join(changed[:3]))
-        return None
-    return json.loads(path.read_text())
-
-
-def stale(path: Path, settings: dict) -> list[str]:
-    """How the settings `path` was made with differ from `settings` (empty: it is current). A file
-    that is not a JSON record (cut short by a full disk or a kill) is stale, never trusted."""
-    try:
-        record = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        return ["it is not valid JSON (cut short?)"]
-    if not isinstance(record, dict) or "settings" not in record:
-        return ["its settings were not recorded"]
-    return differences(record["settings"], settings)
-
-
-# What the soup stage and the report make from one search's results: kept together, never
-# overwritten by another search's.
-RESULT_FILES = (RESULTS, SOUP, REPORT, "landscape.png", "shapley.png", "consistency.png", "diagnostics.png")
-
-
-def supersede(run_dir: Path, settings: dict) -> Path | None:
-    """Where results.json in `run_dir` was made with other settings (another search, selection or
-    objective), move it and the soup, report and plots made with it to superseded/<time>/ and
-    say so: a changed study never overwrites another's results. Returns where they went."""
-    results = run_dir / RESULTS
-    if not results.exists():
-        return None
-    changed = stale(results, settings)
-    if not changed:
-        return None
-    import time
-
-    target = run_dir / "superseded" / time.strftime("%Y-%m-%d_%H-%M-%S")
-    n = 1
-    while target.exists():
-        n += 1
-        target = target.with_name(f"{target.name.split('.')[0]}.{n}")
-    target.mkdir(parents=True)
-    moved = [name for name in RESULT_FILES if (run_dir / name).exists()]
-    for name in moved:
-        (run_dir / name).rename(target / name)
-    log.warning("%s was made with other settings (%s): it and %s moved to %s, so that this study's results do not "
-                "replace them", results, "; ".join(changed[:3]), ", ".join(moved[1:]) or "nothing else", target)
-    return target
+def write_json(path: Path, record: dict) -> None:
+    path.write_text(json.dumps(record, indent=2))
 
 
 def digest(value: Any) -> str:

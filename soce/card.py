@@ -68,14 +68,18 @@ def _score(part: dict | None) -> str:
     return f"{part['objective']:.4f}" + (f" [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "")
 
 
+def command_line(overrides: Sequence[str], multirun: bool = False) -> str:
+    """`soce [-m] OVERRIDES...` as a shell reads it (each override quoted where it needs to be)."""
+    return " ".join(["soce", *(["-m"] if multirun else []), *(shlex.quote(str(o)) for o in overrides)])
+
+
 def command_of(run_dir: Path, fallback: Sequence[str]) -> str:
     """`soce` with the overrides the run was started with (Hydra's .hydra/overrides.yaml), or
     with `fallback` where there is none (a study run from Python)."""
     from omegaconf import OmegaConf
 
     saved = run_dir / ".hydra" / "overrides.yaml"
-    overrides = list(OmegaConf.load(saved)) if saved.exists() else list(fallback)
-    return " ".join(["soce", *(shlex.quote(str(o)) for o in overrides)])
+    return command_line(list(OmegaConf.load(saved)) if saved.exists() else list(fallback))
 
 
 def check_push(repo: str | None) -> None:

@@ -62,7 +62,9 @@ def _terminate(signum, frame) -> None:
 def run(cfg: DictConfig) -> None:
     hc = HydraConfig.get()
     with guarded():
-        run_study(cfg, Path(hc.runtime.output_dir), job=hc.job.num if hc.mode == RunMode.MULTIRUN else None)
+        # a multirun's job is reproduced by its own overrides (a shard's by the multirun: its collect step's card)
+        run_study(cfg, Path(hc.runtime.output_dir), job=hc.job.num if hc.mode == RunMode.MULTIRUN else None,
+                  overrides=tuple(hc.overrides.task))
 
 
 @contextmanager
@@ -76,10 +78,11 @@ def guarded():
         fail(err)
     except OSError as err:
         fail(file_system_error(err))
-    except Terminated:
-        log.error("error: stopped by SIGTERM: every finished result is kept (the sweep's points are in its store and it "
-                  "resumes where it stopped; an unfinished soup was removed). Run the same command again to go on")
-        sys.exit(128 + signal.SIGTERM)
+    except (Terminated, KeyboardInterrupt) as err:
+        name, code = ("SIGTERM", signal.SIGTERM) if isinstance(err, Terminated) else ("Ctrl-C (SIGINT)", signal.SIGINT)
+        log.error("error: stopped by %s: every finished result is kept (the sweep's points are in its store and it "
+                  "resumes where it stopped; an unfinished soup was removed). Run the same command again to go on", name)
+        sys.exit(128 + code)
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
@@ -98,9 +101,11 @@ def file_system_error(err: OSError) -> SoceError:
                      + "; every result finished before it is kept, and the same command resumes")
 
 
-def run_study(cfg: DictConfig, run_dir: Path, job: int | None = None, tracker: Tracker | None = None) -> Path:
+def run_study(cfg: DictConfig, run_dir: Path, job: int | None = None, tracker: Tracker | None = None,
+              overrides: tuple[str, ...] | None = None) -> Path:
     """The stages `cfg.stage` asks for, in `run_dir` (Hydra's output directory; `job`: the job's
-    number in a multirun). Returns the run directory (under accelerate, the main process's)."""
+    number in a multirun; `overrides`: what it was started with, for the command that reproduces
+    it). Returns the run directory (under accelerate, the main process's)."""
     config.validate(cfg)
     processes = Processes()
     if processes.count > 1:
@@ -109,14 +114,14 @@ def run_study(cfg: DictConfig, run_dir: Path, job: int | None = None, tracker: T
     shard_job = cfg.sweep.shard is not None
     # The shards of a multirun share one store: the sweep directory above the jobs' directories.
     store_dir = Path(cfg.sweep.store) if cfg.sweep.store else (run_dir.parent if shard_job and job is not None else run_dir)
-    study = Study(cfg, run_dir, NoTracker(), store_dir)
+    study = Study(cfg, run_dir, NoTracker(), store_dir, overrides=overrides)
     if study.benchmark.evaluates and cfg.stage.value not in TOOLS:
         study.evaluator  # its tasks, metric and data checked before a W&B run opens
     study.tracker = tracker = tracker or make_tracker(cfg, run_dir, None if job is None else f"{cfg.study}/{job}")
     try:
         todo = asked_for(study)
         if STAGES["sweep"] in todo and (shard_job or processes.count > 1):
-            run_sharded(study, todo, processes)
+            run_sharded(study, todo, processes, in_multirun=job is not None)
         else:
             for stage in todo:
                 run_stage(study, stage)
@@ -131,7 +136,7 @@ def run_study(cfg: DictConfig, run_dir: Path, job: int | None = None, tracker: T
     return run_dir
 
 
-def run_sharded(study: Study, todo: list, processes: Processes) -> None:
+def run_sharded(study: Study, todo: list, processes: Processes, in_multirun: bool = False) -> None:
     """The stages before the sweep on the main process; the sweep's points split over this job's
     shard and the processes; then, unless this is one shard of a multirun, the stages after it
     on the main process."""
@@ -150,12 +155,29 @@ def run_sharded(study: Study, todo: list, processes: Processes) -> None:
     sharded.close()
     processes.wait()
     if cfg.sweep.shard is not None:
-        log.info("shard %d of %d is done; the collect step (at the multirun's end, or `soce hydra.run.dir=%s` "
-                 "with the same overrides) runs the soup and the report", k, n, study.store_dir)
+        if processes.is_main:
+            log.info("%s", shard_done(study, k, n, in_multirun))
         return
     if processes.is_main:
         for stage in todo[i:]:  # the sweep again, unsharded: it finds every point in the store
             run_stage(study, stage)
+
+
+def shard_done(study: Study, k: int, n: int, in_multirun: bool) -> str:
+    """What to run once shard k of n is done: the other shards into the same store, then the
+    collect step, the same overrides without sweep.shard (it evaluates only what no shard left)."""
+    from soce.card import command_line
+
+    store = study.store_dir.resolve()
+    if in_multirun:
+        return (f"shard {k} of {n} is done, its points in {store}: the collect step at the multirun's end runs the soup and "
+                f"the report (sweep.collect=true)")
+    given = [o for o in (study.overrides or ()) if not o.lstrip("+~").startswith(("sweep.shard=", "sweep.store=",
+                                                                                   "hydra.run.dir="))]
+    given = [*given, f"sweep.store={store}"]
+    others = ", ".join(str(j) for j in range(n) if j != k)
+    return (f"shard {k} of {n} is done, its points in {store}. The other shards ({others}): `{command_line([*given, 'sweep.shard=J'])}`"
+            f"; then the collect step (the soup and the report; it evaluates whatever no shard did): `{command_line(given)}`")
 
 
 class CollectShards(Callback):
@@ -172,7 +194,9 @@ class CollectShards(Callback):
         store_dir = Path(config.sweep.store or out_dir)
         log.info("collecting the %d shards of %s in %s", config.sweep.num_shards, store_dir, out_dir)
         tracker = make_tracker(cfg, out_dir, f"{cfg.study}/collect")
-        study = Study(cfg, out_dir, tracker, store_dir)
+        # the multirun's own command reproduces the study: its shards and this collect step
+        given = [*config.hydra.overrides.task, *(o for o in config.hydra.overrides.hydra if not o.startswith("hydra.mode="))]
+        study = Study(cfg, out_dir, tracker, store_dir, overrides=tuple(given), multirun=True)
         try:
             with guarded():
                 for name in ("sweep", "soup", "report"):

@@ -8,7 +8,7 @@ import json
 import math
 import time
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 from soce.artifacts import digest
 from soce.objective import Objective
@@ -68,8 +68,11 @@ class Souper:
     per-category scores and outcomes on every read, so a changed objective never reuses an old one."""
 
     def __init__(self, experts: Sequence[Candidate], evaluator: Evaluator, store: SweepStore, question: dict,
-                 objective: Objective, tracker: Tracker | None = None, kind: str = "sweep", placement: Placement = Placement()) -> None:
+                 objective: Objective, tracker: Tracker | None = None, kind: str = "sweep", placement: Placement = Placement(),
+                 on_use: Callable[[dict], None] | None = None) -> None:
+        """on_use: called with every whole record a result is made of (the lineage of what uses it)."""
         self.experts, self.placement = list(experts), placement
+        self.on_use = on_use
         self.names = [e.name for e in experts]
         self.evaluator, self.store, self.objective, self.kind = evaluator, store, objective, kind
         self.question = question
@@ -194,6 +197,8 @@ class Souper:
 
     def _with_objective(self, record: dict) -> dict:
         """A whole split's record with the objective as asked now."""
+        if self.on_use is not None:
+            self.on_use(record)
         outcomes = record_outcomes(record["correct"], self.example_ids(record["split"]))
         return {**record, "objective": self.objective.of(record["scores"], outcomes)}
 

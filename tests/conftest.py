@@ -62,7 +62,7 @@ def run_study(overrides, run_dir: Path) -> Study:
     logger.addHandler(handler)
     try:
         tracker = RecordingTracker()
-        cli.run_study(compose_cfg(overrides), run_dir, tracker=tracker)
+        cli.run_study(compose_cfg(overrides), run_dir, tracker=tracker, overrides=tuple(overrides))
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)

@@ -452,7 +452,8 @@ def test_cut_short_files_are_made_again_not_a_traceback(study, zoo_cache, tmp_pa
     results = tmp_path / "run" / "results.json"
     results.write_text(results.read_text()[:100])  # a full disk or a kill mid-write
     r = study(*args, "stage=soup")
-    assert "results.json was made with other settings (it is not valid JSON (cut short?))" in r.log
+    assert "results.json is not the file it wrote (edited by hand, or cut short)" in r.log
+    assert list((tmp_path / "run" / "superseded").glob("*/results.json"))[0].read_text() == results.read_text()[:100]  # kept
     assert json.loads(results.read_text())["search"] == "grid"
     saved = {path: path.read_text() for path in (zoo_cache / "evals").glob("*.json")}  # the study's among them
     for path, text in saved.items():

@@ -110,7 +110,7 @@ def test_stage_plan_prints_the_plan_for_another_machine(study, llama3):
     models = ", ".join(f"{{name: m{i}, path: {llama3 / '70b'}}}" for i in range(4))
     s = study("stage=plan", "pool=all", f"pool.models=[{models}]", "sweep.devices=8xH100-80GB", "sweep.offload=true",
               "sweep.host_memory=2TB", "selection.max_experts=3")
-    assert "no selection.json in" in s.log and "planning for 3 experts (the pool's first 3" in s.log
+    assert "no current selection.json in" in s.log and "planning for 3 experts (the pool's first 3" in s.log
     assert "the live model dispatched over 8 devices" in s.log and "host: 423.3 GB of 2.0 TB" not in s.log
     assert re.search(r"host: 423\.3 GB of 2000\.0 GB: the experts, pinned", s.log)
     assert "the uniform soup of all 4 candidates streams from disk" in s.log

@@ -41,10 +41,15 @@ def test_a_changed_objective_is_recomputed_from_the_stored_scores(study, zoo_cac
     best = max(stored, key=lambda p: math.fsum(p["scores"].values()))
     assert results["rows"][-1]["weights"] == best["weights"]
 
-    # the report never shows a baseline table made for another objective
-    study(*args, "stage=report", "search.objective=mean")
+    # the report never shows a baseline table made for another objective, nor leaves one beside it
+    r = study(*args, "stage=report", "search.objective=mean")
     report = (tmp_path / "run" / "report.md").read_text()
     assert "The soup stage has not run in this directory with these settings" in report and "| searched soup, top-3 experts (grid search) |" not in report
+    assert not (tmp_path / "run" / "results.json").exists() and "results.json and soup/ were made with other settings" in r.log
+    [moved] = (tmp_path / "run" / "superseded").glob("*/results.json")
+    assert json.loads(moved.read_text()) == results  # kept, not lost
+    study(*args, "stage=soup", "search.objective=sum")  # from the store: nothing evaluated again
+    assert sweep_records(tmp_path / "run")[:3] == stored
     study(*args, "stage=report", "search.objective=sum")
     assert "| searched soup, top-3 experts (grid search) |" in (tmp_path / "run" / "report.md").read_text()
 

@@ -46,7 +46,7 @@ def test_the_searched_soup_is_the_searchs_own_and_a_rerun_gives_the_same(study, 
     kept = list((run / "superseded").iterdir())
     assert len(kept) == 1 and json.loads((kept[0] / "results.json").read_text())["rows"][-1] == first
     assert (kept[0] / "soup" / "mergekit.yaml").is_file()
-    assert 'was made with other settings (search.name: "grid" -> "uniform"' in r.log and "moved to" in r.log
+    assert 'made with other settings (search.name: "grid" -> "uniform"' in r.log and "moved to" in r.log
 
 
 def test_a_report_soup_stored_first_does_not_hide_a_sweep_point(study, zoo_cache, tmp_path):

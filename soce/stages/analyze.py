@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 from soce import analysis as corr
 from soce import artifacts
@@ -11,12 +12,16 @@ from soce.artifacts import ANALYSIS, SCORES, SCORES_TEST
 from soce.scores import write_scores
 from soce.stability import stability
 from soce.stages import present
+from soce.stages import products
 from soce.stages.products import ANALYZED, Stage
 from soce.stages.study import Study
 
 
 def analyze(study: Study) -> corr.Analysis:
     tables = study.load_scores()
+    if study.benchmark.reads_table:  # the table's file is what the scores were made from
+        source = Path(tables["dev"].source).resolve()
+        products.used(study, products.input_key("file", str(source)), products.file_digest(source))
     table = tables["dev"]
     write_scores(table, study.path(SCORES))
     if "test" in tables:
@@ -28,7 +33,7 @@ def analyze(study: Study) -> corr.Analysis:
     if result.sizes and a.resamples > 0:  # the weak set's and its experts' stability under the scores' noise
         redrawn = stability(population, result, [c.name for c in pool if c.name in population.models], a.resamples, a.seed)
         result = replace(result, stability=redrawn.to_dict())
-    artifacts.write_json(study.path(ANALYSIS), artifacts.analysis_settings(study.cfg), result.to_dict(list(a.tau_grid)))
+    artifacts.write_json(study.path(ANALYSIS), result.to_dict(list(a.tau_grid)))
     corr.plot_correlation(result, study.path("correlation.png"))
     corr.plot_entry_tau(result, study.path("entry_tau.png"))
     present.print_analysis(result, a.population.value, population.values)

@@ -4,17 +4,16 @@ inputs; it knows nothing of the stages."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from soce import artifacts
 from soce.artifacts import ANALYSIS, RESULTS, SELECTION
 from soce.choices import Players
 from soce.pool import model_dir
-from soce.stages.products import SELECTED, Stage
+from soce.stages import products
+from soce.stages.products import ANALYZED, REPORTED, RESULTED, SELECTED, Stage
 from soce.stages.study import Study
 
 
@@ -24,11 +23,11 @@ def report(study: Study) -> Path:
     from soce.sweep import search_soups
 
     cfg, search = study.cfg, study.search
-    selection = json.loads(study.path(SELECTION).read_text())
+    selection = products.read_json(study, SELECTION)
     experts = [e["model"] for e in selection["experts"]]
     inputs = StudyReport(
         study=cfg.study, dir=study.dir, tracker=study.tracker, config=config_rows(cfg, study.objective.label if study.benchmark.evaluates else None),
-        analysis=json.loads(study.path(ANALYSIS).read_text()), selection=selection, experts=experts,
+        analysis=products.read_json(study, ANALYSIS), selection=selection, experts=experts,
         search=search, shapley=OmegaConf.to_object(cfg.report.shapley), top_points=cfg.report.top_points,
         correlation_method=cfg.analysis.method.value)
     if not study.benchmark.evaluates:
@@ -40,6 +39,8 @@ def report(study: Study) -> Path:
     # the search's own points: this run's, or its soups the store holds (a sweep not finished shows those so far)
     searched = study.searched[1] if study.searched else search_soups(souper, search, split, study.by_own_score(experts),
                                                                      stored_only=True)
+    for record in searched.records:  # (this run's sweep read them before the report began)
+        products.use_record(study, record)
     # a halving search's pieces of points, stored so far
     pieces = (sum(1 for r in study.store if r["experts"] == experts and r["split"].startswith(f"{split}@"))
               if search.per_example else 0)
@@ -47,12 +48,14 @@ def report(study: Study) -> Path:
     inputs = replace(
         inputs, categories=evaluator.categories, objective=study.objective, souper=souper, points=searched.records, pieces=pieces,
         candidate_souper=lambda: study.souper(list(candidates.values()), kind="shapley"),
-        own=study.candidate_scores(), results=artifacts.read_current(study.path(RESULTS), artifacts.results_settings(cfg)),
+        own=study.candidate_scores(), results=products.read_if_current(study, RESULTED, RESULTS),
         line_points=cfg.report.line_points)
     base = study.pool_base()
     if base is not None:  # its score is the empty coalition's value (cached since the soup stage)
         own = study.evaluate_pool([base])[split]
         vectors = candidates if cfg.report.task_vectors == Players.candidates else experts
+        for n in vectors:
+            study.use_model(candidates[n])
         inputs = replace(inputs, base_dir=model_dir(base), base_score=study.objective.of_row(own, base.name),
                          vector_dirs={n: model_dir(candidates[n]) for n in vectors})
     return write_report(compute(inputs))
@@ -74,4 +77,4 @@ def _options(node) -> str:
     return name + (" (" + ", ".join(f"{k}={v}" for k, v in d.items() if k not in ("objective", "select_on")) + ")" if d else "")
 
 
-STAGE = Stage("report", report, reads=(SELECTED,))
+STAGE = Stage("report", report, reads=(ANALYZED, SELECTED), writes=(REPORTED,), consults=(RESULTED,))

@@ -1,11 +1,12 @@
 """Runs the stages a study asks for, in order; a stage's inputs (what it `reads`) that are
-missing or made with other settings are made first by the stage that writes them."""
+missing or stale (soce.stages.products: other settings, or made from other inputs) are made
+first by the stage that writes them."""
 
 from __future__ import annotations
 
 import logging
 
-from soce.stages import analyze, report, select, soup, sweep
+from soce.stages import analyze, products, report, select, soup, sweep
 from soce.stages.products import Stage
 from soce.stages.study import Study
 from soce.stages.tools import TOOLS
@@ -33,12 +34,15 @@ def asked_for(study: Study) -> list[Stage]:
 def ready(study: Study, stage: Stage) -> None:
     """Make every product `stage` reads current: its producer runs where it is not."""
     for product in stage.reads:
-        if not product.current(study):
+        why = product.stale(study)
+        if why:
             producer = PRODUCERS[product]
-            log.info("running stage %s (%s reads %s)", producer.name, stage.name, product.name)
+            log.info("%s %s: stage %s makes %s (stage %s reads %s)", product.label, "; ".join(why[:3]), producer.name,
+                     "them" if product.plural else "it", stage.name, "them" if product.plural else "it")
             run_stage(study, producer)
 
 
 def run_stage(study: Study, stage: Stage):
     ready(study, stage)
-    return stage.run(study)
+    with products.making(study, stage):
+        return stage.run(study)

@@ -3,7 +3,6 @@ test, with intervals where the scores have per-example outcomes) and soup/ (a mo
 
 from __future__ import annotations
 
-import json
 import logging
 
 from soce import artifacts
@@ -11,8 +10,8 @@ from soce.artifacts import RESULTS, SELECTION, SOUP
 from soce.card import Ingredient, command_of, model_card, push
 from soce.pool import model_dir
 from soce.scores import ScoreTable
-from soce.stages import present
-from soce.stages.products import SEARCHED, SELECTED, Stage
+from soce.stages import present, products
+from soce.stages.products import RESULTED, SEARCHED, SELECTED, Stage
 from soce.stages.select import experts as selected_experts
 from soce.stages.study import Study
 
@@ -30,7 +29,6 @@ def soup(study: Study) -> dict:
     experts = selected_experts(study)
     candidates = study.candidates()
     study.check_store(candidates)
-    artifacts.supersede(study.dir, artifacts.results_settings(study.cfg))
     souper, searched = study.searched
     best = searched.best
     # the whole pool's uniform soup streams from disk: never every candidate in memory at once
@@ -73,8 +71,10 @@ def soup(study: Study) -> dict:
                        {s: {e: solved_of(t, e) for e in experts} for s, t in tables.items()}, b.samples, b.confidence, b.seed)
     else:
         log.info("the candidates' scores have no per-example outcomes: the results have no intervals")
-    artifacts.write_json(study.path(RESULTS), artifacts.results_settings(study.cfg), results)
+    artifacts.write_json(study.path(RESULTS), results)
 
+    for n in experts:  # the soup's weights come from their files
+        study.use_model(candidates[n])
     paths = [model_dir(candidates[n]) for n in experts]
     ids = [candidates[n].hub_id or candidates[n].path for n in experts]
     merge_to_disk(paths, best["weights"], study.path(SOUP), model_ids=ids, overwrite=True, progress=False,
@@ -92,9 +92,9 @@ def write_card(study: Study, results: dict, ingredients: list[Ingredient]) -> No
     """soup/README.md: the soup's model card, with the command that reproduces the study."""
     cfg = study.cfg
     groups = [f"{g}={cfg[g].name}" for g in ("benchmark", "pool", "selection", "search")]
-    selection = json.loads(study.path(SELECTION).read_text())
+    selection = products.read_json(study, SELECTION)
     text = model_card(study=cfg.study, benchmark=cfg.benchmark.name, results=results, selection=selection,
-                      ingredients=ingredients, command=command_of(study.dir, groups))
+                      ingredients=ingredients, command=study.command or command_of(study.dir, groups))
     (study.path(SOUP) / "README.md").write_text(text)
 
 
@@ -103,4 +103,4 @@ def solved_of(table: ScoreTable, model: str) -> dict[str, bool]:
     return {o.example_id: o.correct for o in table.outcomes if o.model == model}
 
 
-STAGE = Stage("soup", soup, reads=(SELECTED, SEARCHED))
+STAGE = Stage("soup", soup, reads=(SELECTED, SEARCHED), writes=(RESULTED,))

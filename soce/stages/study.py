@@ -12,13 +12,14 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from soce import artifacts
-from soce.artifacts import SCORES, SCORES_TEST
+from soce.artifacts import SCORES_TEST
 from soce.benchmarks import BenchmarkBase
 from soce.choices import EngineName
 from soce.errors import ConfigError
 from soce.pool import Candidate, fingerprint, model_dir, resolve_pool
 from soce.progress import plural
-from soce.scores import ScoreTable, read_scores
+from soce.scores import ScoreTable
+from soce.stages import products
 from soce.search import SearchBase
 from soce.selection import SelectionBase
 from soce.tracking import Tracker
@@ -44,13 +45,26 @@ class Study:
     _store: object = field(default=None, repr=False)
     _problem: object = field(default=None, repr=False)  # what sets a stored record aside (soce.sweep.record_problem)
     _fingerprints: dict = field(default_factory=dict, repr=False)
+    _lineage: object = field(default=None, repr=False)  # soce.stages.products.Lineage of `dir`
+    # what the study was started with: its overrides (None: run from Python without them), and
+    # whether as a multirun (a sharded sweep's collect step: the whole multirun reproduces it)
+    overrides: tuple[str, ...] | None = None
+    multirun: bool = False
 
     def path(self, name: str) -> Path:
         return self.dir / name
 
+    @property
+    def command(self) -> str | None:
+        """The command that runs this study again (None where its overrides are not known)."""
+        from soce.card import command_line
+
+        return None if self.overrides is None else command_line(self.overrides, self.multirun)
+
     def share(self, shard: tuple[int, int], device: str | None) -> "Study":
         """The same study for one shard of the sweep's points (its own store handle)."""
-        return Study(self.cfg, self.dir, self.tracker, self.store_dir, shard, device)
+        return Study(self.cfg, self.dir, self.tracker, self.store_dir, shard, device, overrides=self.overrides,
+                     multirun=self.multirun)
 
     # --- the config's groups, typed once --------------------------------------------------------
     @cached_property
@@ -124,6 +138,11 @@ class Study:
             self._fingerprints[candidate.name] = fingerprint(candidate)
         return self._fingerprints[candidate.name]
 
+    def use_model(self, candidate: Candidate) -> None:
+        """The candidate's files noted as an input of what the stage running now makes."""
+        kind, where = ("dir", str(Path(candidate.path).resolve())) if candidate.path else ("hub", candidate.hub_id)
+        products.used(self, products.input_key(kind, where), self.fingerprint(candidate))
+
     # --- the store's question, and the soups that answer it -----------------------------------
     def check_store(self, candidates: dict[str, Candidate]) -> None:
         """Refuse a store holding answers to another question than the study's now (stored soups
@@ -149,7 +168,8 @@ class Study:
         placement = replace(self.placement, device_map=plan.device_map, offload=plan.experts_at == "host", stream=stream)
         evaluator = self.evaluator
         asked = {**self.question(), "models": {c.name: self.fingerprint(c) for c in models}, **evaluator.soup_question(models)}
-        return Souper(models, evaluator, self.store, asked, self.objective, self.tracker, kind=kind, placement=placement)
+        return Souper(models, evaluator, self.store, asked, self.objective, self.tracker, kind=kind, placement=placement,
+                      on_use=lambda record: products.use_record(self, record))
 
     # --- the pool ------------------------------------------------------------------------------
     @property
@@ -196,7 +216,7 @@ class Study:
         if not self.benchmark.evaluates:
             raise ConfigError(f"stage={self.cfg.stage.value} soups and evaluates models: benchmark={self.benchmark.name} only "
                               "reads a score table (choose an evaluating benchmark: toy_fc, lm_eval)")
-        candidates = {c.name: c for c in self.pool_candidates(read_scores(self.path(SCORES)))}  # named as in the scores
+        candidates = {c.name: c for c in self.pool_candidates(products.read_scores(self))}  # named as in the scores
         for name in experts:  # found (or fetched) once: later uses read the path
             candidates[name] = replace(candidates[name], path=model_dir(candidates[name]))
         return candidates
@@ -218,6 +238,9 @@ class Study:
                               "(pool=toy_zoo, or pool.models with paths)")
         log.info("evaluating %s on %s (cached per candidate and split)", plural(len(refs), "candidate"), self.benchmark.name)
         evaluator = self.evaluator
+        products.used(self, products.input_key("evaluator", self.benchmark.name), evaluator.fingerprint)
+        for ref in refs:
+            self.use_model(ref)
         return evaluate_candidates(refs, evaluator, evaluator.splits, self.cache_dir.parent / "evals", self.question(),
                                    self.benchmark.candidate_check(), reuse=self.cfg.benchmark.cache,
                                    load=self.candidate_engine, objective=self.objective)
@@ -249,13 +272,13 @@ class Study:
         """The candidates' own scores by the sweep's evaluator, per split: those the analysis wrote,
         or, where the analysis read a score table (a leaderboard), the candidates evaluated now (cached)."""
         if self.benchmark.reads_table:
-            return self.evaluate_pool(self.pool_candidates(read_scores(self.path(SCORES))))
-        tables = {"dev": read_scores(self.path(SCORES))}
-        if self.path(SCORES_TEST).exists():
-            tables["test"] = read_scores(self.path(SCORES_TEST))
+            return self.evaluate_pool(self.pool_candidates(products.read_scores(self)))
+        tables = {"dev": products.read_scores(self)}
+        if products.has(self, SCORES_TEST):
+            tables["test"] = products.read_scores(self, "test")
         return tables
 
     def by_own_score(self, names: list[str]) -> list[int]:
         """The indices of `names`, best own overall score first."""
-        table = read_scores(self.path(SCORES))
+        table = products.read_scores(self)
         return sorted(range(len(names)), key=lambda i: -table.overall_of(names[i]))

@@ -9,12 +9,12 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from soce import artifacts
 from soce.artifacts import SELECTION
 from soce.errors import ConfigError, config_group
 from soce.pool import Candidate
 from soce.progress import plural
-from soce.stages.products import Stage
+from soce.stages import products
+from soce.stages.products import SELECTED, Stage
 from soce.stages.study import Study
 
 log = logging.getLogger("soce")
@@ -58,7 +58,7 @@ def plan(study: Study):
     from soce.placement.plan import memory_plan
 
     cfg = study.cfg
-    selection = artifacts.read_current(study.path(SELECTION), artifacts.selection_settings(cfg))
+    selection = products.read_if_current(study, SELECTED, SELECTION)
     pool = study.pool_refs()
     if selection is not None:
         models = [Candidate(e["model"], e.get("hub_id"), e.get("path")) for e in selection["experts"]]
@@ -67,6 +67,7 @@ def plan(study: Study):
         raise ConfigError("stage=plan plans for the pool's models: choose a pool that names them "
                           "(pool.models with a hub_id or path each, or pool=toy_zoo)")
     else:
+        log.info("no current selection.json in %s: planning for the pool's models", study.dir)
         n = min(len(pool), OmegaConf.select(cfg, "selection.max_experts") or len(pool))
         models = pool[:n]
         log.info("planning for %s (%s; selection.max_experts=K plans for K)",
