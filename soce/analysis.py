@@ -91,6 +91,12 @@ class Analysis:
     min_reliability: float | None = None  # categories less reliable than this are left out of L
     stability: dict | None = None  # soce.stability.Stability's dict, where the scores were redrawn
 
+    @property
+    def unsized(self) -> tuple[str, ...]:
+        """Where the sizes of some categories only are known, the others: no reliability, no redraw
+        and no analysis.min_reliability for them."""
+        return tuple(c for c, n in zip(self.categories, self.sizes) if not n) if any(self.sizes) else ()
+
     def noisy(self) -> list[tuple[str, float, float]]:
         """(category, reliability, examples) of every category of L whose spread between models is
         mostly sampling noise: its correlations, and the expert it picks, rest on noise."""

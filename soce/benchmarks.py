@@ -77,6 +77,9 @@ class TableBenchmark(BenchmarkBase):
     category_sizes: Optional[Any] = None  # {category: examples}
 
     def check(self) -> None:
+        if self.category_sizes is not None and not isinstance(self.category_sizes, dict):
+            raise ConfigError(f"benchmark.category_sizes={self.category_sizes}: a mapping of each category to its number of "
+                              "examples, e.g. 'benchmark.category_sizes={simple: 400, multiple: 200}'")
         for c, n in (self.category_sizes or {}).items():
             if not isinstance(n, int) or isinstance(n, bool) or n < 1:
                 raise ConfigError(f"benchmark.category_sizes.{c}={n}: the number of examples behind the category's scores, "

@@ -95,6 +95,12 @@ def check_push(repo: str | None) -> None:
         raise ConfigError(f"soup.push_to_hub={repo}: not a Hub repo id ({err}); write it as NAME or OWNER/NAME") from None
     if get_token() is None:
         raise ConfigError(f"soup.push_to_hub={repo}: no Hugging Face token here; log in (`hf auth login`) or set HF_TOKEN")
+    from huggingface_hub import constants
+
+    if constants.is_offline_mode():
+        raise ConfigError(f"soup.push_to_hub={repo}: the Hugging Face Hub is in offline mode here (HF_HUB_OFFLINE=1), so the "
+                          "upload would fail after the whole study: unset HF_HUB_OFFLINE, or drop soup.push_to_hub and upload "
+                          "soup/ later (`hf upload REPO soup/`)")
 
 
 def push(folder: Path, repo: str, private: bool | None) -> str:

@@ -88,17 +88,22 @@ def guarded():
             signal.signal(signal.SIGTERM, previous)
 
 
+# What fixes a file that cannot be written; "the same command resumes" only where it does (space
+# freed, a limit raised), not where another command is needed (another directory)
+_WRITE_ELSEWHERE = "choose a directory you can write (hydra.run.dir, sweep.store, pool.cache_dir)"
+_FREE_SPACE = ("free some space (then the same command resumes), or write elsewhere (hydra.run.dir, sweep.store, "
+               "pool.cache_dir)")
+_FS_FIXES = {errno.ENOSPC: _FREE_SPACE, errno.EDQUOT: _FREE_SPACE,
+             errno.EFBIG: "a file-size limit (ulimit -f) stops it: raise the limit, and the same command resumes",
+             errno.EROFS: _WRITE_ELSEWHERE, errno.EACCES: _WRITE_ELSEWHERE, errno.EPERM: _WRITE_ELSEWHERE}
+
+
 def file_system_error(err: OSError) -> SoceError:
-    """One sentence for a file that cannot be written or read: the file, the cause, the fix."""
-    hint = {errno.ENOSPC: "free some space, or write elsewhere (hydra.run.dir, sweep.store, pool.cache_dir)",
-            errno.EDQUOT: "free some space, or write elsewhere (hydra.run.dir, sweep.store, pool.cache_dir)",
-            errno.EFBIG: "a file-size limit (ulimit -f) stops it: raise the limit",
-            errno.EROFS: "choose a directory you can write (hydra.run.dir, sweep.store, pool.cache_dir)",
-            errno.EACCES: "choose a directory you can write (hydra.run.dir, sweep.store, pool.cache_dir)",
-            errno.EPERM: "choose a directory you can write (hydra.run.dir, sweep.store, pool.cache_dir)"}.get(err.errno or 0, "")
+    """One sentence for a file that cannot be written or read: the file, the cause, the fix; "the
+    same command resumes" only where it does."""
+    fix = _FS_FIXES.get(err.errno or 0, "move or remove what is in the way, or choose another directory")
     where = err.filename or "a file"
-    return SoceError(f"{where}: {err.strerror or err}" + (f": {hint}" if hint else "")
-                     + "; every result finished before it is kept, and the same command resumes")
+    return SoceError(f"{where}: {err.strerror or err}: {fix}; every result finished before it is kept")
 
 
 def run_study(cfg: DictConfig, run_dir: Path, job: int | None = None, tracker: Tracker | None = None,
@@ -175,9 +180,11 @@ def shard_done(study: Study, k: int, n: int, in_multirun: bool) -> str:
     given = [o for o in (study.overrides or ()) if not o.lstrip("+~").startswith(("sweep.shard=", "sweep.store=",
                                                                                    "hydra.run.dir="))]
     given = [*given, f"sweep.store={store}"]
+    collect = [o for o in given if not o.startswith("stage=")]  # every stage: the soup and the report too
     others = ", ".join(str(j) for j in range(n) if j != k)
-    return (f"shard {k} of {n} is done, its points in {store}. The other shards ({others}): `{command_line([*given, 'sweep.shard=J'])}`"
-            f"; then the collect step (the soup and the report; it evaluates whatever no shard did): `{command_line(given)}`")
+    return (f"shard {k} of {n} is done, its points in {store}. The other shards ({others}): "
+            f"`{command_line([*given, 'sweep.shard=J'])}`; then the collect step (the soup and the report; it evaluates "
+            f"whatever no shard did): `{command_line(collect)}`")
 
 
 class CollectShards(Callback):
@@ -195,7 +202,8 @@ class CollectShards(Callback):
         log.info("collecting the %d shards of %s in %s", config.sweep.num_shards, store_dir, out_dir)
         tracker = make_tracker(cfg, out_dir, f"{cfg.study}/collect")
         # the multirun's own command reproduces the study: its shards and this collect step
-        given = [*config.hydra.overrides.task, *(o for o in config.hydra.overrides.hydra if not o.startswith("hydra.mode="))]
+        given = [*config.hydra.overrides.task, *(o for o in config.hydra.overrides.hydra  # (into a directory of its own)
+                                                  if not o.startswith(("hydra.mode=", "hydra.sweep.dir=", "hydra.run.dir=")))]
         study = Study(cfg, out_dir, tracker, store_dir, overrides=tuple(given), multirun=True)
         try:
             with guarded():

@@ -239,6 +239,9 @@ def check_pool(cfg: DictConfig) -> None:
                           "whose candidates would be studied instead: for your own models choose pool=all, "
                           "e.g. soce pool=all 'pool.models=[{name: a, path: /models/a}, ...]'")
     names = None
+    if pool.models is not None and not pool.models:
+        raise ConfigError(f"pool.models=[] names no model: list the candidates, e.g. 'pool.models=[{{name: a, path: /models/a}}, "
+                          "...]', or leave pool.models out (pool=all then takes every model of a score table)")
     if pool.models is not None:
         names = [m.name for m in pool.models]
         dupes = sorted({n for n in names if [row_key(m) for m in names].count(row_key(n)) > 1})
@@ -260,6 +263,9 @@ def check_pool(cfg: DictConfig) -> None:
                               f"level {FAMILIES[pool.zoo].level}, and its tokenizer knows that level's words only: "
                               f"drop the override, or set benchmark.level={FAMILIES[pool.zoo].level}")
     chosen = OmegaConf.to_object(cfg.selection).named()
+    if chosen is not None and not chosen:
+        raise ConfigError(f"selection.models=[] names no expert: selection={cfg.selection.name} soups the models it names, "
+                          "e.g. 'selection.models=[a,b]'")
     if chosen is not None and names is not None:
         from soce.scores import closest
 
@@ -344,6 +350,9 @@ def validate(cfg: DictConfig) -> None:
         if cfg.sweep[key] is not None:
             (parse_devices if key == "devices" else parse_size)(cfg.sweep[key], f"sweep.{key}")
     parse_size(cfg.merge.shard_size, "merge.shard_size")
+    if cfg.sweep.store is not None and Path(cfg.sweep.store).exists() and not Path(cfg.sweep.store).is_dir():
+        raise ConfigError(f"sweep.store={cfg.sweep.store} is a file: the store is a directory (its sweep*.jsonl files go "
+                          "there); give a directory, new or one a sweep wrote into")
     shard, n = cfg.sweep.shard, cfg.sweep.num_shards
     if n < 1:
         raise ConfigError(f"sweep.num_shards={n}: must be at least 1")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import difflib
 import json
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,13 +15,21 @@ import numpy as np
 
 from soce.errors import DataError
 
+log = logging.getLogger("soce")
+
 MISSING_CELLS = {"", "n/a", "na", "nan", "none", "-", "—"}
 
 # BFCL leaderboard files (data_overall.csv, data_live.csv, ...): columns that are not scores,
 # and aggregate columns that summarise the leaf categories.
 BFCL_METADATA = {"Rank", "Model", "Model Link", "Organization", "License"}
 BFCL_METADATA_PREFIXES = ("Cost", "Latency")
-BFCL_AGGREGATES = {"Overall Acc", "Non-Live AST Acc", "Live Acc", "Multi Turn Acc", "AST Summary", "Simple AST"}
+BFCL_AGGREGATES = {"Overall Acc", "Non-Live AST Acc", "Live Acc", "Multi Turn Acc", "AST Summary", "Simple AST",
+                   "Live Overall Acc", "Non_Live Overall Acc", "Multi Turn Overall Acc"}
+# The leaf columns of the v3 section files (data_live.csv, data_non_live.csv, data_multi_turn.csv);
+# data_overall.csv's are soce.bfcl.data.CATEGORIES
+BFCL_SECTION_LEAVES = {"Python Simple AST", "Python Multiple AST", "Python Parallel AST", "Python Parallel Multiple AST",
+                       "Java Simple AST", "JavaScript Simple AST", "Multiple AST", "Parallel AST", "Parallel Multiple AST",
+                       "Irrelevance Detection", "Relevance Detection", "Base", "Miss Func", "Miss Param", "Long Context"}
 OVERALL = "overall"  # the column soce writes the overall score to in scores.csv
 OVERALL_NAMES = ("overall", "overall score", "overall acc", "overall accuracy", "average", "mean")
 
@@ -130,6 +139,10 @@ def read_table(
         model_column = model_column or "Model"
         overall_column = overall_column or next((c for c in header if c.endswith("Overall Acc")), None)
         skip = {c for c in header if c in BFCL_METADATA or c in BFCL_AGGREGATES or c.startswith(BFCL_METADATA_PREFIXES)}
+        if overall_column is None:
+            raise DataError(f"{path}: no 'Overall Acc' column, by which a BFCL leaderboard ranks its models (a renamed one?): "
+                            f"name it (benchmark.overall_column=...), or read the file as a plain table (benchmark.format=csv); "
+                            f"columns: {', '.join(header)}")
     elif format == "csv":
         model_column = model_column or header[0]
         # a column named like the overall score is the overall score, unless named a category
@@ -170,6 +183,8 @@ def read_table(
             i, cell = bad[0]
             raise DataError(f"{path}: column {c!r}, row {i + 2} ({models[i]}): {cell!r} is not a number")
         if not bad:  # a column of text (links, licences) is not a category
+            if format == "bfcl" and not categories:
+                _check_bfcl_column(path, c)
             _check_range(path, c, models, parsed, format)
             values.append(parsed)
             kept.append(c)
@@ -179,9 +194,31 @@ def read_table(
     matrix = np.array(values, dtype=np.float64).T
     if overall_column is not None:
         overall = np.array([_as_number(path, overall_column, m, cell) for m, cell in zip(models, columns[overall_column])])
+        unranked = [m for m, o in zip(models, overall) if math.isnan(o)]
+        if unranked:
+            log.warning("%s: %s no %r (an empty or N/A cell): %s in the correlations and can lead a category, but "
+                        "cannot be ranked by overall score: wherever soce ranks by it (selection=topk, ties, "
+                        "keep_best_overall, the best single candidate) %s after every model that has one. Fill in the "
+                        "cell to rank %s", path, f"{', '.join(unranked)} {'have' if len(unranked) > 1 else 'has'}",
+                        overall_column, "they stay" if len(unranked) > 1 else "it stays",
+                        "they come" if len(unranked) > 1 else "it comes", "them" if len(unranked) > 1 else "it")
     else:
         overall = mean_overall(matrix)
     return ScoreTable(tuple(models), tuple(kept), matrix, overall, source=str(path))
+
+
+def _check_bfcl_column(path: Path, column: str) -> None:
+    """A BFCL leaderboard's score column is one of its leaf columns (an aggregate is left out by
+    name): a column of another name, such as a renamed aggregate, would enter the analysis as a
+    category."""
+    from soce.bfcl.data import CATEGORIES
+
+    if column not in CATEGORIES and column not in BFCL_SECTION_LEAVES:
+        raise DataError(
+            f"{path}: column {column!r} is not a column of the BFCL v3 leaderboard (a renamed aggregate would be analysed "
+            f"as a category{closest(column, [*CATEGORIES, *BFCL_AGGREGATES])}). Its leaf columns: {', '.join(CATEGORIES)}; "
+            f"its aggregates (left out): {', '.join(sorted(BFCL_AGGREGATES))}. Rename the column, leave it out "
+            f"(benchmark.exclude=['{column}']), or name the categories (benchmark.categories=[...])")
 
 
 def _as_number(path: Path, column: str, model: str, cell: str) -> float:

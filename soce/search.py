@@ -33,10 +33,19 @@ SEARCHES: Registry[type["SearchBase"]] = Registry("search")
 
 
 def grid_points(n: int, lo: float, hi: float, step: float, include_uniform: bool, budget: int | None = None) -> list[tuple[float, ...]]:
+    """The grid's points, the uniform point last where the grid lacks it; a budget keeps the first
+    `budget` of them, the uniform point always among them when include_uniform (in place of the
+    last), so that the searched soup is never below the experts' uniform soup on the split it was
+    chosen on."""
     points = simplex_grid(n, lo, hi, step)
     if include_uniform and not any(close(p, uniform(n)) for p in points):
         points.append(uniform(n))
-    return points[:budget] if budget else points
+    if not budget or budget >= len(points):
+        return points
+    kept = points[:budget]
+    if include_uniform and not any(close(p, uniform(n)) for p in kept):
+        kept = [*kept[:budget - 1], uniform(n)]
+    return kept
 
 
 def run_points(points: Sequence[tuple[float, ...]], evaluate: Evaluate) -> None:

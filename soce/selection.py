@@ -181,8 +181,13 @@ def select_topk(table: ScoreTable, pool: Sequence[str], k: int) -> Selection:
     if k < 1:
         raise ConfigError(f"k={k}: must be at least 1")
     ranked = _by_overall(table, pool)
-    experts = tuple(_expert(table, m, f"top {k} overall (#{i + 1})") for i, m in enumerate(ranked[:k]))
-    excluded = {m: f"overall rank #{i + k + 1}, below the top {k}" for i, m in enumerate(ranked[k:])}
+    unranked = {m for m in ranked if math.isnan(table.overall_of(m))}
+
+    def rank(i: int, m: str) -> str:
+        return "no overall score: ranked after those with one" if m in unranked else f"#{i + 1}"
+
+    experts = tuple(_expert(table, m, f"top {k} overall ({rank(i, m)})") for i, m in enumerate(ranked[:k]))
+    excluded = {m: f"overall rank {rank(i + k, m)}, below the top {k}" for i, m in enumerate(ranked[k:])}
     return Selection("topk", experts, excluded)
 
 

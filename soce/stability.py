@@ -9,7 +9,7 @@ share of redraws in which the paper's rule, applied to the redraw (its L, its le
 the best overall score), makes it an expert.
 
 A category whose size is unknown keeps its scores in every redraw (no noise is assumed where
-none can be measured)."""
+none can be measured), and no share is claimed for it: it is named as not redrawn."""
 
 from __future__ import annotations
 
@@ -33,11 +33,12 @@ class Stability:
     in_weak_set: dict[str, float]  # category -> share of redraws in which it is in L
     leaders: dict[str, dict[str, float]]  # category of L -> pool model -> share of redraws it leads it
     chosen: dict[str, float]  # pool model -> share of redraws in which the paper's rule makes it an expert
+    unsized: tuple[str, ...] = ()  # categories of unknown size: never redrawn, no share claimed for them
 
     def to_dict(self) -> dict:
         return {"resamples": self.resamples, "confidence": self.confidence,
                 "rho_interval": [{"a": a, "b": b, "ci": [_json(lo), _json(hi)]} for (a, b), (lo, hi) in self.rho_interval.items()],
-                "in_weak_set": self.in_weak_set, "leaders": self.leaders, "chosen": self.chosen}
+                "in_weak_set": self.in_weak_set, "leaders": self.leaders, "chosen": self.chosen, "unsized": list(self.unsized)}
 
 
 def _json(v: float) -> float | None:
@@ -86,9 +87,11 @@ def stability(population: ScoreTable, analysis: Analysis, pool: Sequence[str], r
             finite = stack[:, a, b][~np.isnan(stack[:, a, b])]
             lo, hi = np.quantile(finite, [tail, 1 - tail]) if finite.size else (math.nan, math.nan)
             intervals[(cats[a], cats[b])] = (float(lo), float(hi))
-    return Stability(resamples, confidence, intervals, {c: k / resamples for c, k in in_l.items()},
-                     {c: {m: k / resamples for m, k in sorted(by.items(), key=lambda kv: -kv[1])} for c, by in leads.items()},
-                     {m: k / resamples for m, k in sorted(chosen.items(), key=lambda kv: -kv[1])})
+    unsized = tuple(c for c, n in zip(cats, sizes) if n == 0)
+    return Stability(resamples, confidence, intervals, {c: k / resamples for c, k in in_l.items() if c not in unsized},
+                     {c: {m: k / resamples for m, k in sorted(by.items(), key=lambda kv: -kv[1])} for c, by in leads.items()
+                      if c not in unsized},
+                     {m: k / resamples for m, k in sorted(chosen.items(), key=lambda kv: -kv[1])}, unsized)
 
 
 def _redrawer(sizes: np.ndarray, rng: np.random.Generator):
@@ -123,7 +126,10 @@ def stability_lines(stability: dict, weak: Sequence[str]) -> list[str]:
             tied = " (tied within the noise)" if len(shown) > 1 else ""
             line += f"; led by{tied} " + ", ".join(f"{m} {s:.0%}" for m, s in shown.items())
         out.append(line)
+    unsized = stability.get("unsized") or []
+    if unsized:
+        out.append(f"not redrawn, their number of examples unknown (no share is claimed for them): {', '.join(unsized)}")
     if stability.get("chosen"):
-        out.append("experts of the paper's rule on the redraws: "
-                   + ", ".join(f"{m} {s:.0%}" for m, s in stability["chosen"].items()))
+        out.append("experts of the paper's rule on the redraws" + (" (the categories above held fixed)" if unsized else "")
+                   + ": " + ", ".join(f"{m} {s:.0%}" for m, s in stability["chosen"].items()))
     return out

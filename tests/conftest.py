@@ -107,6 +107,15 @@ def sweep_record(weights, objective: float = 0.0, split: str = "dev", experts=("
             "scores": {"x": objective}, "objective": objective, "correct": "10", "merge_s": 0.0, "eval_s": 0.0, **fields}
 
 
+def one_error_line(r: subprocess.CompletedProcess, code: int = 1) -> str:
+    """The CLI failed (exit `code`) with one 'error:' line and no traceback; returns that line."""
+    assert r.returncode == code, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr, r.stderr[-3000:]
+    errors = [line for line in r.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1, r.stderr[-2000:]
+    return errors[0]
+
+
 def write_csv(path: Path, text: str) -> Path:
     path.write_text("\n".join(line.strip() for line in text.strip().splitlines()) + "\n")
     return path

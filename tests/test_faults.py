@@ -28,7 +28,7 @@ from soce.merge import disk
 from soce.merge.checkpoint import read_header
 from soce.pool import Candidate, resolve_pool
 from soce.store import SweepStore
-from conftest import MICRO_STUDY, sweep_record
+from conftest import MICRO_STUDY, one_error_line, sweep_record
 from tiny_models import build_tiny_llama
 
 WEIGHTS = [0.5, 0.2, 0.3]
@@ -46,15 +46,6 @@ def soce_merge(soce, tmp_path, experts, out, *extra, **kwargs):
     weights.append(round(1 - sum(weights), 6))
     return soce("stage=merge", f"merge.models={models}", f"merge.weights={weights}", f"merge.output={out}", "tracker=none",
                 f"hydra.run.dir={tmp_path / 'run'}", *extra, **kwargs)
-
-
-def one_error_line(r) -> str:
-    """The CLI failed with one 'error:' line and no traceback; returns that line."""
-    assert r.returncode == 1, r.stderr[-2000:]
-    assert "Traceback" not in r.stderr, r.stderr[-3000:]
-    errors = [line for line in r.stderr.splitlines() if "error:" in line]
-    assert len(errors) == 1, r.stderr[-2000:]
-    return errors[0]
 
 
 # --- 1. one merge per output path ----------------------------------------------------------------

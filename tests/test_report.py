@@ -15,6 +15,7 @@ from soce.report.consistency import consistency, mean_off_diagonal
 from soce.report.shapley import exact_shapley, monte_carlo_shapley, shapley
 from soce.report.winrate import win_rates
 from soce.scores import read_scores
+from soce.search import grid_points
 from soce.objective import Objective
 from soce.stats import Bootstrap
 from soce.weights import simplex_grid
@@ -142,7 +143,7 @@ def test_the_report_on_the_micro_family_has_every_section_and_costs_nothing_twic
 
     # consistency: the soups' correlation matrix is the correlation of the sweep's per-category dev scores
     categories = [c for c in r.tracker.tables["scores"][0][1:-1]]
-    grid = [list(w) for w in simplex_grid(3)[:6]]  # the search's own points (search.budget=6), not the baselines' soups
+    grid = [list(w) for w in grid_points(3, 0.1, 0.9, 0.1, True, 6)]  # the search's own points (search.budget=6: 5 and uniform)
     soups = np.array([[p["scores"][c] for c in categories] for p in records
                       if p["kind"] == "sweep" and p["split"] == "dev" and p["weights"] in grid])
     assert len(soups) == 6

@@ -33,11 +33,11 @@ def searched(run: Path) -> dict:
 def test_the_searched_soup_is_the_searchs_own_and_a_rerun_gives_the_same(study, zoo_cache, tmp_path):
     run = tmp_path / "run"
     args = [*STUDY, f"pool.cache_dir={zoo_cache}", "tracker=none"]
-    study(*args, "search.budget=3", "stage=soup")
+    study(*args, "search.budget=3", "search.include_uniform=false", "stage=soup")
     first = searched(run)
     grid = [list(p) for p in simplex_grid(3)[:3]]
     assert first["weights"] in grid  # the soup stage also stored the uniform soup, a better one: not the search's
-    study(*args, "search.budget=3", "stage=soup")  # the same settings again: the same result
+    study(*args, "search.budget=3", "search.include_uniform=false", "stage=soup")  # the same settings again: the same result
     assert searched(run) == first
     # another search in the same directory: its own point, and the grid's results set aside, not overwritten
     r = study(*args, "search=uniform", "stage=soup")

@@ -65,6 +65,12 @@ def _selection_section(r: StudyReport) -> list[str]:
                      *[f"- {line}" for line in lines], ""]
     if analysis.get("left_out"):
         md[-4:-4] = ["Left out of L: " + "; ".join(f"{c} ({why})" for c, why in analysis["left_out"].items()) + ".", ""]
+    sizes = analysis.get("sizes") or {}
+    unsized = [c for c, n in sizes.items() if not n] if any(sizes.values()) else []
+    if unsized:
+        md[-4:-4] = [f"The number of examples behind the scores is unknown for {', '.join(unsized)}: no reliability and no "
+                     "redraws for them" + (", and analysis.min_reliability does not apply to them"
+                                           if analysis.get("min_reliability") is not None else "") + ".", ""]
     md += [f"| {e['model']} | {_num(e['overall'])} | {e['reason']} |" for e in selection["experts"]]
     if selection.get("excluded"):
         md += ["", "Left out: " + "; ".join(f"{m} ({why})" for m, why in selection["excluded"].items()) + "."]

@@ -32,6 +32,13 @@ def print_analysis(result: corr.Analysis, population: str, values) -> None:
                  "  <- in L" if t < result.tau else "")
     for cat, why in result.left_out.items():
         log.info("  left out of L: %s: %s", cat, why)
+    if result.unsized:
+        log.warning("  the number of examples is known for %d of %d categories: %s %s none, so %s no reliability, %s not "
+                    "redrawn%s (benchmark.category_sizes gives the rest)", len(result.categories) - len(result.unsized),
+                    len(result.categories), ", ".join(result.unsized), "has" if len(result.unsized) == 1 else "have",
+                    "it has" if len(result.unsized) == 1 else "they have", "is" if len(result.unsized) == 1 else "are",
+                    f" and analysis.min_reliability={result.min_reliability:g} cannot leave "
+                    f"{'it' if len(result.unsized) == 1 else 'them'} out" if result.min_reliability is not None else "")
     if result.min_reliability is not None and not result.reliability:
         log.warning("  analysis.min_reliability=%g leaves nothing out: the number of examples behind each category's scores "
                     "is unknown here (benchmark.category_sizes gives them for a table)", result.min_reliability)
