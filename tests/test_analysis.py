@@ -1,3 +1,4 @@
+import json
 import math
 import re
 
@@ -276,3 +277,22 @@ def test_the_report_names_the_categories_of_l_that_rest_on_noise(study, tmp_path
     report = (tmp_path / "run" / "report.md").read_text()
     assert re.search(r"In L on a spread between models that is mostly sampling noise \(reliability below 0.5\): "
                      r"small \(-?[\d.]+\), saturated \(-?[\d.]+\);", report)
+
+
+def test_sizes_known_for_some_categories_only_are_said_and_the_others_get_no_redraw_claims(study, tmp_path):
+    """Issue 36: a category without a size was exempt from min_reliability without a word, and
+    reported in L in 100% of redraws because it is never redrawn."""
+    csv = tmp_path / "scores.csv"
+    csv.write_text("model,big,other,nosize\n"
+                   "m1,0.20,0.70,0.40\nm2,0.50,0.20,0.60\nm3,0.80,0.55,0.47\nm4,0.35,0.90,0.53\nm5,0.65,0.40,0.67\n")
+    r = study("benchmark=table", f"benchmark.path={csv}", "benchmark.category_sizes={big: 1000, other: 1000}", "pool=all",
+              "stage=report", "selection.tau=0.9", "analysis.min_reliability=0.5", "tracker=none")
+    assert ("the number of examples is known for 2 of 3 categories: nosize has none, so it has no reliability, is not "
+            "redrawn and analysis.min_reliability=0.5 cannot leave it out") in r.log
+    analysis = json.loads((tmp_path / "run" / "analysis.json").read_text())
+    assert "nosize" not in analysis["stability"]["in_weak_set"] and analysis["stability"]["unsized"] == ["nosize"]
+    assert "nosize" not in analysis["stability"]["leaders"]
+    assert "nosize: in L, in L in" not in r.log and "not redrawn, their number of examples unknown" in r.log
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "The number of examples behind the scores is unknown for nosize: no reliability and no redraws for them, and " \
+           "analysis.min_reliability does not apply to them." in report

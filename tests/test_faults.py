@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import pickle
+import re
 import shutil
 import signal
 import subprocess
@@ -455,3 +456,46 @@ def test_cut_short_files_are_made_again_not_a_traceback(study, zoo_cache, tmp_pa
     finally:
         for path, text in saved.items():
             path.write_text(text)
+
+
+# --- 12. issue 36: inputs that no evaluation can use, refused before any starts -------------------
+@pytest.mark.parametrize("override, message", [
+    ("pool.models=[]", "pool.models=[] names no model: list the candidates"),
+    ("selection=manual 'selection.models=[]'", "selection.models=[] names no expert"),
+    ("benchmark=table benchmark.path=x.csv 'benchmark.category_sizes=[1,2]'",
+     "benchmark.category_sizes=[1, 2]: a mapping of each category to its number of examples"),
+    ("sweep.store=a_file", "sweep.store=a_file is a file: the store is a directory"),
+])
+def test_an_input_no_evaluation_can_use_is_one_error_line_naming_its_key(soce, tmp_path, override, message):
+    import shlex
+
+    (tmp_path / "a_file").write_text("not a store")
+    extra = ["pool=all"] if override.startswith("pool.models") else []
+    line = one_error_line(soce(*extra, *shlex.split(override), "tracker=none", f"hydra.run.dir={tmp_path / 'run'}"))
+    assert message in line
+    assert not (tmp_path / "run" / "scores.csv").exists()  # before anything was evaluated
+
+
+def test_a_push_in_offline_mode_is_refused_before_the_study(soce, tmp_path):
+    line = one_error_line(soce("benchmark=demo", "pool=all", "soup.push_to_hub=me/soup", "tracker=none",
+                               env={"HF_HUB_OFFLINE": "1", "HF_TOKEN": "hf_test", "HF_HOME": str(tmp_path / "hf")}))
+    assert "soup.push_to_hub=me/soup: the Hugging Face Hub is in offline mode here (HF_HUB_OFFLINE=1)" in line
+
+
+@pytest.mark.parametrize("selection", ["soce", "topk"])
+def test_a_pool_model_that_cannot_be_souped_is_refused_before_any_candidate_is_evaluated(study, zoo_cache, tmp_path, selection):
+    from soce.errors import CheckpointError
+    from soce.zoo.family import build_family
+
+    family = build_family("micro", zoo_cache / "zoo", progress=False)
+    odd = build_tiny_llama(tmp_path / "odd", seed=1, vocab_size=family_vocab(family) + 8)  # another tokenizer's embeddings
+    models = [*(f"{{name: {n}, path: '{p}'}}" for n, p in family.candidates.items()), f"{{name: odd, path: '{odd}'}}"]
+    with pytest.raises(CheckpointError, match=rf"pool model 'odd' \({re.escape(str(odd))}\): .* differs from .*leave the odd one out"):
+        study("benchmark=toy_fc", "benchmark.backend=direct", "benchmark.per_category=20", "pool=all",
+              f"pool.models=[{','.join(models)}]", f"selection={selection}", f"pool.cache_dir={tmp_path / 'cache'}",
+              "tracker=none")
+    assert not (tmp_path / "cache" / "evals").exists() or not any((tmp_path / "cache" / "evals").iterdir())  # none evaluated
+
+
+def family_vocab(family) -> int:
+    return json.loads((family.base / "config.json").read_text())["vocab_size"]

@@ -105,3 +105,34 @@ def test_missing_and_unreadable_files(tmp_path):
     binary.write_bytes(b"\xff\xfe\x00garbage\x81")
     with pytest.raises(SoceError, match=r"bin.csv"):
         read_table(binary)
+
+
+# --- issue 36: a BFCL table's columns are the leaderboard's, and its overall score is never silently missing ---
+@pytest.mark.parametrize("renamed, as_", [("Overall Acc", "Overall Accuracy"), ("Live Acc", "Live Accuracy"),
+                                          ("Relevance Detection", "Relevance")])
+def test_a_bfcl_column_that_is_no_leaderboard_column_is_refused_with_the_known_names(tmp_path, renamed, as_):
+    path = tmp_path / "data_overall.csv"
+    path.write_text(BFCL_FIXTURE.read_text().replace(renamed, as_, 1))
+    with pytest.raises(SoceError) as err:
+        read_table(path, format="bfcl")
+    message = str(err.value)
+    if renamed == "Overall Acc":
+        assert "no 'Overall Acc' column" in message and "benchmark.overall_column" in message
+    else:
+        assert f"column {as_!r} is not a column of the BFCL v3 leaderboard" in message
+        assert "Live Simple AST" in message and "Multi Turn Acc" in message  # the known names
+        assert f"benchmark.exclude=['{as_}']" in message
+    read_table(path, format="bfcl", exclude=[as_], **({"overall_column": as_} if renamed == "Overall Acc" else {}))
+
+
+def test_a_missing_overall_acc_is_named_and_ranked_after_the_models_that_have_one(tmp_path, caplog):
+    from soce.selection import select_topk
+
+    path = tmp_path / "data_overall.csv"
+    lines = BFCL_FIXTURE.read_text().splitlines()
+    lines[1] = lines[1].replace("86.11%", "N/A", 1)  # the leaderboard's first model, CoALM-70B
+    path.write_text("\n".join(lines) + "\n")
+    t = read_table(path, format="bfcl")
+    assert "CoALM-70B has no 'Overall Acc'" in caplog.text and "cannot be ranked by overall score" in caplog.text
+    s = select_topk(t, list(t.models), len(t.models))
+    assert s.experts[-1].model == "CoALM-70B" and s.experts[-1].reason.endswith("(no overall score: ranked after those with one)")

@@ -255,3 +255,17 @@ def test_progress_counts_what_the_store_held_apart_from_what_was_evaluated(caplo
     lines = [r.getMessage() for r in caplog.records]
     assert lines[-2] == "sweep (grid): done, 4/4 points in 10 s (2 found in the store, 2 s/point)"  # the rate of the 2 evaluated
     assert lines[-1] == "sweep (uniform): done, 1/1 point, all found in the store"
+
+
+@pytest.mark.parametrize("n, budget", [(3, 1), (3, 3), (3, 36), (2, 3), (2, 9)])
+def test_a_budget_keeps_the_uniform_point(n, budget):
+    """Issue 36: search.budget cut the grid before the uniform point, so the searched soup could
+    score below the experts' uniform soup printed beside it."""
+    from soce.search import grid_points
+    from soce.weights import close, uniform
+
+    points = grid_points(n, 0.1, 0.9, 0.1, True, budget)
+    assert len(points) == budget and sum(close(p, uniform(n)) for p in points) == 1
+    others = [p for p in points if not close(p, uniform(n))]
+    assert others == [p for p in grid_points(n, 0.1, 0.9, 0.1, True)[:budget] if not close(p, uniform(n))][: len(others)]
+    assert not any(close(p, uniform(3)) for p in grid_points(3, 0.1, 0.9, 0.1, False, 3))  # only where asked for

@@ -273,6 +273,7 @@ def test_an_unwritable_store_or_eval_cache(tmp_path, soce, zoo_cache, caplog):
                  f"hydra.run.dir={tmp_path / 'run'}")
         assert r.returncode == 1 and "Traceback" not in r.stderr
         assert f"error: {ro / 'store'}: Read-only file system: choose a directory you can write" in r.stderr
+        assert "resumes" not in r.stderr  # the same command never will: another directory is the fix (issue 36)
         family = build_family("micro", zoo_cache / "zoo", progress=False)
         evaluator = ToyFcDirect(seed=0, per_category=2, batch_size=64)  # a question of its own: evaluated, not cached
         with caplog.at_level(logging.WARNING):
