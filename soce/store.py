@@ -30,7 +30,7 @@ import re
 from pathlib import Path
 from typing import Callable, Iterator
 
-from soce.artifacts import question_differences
+from soce.artifacts import digest, question_differences
 from soce.errors import DataError
 from soce.locks import lock_open
 from soce.progress import plural
@@ -154,6 +154,7 @@ class SweepStore:
         return self.records.get((",".join(experts), key(weights), split))
 
     def append(self, record: dict) -> None:
+        record = {**record, "digest": record_digest(record)}  # a later edit of its answer is found on reading
         why = parse_record(json.dumps(record).encode())[1] or (self.problem and self.problem(record))
         if why:  # never store what a later read would set aside
             raise DataError(f"a sweep record of {record.get('experts')} at {record.get('weights')} cannot be stored: {why}")
@@ -186,6 +187,16 @@ class SweepStore:
 
     def __len__(self) -> int:
         return len(self.records)
+
+
+ANSWER = ("experts", "weights", "split", "question", "scores", "correct", "examples")  # what a record's digest covers
+
+
+def record_digest(record: dict) -> str:
+    """A stored soup's answer (its scores and outcomes for its question; not its times, its kind or
+    its objective, which is recomputed on every read): stored with the record, and what a result
+    made from it depends on."""
+    return digest({k: record.get(k) for k in ANSWER})
 
 
 def _number(value) -> bool:
@@ -226,6 +237,8 @@ def parse_record(line: bytes) -> tuple[dict | None, str | None]:
         if not (isinstance(examples, list) and all(isinstance(i, str) for i in examples)
                 and len(examples) == len(record["correct"])):
             return None, "a piece of a split whose examples do not match its outcomes"
+    if "digest" in record and record["digest"] != record_digest(record):
+        return None, "its scores or outcomes are not those it was stored with (edited by hand?)"
     return record, None
 
 

@@ -140,6 +140,19 @@ def test_a_product_edited_or_damaged_is_named_and_made_again_never_used(study, a
     assert same((run / "report.md").read_text(), run) == same((finished / "report.md").read_text(), finished)
 
 
+def test_a_stored_soup_edited_by_hand_is_set_aside_and_evaluated_again(study, args, finished, tmp_path):
+    run = copy_of(finished, tmp_path / "run")
+    store = run / "sweep.jsonl"
+    lines = store.read_text().splitlines()
+    record = json.loads(lines[0])
+    record["scores"] = {c: 1.0 for c in record["scores"]}  # a perfect soup, by hand
+    store.write_text("\n".join([json.dumps(record), *lines[1:]]) + "\n")
+    r = study(*args, "stage=soup")
+    assert "its scores or outcomes are not those it was stored with (edited by hand?)" in r.log
+    assert json.loads((run / "sweep.jsonl.rejected").read_text().splitlines()[1]) == record  # kept aside, not used
+    assert read(run, "results.json") == read(finished, "results.json")
+
+
 def test_a_hand_edited_selection_never_reaches_the_soup_or_its_card(study, args, finished, tmp_path):
     run = copy_of(finished, tmp_path / "run")
     experts = [e["model"] for e in read(run, "selection.json")["experts"]]

@@ -33,6 +33,7 @@ from soce import __version__
 from soce.artifacts import (ANALYSIS, OUTCOMES, OUTCOMES_TEST, REPORT, RESULTS, SCORES, SCORES_TEST, SELECTION, SOUP,
                             differences, resolved)
 from soce.errors import DataError
+from soce.store import record_digest
 
 if TYPE_CHECKING:
     from soce.scores import ScoreTable
@@ -145,13 +146,6 @@ def file_digest(path: Path) -> str | None:
     if stat.st_size > BIG:
         return f"stat:{stat.st_size}:{stat.st_mtime_ns}"
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def record_digest(record: dict) -> str:
-    """A stored soup's answer (not its times): what a result made from it depends on."""
-    from soce.artifacts import digest
-
-    return digest({k: record.get(k) for k in ("experts", "weights", "split", "question", "scores", "correct")})
 
 
 # --- inputs beyond the run directory's files: each kind found again by its key ---------------------
