@@ -5,9 +5,10 @@ Each record is appended and fsynced before the next point starts, so a killed sw
 at most the point in flight; a last line cut short by the kill is dropped when the store is
 opened again, and the points already stored are skipped. Nothing else is ever deleted: a line
 anywhere else that is not a valid record (garbage, a hand edit, bytes that are not UTF-8, a
-record lacking a field or holding a NaN, or, once the benchmark is known, one whose categories
-or outcomes are not the benchmark's) is moved to `<file>.rejected` beside the store with its
-line number and the reason, and every record around it is kept.
+record lacking a field or holding a NaN; once the benchmark is known, one whose categories or
+outcomes are not the benchmark's; one whose scores or outcomes are not those it was stored with,
+each record carrying the digest of its answer) is moved to `<file>.rejected` beside the store
+with its line number and the reason, and every record around it is kept.
 
 A store reads its own files only: `sweep.jsonl`, and `sweep.shard-K-of-N.jsonl` for shard K of
 a sweep split N ways (Hydra multirun jobs, Accelerate processes); any other file of the
@@ -97,6 +98,8 @@ class SweepStore:
             record, why = parse_record(line)
             if record is not None and self.problem is not None:
                 why = self.problem(record)
+            if record is not None and why is None:  # the most telling reason first: a form, a benchmark, then an edit
+                why = edited(record)
             if why is not None:
                 rejected.append((number, line, why))
                 continue
@@ -237,9 +240,14 @@ def parse_record(line: bytes) -> tuple[dict | None, str | None]:
         if not (isinstance(examples, list) and all(isinstance(i, str) for i in examples)
                 and len(examples) == len(record["correct"])):
             return None, "a piece of a split whose examples do not match its outcomes"
-    if "digest" in record and record["digest"] != record_digest(record):
-        return None, "its scores or outcomes are not those it was stored with (edited by hand?)"
     return record, None
+
+
+def edited(record: dict) -> str | None:
+    """Why a record's answer is not the one it was stored with (None: it is, or it predates digests)."""
+    if "digest" in record and record["digest"] != record_digest(record):
+        return "its scores or outcomes are not those it was stored with (edited by hand?)"
+    return None
 
 
 def _check_shards(directory: Path, num_shards: int) -> None:
