@@ -220,8 +220,10 @@ class Lineage:
                 return data
         except (UnicodeDecodeError, json.JSONDecodeError):
             pass
-        log.warning("%s is not a lineage record (cut short?): every product of %s is treated as made by no known stage "
-                    "and is made again where a stage reads it", self.path, self.dir)
+        kept = self.path.with_name(LINEAGE + ".unreadable")
+        self.path.rename(kept)
+        log.warning("%s is not a lineage record (cut short?): it moved to %s, and every product of %s is made again where "
+                    "a stage reads it", self.path, kept.name, self.dir)
         return {}
 
     def save(self) -> None:
@@ -229,9 +231,9 @@ class Lineage:
         tmp.write_text(json.dumps(self.entries, indent=1))
         os.replace(tmp, self.path)
 
-    def owner(self, file: str) -> str | None:
-        """The product whose files include `file` of the run directory."""
-        return next((name for name, p in PRODUCTS.items() if file in p.files), None)
+def owner(file: str) -> Product | None:
+    """The product whose files include `file` of the run directory."""
+    return next((p for p in PRODUCTS.values() if file in p.files), None)
 
 
 def lineage(study: "Study") -> Lineage:
@@ -271,12 +273,12 @@ def stale(study: "Study", product: Product, _seen: dict | None = None) -> list[s
             why.append(f"{'have' if product.plural else 'has'} changed since stage {entry['stage']} made {it}: {file} is not "
                        "the file it wrote (edited by hand, or cut short)")
     for key, made in entry["inputs"].items():
-        owner = None if ":" in key else lin.owner(key)
-        if owner is not None and owner != product.name and stale(study, PRODUCTS[owner], seen):
-            why.append(f"{was} made from {key}, which is stale")
-        elif made is None:
+        made_by = None if ":" in key else owner(key)
+        if made is None:
             if _now(study, key) is not None:
                 why.append(f"{was} made without {key}, which is there now")
+        elif made_by is not None and made_by != product and stale(study, made_by, seen):
+            why.append(f"{was} made from {key}, which is stale")
         elif _now(study, key) != made:
             why.append(f"{was} made from another {_describe(key)} than the one there now (it changed, or is gone)")
     seen[product.name] = why
@@ -293,12 +295,12 @@ def _checked(study: "Study", file: str) -> Path:
     noted as an input of what the stage running now makes."""
     lin = lineage(study)
     path = study.dir / file
-    owner = PRODUCTS[lin.owner(file)]
-    entry = lin.entries.get(owner.name)
+    product = owner(file)
+    entry = lin.entries.get(product.name)
     now = file_digest(path)
     if entry is None or entry["files"].get(file) != now:
-        raise DataError(f"{path} is not the file stage {owner.stage} made ({'it has no lineage record' if entry is None else 'it changed'} "
-                        f"while this run was using the directory): run again, and stage {owner.stage} makes it anew")
+        raise DataError(f"{path} is not the file stage {product.stage} made ({'it has no lineage record' if entry is None else 'it changed'} "
+                        f"while this run was using the directory): run again, and stage {product.stage} makes it anew")
     if lin.reads is not None:
         lin.reads[file] = now
     return path
@@ -323,9 +325,8 @@ def read_scores(study: "Study", split: str = "dev") -> "ScoreTable":
 
 
 def has(study: "Study", file: str) -> bool:
-    """Whether the current product that holds `file` made it (scores_test.csv: a benchmark with a test split)."""
-    owner = lineage(study).owner(file)
-    entry = lineage(study).entries.get(owner) if owner else None
+    """Whether the product that holds `file` made it (scores_test.csv: a benchmark with a test split)."""
+    entry = lineage(study).entries.get(owner(file).name)
     return entry is not None and file in entry["files"]
 
 
