@@ -102,21 +102,3 @@ def model_dir(candidate: Candidate) -> str:
                         f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
                         "download it where there is a network and set its path in the pool config") from None
 
-
-def check_soupable(candidates: Sequence[Candidate]) -> None:
-    """The pool's models can be souped together (the same architecture, vocabulary, tensor names
-    and shapes), read from their config and safetensors headers alone: a model that cannot is
-    refused before any is evaluated, whatever the selection would choose."""
-    from soce.merge.checkpoint import check_compatible, open_checkpoint
-
-    if len(candidates) < 2:
-        return
-    dirs = {c.name: model_dir(c) for c in candidates}
-    try:
-        check_compatible([open_checkpoint(d) for d in dirs.values()])
-    except CheckpointError as err:
-        text = str(err)
-        for name, d in dirs.items():
-            text = text.replace(str(d), f"pool model {name!r} ({d})")
-        raise CheckpointError(f"the pool's models cannot be souped together: {text}. A pool is fine-tunes of one base model "
-                              "(one architecture and tokenizer): leave the odd one out of pool.models") from None

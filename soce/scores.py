@@ -25,8 +25,12 @@ BFCL_METADATA = {"Rank", "Model", "Model Link", "Organization", "License"}
 BFCL_METADATA_PREFIXES = ("Cost", "Latency")
 BFCL_AGGREGATES = {"Overall Acc", "Non-Live AST Acc", "Live Acc", "Multi Turn Acc", "AST Summary", "Simple AST",
                    "Live Overall Acc", "Non_Live Overall Acc", "Multi Turn Overall Acc"}
-# The leaf columns of the v3 section files (data_live.csv, data_non_live.csv, data_multi_turn.csv);
-# data_overall.csv's are soce.bfcl.data.CATEGORIES
+# The leaf columns of data_overall.csv (soce.bfcl.data.CATEGORIES: the test files each pools)
+BFCL_LEAVES = ("Non-Live Simple AST", "Non-Live Multiple AST", "Non-Live Parallel AST", "Non-Live Parallel Multiple AST",
+               "Live Simple AST", "Live Multiple AST", "Live Parallel AST", "Live Parallel Multiple AST",
+               "Multi Turn Base", "Multi Turn Miss Func", "Multi Turn Miss Param", "Multi Turn Long Context",
+               "Relevance Detection", "Irrelevance Detection")
+# and of the v3 section files (data_live.csv, data_non_live.csv, data_multi_turn.csv)
 BFCL_SECTION_LEAVES = {"Python Simple AST", "Python Multiple AST", "Python Parallel AST", "Python Parallel Multiple AST",
                        "Java Simple AST", "JavaScript Simple AST", "Multiple AST", "Parallel AST", "Parallel Multiple AST",
                        "Irrelevance Detection", "Relevance Detection", "Base", "Miss Func", "Miss Param", "Long Context"}
@@ -211,12 +215,10 @@ def _check_bfcl_column(path: Path, column: str) -> None:
     """A BFCL leaderboard's score column is one of its leaf columns (an aggregate is left out by
     name): a column of another name, such as a renamed aggregate, would enter the analysis as a
     category."""
-    from soce.bfcl.data import CATEGORIES
-
-    if column not in CATEGORIES and column not in BFCL_SECTION_LEAVES:
+    if column not in BFCL_LEAVES and column not in BFCL_SECTION_LEAVES:
         raise DataError(
             f"{path}: column {column!r} is not a column of the BFCL v3 leaderboard (a renamed aggregate would be analysed "
-            f"as a category{closest(column, [*CATEGORIES, *BFCL_AGGREGATES])}). Its leaf columns: {', '.join(CATEGORIES)}; "
+            f"as a category{closest(column, [*BFCL_LEAVES, *BFCL_AGGREGATES])}). Its leaf columns: {', '.join(BFCL_LEAVES)}; "
             f"its aggregates (left out): {', '.join(sorted(BFCL_AGGREGATES))}. Rename the column, leave it out "
             f"(benchmark.exclude=['{column}']), or name the categories (benchmark.categories=[...])")
 

@@ -116,6 +116,19 @@ def one_error_line(r: subprocess.CompletedProcess, code: int = 1) -> str:
     return errors[0]
 
 
+def copied_micro_pool(zoo_cache: Path, where: Path) -> tuple[dict[str, Path], list[str]]:
+    """The micro family's candidates copied under `where` (models a test may rewrite), and the
+    overrides that make them the pool."""
+    import shutil
+
+    from soce.zoo.family import build_family
+
+    family = build_family("micro", zoo_cache / "zoo", progress=False)
+    copies = {n: Path(shutil.copytree(p, where / n)) for n, p in family.candidates.items()}
+    models = ",".join(f"{{name: {n}, path: '{p}'}}" for n, p in copies.items())
+    return copies, ["pool=all", f"pool.models=[{models}]"]
+
+
 def write_csv(path: Path, text: str) -> Path:
     path.write_text("\n".join(line.strip() for line in text.strip().splitlines()) + "\n")
     return path

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import MICRO_STUDY, run_study
+from conftest import MICRO_STUDY, copied_micro_pool, run_study
 from soce.stages.products import LINEAGE
 
 STUDY = [*MICRO_STUDY, "search.budget=3", "report.line_points=0", "tracker=none"]
@@ -180,12 +180,8 @@ def test_a_changed_model_file_makes_the_analysis_stale(study, zoo_cache, tmp_pat
     """The analysis is made from the models' files: a candidate rewritten since makes it stale."""
     from safetensors.torch import load_file, save_file
 
-    from soce.zoo.family import build_family
-
-    family = build_family("micro", zoo_cache / "zoo", progress=False)
-    copies = {n: shutil.copytree(p, tmp_path / "models" / n) for n, p in family.candidates.items()}
-    models = ",".join(f"{{name: {n}, path: '{p}'}}" for n, p in copies.items())
-    args = [*STUDY, "pool=all", f"pool.models=[{models}]", f"pool.cache_dir={tmp_path / 'cache'}"]
+    copies, pool = copied_micro_pool(zoo_cache, tmp_path / "models")
+    args = [*STUDY, *pool, f"pool.cache_dir={tmp_path / 'cache'}"]
     study(*args, "stage=select")
     weights = copies["micro-json"] / "model.safetensors"
     tensors = load_file(weights)

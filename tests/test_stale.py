@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import MICRO_STUDY
+from conftest import MICRO_STUDY, copied_micro_pool
 from soce.errors import DataError
 from soce.evaluate.candidates import evaluate_candidates
 from soce.toy_fc.direct import ToyFcDirect
@@ -72,10 +72,8 @@ def test_a_changed_benchmark_setting_refuses_the_old_soups(study, zoo_cache, tmp
 
 
 def test_changed_model_files_refuse_the_old_soups(study, zoo_cache, tmp_path):
-    family = build_family("micro", zoo_cache / "zoo", progress=False)
-    copies = {n: shutil.copytree(p, tmp_path / "models" / n) for n, p in family.candidates.items()}
-    models = ",".join(f"{{name: {n}, path: '{p}'}}" for n, p in copies.items())
-    args = [*STUDY, "pool=all", f"pool.models=[{models}]", f"pool.cache_dir={tmp_path / 'cache'}"]
+    copies, pool = copied_micro_pool(zoo_cache, tmp_path / "models")
+    args = [*STUDY, *pool, f"pool.cache_dir={tmp_path / 'cache'}"]
     study(*args, "stage=sweep")
     expert = sweep_records(tmp_path / "run")[0]["experts"][0]
     weights = copies[expert] / "model.safetensors"  # the expert's weights, rewritten (a new revision of the model)

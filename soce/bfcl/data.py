@@ -16,27 +16,28 @@ from pathlib import Path
 from typing import Sequence
 
 from soce.errors import ConfigError, EvaluationError
-from soce.scores import closest
+from soce.scores import BFCL_LEAVES, closest
 
 log = logging.getLogger(__name__)
 
-# The leaderboard's leaf columns (data_overall.csv) and the BFCL test files each pools.
-CATEGORIES: dict[str, tuple[str, ...]] = {
-    "Non-Live Simple AST": ("simple_python", "simple_java", "simple_javascript"),
-    "Non-Live Multiple AST": ("multiple",),
-    "Non-Live Parallel AST": ("parallel",),
-    "Non-Live Parallel Multiple AST": ("parallel_multiple",),
-    "Live Simple AST": ("live_simple",),
-    "Live Multiple AST": ("live_multiple",),
-    "Live Parallel AST": ("live_parallel",),
-    "Live Parallel Multiple AST": ("live_parallel_multiple",),
-    "Multi Turn Base": ("multi_turn_base",),
-    "Multi Turn Miss Func": ("multi_turn_miss_func",),
-    "Multi Turn Miss Param": ("multi_turn_miss_param",),
-    "Multi Turn Long Context": ("multi_turn_long_context",),
-    "Relevance Detection": ("live_relevance",),
-    "Irrelevance Detection": ("irrelevance", "live_irrelevance"),
-}
+# The leaderboard's leaf columns (data_overall.csv: soce.scores.BFCL_LEAVES, in order) and the
+# BFCL test files each pools.
+CATEGORIES: dict[str, tuple[str, ...]] = dict(zip(BFCL_LEAVES, (
+    ("simple_python", "simple_java", "simple_javascript"),  # Non-Live Simple AST
+    ("multiple",),  # Non-Live Multiple AST
+    ("parallel",),  # Non-Live Parallel AST
+    ("parallel_multiple",),  # Non-Live Parallel Multiple AST
+    ("live_simple",),  # Live Simple AST
+    ("live_multiple",),  # Live Multiple AST
+    ("live_parallel",),  # Live Parallel AST
+    ("live_parallel_multiple",),  # Live Parallel Multiple AST
+    ("multi_turn_base",),  # Multi Turn Base
+    ("multi_turn_miss_func",),  # Multi Turn Miss Func
+    ("multi_turn_miss_param",),  # Multi Turn Miss Param
+    ("multi_turn_long_context",),  # Multi Turn Long Context
+    ("live_relevance",),  # Relevance Detection
+    ("irrelevance", "live_irrelevance"),  # Irrelevance Detection
+), strict=True))
 # Entries per test file in BFCL v3 (the leaderboard's snapshots of 2025; gorilla's
 # eval_runner_helper.py at 1bb65c9 weighs the live files by them)
 V3_FILE_SIZES = {"simple_python": 400, "simple_java": 100, "simple_javascript": 50, "multiple": 200, "parallel": 200,

@@ -233,6 +233,22 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
     return Checkpoint(path, config, tensors, seen)
 
 
+def check_soupable(models: dict[str, str | Path]) -> None:
+    """The pool's models (name -> directory) can be souped together: the same architecture,
+    vocabulary, tensor names and shapes, read from their configs and safetensors headers alone;
+    a model that cannot is refused by name before any is evaluated."""
+    if len(models) < 2:
+        return
+    try:
+        check_compatible([open_checkpoint(d) for d in models.values()])
+    except CheckpointError as err:
+        text = str(err)
+        for name, d in models.items():
+            text = text.replace(str(d), f"pool model {name!r} ({d})")
+        raise CheckpointError(f"the pool's models cannot be souped together: {text}. A pool is fine-tunes of one base model "
+                              "(one architecture and tokenizer): leave the odd one out of pool.models") from None
+
+
 def check_compatible(checkpoints: Sequence[Checkpoint], allow_vocab_mismatch: bool = False) -> str | None:
     """Same architecture, tensor names, shapes and vocabulary, floating-point tensors only; names
     the first model and tensor that differ. Returns what differs in dtype (allowed), or None."""

@@ -25,7 +25,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator, Protocol
 
 from omegaconf import DictConfig
 
@@ -37,12 +37,29 @@ from soce.store import record_digest
 
 if TYPE_CHECKING:
     from soce.scores import ScoreTable
-    from soce.stages.study import Study
 
 log = logging.getLogger("soce")
 
 LINEAGE = "lineage.json"
 SUPERSEDED = "superseded"
+
+
+class Study(Protocol):
+    """What of the run's study (soce.stages.study.Study) the rule needs: the run directory, the
+    config, and what finds an input again (the store, the evaluator, a model's fingerprint)."""
+
+    dir: Path
+    cfg: DictConfig
+    searched: tuple | None
+    _lineage: "Lineage | None"
+
+    @property
+    def store(self): ...
+
+    @property
+    def evaluator(self): ...
+
+    def fingerprint(self, candidate) -> str: ...
 
 
 # --- what each product depends on -----------------------------------------------------------------
@@ -79,7 +96,7 @@ class Product:
     settings: Callable[[DictConfig], dict]
     stage: str  # the stage that makes it
 
-    def stale(self, study: "Study") -> list[str]:
+    def stale(self, study: Study) -> list[str]:
         return stale(study, self)
 
     @property
@@ -94,11 +111,11 @@ class Transient:
 
     name: str
     label: str
-    made: Callable[["Study"], bool]
+    made: Callable[[Study], bool]
 
     plural = True
 
-    def stale(self, study: "Study") -> list[str]:
+    def stale(self, study: Study) -> list[str]:
         return [] if self.made(study) else ["were not made in this run (the sweep finds them in its store)"]
 
 
@@ -120,7 +137,7 @@ class Stage:
     results.json); a stale one is moved aside before it runs, never left beside what it makes."""
 
     name: str
-    run: Callable[["Study"], object]
+    run: Callable[[Study], object]
     reads: tuple = ()
     writes: tuple = ()
     consults: tuple[Product, ...] = ()
@@ -149,25 +166,25 @@ def file_digest(path: Path) -> str | None:
 
 
 # --- inputs beyond the run directory's files: each kind found again by its key ---------------------
-def _record_now(study: "Study", key: str) -> str | None:
+def _record_now(study: Study, key: str) -> str | None:
     experts, weights, split = json.loads(key)
     record = study.store.get(experts, weights, split)
     return None if record is None else record_digest(record)
 
 
-def _hub_now(study: "Study", hub_id: str) -> str | None:
+def _hub_now(study: Study, hub_id: str) -> str | None:
     from soce.pool import Candidate
 
     return study.fingerprint(Candidate(hub_id, hub_id=hub_id))
 
 
-def _dir_now(study: "Study", path: str) -> str | None:
+def _dir_now(study: Study, path: str) -> str | None:
     from soce.artifacts import model_fingerprint
 
     return model_fingerprint(Path(path)) if Path(path).is_dir() else None
 
 
-INPUTS: dict[str, Callable[["Study", str], "str | None"]] = {
+INPUTS: dict[str, Callable[[Study, str], "str | None"]] = {
     "dir": _dir_now,  # a local model directory: its files' fingerprint
     "hub": _hub_now,  # a Hub model: its snapshot's files' fingerprint
     "file": lambda study, path: file_digest(Path(path)),  # a score table, a data file
@@ -192,7 +209,7 @@ def _describe(key: str) -> str:
             "evaluator": "evaluator (its code or task files)", "record": f"stored soup {name}"}[kind]
 
 
-def _now(study: "Study", key: str) -> str | None:
+def _now(study: Study, key: str) -> str | None:
     kind, _, name = key.partition(":")
     if kind in INPUTS:
         return INPUTS[kind](study, name)
@@ -236,13 +253,13 @@ def owner(file: str) -> Product | None:
     return next((p for p in PRODUCTS.values() if file in p.files), None)
 
 
-def lineage(study: "Study") -> Lineage:
+def lineage(study: Study) -> Lineage:
     if study._lineage is None or study._lineage.dir != study.dir:
         study._lineage = Lineage(study.dir)
     return study._lineage
 
 
-def stale(study: "Study", product: Product, _seen: dict | None = None) -> list[str]:
+def stale(study: Study, product: Product, _seen: dict | None = None) -> list[str]:
     """Why `product` in the run directory cannot be used now, each reason a phrase after its label
     ('was made with other settings (...)'); empty: it is current."""
     seen = {} if _seen is None else _seen
@@ -285,12 +302,12 @@ def stale(study: "Study", product: Product, _seen: dict | None = None) -> list[s
     return why
 
 
-def current(study: "Study", product: Product) -> bool:
+def current(study: Study, product: Product) -> bool:
     return not stale(study, product)
 
 
 # --- reading a product ------------------------------------------------------------------------------
-def _checked(study: "Study", file: str) -> Path:
+def _checked(study: Study, file: str) -> Path:
     """`file` of the run directory, checked against the lineage of the product it belongs to and
     noted as an input of what the stage running now makes."""
     lin = lineage(study)
@@ -306,12 +323,12 @@ def _checked(study: "Study", file: str) -> Path:
     return path
 
 
-def read_json(study: "Study", file: str) -> dict:
+def read_json(study: Study, file: str) -> dict:
     """A JSON product of the run directory (analysis.json, selection.json, results.json), checked."""
     return json.loads(_checked(study, file).read_text())
 
 
-def read_scores(study: "Study", split: str = "dev") -> "ScoreTable":
+def read_scores(study: Study, split: str = "dev") -> "ScoreTable":
     """The candidates' scores on `split` that the analysis wrote (scores.csv, scores_test.csv, with
     their outcomes where the benchmark has them), checked."""
     from soce.scores import outcomes_path, read_scores as read
@@ -324,13 +341,13 @@ def read_scores(study: "Study", split: str = "dev") -> "ScoreTable":
     return read(path)
 
 
-def has(study: "Study", file: str) -> bool:
+def has(study: Study, file: str) -> bool:
     """Whether the product that holds `file` made it (scores_test.csv: a benchmark with a test split)."""
     entry = lineage(study).entries.get(owner(file).name)
     return entry is not None and file in entry["files"]
 
 
-def read_if_current(study: "Study", product: Product, file: str) -> dict | None:
+def read_if_current(study: Study, product: Product, file: str) -> dict | None:
     """`file` of `product` where the product is current, else None (and its absence noted as an input)."""
     if current(study, product):
         return read_json(study, file)
@@ -339,20 +356,20 @@ def read_if_current(study: "Study", product: Product, file: str) -> dict | None:
     return None
 
 
-def used(study: "Study", key: str, digest: str | None) -> None:
+def used(study: Study, key: str, digest: str | None) -> None:
     """An input beyond the run directory's files (INPUTS' kinds), noted for what the stage running now makes."""
     reads = lineage(study).reads
     if reads is not None:
         reads[key] = digest
 
 
-def use_record(study: "Study", record: dict) -> None:
+def use_record(study: Study, record: dict) -> None:
     used(study, record_key(record), record_digest(record))
 
 
 # --- making a product -------------------------------------------------------------------------------
 @contextmanager
-def making(study: "Study", stage: Stage) -> Iterator[None]:
+def making(study: Study, stage: Stage) -> Iterator[None]:
     """Around a stage's run: what it will replace that is stale moved aside first; on success, its
     products entered in lineage.json with their settings, inputs and files, and every product made
     from a file it replaced moved aside after it."""
@@ -381,7 +398,7 @@ def making(study: "Study", stage: Stage) -> Iterator[None]:
     lin.save()
 
 
-def _folder(study: "Study", names: list[str]) -> Path:
+def _folder(study: Study, names: list[str]) -> Path:
     """This run's superseded/<time>/ (a new one where it holds one of `names` already)."""
     lin = lineage(study)
     if lin.folder is None or any((lin.folder / n).exists() for n in names):
@@ -395,7 +412,7 @@ def _folder(study: "Study", names: list[str]) -> Path:
     return lin.folder
 
 
-def _supersede(study: "Study", product: Product, why: list[str], making: bool) -> None:
+def _supersede(study: Study, product: Product, why: list[str], making: bool) -> None:
     """Move `product`'s files and lineage entry to this stage's superseded/<time>/, saying why."""
     lin = lineage(study)
     moved = [f for f in product.files if (study.dir / f).exists()]
@@ -412,7 +429,7 @@ def _supersede(study: "Study", product: Product, why: list[str], making: bool) -
     log.warning("%s %s: moved to %s (%s; %s)", product.label, "; ".join(why[:3]), folder, ", ".join(moved), then)
 
 
-def _supersede_orphans(study: "Study", replaced: set[str]) -> None:
+def _supersede_orphans(study: Study, replaced: set[str]) -> None:
     """Every product made from a file that is no longer the one it read (the stage just replaced
     it, or it moved aside), moved aside after it, until none is left."""
     lin = lineage(study)

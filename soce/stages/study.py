@@ -16,7 +16,7 @@ from soce.artifacts import SCORES_TEST
 from soce.benchmarks import BenchmarkBase
 from soce.choices import EngineName
 from soce.errors import ConfigError
-from soce.pool import Candidate, check_soupable, fingerprint, model_dir, resolve_pool
+from soce.pool import Candidate, fingerprint, model_dir, resolve_pool
 from soce.progress import plural
 from soce.scores import ScoreTable
 from soce.stages import products
@@ -241,7 +241,9 @@ class Study:
         products.used(self, products.input_key("evaluator", self.benchmark.name), evaluator.fingerprint)
         for ref in refs:
             self.use_model(ref)
-        check_soupable(refs)  # before any is evaluated
+        from soce.merge.checkpoint import check_soupable
+
+        check_soupable({ref.name: model_dir(ref) for ref in refs})  # before any is evaluated
         return evaluate_candidates(refs, evaluator, evaluator.splits, self.cache_dir.parent / "evals", self.question(),
                                    self.benchmark.candidate_check(), reuse=self.cfg.benchmark.cache,
                                    load=self.candidate_engine, objective=self.objective)
