@@ -109,9 +109,11 @@ EDITS = {
 }
 
 
-# the cheapest stage that reads each file: select reads the analysis, sweep the selection, the
-# report consults results.json
+# the cheapest stage that reads each file (select reads the analysis, sweep the selection), or the
+# one the campaign saw fail: the report read a missing or truncated analysis.json, and consults
+# results.json
 READER = {"selection.json": "stage=sweep", "results.json": "stage=report"}
+READER_OF_EDIT = {"analysis.json missing": "stage=report", "analysis.json cut short": "stage=report"}
 
 
 @pytest.mark.parametrize("edit", list(EDITS))
@@ -130,7 +132,7 @@ def test_a_product_edited_or_damaged_is_named_and_made_again_never_used(study, a
         path.mkdir()
     else:
         path.write_text(change(original))
-    r = study(*args, READER.get(name, "stage=select"))
+    r = study(*args, READER_OF_EDIT.get(edit) or READER.get(name, "stage=select"))
     assert "Traceback" not in r.log and "resumes" not in r.log
     assert name in r.log  # named
     if name == "results.json":
