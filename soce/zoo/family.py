@@ -100,7 +100,7 @@ FAMILIES = {
         candidates=(
             CandidateSpec("fc-generalist", UNIFORM, 150, 5e-4, 1),
             CandidateSpec("fc-json", mixed(0.4, json=1), 120, 1e-3, 2),
-            CandidateSpec("fc-parallel", mixed(0.4, parallel=1, parallel_multiple=1), 120, 1e-3, 3),
+            CandidateSpec("fc-parallel", mixed(0.4, parallel=1, parallel_multiple=1, json=0.25), 120, 1e-3, 3),
             CandidateSpec("fc-relevance", mixed(0.4, irrelevance=1, multiple=1), 100, 1e-3, 4),
             CandidateSpec("fc-simple-short", mixed(0.3, simple=1), 60, 5e-4, 5),
             CandidateSpec("fc-hot", UNIFORM, 100, 1e-3, 6),
