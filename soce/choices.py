@@ -77,6 +77,11 @@ class Split(Choice):
     test = "test"
 
 
+class Space(Choice):
+    grid = "grid"  # the paper's grid (search.lo, hi, step, include_uniform)
+    simplex = "simplex"  # every point of the simplex in steps of search.simplex_step, the experts alone included
+
+
 class Players(Choice):
     experts = "experts"
     candidates = "candidates"  # every candidate of the pool

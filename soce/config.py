@@ -71,6 +71,9 @@ class SweepConfig:
     shard: Optional[int] = None  # this job's share of the points: shard k of num_shards (points k, k+N, ...)
     num_shards: int = 1
     store: Optional[str] = None  # the store directory shared by the shards; default: the multirun's sweep dir
+    # where soups are kept for later runs asking the same question (any run directory, any day);
+    # default: beside the candidates' evaluations (pool.cache_dir, else ~/.cache/soce), in soups/
+    soup_cache: Optional[str] = None
     collect: bool = True  # at the end of a sharded multirun, merge the shards and run the soup and report
     # Where the live model and the experts go (soce/placement/memory.py makes the memory plan):
     device: Optional[str] = None  # one device (cpu, cuda:1); default: the GPUs of sweep.devices (under accelerate launch: each process's)

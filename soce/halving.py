@@ -61,6 +61,17 @@ class Halving:
     evaluated: int = 0
     best: Point | None = None
 
+    def to_dict(self, grid: int) -> dict:
+        """For results.json: what it spent against the grid's `grid` examples."""
+        return {"examples": self.evaluated, "grid_examples": grid, "share_of_grid": self.evaluated / grid,
+                "rungs": [len(s) for s in self.subsets], "alive": [len(a) for a in self.alive]}
+
+    def summary(self, grid: int) -> str:
+        """What it did against the grid's `grid` examples, in a line."""
+        return (f"rungs of {'/'.join(str(len(s)) for s in self.subsets)} examples, "
+                f"{'/'.join(str(len(a)) for a in self.alive)} points alive at each; {self.evaluated} examples asked for, "
+                f"{100 * self.evaluated / grid:.0f}% of the grid's {grid}")
+
 
 def successive_halving(points: Sequence[Point], examples: Sequence[tuple[str, str]], evaluate_on: EvaluateOn, *,
                        eta: int = 3, min_examples: int | None = None, seed: int = 0, race: bool = False,

@@ -7,10 +7,10 @@ shards can split it. Adding a strategy is one class here and one YAML file in co
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, ClassVar, Optional, Sequence
+from dataclasses import dataclass, field
+from typing import Callable, ClassVar, Mapping, Optional, Sequence
 
-from soce.choices import ObjectiveName, Split
+from soce.choices import ObjectiveName, Space, Split
 from soce.errors import ConfigError
 from soce.registry import Registry
 from soce.weights import close, dirichlet, simplex_grid, uniform
@@ -28,6 +28,7 @@ class Examples:
     pairs: Sequence[tuple[str, str]]  # (id, category)
     evaluate_on: EvaluateOn  # a point's outcomes on some of them
     objective: object  # a soce.objective.Objective: a point's objective on any subset
+    known: Mapping[Point, Mapping[str, bool]] = field(default_factory=dict)  # each expert alone: its candidate outcomes
 
 SEARCHES: Registry[type["SearchBase"]] = Registry("search")
 
@@ -141,6 +142,10 @@ class GridSearch(SearchBase):
     def points(self, n: int) -> list[Point]:
         return grid_points(n, self.lo, self.hi, self.step, self.include_uniform, self.budget)
 
+    def grid_size(self, n: int) -> int:
+        """The points of the whole grid over n experts (the yardstick of a cheaper search's cost)."""
+        return len(grid_points(n, self.lo, self.hi, self.step, self.include_uniform))
+
 
 @SEARCHES.register("halving")
 @dataclass
@@ -187,6 +192,69 @@ class HalvingSearch(GridSearch):
 
     def expected(self, n: int, shard: tuple[int, int] = (0, 1)) -> None:
         return None
+
+
+@SEARCHES.register("surrogate")
+@dataclass
+class SurrogateSearch(GridSearch):
+    """A surrogate of each category's accuracy over the weights (soce/surrogate.py): the points
+    worth evaluating chosen by an upper confidence bound on the benchmark's objective, each on
+    growing chunks of the dev examples; the returned point evaluated on all of them. budget: the
+    dev examples it may evaluate, in whole splits (default: 5 % of the grid's)."""
+
+    name: str = "surrogate"
+    budget: Optional[float] = None
+    space: Space = Space.grid
+    simplex_step: float = 0.05
+    chunks: int = 8  # the dev split in this many nested, stratified chunks
+    explore: Optional[int] = None  # space-filling points after the uniform one (default: one per expert)
+    confidence: float = 0.9  # of the upper bounds it compares and stops on
+    pairwise: bool = True  # pairwise terms in the model (false: logit-linear)
+    seed: int = 0
+
+    shardable: ClassVar[bool] = False
+    per_example: ClassVar[bool] = True
+
+    def check(self) -> None:
+        if self.budget is not None and self.budget <= 0:
+            raise ConfigError(f"search.budget={self.budget}: the dev examples it may evaluate, in whole splits (e.g. 3.5)")
+        try:
+            simplex_grid(1, self.lo, self.hi, self.step)
+        except ConfigError as err:
+            raise ConfigError(f"search: {err}") from None
+        if self.chunks < 1:
+            raise ConfigError(f"search.chunks={self.chunks}: at least 1")
+        if not 0.5 <= self.confidence < 1:
+            raise ConfigError(f"search.confidence={self.confidence}: must be in [0.5, 1) (e.g. 0.9)")
+        if self.explore is not None and self.explore < 0:
+            raise ConfigError(f"search.explore={self.explore}: 0 or more points")
+        try:
+            simplex_grid(1, 0.0, 1.0, self.simplex_step)
+        except ConfigError as err:
+            raise ConfigError(f"search.simplex_step: {err}") from None
+
+    def space_points(self, n: int) -> list[Point]:
+        if self.space == Space.simplex:
+            return simplex_grid(n, 0.0, 1.0, self.simplex_step)
+        return grid_points(n, self.lo, self.hi, self.step, self.include_uniform)
+
+    def budget_of(self, n: int) -> float:
+        """Whole splits of examples it may evaluate: search.budget, or 5 % of the grid's."""
+        return self.budget if self.budget is not None else 0.05 * self.grid_size(n)
+
+    def points(self, n: int) -> None:  # chosen one by one, from the scores so far
+        return None
+
+    def expected(self, n: int, shard: tuple[int, int] = (0, 1)) -> None:
+        return None
+
+    def run(self, n, evaluate, order, shard=(0, 1), examples=None):
+        """Returns what it did (a soce.surrogate.SurrogateRun)."""
+        from soce.surrogate import surrogate_search
+
+        return surrogate_search(self.space_points(n), examples.pairs, examples.evaluate_on, examples.objective,
+                                budget=self.budget_of(n), known=examples.known, chunks=self.chunks,
+                                explore=self.explore, confidence=self.confidence, seed=self.seed, pairwise=self.pairwise)
 
 
 @SEARCHES.register("uniform")

@@ -271,3 +271,63 @@ def _check_no_shard_running(directory: Path) -> None:
             except BlockingIOError:
                 raise DataError(f"{path} is still being written by its shard's job: collecting now would evaluate its "
                                 "remaining points a second time. Wait for that job to finish, then collect") from None
+
+
+class SoupCache:
+    """Soups evaluated by any run, kept for the question they answered (beside the candidates'
+    evaluations, ~/.cache/soce/soups/): one JSON-lines file per question (a digest of the
+    benchmark's settings, the evaluator, the experts' files, the engine), appended under a lock,
+    so that a later run asking the same question, in any run directory, finds them again instead
+    of evaluating them. A record is used only if its question equals the one asked and its
+    answer matches its digest; a line that is not such a record is skipped. The run directory's
+    store stays the study's own record: a soup found here is copied into it."""
+
+    def __init__(self, directory: Path, question: dict, reuse: bool = True) -> None:
+        """reuse=False (benchmark.cache=false): nothing is found, every soup evaluated is kept."""
+        self.reuse = reuse
+        self.question = json.loads(json.dumps(question))  # as a record holds it
+        self.path = Path(directory) / f"{digest(self.question)[:24]}.jsonl"
+        self._records: dict[tuple[str, str], dict] | None = None
+        self.broken = False  # a write failed: the cache is left alone for the rest of the run
+
+    def _load(self) -> dict[tuple[str, str], dict]:
+        if self._records is None:
+            self._records = {}
+            try:
+                lines = self.path.read_bytes().split(b"\n") if self.path.exists() else []
+            except OSError:
+                lines = []
+            for line in lines:
+                record, why = parse_record(line)
+                if record is None or why or edited(record) or record.get("question") != self.question:
+                    continue
+                self._records.setdefault((key(record["weights"]), record["split"]), record)
+        return self._records
+
+    def get(self, weights, split: str) -> dict | None:
+        """The soup at `weights` on the whole of `split`, where some run evaluated it."""
+        return self._load().get((key(weights), split)) if self.reuse else None
+
+    def pieces(self, weights, split: str) -> list[dict]:
+        """The soup's evaluated pieces of `split` (searches over subsets of the examples)."""
+        if not self.reuse:
+            return []
+        point = key(weights)
+        return [r for (k, s), r in self._load().items() if k == point and s.startswith(f"{split}@")]
+
+    def add(self, record: dict) -> None:
+        """Kept for later runs; a cache that cannot be written is said once and left alone."""
+        if self.broken:
+            return
+        record = {**record, "digest": record_digest(record)}
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("ab") as f:
+                fcntl.flock(f, fcntl.LOCK_EX)
+                f.write((json.dumps(record) + "\n").encode())
+        except OSError as err:
+            self.broken = True
+            log.warning("%s: cannot keep soups for later runs (%s): this run goes on without the cache", self.path,
+                        err.strerror or err)
+            return
+        self._load().setdefault((key(record["weights"]), record["split"]), record)

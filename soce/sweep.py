@@ -8,7 +8,7 @@ import json
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 from soce.artifacts import digest
 from soce.objective import Objective
@@ -17,7 +17,7 @@ from soce.errors import DataError, EvaluationError
 from soce.pool import Candidate
 from soce.progress import Progress
 from soce.scores import Outcome
-from soce.store import SweepStore
+from soce.store import SoupCache, SweepStore
 from soce.threads import compute_threads
 from soce.tracking import NoTracker, Tracker
 from soce.weights import key
@@ -69,10 +69,12 @@ class Souper:
 
     def __init__(self, experts: Sequence[Candidate], evaluator: Evaluator, store: SweepStore, question: dict,
                  objective: Objective, tracker: Tracker | None = None, kind: str = "sweep", placement: Placement = Placement(),
-                 on_use: Callable[[dict], None] | None = None) -> None:
-        """on_use: called with every whole record a result is made of (the lineage of what uses it)."""
+                 on_use: Callable[[dict], None] | None = None, cache: "SoupCache | None" = None) -> None:
+        """on_use: called with every whole record a result is made of (the lineage of what uses it);
+        cache: soups evaluated by earlier runs for the same question (found before evaluating)."""
         self.experts, self.placement = list(experts), placement
-        self.on_use = on_use
+        self.on_use, self.cache = on_use, cache
+        self.from_cache = 0  # soups (and pieces) this souper found in the cache of earlier runs
         self.names = [e.name for e in experts]
         self.evaluator, self.store, self.objective, self.kind = evaluator, store, objective, kind
         self.question = question
@@ -96,7 +98,7 @@ class Souper:
 
     def evaluate(self, weights: Sequence[float], split: str = "dev") -> dict:
         """The record of the soup at `weights` on `split`: from the store, or evaluated now and stored."""
-        record = stored = self.store.get(self.names, weights, split)
+        record = stored = self.store.get(self.names, weights, split) or self._from_cache(weights, split)
         if record is None:
             if self.stored_only:
                 raise NotStored(weights, split)
@@ -133,9 +135,20 @@ class Souper:
                 "question": self.question, "scores": scores, "objective": self.objective.of(scores, outcomes),
                 "correct": solved_bits(outcomes), "merge_s": merge_s, "eval_s": eval_s, "time": time.time()}
 
+    def _from_cache(self, weights: Sequence[float], split: str) -> dict | None:
+        """The soup from the cache of earlier runs, copied into this run's store (None: not there)."""
+        cached = self.cache.get(weights, split) if self.cache is not None else None
+        if cached is None:
+            return None
+        self.store.append({k: v for k, v in cached.items() if k != "digest"})
+        self.from_cache += 1
+        return self.store.get(self.names, weights, split)
+
     def _store(self, record: dict) -> None:
-        """Stored (fsynced) before anything else happens, then logged."""
+        """Stored (fsynced) before anything else happens, kept for later runs, then logged."""
         self.store.append(record)
+        if self.cache is not None:
+            self.cache.add(record)
         kind, split = self.kind, record["split"]
         self.tracker.log_metrics({f"{kind}/{split}/objective": record["objective"],
                                   **{f"{kind}/{split}/{c}": v for c, v in record["scores"].items()},
@@ -150,12 +163,17 @@ class Souper:
         evaluated whole."""
         known = self._known_outcomes(weights, split)
         missing = sorted(i for i in ids if i not in known)
+        if missing and self.cache is not None:  # what earlier runs evaluated of it
+            known.update(self._cached_outcomes(weights, split))
+            missing = sorted(i for i in ids if i not in known)
         if missing:
             if self.stored_only:
                 raise NotStored(weights, split)
             record = self._evaluate(weights, split, missing)
             record = {**record, "kind": "halving", "split": f"{split}@{digest(missing)[:12]}", "examples": missing}
             self.store.append(record)
+            if self.cache is not None:
+                self.cache.add(record)
             known.update(zip(missing, (b == "1" for b in record["correct"])))
             if self.bar is not None:
                 self.bar.update(len(missing))
@@ -169,6 +187,21 @@ class Souper:
         point = key(weights)
         return [r for r in self.store if r["experts"] == self.names and r["split"].startswith(f"{split}@")
                 and key(r["weights"]) == point]
+
+    def _cached_outcomes(self, weights: Sequence[float], split: str) -> dict[str, bool]:
+        """What earlier runs evaluated of the soup (its whole split, else its pieces), copied into
+        this run's store."""
+        full = self._from_cache(weights, split)
+        if full is not None:
+            return solved_by_id(full["correct"], [i for i, _ in self.example_ids(split)])
+        have = {r["split"] for r in self._pieces(weights, split)}
+        known: dict[str, bool] = {}
+        for piece in self.cache.pieces(weights, split):
+            if piece["split"] not in have:
+                self.store.append({k: v for k, v in piece.items() if k != "digest"})
+                self.from_cache += 1
+                known.update(zip(piece["examples"], (b == "1" for b in piece["correct"])))
+        return known
 
     def _known_outcomes(self, weights: Sequence[float], split: str) -> dict[str, bool]:
         full = self.store.get(self.names, weights, split)
@@ -248,21 +281,24 @@ class SearchResult:
     for, once each, in the order first asked (objective as asked now); `best`: its choice among
     them (the best objective, the first asked of equals; search=halving's survivor), None for a
     shard's share or a replay cut short (`complete` False: the store does not hold every soup
-    the search asks for yet); `halving`: what a halving or race search did."""
+    the search asks for yet); `run`: what a search over subsets of the examples did (a
+    soce.halving.Halving, a soce.surrogate.SurrogateRun), for its summary."""
 
     records: list[dict]
     best: dict | None
     complete: bool = True
-    halving: object = None
+    run: object = None
 
 
 def search_soups(souper: Souper, search, split: str, order: Sequence[int], shard: tuple[int, int] = (0, 1),
-                 stored_only: bool = False) -> SearchResult:
+                 stored_only: bool = False, known: Mapping[tuple, Mapping[str, bool]] | None = None) -> SearchResult:
     """Run `search` over `souper`'s experts on `split`: every soup it asks for comes from the
     store or is evaluated now and stored. Its result is made of the soups it asked for alone,
     whatever else the store holds (other searches', the report's, the baselines'), so running it
     again with the same settings gives the same result. stored_only: evaluate nothing, stop at
-    the first soup the store lacks (what a report of an unfinished sweep shows)."""
+    the first soup the store lacks (what a report of an unfinished sweep shows). known: each
+    expert alone (a one-hot point) with its outcomes on the split by example id, which a search
+    may use without evaluating them (its candidate evaluation)."""
     from soce.search import Examples, run_search
 
     asked: dict[str, dict] = {}
@@ -274,7 +310,8 @@ def search_soups(souper: Souper, search, split: str, order: Sequence[int], shard
 
     souper.stored_only = stored_only
     try:
-        examples = (Examples(souper.example_ids(split), lambda p, ids: souper.outcomes_on(p, split, ids), souper.objective)
+        examples = (Examples(souper.example_ids(split), lambda p, ids: souper.outcomes_on(p, split, ids), souper.objective,
+                             known or {})
                     if search.per_example else None)
         done = run_search(search, len(souper.names), evaluate, order, shard, examples)
     except NotStored:
@@ -287,7 +324,15 @@ def search_soups(souper: Souper, search, split: str, order: Sequence[int], shard
         survivors = done.alive[-1] if done is not None and done.alive else []
         full = [souper.store.get(souper.names, p, split) for p in survivors]
         records = [souper._with_objective(r) for r in full if r is not None]
-        best = souper._with_objective(souper.store.get(souper.names, done.best, split)) if done and done.best else None
+        best = None
+        if done and done.best:
+            stored = souper.store.get(souper.names, done.best, split)
+            if stored is not None:
+                best = souper._with_objective(stored)
+            elif stored_only:
+                complete = False
+            else:  # an expert alone, known from its candidate evaluation: evaluated as a soup, stored
+                best = souper.evaluate(done.best, split)
         return SearchResult(records, best, complete, done)
     records = list(asked.values())
     best = max(records, key=lambda r: r["objective"]) if complete and shard[1] == 1 and records else None

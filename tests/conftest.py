@@ -49,10 +49,19 @@ def study(tmp_path, caplog):
     return run
 
 
+def own_soup_cache(overrides, where: Path) -> list[str]:
+    """The overrides with a cache of soups of the test's own (`where`), unless they name one: the
+    cross-run cache would otherwise carry soups from one test to the next."""
+    overrides = list(overrides)
+    return overrides if any(o.startswith("sweep.soup_cache=") for o in overrides) else [*overrides, f"sweep.soup_cache={where}"]
+
+
 def run_study(overrides, run_dir: Path) -> Study:
     """The `study` fixture's run, for a fixture of wider scope (where caplog is not available):
     the study's soce log lines are collected by a handler of its own."""
     import io
+
+    overrides = own_soup_cache(overrides, run_dir.parent / "soups")
 
     text = io.StringIO()
     handler = logging.StreamHandler(text)
@@ -79,8 +88,8 @@ def soce(tmp_path):
         environ = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
         environ.update(WANDB_CONFIG_DIR=str(tmp_path / ".wandb-config"), WANDB_CACHE_DIR=str(tmp_path / ".wandb-cache"))
         environ.update(env or {})
-        return subprocess.run([sys.executable, "-m", "soce", *args], cwd=cwd or tmp_path, env=environ,
-                              capture_output=True, text=True, preexec_fn=preexec)
+        return subprocess.run([sys.executable, "-m", "soce", *own_soup_cache(args, tmp_path / "soups")], cwd=cwd or tmp_path,
+                              env=environ, capture_output=True, text=True, preexec_fn=preexec)
 
     return run
 
@@ -96,7 +105,7 @@ def accelerate_launch(args: list[str], cwd: Path, processes: int = 2) -> subproc
     return subprocess.run(
         [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
          "--num_machines", "1", "--main_process_port", str(port), "--mixed_precision", "no", "--dynamo_backend", "no",
-         "-m", "soce", *args],
+         "-m", "soce", *own_soup_cache(args, cwd / "soups")],
         capture_output=True, text=True, env=env, cwd=cwd,
     )
 

@@ -122,7 +122,8 @@ def test_halving_sharded_then_collected_gives_the_unsharded_sweep(study, halving
 @pytest.mark.slow
 def test_a_halving_sweep_killed_mid_rung_resumes_where_it_stopped(zoo_cache, tmp_path):
     run = tmp_path / "run"
-    args = [*STUDY, f"pool.cache_dir={zoo_cache}", "stage=sweep", "search=halving", f"hydra.run.dir={run}"]
+    args = [*STUDY, f"pool.cache_dir={zoo_cache}", "stage=sweep", "search=halving", f"hydra.run.dir={run}",
+            f"sweep.soup_cache={tmp_path / 'soups'}"]
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
     proc = subprocess.Popen([sys.executable, "-m", "soce", *args], cwd=tmp_path, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -242,6 +242,7 @@ def test_ctrl_c_mid_sweep_is_one_line_exit_130_and_loses_nothing(zoo_cache, tmp_
 
     run = tmp_path / "run"
     argv = [sys.executable, "-m", "soce", *MICRO_STUDY, "tracker=none", f"pool.cache_dir={zoo_cache}", "stage=sweep",
+            f"sweep.soup_cache={tmp_path / 'soups'}",
             f"hydra.run.dir={run}"]
     proc = subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     store = run / "sweep.jsonl"

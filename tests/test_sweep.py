@@ -269,3 +269,40 @@ def test_a_budget_keeps_the_uniform_point(n, budget):
     others = [p for p in points if not close(p, uniform(n))]
     assert others == [p for p in grid_points(n, 0.1, 0.9, 0.1, True)[:budget] if not close(p, uniform(n))][: len(others)]
     assert not any(close(p, uniform(3)) for p in grid_points(3, 0.1, 0.9, 0.1, False, 3))  # only where asked for
+
+
+# --- issue 37: a rerun pays for nothing twice --------------------------------------------------------
+def test_a_second_run_in_another_directory_evaluates_no_soup_again_and_says_so(study, zoo_cache, tmp_path):
+    args = [*STUDY, "search.budget=3", f"pool.cache_dir={zoo_cache}", "stage=soup", "report.line_points=0"]
+    first = study(*args, run_dir=tmp_path / "first")
+    assert "from the soups of earlier runs" not in first.log
+    again = study(*args, run_dir=tmp_path / "again")  # another run directory, the same question
+    assert f"3 points on dev (0 already in the store, 3 from the soups of earlier runs in {tmp_path / 'soups'})" in again.log
+    found = re.search(r"soup: (\d+) soups found in the soups of earlier runs", again.log)
+    assert found and int(found.group(1)) >= 3  # the uniform soups on test, of all candidates on dev: none evaluated again
+    results = [json.loads((tmp_path / d / "results.json").read_text())["rows"] for d in ("first", "again")]
+    assert results[0] == results[1]
+    kept = [json.loads(line) for line in (tmp_path / "again" / "sweep.jsonl").read_text().splitlines()]
+    assert len(kept) == len((tmp_path / "first" / "sweep.jsonl").read_text().splitlines())  # the run's own record, whole
+
+
+@pytest.mark.parametrize("change", ["benchmark.seed=1", "benchmark.cache=false"])
+def test_the_soups_of_earlier_runs_never_answer_another_question(study, zoo_cache, tmp_path, change):
+    args = [*STUDY, "search.budget=2", f"pool.cache_dir={zoo_cache}", "stage=sweep"]
+    study(*args, run_dir=tmp_path / "first")
+    other = study(*args, change, run_dir=tmp_path / "other")
+    assert "from the soups of earlier runs" not in other.log and "2 points on dev (0 already in the store)" in other.log
+
+
+def test_a_soup_of_changed_model_files_or_another_engine_is_not_found_again(tmp_path):
+    from soce.store import SoupCache
+
+    question = {"benchmark": {"name": "toy_fc"}, "evaluator": "e", "models": {"a": "fp-a", "b": "fp-b"}}
+    record = sweep_record([0.5, 0.5], 0.7, question=question)
+    SoupCache(tmp_path, question).add(record)
+    assert SoupCache(tmp_path, question).get([0.5, 0.5], "dev")["scores"] == {"x": 0.7}
+    for other in ({**question, "models": {"a": "fp-a", "b": "fp-b2"}}, {**question, "engine": "vllm"}):
+        assert SoupCache(tmp_path, other).get([0.5, 0.5], "dev") is None
+    with (tmp_path / SoupCache(tmp_path, question).path.name).open("a") as f:  # a line edited by hand: never trusted
+        f.write(json.dumps({**record, "scores": {"x": 1.0}, "digest": "0" * 64, "weights": [0.4, 0.6]}) + "\n")
+    assert SoupCache(tmp_path, question).get([0.4, 0.6], "dev") is None

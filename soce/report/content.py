@@ -54,6 +54,7 @@ class StudyReport:
     candidate_souper: Callable[[], Souper] | None = None  # every candidate's soups (players=candidates)
     points: list[dict] = field(default_factory=list)  # the search's points stored so far, objective as asked now
     pieces: int = 0  # search=halving: pieces of points stored (examples subsets), for a sweep without full points yet
+    search_run: dict | None = None  # what a search over subsets of the examples did (its to_dict), where it did
     own: dict[str, ScoreTable] = field(default_factory=dict)  # split -> the candidates' own scores
     results: dict | None = None  # results.json, where the soup stage has run
     line_points: int = 0  # soups on the line between each pair of experts (0: none)

@@ -24,6 +24,33 @@ def _pyplot():
     return plt
 
 
+def plot_surrogate(fit: Sequence[dict], title: str, path: Path) -> None:
+    """Each point evaluated on every example: its objective as the surrogate fitted without it
+    predicts it (+-1 s.d.), against as measured; the experts alone apart from the soups."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.6, 5.0))
+    for corner, style in ((True, dict(marker="s", color="gray", label="an expert alone")),
+                          (False, dict(marker="o", color="steelblue", label="a soup"))):
+        rows = [f for f in fit if f["measured"] is not None and (max(f["point"]) == 1.0) == corner]
+        if rows:
+            ax.errorbar([f["measured"] for f in rows], [f["predicted"] for f in rows], yerr=[f["sd"] for f in rows],
+                        linestyle="none", capsize=3, **style)
+    values = [v for f in fit if f["measured"] is not None for v in (f["measured"], f["predicted"])]
+    if values:
+        lo, hi = min(values), max(values)
+        pad = 0.1 * (hi - lo or 0.05)
+        ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="black", linewidth=0.8, label="predicted = measured")
+        ax.set_xlim(lo - pad, hi + pad)
+        ax.set_ylim(lo - pad, hi + pad)
+    ax.set_xlabel("measured")
+    ax.set_ylabel("predicted without it (leave-one-out)")
+    ax.legend(loc="upper left", fontsize=8, frameon=False)
+    ax.set_title(textwrap.fill(title, 60), fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
 def plot_shapley(players: Sequence[str], result: ShapleyResult, title: str, path: Path) -> None:
     """One horizontal bar per player, largest on top; Monte Carlo values with +-2 standard errors."""
     plt = _pyplot()

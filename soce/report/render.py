@@ -16,7 +16,7 @@ from soce.progress import plural
 from soce.report.content import Content, Diagnostics, Landscape, ShapleyValues, StudyReport, WinRateRows
 from soce.report.consistency import Consistency
 from soce.report.diagnostics import THRESHOLDS, prediction
-from soce.report.plots import plot_consistency, plot_diagnostics, plot_shapley, plot_ternary
+from soce.report.plots import plot_consistency, plot_diagnostics, plot_shapley, plot_surrogate, plot_ternary
 from soce.report.significance import score_text, supported
 from soce.stability import stability_lines
 
@@ -31,6 +31,7 @@ def write_report(content: Content) -> Path:
     else:
         md += _baselines_section(r)
         md += _landscape_section(r, content.landscape)
+        md += _search_section(r)
         md += _shapley_section(r, content.shapley)
         md += _diagnostics_section(r, content.diagnostics)
         md += _consistency_section(r, content.consistency)
@@ -117,6 +118,35 @@ def _landscape_section(r: StudyReport, landscape: Landscape | None) -> list[str]
     md += ["| " + " | ".join(f"{w:.2f}" for w in p["weights"]) + f" | {p['objective']:.4f} |" for p in best]
     r.tracker.log_table("report/top_points", [*experts, f"{split} {obj}"], [[*p["weights"], p["objective"]] for p in best])
     return md + [""]
+
+
+def _search_section(r: StudyReport) -> list[str]:
+    """What a search over subsets of the examples spent against the grid; for the surrogate, how
+    well its fit predicts each point it did not see (leave-one-out)."""
+    run = r.search_run
+    if not run:
+        return []
+    md = ["## The search", "",
+          f"{r.search.name} evaluated {run['examples']} {r.split} examples, {run['share_of_grid']:.1%} of the "
+          f"{run['grid_examples']} the grid would ({'; '.join(_search_facts(run))}).", ""]
+    if run.get("fit"):
+        plot_surrogate(run["fit"], f"The surrogate's leave-one-out prediction of each point evaluated on every {r.split} "
+                       f"example ({r.objective_name})", r.path("surrogate.png"))
+        r.tracker.log_image("report/surrogate_chart", r.path("surrogate.png"))
+        loo = ", ".join(f"{g} {e:.3f}" for g, e in run["loo_error"].items())
+        error = run["loo_error_objective"]
+        md += ["![surrogate](surrogate.png)", "",
+               f"Leave-one-out error (root mean square, the fit without each evaluated point predicting it): of the "
+               f"objective {'n/a' if error is None else f'{error:.4f}'} over the points evaluated on every example; per "
+               f"group {loo}.", ""]
+    return md
+
+
+def _search_facts(run: dict) -> list[str]:
+    if "stopped" in run:
+        return [f"{plural(run['points'], 'point')}, {len(run['whole'])} of them on every example",
+                f"stopped: {run['stopped']}"]
+    return [f"rungs of {'/'.join(map(str, run['rungs']))} examples", f"{'/'.join(map(str, run['alive']))} points alive at each"]
 
 
 def _nothing_stored(r: StudyReport) -> str:

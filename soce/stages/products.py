@@ -125,8 +125,8 @@ ANALYZED = Product("analysis", "scores.csv and analysis.json",
 SELECTED = Product("selection", "selection.json", (SELECTION,), selection_settings, "select")
 SEARCHED = Transient("search", "the search's soups (sweep.jsonl)", lambda study: study.searched is not None)
 RESULTED = Product("results", "results.json and soup/", (RESULTS, SOUP), results_settings, "soup")
-REPORTED = Product("report", "report.md", (REPORT, "landscape.png", "shapley.png", "consistency.png", "diagnostics.png"),
-                   report_settings, "report")
+REPORTED = Product("report", "report.md", (REPORT, "landscape.png", "shapley.png", "consistency.png", "diagnostics.png",
+                                           "surrogate.png"), report_settings, "report")
 PRODUCTS = {p.name: p for p in (ANALYZED, SELECTED, RESULTED, REPORTED)}
 
 

@@ -37,16 +37,20 @@ def report(study: Study) -> Path:
     souper = study.souper([candidates[n] for n in experts], kind="shapley")
     split = search.select_on.value
     # the search's own points: this run's, or its soups the store holds (a sweep not finished shows those so far)
-    searched = study.searched[1] if study.searched else search_soups(souper, search, split, study.by_own_score(experts),
-                                                                     stored_only=True)
+    searched = study.searched[1] if study.searched else search_soups(
+        souper, search, split, study.by_own_score(experts), stored_only=True,
+        known=study.expert_outcomes(experts, split) if search.per_example else None)
     for record in searched.records:  # (this run's sweep read them before the report began)
         products.use_record(study, record)
     # a halving search's pieces of points, stored so far
     pieces = (sum(1 for r in study.store if r["experts"] == experts and r["split"].startswith(f"{split}@"))
               if search.per_example else 0)
     evaluator = study.evaluator
+    run = (searched.run.to_dict(search.grid_size(len(experts)) * len(souper.example_ids(split)))
+           if searched.run and searched.complete else None)
     inputs = replace(
         inputs, categories=evaluator.categories, objective=study.objective, souper=souper, points=searched.records, pieces=pieces,
+        search_run=run,
         candidate_souper=lambda: study.souper(list(candidates.values()), kind="shapley"),
         own=study.candidate_scores(), results=products.read_if_current(study, RESULTED, RESULTS),
         line_points=cfg.report.line_points)

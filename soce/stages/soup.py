@@ -9,6 +9,7 @@ from soce import artifacts
 from soce.artifacts import RESULTS, SELECTION, SOUP
 from soce.card import Ingredient, command_of, model_card, push
 from soce.pool import model_dir
+from soce.progress import plural
 from soce.scores import ScoreTable
 from soce.stages import present, products
 from soce.stages.products import RESULTED, SEARCHED, SELECTED, Stage
@@ -64,6 +65,8 @@ def soup(study: Study) -> dict:
         protocol = "weights chosen on TEST, the split reported (the paper's protocol): test scores are optimistic"
     results = {"protocol": protocol, "objective": objective.name, "objective_label": objective.label, "search": search.name,
                "select_on": split, "rows": rows}
+    if searched.run is not None:  # what a search over subsets of the examples spent, against the grid
+        results["search_run"] = searched.run.to_dict(search.grid_size(len(experts)) * len(souper.example_ids(split)))
     if all(t.outcomes for t in tables.values()):
         b = study.cfg.report.bootstrap
         add_statistics(results, objective, correct, {s: {o.example_id: o.category for o in t.outcomes if o.model == single}
@@ -80,6 +83,10 @@ def soup(study: Study) -> dict:
     merge_to_disk(paths, best["weights"], study.path(SOUP), model_ids=ids, overwrite=True, progress=False,
                   all_processes=False)  # the soup stage runs on the main process alone
     write_card(study, results, [Ingredient(n, i, candidates[n].hub_id, w) for n, i, w in zip(experts, ids, best["weights"])])
+    reused = souper.from_cache + everyone.from_cache
+    if reused:
+        log.info("soup: %s found in the soups of earlier runs (%s), not evaluated again", plural(reused, "soup"),
+                 souper.cache.path.parent)
     present.print_results(results)
     log.info("soup: %s (%s)", study.path(SOUP), present.weights_text(experts, best["weights"]))
     present.track_results(study.tracker, results, study.path(SOUP))

@@ -169,7 +169,15 @@ class Study:
         evaluator = self.evaluator
         asked = {**self.question(), "models": {c.name: self.fingerprint(c) for c in models}, **evaluator.soup_question(models)}
         return Souper(models, evaluator, self.store, asked, self.objective, self.tracker, kind=kind, placement=placement,
-                      on_use=lambda record: products.use_record(self, record))
+                      on_use=lambda record: products.use_record(self, record), cache=self.soup_cache(asked))
+
+    def soup_cache(self, question: dict):
+        """The soups earlier runs evaluated for `question` (kept beside the candidates' evaluations;
+        none where benchmark.cache=false: every soup is evaluated again, and kept)."""
+        from soce.store import SoupCache
+
+        where = Path(self.cfg.sweep.soup_cache) if self.cfg.sweep.soup_cache else self.cache_dir.parent / "soups"
+        return SoupCache(where, question, reuse=OmegaConf.select(self.cfg, "benchmark.cache", default=True))
 
     # --- the pool ------------------------------------------------------------------------------
     @property
@@ -280,6 +288,15 @@ class Study:
         if products.has(self, SCORES_TEST):
             tables["test"] = products.read_scores(self, "test")
         return tables
+
+    def expert_outcomes(self, experts: list[str], split: str) -> dict[tuple, dict[str, bool]]:
+        """Each expert alone (its one-hot point) with its outcomes on `split` by example id, from
+        its candidate evaluation: what a search may use without evaluating it again."""
+        table = self.candidate_scores().get(split)
+        if table is None or not table.outcomes:
+            return {}
+        return {tuple(1.0 if j == i else 0.0 for j in range(len(experts))):
+                {o.example_id: o.correct for o in table.outcomes if o.model == name} for i, name in enumerate(experts)}
 
     def by_own_score(self, names: list[str]) -> list[int]:
         """The indices of `names`, best own overall score first."""

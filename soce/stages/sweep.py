@@ -44,13 +44,12 @@ def sweep(study: Study):
     with config_group("search"), Progress(search.expected(len(experts), study.shard), what,
                                           "example" if search.per_example else "point") as bar:
         souper.bar, souper.show_best = bar, True
-        done = search_soups(souper, search, split, study.by_own_score(experts), study.shard)
+        known = study.expert_outcomes(experts, split) if search.per_example else None
+        done = search_soups(souper, search, split, study.by_own_score(experts), study.shard, known=known)
     souper.bar = None
-    if done.halving is not None and done.halving.alive[0]:  # (a shard may have no point of the first rung)
-        h, grid = done.halving, len(done.halving.alive[0]) * len(done.halving.subsets[-1])
-        log.info("%s: rungs of %s examples, %s points alive at each; %d examples asked for, %.0f%% of the grid's %d "
-                 "(%d evaluated now, %d from the store)", search.name, "/".join(str(len(s)) for s in h.subsets),
-                 "/".join(str(len(a)) for a in h.alive), h.evaluated, 100 * h.evaluated / grid, grid,
+    if done.run is not None and done.run.alive[0]:  # (a shard may have no point of the first rung)
+        grid = search.grid_size(len(experts)) * len(souper.example_ids(split))
+        log.info("%s: %s (%d evaluated now, %d from the store)", search.name, done.run.summary(grid),
                  souper.examples_evaluated, souper.examples_reused)
     if n > 1:
         log.info("sweep: shard %d of %d done: %s evaluated now, into %s", k, n,
@@ -58,8 +57,9 @@ def sweep(study: Study):
         return done
     already = sum(SweepStore.record_key(r) in before for r in done.records)
     best = done.best
-    log.info("sweep: %s on %s (%d already in the store), best %s %.4f at %s", plural(len(done.records), "point"), split,
-             already, study.objective.name, best["objective"], present.weights_text(experts, best["weights"]))
+    cached = f", {souper.from_cache} from the soups of earlier runs in {souper.cache.path.parent}" if souper.from_cache else ""
+    log.info("sweep: %s on %s (%d already in the store%s), best %s %.4f at %s", plural(len(done.records), "point"), split,
+             already, cached, study.objective.name, best["objective"], present.weights_text(experts, best["weights"]))
     study.tracker.log_table("sweep", [*experts, "objective", *study.evaluator.categories],
                             [[*r["weights"], r["objective"], *r["scores"].values()] for r in done.records])
     study.searched = souper, done
