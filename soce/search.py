@@ -206,8 +206,8 @@ class SurrogateSearch(GridSearch):
     budget: Optional[float] = None
     space: Space = Space.grid
     simplex_step: float = 0.05
-    chunks: int = 8  # the dev split in this many nested, stratified chunks
-    explore: Optional[int] = None  # space-filling points after the uniform one (default: one per expert)
+    chunks: int = 12  # the dev split in this many nested, stratified chunks
+    explore: int = 1  # space-filling points after the uniform one
     confidence: float = 0.9  # of the upper bounds it compares and stops on
     pairwise: bool = True  # pairwise terms in the model (false: logit-linear)
     seed: int = 0
@@ -226,7 +226,7 @@ class SurrogateSearch(GridSearch):
             raise ConfigError(f"search.chunks={self.chunks}: at least 1")
         if not 0.5 <= self.confidence < 1:
             raise ConfigError(f"search.confidence={self.confidence}: must be in [0.5, 1) (e.g. 0.9)")
-        if self.explore is not None and self.explore < 0:
+        if self.explore < 0:
             raise ConfigError(f"search.explore={self.explore}: 0 or more points")
         try:
             simplex_grid(1, 0.0, 1.0, self.simplex_step)

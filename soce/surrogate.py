@@ -7,8 +7,12 @@ Scheffe's form (no intercept: the weights sum to 1) with pairwise terms,
     logit p_g(w) = sum_j b_j w_j + sum_{j<l} c_jl w_j w_l,
 fitted by Bayesian logistic regression (a normal prior, its Laplace approximation) on every
 evaluated soup's outcomes, each group's noise that of its examples (binomial, widened by the
-misfit of its points where they are enough to measure it). The benchmark's objective, linear in
-the groups' accuracies, is built from the groups' predictions, with its uncertainty.
+misfit of its points where they are enough to measure it). Every soup is evaluated on the same
+examples, so a chunk of easy examples makes every soup look good on it: each chunk of the split
+has an offset of its own in each group's model (its examples' difficulty, measured where the
+experts alone are evaluated on every example), and a soup evaluated on some chunks is compared
+with the others on the whole split. The benchmark's objective, linear in the groups'
+accuracies, is built from the groups' predictions, with its uncertainty.
 
 It starts from what is known or cheap: each expert alone (its candidate evaluation, free), the
 uniform soup and a few space-filling points, each on the first of nested, stratified chunks of
@@ -34,7 +38,7 @@ Point = tuple[float, ...]
 EvaluateOn = Callable[[Point, Sequence[str]], Mapping[str, bool]]
 
 PRIOR_LINEAR_SD = 2.0  # each expert's own logit accuracy: around the group's mean, loosely
-PRIOR_PAIRWISE_SD = 3.0  # a pair's interaction on the logit scale: a soup may gain or lose several points
+PRIOR_PAIRWISE_SD = 10.0  # a pair's interaction on the logit scale: loose, as a specialists' soup can gain a skill whole
 
 
 def features(points: np.ndarray, pairwise: bool) -> np.ndarray:
@@ -46,40 +50,59 @@ def features(points: np.ndarray, pairwise: bool) -> np.ndarray:
     return np.column_stack([points, *pairs])
 
 
+PRIOR_CHUNK_SD = 1.0  # a chunk's examples' difficulty against the split's, on the logit scale
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
 @dataclass
 class GroupFit:
-    """One group's posterior: the coefficients' mean and covariance, and its overdispersion."""
+    """One group's posterior: the coefficients (the weights' terms, then each chunk's offset),
+    their covariance, the overdispersion, and each chunk's share of the group's examples."""
 
     mean: np.ndarray
     cov: np.ndarray
+    share: np.ndarray  # chunk -> its share of the group's examples on the whole split
     dispersion: float = 1.0
 
-    def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Accuracy and its standard deviation at feature rows `x` (the delta method on the logit)."""
-        eta = x @ self.mean
-        var = np.einsum("ij,jk,ik->i", x, self.cov, x) * self.dispersion
-        p = 1.0 / (1.0 + np.exp(-eta))
-        return p, p * (1 - p) * np.sqrt(np.maximum(var, 0.0))
+    def predict(self, x: np.ndarray, chunks: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Accuracy and its standard deviation at the weights' feature rows `x`, on the chunks
+        `chunks` (a mask; default: the whole split): each chunk's logit, averaged by its share of
+        the examples, and the delta method."""
+        share = self.share if chunks is None else np.where(chunks, self.share, 0.0)
+        share = share / share.sum()
+        f = x.shape[1]
+        eta = (x @ self.mean[:f])[:, None] + self.mean[f:][None, :]  # points x chunks
+        p = _sigmoid(eta)
+        slope = share[None, :] * p * (1 - p)
+        grad = np.column_stack([x * slope.sum(axis=1, keepdims=True), slope])
+        var = np.einsum("ij,jk,ik->i", grad, self.cov, grad) * self.dispersion
+        return p @ share, np.sqrt(np.maximum(var, 0.0))
 
 
-def fit_group(x: np.ndarray, solved: np.ndarray, trials: np.ndarray, k: int) -> GroupFit:
-    """Bayesian logistic regression of `solved` of `trials` on feature rows `x` (the first k:
-    the weights) with a normal prior, by Newton's method; its Laplace approximation."""
+def fit_group(x: np.ndarray, solved: np.ndarray, trials: np.ndarray, k: int, share: np.ndarray) -> GroupFit:
+    """Bayesian logistic regression of `solved` of `trials` on rows `x` (the weights' features,
+    the first k the weights, then one column per chunk) with a normal prior, by Newton's method;
+    its Laplace approximation."""
     pooled = (solved.sum() + 0.5) / (trials.sum() + 1.0)
+    chunks = len(share)
     prior_mean = np.zeros(x.shape[1])
     prior_mean[:k] = math.log(pooled / (1 - pooled))
     prior_prec = np.full(x.shape[1], 1 / PRIOR_PAIRWISE_SD ** 2)
     prior_prec[:k] = 1 / PRIOR_LINEAR_SD ** 2
+    prior_prec[x.shape[1] - chunks:] = 1 / PRIOR_CHUNK_SD ** 2
     theta = prior_mean.copy()
     for _ in range(100):
-        p = 1.0 / (1.0 + np.exp(-(x @ theta)))
+        p = _sigmoid(x @ theta)
         grad = x.T @ (solved - trials * p) - prior_prec * (theta - prior_mean)
         hess = x.T @ (x * (trials * p * (1 - p))[:, None]) + np.diag(prior_prec)
         step = np.linalg.solve(hess, grad)
         theta = theta + step
         if np.max(np.abs(step)) < 1e-10:
             break
-    p = 1.0 / (1.0 + np.exp(-(x @ theta)))
+    p = _sigmoid(x @ theta)
     hess = x.T @ (x * (trials * p * (1 - p))[:, None]) + np.diag(prior_prec)
     cov = np.linalg.inv(hess)
     # the points' misfit beyond their examples' noise (quasi-binomial), where enough points measure it
@@ -88,7 +111,7 @@ def fit_group(x: np.ndarray, solved: np.ndarray, trials: np.ndarray, k: int) -> 
     if free >= 3:
         pearson = (solved - trials * p) ** 2 / np.maximum(trials * p * (1 - p), 1e-9)
         dispersion = max(1.0, float(pearson.sum()) / free)
-    return GroupFit(theta, cov, dispersion)
+    return GroupFit(theta, cov, share, dispersion)
 
 
 @dataclass
@@ -101,10 +124,11 @@ class Surrogate:
     sizes: np.ndarray  # each group's examples on the whole split
     pairwise: bool
 
-    def predict_groups(self, points: Sequence[Point]) -> tuple[np.ndarray, np.ndarray]:
-        """Per point and group, the accuracy and its standard deviation (points x groups)."""
+    def predict_groups(self, points: Sequence[Point], chunks: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Per point and group, the accuracy and its standard deviation (points x groups), on the
+        whole split or on the chunks `chunks` (a mask)."""
         x = features(np.asarray(points, dtype=np.float64), self.pairwise)
-        out = [f.predict(x) for f in self.fits]
+        out = [f.predict(x, chunks) for f in self.fits]
         return np.column_stack([m for m, _ in out]), np.column_stack([s for _, s in out])
 
     def predict(self, points: Sequence[Point]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -172,18 +196,19 @@ def _finite(v: float) -> float | None:
 
 def surrogate_search(candidates: Sequence[Point], examples: Sequence[tuple[str, str]], evaluate_on: EvaluateOn,
                      objective: Objective, *, budget: float, known: Mapping[Point, Mapping[str, bool]] | None = None,
-                     chunks: int = 8, explore: int | None = None, confidence: float = 0.9, seed: int = 0,
+                     chunks: int = 12, explore: int = 1, confidence: float = 0.9, seed: int = 0,
                      pairwise: bool = True) -> SurrogateRun:
     """The search over `candidates` (the search space) on the split's `examples`, (id, category)
     pairs; `evaluate_on(point, ids)`: a soup's outcomes on those examples; `known`: points whose
     outcomes on every example are known for free (each expert alone: its candidate evaluation);
     `budget`: the examples it may evaluate, in whole splits; `explore`: space-filling points
-    besides the uniform one (default: one per expert)."""
+    besides the uniform one."""
     space = list(dict.fromkeys(tuple(float(w) for w in p) for p in candidates))
     k = len(space[0])
-    data = _Data(examples, objective, pairwise)
-    nested = nested_subsets(examples, [max(1, round(data.n * (j + 1) / chunks)) for j in range(chunks - 1)], seed)
-    nested = [c for c in nested if len(c) < data.n] + [data.ids]
+    ids = [i for i, _ in examples]
+    nested = nested_subsets(examples, [max(1, round(len(ids) * (j + 1) / chunks)) for j in range(chunks - 1)], seed)
+    nested = [c for c in nested if len(c) < len(ids)] + [ids]
+    data = _Data(examples, objective, pairwise, nested)
     run = SurrogateRun(nested, int(round(budget * data.n)))
     for p, o in (known or {}).items():
         data.outcomes[tuple(float(w) for w in p)] = dict(o)
@@ -213,7 +238,7 @@ def surrogate_search(candidates: Sequence[Point], examples: Sequence[tuple[str, 
             run.whole.append(p)
 
     # the design: the uniform soup and space-filling points on the first chunk, a whole split kept for the last step
-    for p in _space_filling(space, list(data.outcomes), k if explore is None else explore, seed):
+    for p in _space_filling(space, list(data.outcomes), explore, seed):
         if run.evaluated + len(missing(p, 1)) + data.n <= run.budget:
             take(p, "design", None)
     surrogate = data.fit(k)
@@ -281,18 +306,51 @@ def _space_filling(space: list[Point], known: list[Point], count: int, seed: int
 
 
 class _Data:
-    """The evaluated points' outcomes, grouped as the objective groups the examples."""
+    """The evaluated points' outcomes, counted per group of the objective and chunk of the split."""
 
-    def __init__(self, examples: Sequence[tuple[str, str]], objective: Objective, pairwise: bool) -> None:
+    def __init__(self, examples: Sequence[tuple[str, str]], objective: Objective, pairwise: bool,
+                 nested: Sequence[Sequence[str]]) -> None:
         self.ids = [i for i, _ in examples]
         self.n = len(self.ids)
         self.category = dict(examples)
         self.group = dict(zip(self.ids, objective.groups(examples)))
         self.names = sorted(set(self.group.values()))
-        self.sizes = np.array([sum(1 for g in self.group.values() if g == name) for name in self.names], dtype=np.float64)
+        self.gindex = {g: j for j, g in enumerate(self.names)}
+        self.chunk: dict[str, int] = {}
+        for c, subset in enumerate(nested):  # an example's chunk: the first of the nested subsets holding it
+            for i in subset:
+                self.chunk.setdefault(i, c)
+        per = np.zeros((len(self.names), len(nested)))
+        for i in self.ids:
+            per[self.gindex[self.group[i]], self.chunk[i]] += 1
+        self.sizes = per.sum(axis=1)
+        self.share = per / self.sizes[:, None]  # group x chunk
         self.weights = objective_weights(objective, self.names, [int(s) for s in self.sizes])
         self.objective, self.pairwise = objective, pairwise
         self.outcomes: dict[Point, dict[str, bool]] = {}
+
+    def counts(self, outcomes: Mapping[Point, Mapping[str, bool]]) -> tuple[np.ndarray, np.ndarray]:
+        """Per point, group and chunk: the examples solved and evaluated."""
+        shape = (len(outcomes), len(self.names), self.share.shape[1])
+        solved, trials = np.zeros(shape), np.zeros(shape)
+        for r, o in enumerate(outcomes.values()):
+            for i, ok in o.items():
+                at = (r, self.gindex[self.group[i]], self.chunk[i])
+                trials[at] += 1
+                solved[at] += ok
+        return solved, trials
+
+    def fit(self, k: int, outcomes: Mapping[Point, Mapping[str, bool]] | None = None) -> Surrogate:
+        outcomes = self.outcomes if outcomes is None else outcomes
+        solved, trials = self.counts(outcomes)
+        x = features(np.asarray(list(outcomes), dtype=np.float64), self.pairwise)
+        chunks = self.share.shape[1]
+        fits = []
+        for g in range(len(self.names)):
+            rows, cols = np.nonzero(trials[:, g, :])  # (point, chunk) pairs with examples
+            design = np.column_stack([x[rows], np.eye(chunks)[cols]])
+            fits.append(fit_group(design, solved[rows, g, cols], trials[rows, g, cols], k, self.share[g]))
+        return Surrogate(self.names, fits, self.weights, self.sizes, self.pairwise)
 
     def objective_of(self, p: Point) -> float:
         """The measured objective of a point evaluated on every example."""
@@ -300,30 +358,9 @@ class _Data:
 
         return self.objective.of_outcomes([Outcome("", i, self.category[i], self.outcomes[p][i]) for i in self.ids])
 
-    def counts(self, outcomes: Mapping[Point, Mapping[str, bool]]):
-        """Per point (rows) and group (columns): the examples solved and evaluated."""
-        index = {g: j for j, g in enumerate(self.names)}
-        solved = np.zeros((len(outcomes), len(self.names)))
-        trials = np.zeros((len(outcomes), len(self.names)))
-        for r, o in enumerate(outcomes.values()):
-            for i, ok in o.items():
-                trials[r, index[self.group[i]]] += 1
-                solved[r, index[self.group[i]]] += ok
-        return solved, trials
-
-    def fit(self, k: int, outcomes: Mapping[Point, Mapping[str, bool]] | None = None) -> Surrogate:
-        outcomes = self.outcomes if outcomes is None else outcomes
-        solved, trials = self.counts(outcomes)
-        x = features(np.asarray(list(outcomes), dtype=np.float64), self.pairwise)
-        fits = []
-        for j in range(len(self.names)):
-            rows = trials[:, j] > 0
-            fits.append(fit_group(x[rows], solved[rows, j], trials[rows, j], k))
-        return Surrogate(self.names, fits, self.weights, self.sizes, self.pairwise)
-
     def diagnose(self, run: SurrogateRun, k: int) -> None:
-        """Each evaluated point predicted by the fit without it (leave-one-out): the error per
-        group, and predicted against measured objective for every point."""
+        """Each evaluated point predicted by the fit without it (leave-one-out), on the chunks it
+        was evaluated on: the error per group, and predicted against measured objective."""
         points = list(self.outcomes)
         solved, trials = self.counts(self.outcomes)
         errors: dict[str, list[float]] = {g: [] for g in self.names}
@@ -331,15 +368,17 @@ class _Data:
             if len(points) < 2:
                 break
             loo = self.fit(k, {q: o for q, o in self.outcomes.items() if q != p})
-            accuracy, _ = loo.predict_groups([p])
+            chunks = trials[r].sum(axis=0) > 0
+            accuracy, sd = loo.predict_groups([p], chunks)
+            have = trials[r][:, chunks].sum(axis=1)
+            measured = np.where(have > 0, solved[r][:, chunks].sum(axis=1) / np.maximum(have, 1), accuracy[0])
             for j, g in enumerate(self.names):
-                if trials[r, j] > 0:
-                    errors[g].append(float(accuracy[0, j] - solved[r, j] / trials[r, j]))
-            whole = len(self.outcomes[p]) == self.n
-            mean, model, noise = loo.predict([p])
-            run.fit.append({"point": list(p), "examples": len(self.outcomes[p]), "predicted": float(mean[0]),
-                            "sd": float(math.hypot(model[0], noise[0])),
-                            "measured": self.objective_of(p) if whole else None})
+                if have[j] > 0:
+                    errors[g].append(float(accuracy[0, j] - measured[j]))
+            noise = np.where(have > 0, measured * (1 - measured) / np.maximum(have, 1), 0.0)
+            run.fit.append({"point": list(p), "examples": len(self.outcomes[p]), "whole": bool(chunks.all()),
+                            "predicted": float(accuracy[0] @ self.weights), "sd": float(math.sqrt((sd[0] ** 2) @ self.weights ** 2)),
+                            "measured": float(measured @ self.weights), "measured_sd": float(math.sqrt(noise @ self.weights ** 2))})
         run.loo = {g: math.sqrt(sum(e * e for e in v) / len(v)) for g, v in errors.items() if v}
-        pairs = [(f["predicted"], f["measured"]) for f in run.fit if f["measured"] is not None]
+        pairs = [(f["predicted"], f["measured"]) for f in run.fit if f["whole"]]
         run.loo_objective = math.sqrt(sum((a - b) ** 2 for a, b in pairs) / len(pairs)) if pairs else math.nan

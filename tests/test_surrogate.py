@@ -54,7 +54,7 @@ def test_the_fit_recovers_a_known_smooth_response_within_its_interval():
     from soce.surrogate import _Data
 
     truth = Response(3, seed=1)
-    data = _Data(truth.examples, Objective(), pairwise=True)
+    data = _Data(truth.examples, Objective(), True, [[i for i, _ in truth.examples]])  # one chunk: the whole split
     space = simplex_grid(3, 0.0, 1.0, 0.25)
     for w in space:  # every point of a coarse design, on every example
         data.outcomes[w] = truth.outcomes(w)

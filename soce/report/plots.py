@@ -25,26 +25,29 @@ def _pyplot():
 
 
 def plot_surrogate(fit: Sequence[dict], title: str, path: Path) -> None:
-    """Each point evaluated on every example: its objective as the surrogate fitted without it
-    predicts it (+-1 s.d.), against as measured; the experts alone apart from the soups."""
+    """Each evaluated point's objective as the surrogate fitted without it predicts it (+-1 s.d.),
+    against as measured on the examples it was evaluated on (+-1 s.d. of that measurement): the
+    experts alone, the soups evaluated on every example, and those on a part of them."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5.6, 5.0))
-    for corner, style in ((True, dict(marker="s", color="gray", label="an expert alone")),
-                          (False, dict(marker="o", color="steelblue", label="a soup"))):
-        rows = [f for f in fit if f["measured"] is not None and (max(f["point"]) == 1.0) == corner]
+    fig, ax = plt.subplots(figsize=(6.2, 5.6))
+    kinds = ((lambda f: max(f["point"]) == 1.0, dict(marker="s", color="gray", label="an expert alone")),
+             (lambda f: max(f["point"]) < 1.0 and f["whole"], dict(marker="o", color="steelblue", label="a soup, every example")),
+             (lambda f: not f["whole"], dict(marker="o", color="lightsteelblue", mfc="white", label="a soup, part of them")))
+    for keep, style in kinds:
+        rows = [f for f in fit if keep(f)]
         if rows:
-            ax.errorbar([f["measured"] for f in rows], [f["predicted"] for f in rows], yerr=[f["sd"] for f in rows],
-                        linestyle="none", capsize=3, **style)
-    values = [v for f in fit if f["measured"] is not None for v in (f["measured"], f["predicted"])]
+            ax.errorbar([f["measured"] for f in rows], [f["predicted"] for f in rows], xerr=[f["measured_sd"] for f in rows],
+                        yerr=[f["sd"] for f in rows], linestyle="none", capsize=2, elinewidth=0.8, **style)
+    values = [v for f in fit for v in (f["measured"], f["predicted"])]
     if values:
-        lo, hi = min(values), max(values)
-        pad = 0.1 * (hi - lo or 0.05)
+        lo, hi = float(np.percentile(values, 2)), float(np.percentile(values, 98))
+        pad = 0.15 * (hi - lo or 0.05)
         ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="black", linewidth=0.8, label="predicted = measured")
         ax.set_xlim(lo - pad, hi + pad)
         ax.set_ylim(lo - pad, hi + pad)
-    ax.set_xlabel("measured")
+    ax.set_xlabel("measured (on the examples evaluated)")
     ax.set_ylabel("predicted without it (leave-one-out)")
-    ax.legend(loc="upper left", fontsize=8, frameon=False)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, fontsize=8, frameon=False)
     ax.set_title(textwrap.fill(title, 60), fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=130)
