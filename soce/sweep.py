@@ -75,6 +75,7 @@ class Souper:
         self.experts, self.placement = list(experts), placement
         self.on_use, self.cache = on_use, cache
         self.from_cache = 0  # soups (and pieces) this souper found in the cache of earlier runs
+        self.evaluations = 0  # soups (and pieces) this souper evaluated in its engine
         self.names = [e.name for e in experts]
         self.evaluator, self.store, self.objective, self.kind = evaluator, store, objective, kind
         self.question = question
@@ -116,6 +117,7 @@ class Souper:
     def _evaluate(self, weights: Sequence[float], split: str, examples: Sequence[str] | None = None) -> dict:
         """The soup at `weights` evaluated on `split` (on `examples` only, where given), as a record."""
         engine = self._load()
+        self.evaluations += 1
         started = time.perf_counter()
         engine.apply(weights)  # nothing to do where the engine holds this soup already (another split)
         merged = time.perf_counter()

@@ -86,7 +86,7 @@ class Landscape:
 class ShapleyValues:
     players: list[str]
     result: ShapleyResult
-    evaluated: int  # coalition soups evaluated for this report (the rest came from the store)
+    evaluated: int  # coalition soups evaluated for this report (the rest came from the store or earlier runs)
     what: str  # the soup whose score is a coalition's value, in words
 
 
@@ -175,7 +175,7 @@ def _shapley(r: StudyReport) -> ShapleyValues:
         souper = r.candidate_souper()
     players = souper.names
     own = {m: r.objective.of_row(r.own[split], m) for m in players}
-    before = len(souper.store)
+    before = souper.evaluations
     log.info("report: Shapley values of %s (coalition value: %s soup, %s on %s)", plural(len(players), c.players.value[:-1]), c.value, obj, split)
     n = len(players)
     exact = c.method.value == "exact" or (c.method.value == "auto" and n <= c.max_exact)
@@ -188,7 +188,7 @@ def _shapley(r: StudyReport) -> ShapleyValues:
         finally:
             souper.bar = None
     what = "uniform soup" if c.value == CoalitionValue.uniform else f"best soup of a {r.search.name} search over its members"
-    return ShapleyValues(list(players), result, len(souper.store) - before, what)
+    return ShapleyValues(list(players), result, souper.evaluations - before, what)
 
 
 def _diagnostics(r: StudyReport) -> Diagnostics:
@@ -204,10 +204,10 @@ def _diagnostics(r: StudyReport) -> Diagnostics:
                 return own[experts[weights.index(1.0)]]
             return r.souper.evaluate(weights, split)["objective"]
 
-        before = len(r.souper.store)
+        before = r.souper.evaluations
         lines = connectivity(experts, score, r.line_points)
         log.info("report: %d soups on the lines between the experts (%d evaluated now)", len(lines) * (r.line_points - 2),
-                 len(r.souper.store) - before)
+                 r.souper.evaluations - before)
     return Diagnostics(vectors, lines)
 
 

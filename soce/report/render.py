@@ -168,7 +168,7 @@ def _shapley_section(r: StudyReport, s: ShapleyValues) -> list[str]:
           + (f"the empty coalition's is the base model's score, {r.base_score:.4f}, so each value is a gain over the base. "
              if r.base_score is not None else "the empty coalition's is 0 (no base model is known for this pool: pool.base "
              "sets one). ") + f"{how}. "
-          f"{plural(result.coalitions, 'coalition')} valued ({plural(s.evaluated, 'soup')} evaluated for this report, the rest from the store). "
+          f"{plural(result.coalitions, 'coalition')} valued ({plural(s.evaluated, 'soup')} evaluated for this report, the rest from the store or earlier runs). "
           f"The values sum to v(all) - v(empty) = {sum(result.values):.4f}.", "", "![Shapley values](shapley.png)", "",
           "| model | Shapley value |" + (" std. error |" if result.errors else ""), "|---|---|" + ("---|" if result.errors else "")]
     for i in sorted(range(len(players)), key=lambda i: -result.values[i]):

@@ -32,6 +32,7 @@ def soup(study: Study) -> dict:
     study.check_store(candidates)
     souper, searched = study.searched
     best = searched.best
+    cached_before = souper.from_cache
     # the whole pool's uniform soup streams from disk: never every candidate in memory at once
     everyone = study.souper(list(candidates.values()), kind="uniform_all", stream=True)
     tables = study.candidate_scores()
@@ -83,7 +84,7 @@ def soup(study: Study) -> dict:
     merge_to_disk(paths, best["weights"], study.path(SOUP), model_ids=ids, overwrite=True, progress=False,
                   all_processes=False)  # the soup stage runs on the main process alone
     write_card(study, results, [Ingredient(n, i, candidates[n].hub_id, w) for n, i, w in zip(experts, ids, best["weights"])])
-    reused = souper.from_cache + everyone.from_cache
+    reused = souper.from_cache - cached_before + everyone.from_cache
     if reused:
         log.info("soup: %s found in the soups of earlier runs (%s), not evaluated again", plural(reused, "soup"),
                  souper.cache.path.parent)
