@@ -91,7 +91,7 @@ def test_a_store_from_before_question_fingerprints_is_set_aside_and_evaluated_ag
     path.write_text(old)
     r = study(*args, "stage=soup")
     assert "no 'question' (written before soce recorded what a score answers)" in r.log
-    assert "sweep: 3 points on dev (0 already in the store)" in r.log  # none of them trusted
+    assert "sweep: 3 points on dev (0 already in the store, 3 from the soups of earlier runs" in r.log  # none of the old lines trusted
     assert all(line in (tmp_path / "run" / "sweep.jsonl.rejected").read_text() for line in old.splitlines())
 
 

@@ -105,7 +105,7 @@ def test_sweep_resumes_and_the_soup_stage_reports_four_rows(study, zoo_cache, tm
     # A killed sweep: drop the last two points and tear the last line; the re-run evaluates just those.
     (run / "sweep.jsonl").write_text("\n".join(lines[:4]) + "\n" + lines[4][:30])
     r = study(*args, "stage=sweep")
-    assert "6 points on dev (4 already in the store)" in r.log
+    assert "6 points on dev (4 already in the store, 2 from the soups of earlier runs" in r.log  # (the first run kept them)
     resumed = [json.loads(line) for line in (run / "sweep.jsonl").read_text().splitlines()]
     assert [p["weights"] for p in resumed] == [json.loads(line)["weights"] for line in lines]
     assert [p["scores"] for p in resumed] == [json.loads(line)["scores"] for line in lines]  # deterministic

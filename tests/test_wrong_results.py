@@ -59,7 +59,7 @@ def test_a_report_soup_stored_first_does_not_hide_a_sweep_point(study, zoo_cache
     r = study(*args, "stage=sweep", "search=uniform")
     assert "sweep: 1 point on dev (1 already in the store), best mean" in r.log
     fresh = study(*args, "stage=sweep", run_dir=tmp_path / "fresh")
-    assert "sweep: 9 points on dev (0 already in the store)" in fresh.log
+    assert "sweep: 9 points on dev (0 already in the store, 9 from the soups of earlier runs" in fresh.log
 
 
 # --- 3. a merge whose input is replaced mid-way fails ------------------------------------------------
@@ -112,7 +112,7 @@ def test_bad_records_are_set_aside_and_evaluated_again(study, zoo_cache, tmp_pat
     assert "line 1: a score is not a finite number" in rejected
     assert "line 2: its categories are not the benchmark's (unknown: bogus)" in rejected
     assert "line 3: its categories are not the benchmark's (missing: simple)" in rejected
-    assert "sweep: 4 points on dev (1 already in the store)" in r.log  # three evaluated again
+    assert "sweep: 4 points on dev (1 already in the store, 3 from the soups of earlier runs" in r.log  # the first run's, not the bad lines
     again = records(run / "sweep.jsonl")
     assert len(again) == 4 and {json.dumps(r["scores"]) for r in again} == {json.dumps(r["scores"]) for r in clean}
     assert f"best mean {best['objective']:.4f}" in r.log
