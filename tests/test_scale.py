@@ -60,7 +60,7 @@ def test_two_accelerate_processes_give_the_unsharded_study(zoo_cache, tmp_path, 
     assert r.returncode == 0, r.stderr[-3000:]
     assert "shard 0 of 2 done: 4 points" in r.stdout and "shard 1 of 2 done: 3 points" in r.stdout
     assert sorted(p.name for p in run.glob("sweep*.jsonl")) == ["sweep.jsonl", "sweep.shard-0-of-2.jsonl", "sweep.shard-1-of-2.jsonl"]
-    assert [d for d in tmp_path.iterdir() if d.name != "run"] == []  # one run directory for both processes
+    assert [d for d in tmp_path.iterdir() if d.name not in ("run", "soups")] == []  # one run directory for both processes
     assert_same_study(run, unsharded)
     log = (run / "soce.log").read_text()  # no terminal: the long steps write progress lines
     assert re.search(r"sweep \(grid\) shard 0/2: done, 4/4 points in [\d.]+ s", log)
