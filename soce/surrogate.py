@@ -159,7 +159,6 @@ class SurrogateRun:
     points evaluated on the whole split, the examples it evaluated, why it stopped, the point it
     returns, and its fit's quality (leave-one-out error per group, predicted against measured)."""
 
-    chunks: list[list[str]]  # the nested chunks of the split (each holds the one before)
     budget: int  # examples it may evaluate
     steps: list[dict] = field(default_factory=list)
     whole: list[Point] = field(default_factory=list)  # the search space's points evaluated on every example
@@ -174,18 +173,22 @@ class SurrogateRun:
     def alive(self) -> list[list[Point]]:  # as halving's: the points that reached every example
         return [self.whole]
 
+    @property
+    def points(self) -> int:
+        """The points it evaluated on some examples."""
+        return len({tuple(s["point"]) for s in self.steps})
+
     def summary(self, grid: int) -> str:
         """What it did against the grid's `grid` examples, in a line."""
-        points = len({tuple(s["point"]) for s in self.steps})
         loo = ", ".join(f"{g} {e:.3f}" for g, e in self.loo.items())
-        return (f"{len(self.steps)} steps on {points} points ({len(self.whole)} on every example), {self.evaluated} "
+        return (f"{len(self.steps)} steps on {self.points} points ({len(self.whole)} on every example), {self.evaluated} "
                 f"examples asked for, {100 * self.evaluated / grid:.1f}% of the grid's {grid}; stopped: {self.stopped}; "
                 f"leave-one-out error of the objective {self.loo_objective:.4f} (per group: {loo})")
 
     def to_dict(self, grid: int) -> dict:
         """For results.json: what it spent against the grid, why it stopped, how well it predicts."""
         return {"examples": self.evaluated, "grid_examples": grid, "share_of_grid": self.evaluated / grid,
-                "budget": self.budget, "points": len({tuple(s["point"]) for s in self.steps}), "whole": [list(p) for p in self.whole],
+                "budget": self.budget, "points": self.points, "whole": [list(p) for p in self.whole],
                 "stopped": self.stopped, "loo_error": self.loo, "loo_error_objective": _finite(self.loo_objective),
                 "steps": self.steps, "fit": self.fit}
 
@@ -209,7 +212,7 @@ def surrogate_search(candidates: Sequence[Point], examples: Sequence[tuple[str, 
     nested = nested_subsets(examples, [max(1, round(len(ids) * (j + 1) / chunks)) for j in range(chunks - 1)], seed)
     nested = [c for c in nested if len(c) < len(ids)] + [ids]
     data = _Data(examples, objective, pairwise, nested)
-    run = SurrogateRun(nested, int(round(budget * data.n)))
+    run = SurrogateRun(int(round(budget * data.n)))
     for p, o in (known or {}).items():
         data.outcomes[tuple(float(w) for w in p)] = dict(o)
     progress = {p: 0 for p in space}  # how many chunks of each point are evaluated

@@ -142,7 +142,7 @@ class Souper:
         cached = self.cache.get(weights, split) if self.cache is not None else None
         if cached is None:
             return None
-        self.store.append({k: v for k, v in cached.items() if k != "digest"})
+        self.store.append(cached)  # (its digest is the store's to write)
         self.from_cache += 1
         return self.store.get(self.names, weights, split)
 
@@ -200,7 +200,7 @@ class Souper:
         known: dict[str, bool] = {}
         for piece in self.cache.pieces(weights, split):
             if piece["split"] not in have:
-                self.store.append({k: v for k, v in piece.items() if k != "digest"})
+                self.store.append(piece)
                 self.from_cache += 1
                 known.update(zip(piece["examples"], (b == "1" for b in piece["correct"])))
         return known

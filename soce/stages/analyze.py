@@ -21,7 +21,7 @@ def analyze(study: Study) -> corr.Analysis:
     tables = study.load_scores()
     if study.benchmark.reads_table:  # the table's file is what the scores were made from
         source = Path(tables["dev"].source).resolve()
-        products.used(study, products.input_key("file", str(source)), products.file_digest(source))
+        products.note(study, "file", str(source))
     table = tables["dev"]
     write_scores(table, study.path(SCORES))
     if "test" in tables:

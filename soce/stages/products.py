@@ -31,7 +31,7 @@ from omegaconf import DictConfig
 
 from soce import __version__
 from soce.artifacts import (ANALYSIS, OUTCOMES, OUTCOMES_TEST, REPORT, RESULTS, SCORES, SCORES_TEST, SELECTION, SOUP,
-                            differences, resolved)
+                            differences, digest, model_fingerprint, resolved)
 from soce.errors import DataError
 from soce.store import record_digest
 
@@ -145,7 +145,6 @@ class Stage:
 
 # --- digests -------------------------------------------------------------------------------------
 BIG = 64 << 20  # a file above this is known by its size and modification time, not read at every check
-_big: dict[tuple, str] = {}
 
 
 def file_digest(path: Path) -> str | None:
@@ -179,8 +178,6 @@ def _hub_now(study: Study, hub_id: str) -> str | None:
 
 
 def _dir_now(study: Study, path: str) -> str | None:
-    from soce.artifacts import model_fingerprint
-
     return model_fingerprint(Path(path)) if Path(path).is_dir() else None
 
 
@@ -188,7 +185,7 @@ INPUTS: dict[str, Callable[[Study, str], "str | None"]] = {
     "dir": _dir_now,  # a local model directory: its files' fingerprint
     "hub": _hub_now,  # a Hub model: its snapshot's files' fingerprint
     "file": lambda study, path: file_digest(Path(path)),  # a score table, a data file
-    "evaluator": lambda study, name: study.evaluator.fingerprint,  # its code and task files
+    "evaluator": lambda study, name: digest(study.evaluator.fingerprint),  # its code and task files
     "record": _record_now,  # a soup in the sweep store: its scores and outcomes
 }
 
@@ -248,6 +245,7 @@ class Lineage:
         tmp.write_text(json.dumps(self.entries, indent=1))
         os.replace(tmp, self.path)
 
+
 def owner(file: str) -> Product | None:
     """The product whose files include `file` of the run directory."""
     return next((p for p in PRODUCTS.values() if file in p.files), None)
@@ -302,10 +300,6 @@ def stale(study: Study, product: Product, _seen: dict | None = None) -> list[str
     return why
 
 
-def current(study: Study, product: Product) -> bool:
-    return not stale(study, product)
-
-
 # --- reading a product ------------------------------------------------------------------------------
 def _checked(study: Study, file: str) -> Path:
     """`file` of the run directory, checked against the lineage of the product it belongs to and
@@ -349,18 +343,26 @@ def has(study: Study, file: str) -> bool:
 
 def read_if_current(study: Study, product: Product, file: str) -> dict | None:
     """`file` of `product` where the product is current, else None (and its absence noted as an input)."""
-    if current(study, product):
+    if not stale(study, product):
         return read_json(study, file)
     if lineage(study).reads is not None:
         lineage(study).reads[file] = None
     return None
 
 
-def used(study: Study, key: str, digest: str | None) -> None:
-    """An input beyond the run directory's files (INPUTS' kinds), noted for what the stage running now makes."""
+def used(study: Study, key: str, value: str | None) -> None:
+    """An input beyond the run directory's files (INPUTS' kinds) and its digest, noted for what the
+    stage running now makes."""
     reads = lineage(study).reads
     if reads is not None:
-        reads[key] = digest
+        reads[key] = value
+
+
+def note(study: Study, kind: str, name: str) -> None:
+    """The input `kind:name` as it is now (INPUTS finds it: the same function that later checks
+    it), noted for what the stage running now makes."""
+    if lineage(study).reads is not None:
+        used(study, input_key(kind, name), INPUTS[kind](study, name))
 
 
 def use_record(study: Study, record: dict) -> None:

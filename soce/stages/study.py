@@ -140,8 +140,7 @@ class Study:
 
     def use_model(self, candidate: Candidate) -> None:
         """The candidate's files noted as an input of what the stage running now makes."""
-        kind, where = ("dir", str(Path(candidate.path).resolve())) if candidate.path else ("hub", candidate.hub_id)
-        products.used(self, products.input_key(kind, where), self.fingerprint(candidate))
+        products.note(self, *(("dir", str(Path(candidate.path).resolve())) if candidate.path else ("hub", candidate.hub_id)))
 
     # --- the store's question, and the soups that answer it -----------------------------------
     def check_store(self, candidates: dict[str, Candidate]) -> None:
@@ -246,7 +245,7 @@ class Study:
                               "(pool=toy_zoo, or pool.models with paths)")
         log.info("evaluating %s on %s (cached per candidate and split)", plural(len(refs), "candidate"), self.benchmark.name)
         evaluator = self.evaluator
-        products.used(self, products.input_key("evaluator", self.benchmark.name), evaluator.fingerprint)
+        products.note(self, "evaluator", self.benchmark.name)
         for ref in refs:
             self.use_model(ref)
         from soce.merge.checkpoint import check_soupable
