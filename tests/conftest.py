@@ -16,9 +16,10 @@ from soce.tracking import RecordingTracker
 
 ROOT = Path(__file__).resolve().parents[1]
 BFCL_FIXTURE = ROOT / "tests" / "data" / "bfcl_overall_fixture.csv"
-# the micro study: toy_fc's direct evaluator, 20 examples per category, the micro family, its top 3
+# the micro study: toy_fc's direct evaluator, 20 examples per category, the micro family, its top 3,
+# the paper's grid (search.budget takes its first points)
 MICRO_STUDY = ["benchmark=toy_fc", "benchmark.backend=direct", "benchmark.per_category=20", "pool=toy_zoo_micro",
-               "selection=topk", "selection.k=3"]
+               "selection=topk", "selection.k=3", "search=grid"]
 
 config.register()
 

@@ -48,7 +48,7 @@ def test_the_soup_has_a_model_card_and_is_pushed_to_the_hub(study, zoo_cache, tm
     test = searched["test"]
     assert f"{test['objective']:.4f} [{test['ci'][0]:.4f}, {test['ci'][1]:.4f}]" in card.text  # the score, its interval
     command = ("soce benchmark=toy_fc benchmark.backend=direct benchmark.per_category=20 pool=toy_zoo_micro selection=topk "
-               "selection.k=3 search.budget=3")
+               "selection.k=3 search=grid search.budget=3")
     assert command in card.text  # the overrides it was run with
     assert hub == [("create_repo", "someone/micro-soup", {"private": True, "exist_ok": True}),
                    ("upload_folder", "someone/micro-soup", sorted(p.name for p in soup.iterdir()))]

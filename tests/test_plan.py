@@ -159,7 +159,7 @@ def test_a_sweep_asking_for_gpus_this_machine_lacks_is_refused(zoo_cache, tmp_pa
 
 def test_a_pool_that_does_not_fit_is_refused_before_anything_loads(study, zoo_cache):
     args = ["benchmark.backend=direct", "benchmark.per_category=5", "pool=toy_zoo_micro", f"pool.cache_dir={zoo_cache}",
-            "selection=topk", "selection.k=3", "search.budget=2", "sweep.tokens=16"]
+            "selection=topk", "selection.k=3", "search=grid", "search.budget=2", "sweep.tokens=16"]
     with pytest.raises(ConfigError, match=r"(?s)does not fit its devices.*selection.max_experts=2: 2 experts fit"
                                           r".*sweep.dtype=bfloat16: half the bytes"):
         study(*args, "sweep.devices=cpu:5MB")  # 1.5 MB of model, 4.5 MB of experts

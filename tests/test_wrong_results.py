@@ -177,7 +177,8 @@ def test_pool_models_with_the_embedded_family_is_refused():
     ("search.budget=0", "search.budget=0: at least 1 point"),
 ])
 def test_a_setting_nothing_would_read_or_that_cannot_work_is_refused_before_anything_runs(override, message):
-    search = ["search=halving"] if override.startswith(("search.min", "search.eta", "search.conf")) else []
+    search = (["search=halving"] if override.startswith(("search.min", "search.eta", "search.conf"))
+              else ["search=grid"] if override.startswith("search.") else [])
     with pytest.raises(ConfigError, match=message):
         config.validate(compose_cfg([*search, override]))
 

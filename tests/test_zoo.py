@@ -211,6 +211,31 @@ def _candidate(name, delta, emphasis, kept):
     return CandidateRealism(name, delta, emphasis, {c: 0.9 for c in fc.CATEGORIES}, kept)
 
 
+def test_length_buckets_give_the_whole_batch_gradient():
+    """A batch run in pieces of similar length (less padding) has the loss and gradient of the
+    batch run whole: each piece's loss weighted by its share of the answer tokens."""
+    import random
+
+    from soce.zoo.family import Trainer
+
+    spec = dataclasses.replace(FAMILIES["micro"], train_per_category=50)
+    whole, pieces = Trainer(spec), Trainer(dataclasses.replace(spec, length_buckets=3))
+    model = whole.new_model()
+    rng = random.Random(0)
+    batch = [rng.choice(whole.by_category[c]) for c in rng.choices(fc.CATEGORIES, k=16)]
+    assert len({len(e.prompt) + len(e.answer) for e in batch}) > 3  # lengths to bucket
+
+    def gradient(trainer):
+        model.zero_grad(set_to_none=True)
+        loss = trainer._backward(model, batch)
+        return loss, torch.cat([p.grad.flatten() for p in model.parameters()])
+
+    (loss, grad), (loss3, grad3) = gradient(whole), gradient(pieces)
+    assert loss3 == pytest.approx(loss, rel=1e-5)
+    torch.testing.assert_close(grad3, grad, rtol=1e-4, atol=1e-6)
+    assert FAMILIES["default"].length_buckets == 2 and FAMILIES["micro"].length_buckets == 1  # micro: as it was
+
+
 def test_the_realism_criteria_on_hand_made_measurements():
     base = {c: 0.8 for c in fc.CATEGORIES}
     close = _candidate("close", 0.10, ("json",), {c: 0.9 for c in fc.CATEGORIES if c != "json"})

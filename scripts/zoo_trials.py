@@ -1,0 +1,174 @@
+"""Trial builds of a model family, judged on its candidates alone, never on a soup: the realism
+criteria (soce.zoo.realism), and per category the reliability of the candidates' spread and how
+often the dev leader leads in redraws of the examples (as soce's analysis and stability compute
+them). How the default family's spec is chosen before any soup of it is evaluated (docs/zoo.md).
+
+    python scripts/zoo_trials.py                 every trial below
+    python scripts/zoo_trials.py t1 t2 --per-category 100
+
+Each trial is built into --cache (default /tmp/zoo_trials); a base with the same spec as an
+earlier trial's is copied, not trained again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from soce.analysis import reliability
+from soce.zoo.family import FAMILIES, UNIFORM, CandidateSpec, Family, FamilySpec, _build, _missing, mixed
+from soce.zoo.realism import measure
+
+# the default family until issue 37 (trial 8 of issue 28, docs/zoo.md): every trial starts from it
+DEFAULT = FamilySpec(
+    name="former", hidden=128, layers=2, base_steps=450, base_lr=3e-3, level=2,
+    candidates=(
+        CandidateSpec("fc-generalist", UNIFORM, 150, 5e-4, 1),
+        CandidateSpec("fc-json", mixed(0.4, json=1), 120, 1e-3, 2),
+        CandidateSpec("fc-parallel", mixed(0.4, parallel=1, parallel_multiple=1, json=0.25), 120, 1e-3, 3),
+        CandidateSpec("fc-relevance", mixed(0.4, irrelevance=1, multiple=1), 100, 1e-3, 4),
+        CandidateSpec("fc-simple-short", mixed(0.3, simple=1), 60, 5e-4, 5),
+        CandidateSpec("fc-hot", UNIFORM, 100, 1e-3, 6),
+        CandidateSpec("fc-multi-long", mixed(0.4, parallel_multiple=2, json=1, multiple=1), 200, 6e-4, 7),
+        CandidateSpec("fc-undertrained", UNIFORM, 30, 5e-4, 8),
+    ),
+)
+TRIALS: dict[str, FamilySpec] = {
+    "t1": dataclasses.replace(DEFAULT, name="t1", length_buckets=2, candidates=(
+        CandidateSpec("fc-generalist", UNIFORM, 100, 5e-4, 1),
+        CandidateSpec("fc-json", mixed(0.3, json=1), 200, 1.5e-3, 2),
+        CandidateSpec("fc-parallel", mixed(0.3, parallel=1, parallel_multiple=1), 200, 1.5e-3, 3),
+        CandidateSpec("fc-relevance", mixed(0.3, irrelevance=1), 200, 1.5e-3, 4),
+        CandidateSpec("fc-simple-short", mixed(0.3, simple=1), 100, 1.5e-3, 5),
+        CandidateSpec("fc-hot", UNIFORM, 80, 1e-3, 6),
+        CandidateSpec("fc-multi-long", mixed(0.3, multiple=1), 200, 1.5e-3, 7),
+        CandidateSpec("fc-undertrained", UNIFORM, 30, 5e-4, 8),
+    )),
+    # a base trained less (360 steps): headroom on every category for the fine-tunes to take
+    "t2": dataclasses.replace(DEFAULT, name="t2", base_steps=360, length_buckets=2, candidates=(
+        CandidateSpec("fc-generalist", UNIFORM, 100, 5e-4, 1),
+        CandidateSpec("fc-json", mixed(0.3, json=1), 150, 1e-3, 2),
+        CandidateSpec("fc-parallel", mixed(0.3, parallel=1, parallel_multiple=1), 150, 1e-3, 3),
+        CandidateSpec("fc-relevance", mixed(0.3, irrelevance=1), 150, 1e-3, 4),
+        CandidateSpec("fc-simple-short", mixed(0.3, simple=1), 80, 1e-3, 5),
+        CandidateSpec("fc-hot", UNIFORM, 60, 1e-3, 6),
+        CandidateSpec("fc-multi-long", mixed(0.3, multiple=1), 200, 6e-4, 7),
+        CandidateSpec("fc-undertrained", UNIFORM, 30, 5e-4, 8),
+    )),
+}
+# a base that has seen little but simple calls: headroom on the skills the fine-tunes teach
+SKEWED = (
+    CandidateSpec("fc-generalist", UNIFORM, 100, 5e-4, 1),
+    CandidateSpec("fc-json", mixed(0.3, json=1), 150, 1e-3, 2),
+    CandidateSpec("fc-parallel", mixed(0.3, parallel=1, parallel_multiple=1), 150, 1e-3, 3),
+    CandidateSpec("fc-relevance", mixed(0.3, irrelevance=1), 120, 1e-3, 4),
+    CandidateSpec("fc-simple-short", mixed(0.3, simple=1), 60, 1e-3, 5),
+    CandidateSpec("fc-hot", UNIFORM, 60, 1e-3, 6),
+    CandidateSpec("fc-multi-long", mixed(0.3, multiple=1), 200, 6e-4, 7),
+    CandidateSpec("fc-undertrained", UNIFORM, 30, 5e-4, 8),
+)
+TRIALS["t3"] = dataclasses.replace(DEFAULT, name="t3", length_buckets=2, candidates=SKEWED, base_mixture={
+    "simple": 3, "multiple": 1, "parallel": 1, "parallel_multiple": 1, "irrelevance": 0.6, "json": 0.6})
+TRIALS["t4"] = dataclasses.replace(DEFAULT, name="t4", length_buckets=2, candidates=SKEWED, base_mixture={
+    "simple": 4, "multiple": 0.8, "parallel": 0.8, "parallel_multiple": 0.5, "irrelevance": 0.4, "json": 0.4})
+
+# a base that has seen few calls but simple and multiple ones (3-6 % of its batches each)
+TRIALS["t5"] = dataclasses.replace(DEFAULT, name="t5", length_buckets=2, candidates=SKEWED, base_mixture={
+    "simple": 5, "multiple": 3, "parallel": 0.6, "parallel_multiple": 0.6, "irrelevance": 0.4, "json": 0.4})
+
+# between t3 and t5: json 7 % and irrelevance 4 % of the base's batches; fc-json at a lower rate.
+# Chosen: the default family since issue 37 (FAMILIES["default"], the same spec but for its name)
+TRIALS["t6"] = dataclasses.replace(DEFAULT, name="t6", length_buckets=2, candidates=(
+    CandidateSpec("fc-generalist", UNIFORM, 100, 5e-4, 1),
+    CandidateSpec("fc-json", mixed(0.3, json=1), 150, 7e-4, 2),
+    CandidateSpec("fc-parallel", mixed(0.3, parallel=1, parallel_multiple=1), 150, 1e-3, 3),
+    CandidateSpec("fc-relevance", mixed(0.3, irrelevance=1), 150, 1e-3, 4),
+    CandidateSpec("fc-simple-short", mixed(0.4, simple=1), 60, 1e-3, 5),
+    CandidateSpec("fc-hot", UNIFORM, 60, 1e-3, 6),
+    CandidateSpec("fc-multi-long", mixed(0.3, multiple=1), 200, 6e-4, 7),
+    CandidateSpec("fc-undertrained", UNIFORM, 30, 5e-4, 8),
+), base_mixture={"simple": 4, "multiple": 2, "parallel": 1.2, "parallel_multiple": 1.2, "irrelevance": 0.4, "json": 0.7})
+
+# specialists of two categories each, on a base that has seen little json and relevance detection
+PAIRED = (
+    CandidateSpec("fc-generalist", UNIFORM, 100, 5e-4, 1),
+    CandidateSpec("fc-json", mixed(0.3, json=1, simple=1), 150, 1e-3, 2),
+    CandidateSpec("fc-parallel", mixed(0.3, parallel=1, parallel_multiple=1), 170, 1e-3, 3),
+    CandidateSpec("fc-relevance", mixed(0.3, irrelevance=1, multiple=1), 150, 1e-3, 4),
+    CandidateSpec("fc-simple-short", mixed(0.4, simple=1), 60, 1e-3, 5),
+    CandidateSpec("fc-hot", UNIFORM, 60, 1e-3, 6),
+    CandidateSpec("fc-multi-long", mixed(0.3, multiple=1, parallel_multiple=1), 200, 6e-4, 7),
+    CandidateSpec("fc-undertrained", UNIFORM, 30, 5e-4, 8),
+)
+TRIALS["t7"] = dataclasses.replace(DEFAULT, name="t7", length_buckets=2, candidates=PAIRED, base_mixture={
+    "simple": 1, "multiple": 1, "parallel": 1, "parallel_multiple": 1, "irrelevance": 0.5, "json": 0.35})
+TRIALS["t8"] = dataclasses.replace(DEFAULT, name="t8", length_buckets=2, candidates=PAIRED, base_mixture={
+    "simple": 1, "multiple": 1, "parallel": 1, "parallel_multiple": 1, "irrelevance": 0.4, "json": 0.25})
+
+assert dataclasses.replace(TRIALS["t6"], name="default") == FAMILIES["default"], "t6 is the default family's spec"
+
+
+def base_key(spec: FamilySpec) -> str:
+    return FamilySpec.key(dataclasses.replace(spec, name="base", candidates=()))
+
+
+def build(spec: FamilySpec, cache: Path) -> Family:
+    family = Family(spec, cache / spec.key())
+    bases = cache / "bases" / base_key(spec)
+    if not family.base.exists() and bases.exists():
+        family.root.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(bases, family.base)
+    todo = _missing(family)
+    if todo:
+        family.root.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        _build(family, todo, progress=False)
+        print(f"{spec.name}: built {', '.join(todo)} in {time.perf_counter() - started:.0f} s")
+    if not bases.exists():
+        shutil.copytree(family.base, bases)
+    return family
+
+
+def lead_shares(values: np.ndarray, n: int, redraws: int = 1000, seed: int = 0) -> np.ndarray:
+    """Per category, the share of binomial redraws in which the dev leader leads (ties split)."""
+    rng = np.random.default_rng(seed)
+    leader = values.argmax(axis=0)
+    wins = np.zeros(values.shape[1])
+    for _ in range(redraws):
+        drawn = rng.binomial(n, values) / n
+        best = drawn == drawn.max(axis=0)
+        wins += best[leader, np.arange(values.shape[1])] / best.sum(axis=0)
+    return wins / redraws
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("trials", nargs="*", default=list(TRIALS))
+    ap.add_argument("--cache", type=Path, default=Path("/tmp/zoo_trials"))
+    ap.add_argument("--per-category", type=int, default=100)
+    args = ap.parse_args()
+    for name in args.trials:
+        spec = TRIALS[name]
+        realism = measure(build(spec, args.cache), per_category=args.per_category)
+        print(realism.table())
+        categories = list(realism.base_scores)
+        values = np.array([[c.scores[k] for k in categories] for c in realism.candidates])
+        names = [c.name for c in realism.candidates]
+        rel = reliability(values, [args.per_category] * len(categories))
+        shares = lead_shares(values, args.per_category)
+        print(f"\n{name}, {args.per_category} dev examples a category: category, reliability, leader (its share of redraws), "
+              "spread (max - median)")
+        for j, c in enumerate(categories):
+            column = values[:, j]
+            print(f"  {c:18s} {rel[j]:6.2f}  {names[int(column.argmax())]:16s} {shares[j]:4.0%}  "
+                  f"{column.max() - np.median(column):+.3f}")
+        print()
+
+
+if __name__ == "__main__":
+    main()
