@@ -14,6 +14,7 @@ from typing import Sequence
 from soce.errors import ConfigError, SoceError
 from soce.objective import label_of
 from soce.progress import plural
+from soce.significance import supported
 
 log = logging.getLogger("soce")
 
@@ -57,6 +58,9 @@ def model_card(*, study: str, benchmark: str, results: dict, selection: dict, in
     if stats:
         md += ["", f"In brackets, {stats['confidence']:.0%} intervals of a paired bootstrap ({stats['bootstrap']} resamples "
                "of the examples, within each category)."]
+        split = splits[-1]
+        md += ["", f"What the data supports, on {split} (better or worse only where the interval is clear of 0):", ""]
+        md += [f"- {sentence}" for sentence in supported(results, split)]
     md += ["", "## Reproduce", "", "```bash", command, "```", ""]
     return f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(md)
 

@@ -47,6 +47,10 @@ def test_the_soup_has_a_model_card_and_is_pushed_to_the_hub(study, zoo_cache, tm
         assert f"| {name} (`" in card.text and f"| {weight:.2f} |" in card.text
     test = searched["test"]
     assert f"{test['objective']:.4f} [{test['ci'][0]:.4f}, {test['ci'][1]:.4f}]" in card.text  # the score, its interval
+    from soce.significance import supported
+
+    claims = supported(results, "test")  # the same sentences as the log and the report, by the same rule
+    assert len(claims) >= 7 and all(f"- {c}" in card.text for c in claims)
     command = ("soce benchmark=toy_fc benchmark.backend=direct benchmark.per_category=20 pool=toy_zoo_micro selection=topk "
                "selection.k=3 search=grid search.budget=3")
     assert command in card.text  # the overrides it was run with

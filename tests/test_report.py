@@ -165,11 +165,14 @@ def test_the_report_on_the_micro_family_has_every_section_and_costs_nothing_twic
     assert rows["searched"]["test"]["ci"] == list(boot.interval(soup).to_dict()["ci"])
     assert rows["searched"]["test"]["vs_single"] == boot.difference(soup, [o.correct for o in outcomes]).to_dict()
     assert rows["searched"]["test"]["ci"][0] <= rows["searched"]["test"]["objective"] <= rows["searched"]["test"]["ci"][1]
-    [test] = [t for t in results["mcnemar"]["test"] if t["ingredient"] == single]
-    assert (test["only_soup"], test["only_ingredient"]) == (sum(s and not o.correct for s, o in zip(soup, outcomes)),
+    [test] = [v for v in rows["searched"]["test"]["versus"] if v["role"] == "single"]
+    assert [test["estimate"], test["ci"]] == [rows["searched"]["test"]["vs_single"]["estimate"], rows["searched"]["test"]["vs_single"]["ci"]]
+    assert (test["only_soup"], test["only_other"]) == (sum(s and not o.correct for s, o in zip(soup, outcomes)),
                                                             sum(o.correct and not s for s, o in zip(soup, outcomes)))
-    assert "What the data supports, on test:" in report and f"Against {single}, the searched soup alone solves" in report
-    assert [row[0] for row in r.tracker.tables["mcnemar_test"][1]] == [e["model"] for e in json.loads((run / "selection.json").read_text())["experts"]]
+    assert "What the data supports, on test (better or worse only where the interval is clear of 0):" in report
+    assert f"the expert {single} alone" in report and "no choice was made on these scores" in report
+    experts = [e["model"] for e in json.loads((run / "selection.json").read_text())["experts"]]
+    assert [row[0] for row in r.tracker.tables["versus_test"][1] if row[1] == "expert"] == experts
 
     before = (run / "sweep.jsonl").read_text()
     again = study(*args, "stage=report", "report.task_vectors=experts")

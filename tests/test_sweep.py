@@ -119,8 +119,11 @@ def test_sweep_resumes_and_the_soup_stage_reports_four_rows(study, zoo_cache, tm
     assert results["rows"][-1]["weights"] == best["weights"] and results["rows"][-1]["dev"]["objective"] == best["objective"]
     assert "searched soup, top-3 experts (grid search)" in r.log and (run / "soup" / "mergekit.yaml").exists()
     assert results["rows"][0]["models"] == ["base"] and {"dev", "test"} <= set(results["rows"][0])  # the family's base model
-    assert re.search(r"On test, the searched soup, top-3 experts \(grid search\) scores [\d.]+ and beats .+?: [+-][\d.]+ against "
-                     r"the best single candidate \(micro-\w+\), .* Its weights were chosen on dev\.", r.log)
+    assert re.search(r"On test, the searched soup, top-3 experts \(grid search\) scores [\d.]+: (better than|worse than|not "
+                     r"distinguishable from) the best single candidate \([+-][\d.]+, 95% CI \[[+-][\d.]+, [+-][\d.]+\]\); .* "
+                     r"Its weights were chosen on dev\.", r.log)
+    versus = results["rows"][-1]["test"]["versus"]  # every other row, then each expert
+    assert [v["role"] for v in versus] == ["base", "single", "uniform_all", "uniform_experts", "expert", "expert", "expert"]
 
     from transformers import AutoModelForCausalLM
 
@@ -181,22 +184,53 @@ def _row(role, name, test, models=("a", "b")):
     return {"role": role, "name": name, "models": list(models), "dev": {"objective": test}, "test": {"objective": test}}
 
 
-@pytest.mark.parametrize("searched, verdict", [
-    (0.80, "beats every baseline: +0.0500 against the best single candidate (m1), +0.2000 against the uniform soup, all "
-           "candidates, +0.1000 against the uniform soup, SoCE experts."),
-    (0.74, "beats the uniform soup, all candidates and the uniform soup, SoCE experts, not the best single candidate: "
-           "-0.0100 against the best single candidate (m1)"),
-    (0.65, "beats the uniform soup, all candidates, not the best single candidate nor the uniform soup, SoCE experts: -0.1000"),
-    (0.60, "beats none of the baselines: -0.1500"),
+def _versus(against, role, low, high):
+    return {"against": against, "role": role, "estimate": (low + high) / 2, "ci": [low, high], "only_soup": 3, "only_other": 1,
+            "p": 0.625}
+
+
+@pytest.mark.parametrize("interval, verdict", [
+    ((0.01, 0.09), "better than the best single candidate (+0.0500, 95% CI [+0.0100, +0.0900])"),
+    ((-0.02, 0.06), "not distinguishable from the best single candidate (+0.0200, 95% CI [-0.0200, +0.0600])"),
+    ((-0.09, -0.01), "worse than the best single candidate (-0.0500, 95% CI [-0.0900, -0.0100])"),
 ])
-def test_the_results_are_said_in_a_sentence(searched, verdict):
+def test_every_claim_comes_from_its_interval_by_one_rule(interval, verdict):
+    """The log's summary, report.md and the card say better or worse only where the paired
+    interval is clear of 0, and the summary says what the sentences below it say."""
+    from soce.significance import supported
     from soce.stages.present import results_summary
 
     rows = [_row("base", "base model", 0.1, ["base"]), _row("single", "best single candidate", 0.75, ["m1"]),
             _row("uniform_all", "uniform soup, all candidates", 0.6), _row("uniform_experts", "uniform soup, SoCE experts", 0.7),
-            _row("searched", "SoCE (grid search)", searched)]
+            _row("searched", "SoCE (grid search)", 0.8)]
+    rows[-1]["test"]["versus"] = [_versus("base model", "base", 0.6, 0.8), _versus("best single candidate", "single", *interval),
+                                  _versus("uniform soup, all candidates", "uniform_all", -0.01, 0.01),
+                                  _versus("uniform soup, SoCE experts", "uniform_experts", 0.01, 0.03), _versus("a", "expert", -0.1, 0.2)]
+    results = {"rows": rows, "select_on": "dev", "statistics": {"confidence": 0.95},
+               "candidates": {"test": {"m1": 0.75, "m2": 0.77}}}
+    summary = results_summary(results)
+    assert summary == (f"On test, the SoCE (grid search) scores 0.8000: {verdict}; not distinguishable from the uniform soup, all "
+                       "candidates (+0.0000, 95% CI [-0.0100, +0.0100]); better than the uniform soup, SoCE experts (+0.0200, "
+                       "95% CI [+0.0100, +0.0300]). Its weights were chosen on dev.")
+    sentences = supported(results, "test")
+    assert sentences[1] == (f"The SoCE (grid search) is {verdict}: it alone solves 3 examples, the best single candidate alone 1 "
+                            "(McNemar p = 0.625, no significant difference).")
+    assert sentences[4].startswith("The SoCE (grid search) is not distinguishable from the expert a (+0.0500")
+    assert sentences[-1] == ("On test the best candidate is m2 (0.7700), not m1 (0.7500), the best on dev and the best single "
+                             "candidate above: the test scores were not used for any choice.")
+
+
+def test_without_intervals_the_summary_gives_point_estimates_as_such():
+    from soce.stages.present import results_summary
+
+    rows = [_row("single", "best single candidate", 0.75, ["m1"]), _row("uniform_all", "uniform soup, all candidates", 0.6),
+            _row("uniform_experts", "uniform soup, SoCE experts", 0.7), _row("searched", "SoCE (grid search)", 0.8)]
     text = results_summary({"rows": rows, "select_on": "dev"})
-    assert text.startswith(f"On test, the SoCE (grid search) scores {searched:.4f} and {verdict}") and text.endswith("chosen on dev.")
+    assert text == ("On test, the SoCE (grid search) scores 0.8000 (+0.0500 against the best single candidate (m1), +0.2000 "
+                    "against the uniform soup, all candidates, +0.1000 against the uniform soup, SoCE experts): point estimates "
+                    "only, without per-example outcomes there are no intervals to say whether any difference is more than "
+                    "noise. Its weights were chosen on dev.")
+    assert "beats" not in text and "better" not in text
 
 
 def test_a_one_expert_result_says_its_soups_are_the_model_itself():

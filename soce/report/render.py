@@ -17,7 +17,7 @@ from soce.report.content import Content, Diagnostics, Landscape, ShapleyValues, 
 from soce.report.consistency import Consistency
 from soce.report.diagnostics import THRESHOLDS, prediction
 from soce.report.plots import plot_consistency, plot_diagnostics, plot_shapley, plot_surrogate, plot_ternary
-from soce.report.significance import score_text, supported
+from soce.significance import score_text, supported
 from soce.stability import stability_lines
 
 log = logging.getLogger("soce")
@@ -95,7 +95,13 @@ def _baselines_section(r: StudyReport) -> list[str]:
     split = "test" if "test" in r.results["rows"][-1] else "dev"
     sentences = supported(r.results, split)
     if sentences:
-        md += ["", f"What the data supports, on {split}:", ""] + [f"- {s}" for s in sentences]
+        md += ["", f"What the data supports, on {split} (better or worse only where the interval is clear of 0):", ""]
+        md += [f"- {s}" for s in sentences]
+    own = r.results.get("candidates", {}).get(split)
+    if own and split != r.results.get("select_on"):
+        md += ["", f"Every candidate on {split} (shown for the reader: no choice was made on these scores):", "",
+               f"| candidate | {split} {obj} |", "|---|---|"]
+        md += [f"| {m} | {v:.4f} |" for m, v in sorted(own.items(), key=lambda kv: -kv[1])]
     return md + [""]
 
 

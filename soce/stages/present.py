@@ -108,7 +108,7 @@ def test_objective(row: dict) -> float | None:
 
 
 def print_results(results: dict) -> None:
-    from soce.report.significance import score_text, supported
+    from soce.significance import score_text, supported
 
     stats = results.get("statistics")
     intervals = f"; {stats['confidence']:.0%} intervals, paired bootstrap over examples" if stats else ""
@@ -125,10 +125,13 @@ def print_results(results: dict) -> None:
 
 
 def results_summary(results: dict) -> str:
-    """What the table means, in two sentences: the searched soup against the best single model and
-    the uniform soups, on the reported split."""
+    """What the table means, in a sentence: the searched soup against the best single model and
+    the uniform soups, on the reported split, each by its paired interval where the results have
+    one (soce.significance.verdict), by its point estimate otherwise, said as such."""
+    from soce.significance import claims
+
     role = {r.get("role"): r for r in results["rows"]}
-    single, everyone, experts, searched = role["single"], role["uniform_all"], role["uniform_experts"], role["searched"]
+    single, everyone, searched = role["single"], role["uniform_all"], role["searched"]
     split = "test" if "test" in searched else "dev"
     score = searched[split]["objective"]
 
@@ -139,20 +142,14 @@ def results_summary(results: dict) -> str:
     if len(searched["models"]) == 1:  # one expert: its soups are the model itself, nothing to compare
         return (f"On {split}, the {searched['name']} scores {score:.4f}: the selection has one expert, {searched['models'][0]}, "
                 f"so its soups are that model itself ({against(single)}, {against(everyone)}).")
-    baselines = (single, everyone, experts)
-    beaten = [r["name"] for r in baselines if score > r[split]["objective"]]
-    not_beaten = [r["name"] for r in baselines if score <= r[split]["objective"]]
-    if not not_beaten:
-        verdict = "beats every baseline"
-    elif not beaten:
-        verdict = "beats none of the baselines"
-    else:
-        verdict = f"beats the {' and the '.join(beaten)}, not the {' nor the '.join(not_beaten)}"
     chosen = "" if results.get("select_on") is None else f" Its weights were chosen on {results['select_on']}."
-    return (f"On {split}, the {searched['name']} scores {score:.4f} and {verdict}: {against(single)}, {against(everyone)}, "
-            f"{against(experts)}.{chosen}")
-
-
+    baselines = ("single", "uniform_all", "uniform_experts")
+    said = [c for c, v in zip(claims(results, split), searched[split].get("versus", [])) if v["role"] in baselines]
+    if said:
+        return f"On {split}, the {searched['name']} scores {score:.4f}: {'; '.join(said)}.{chosen}"
+    points = ", ".join(against(role[b]) for b in baselines)
+    return (f"On {split}, the {searched['name']} scores {score:.4f} ({points}): point estimates only, without per-example "
+            f"outcomes there are no intervals to say whether any difference is more than noise.{chosen}")
 
 
 def track_selection(t: Tracker, selection: Selection, where: dict) -> None:
@@ -170,9 +167,12 @@ def track_results(t: Tracker, results: dict, soup_dir) -> None:
                 [[r["name"], r["dev"]["objective"], *r["dev"].get("ci", [None, None]), test_objective(r),
                   *r.get("test", {}).get("ci", [None, None]), r.get("test", r["dev"]).get("vs_single", {}).get("estimate"),
                   ", ".join(r["models"]), ", ".join(f"{w:.3f}" for w in r["weights"])] for r in rows])
-    for s, tests in results.get("mcnemar", {}).items():
-        t.log_table(f"mcnemar_{s}", ["ingredient", "only_soup", "only_ingredient", "p"],
-                    [[x["ingredient"], x["only_soup"], x["only_ingredient"], x["p"]] for x in tests])
+    for s in ("dev", "test"):
+        versus = rows[-1].get(s, {}).get("versus")
+        if versus:
+            t.log_table(f"versus_{s}", ["against", "role", "difference", "low", "high", "only_soup", "only_other", "p"],
+                        [[v["against"], v["role"], v["estimate"], *v["ci"], v["only_soup"], v["only_other"], v["p"]]
+                         for v in versus])
     t.log_summary({"soup/dev": rows[-1]["dev"]["objective"], "soup/test": test_objective(rows[-1]),
                    "soup/protocol": results["protocol"]})
     t.log_reference("soup", soup_dir)

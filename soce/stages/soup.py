@@ -21,7 +21,7 @@ log = logging.getLogger("soce")
 
 def soup(study: Study) -> dict:
     from soce.merge import merge_to_disk
-    from soce.report.significance import add_statistics
+    from soce.significance import add_statistics
     from soce.sweep import solved_by_id
     from soce.weights import uniform
 
@@ -65,7 +65,9 @@ def soup(study: Study) -> dict:
     else:
         protocol = "weights chosen on TEST, the split reported (the paper's protocol): test scores are optimistic"
     results = {"protocol": protocol, "objective": objective.name, "objective_label": objective.label, "search": search.name,
-               "select_on": split, "rows": rows}
+               "select_on": split, "rows": rows,
+               # every candidate's own objective (on a split other than select_on: shown, never used for a choice)
+               "candidates": {s: {m: objective.of_row(t, m) for m in t.models} for s, t in tables.items()}}
     if searched.run is not None:  # what a search over subsets of the examples spent, against the grid
         results["search_run"] = searched.run.to_dict(search.grid_size(len(experts)) * len(souper.example_ids(split)))
     if all(t.outcomes for t in tables.values()):
