@@ -54,6 +54,16 @@ def _pearson(x: np.ndarray, y: np.ndarray) -> float:
 
 
 NOISY = 0.5  # a category whose reliability is below this is mostly sampling noise between models
+RELIABILITY = ("the share of its spread between models that is not sampling noise; where the noise is larger than the "
+               "spread, 0, with the raw value (below 0) beside it")
+
+
+def reliability_text(r: float) -> str:
+    """A category's reliability as soce shows it everywhere (the log, report.md, entry_tau.png;
+    analysis.json keeps both): a share, so never below 0; the raw value beside a clipped one."""
+    if math.isnan(r):
+        return "n/a"
+    return f"{r:.2f}" if r >= 0 else f"0.00 (raw {r:.2f})"
 
 
 def reliability(values: np.ndarray, sizes: Sequence[float | None]) -> tuple[float, ...]:
@@ -108,7 +118,7 @@ class Analysis:
         """The categories analysis.min_reliability leaves out of L, each with its figures."""
         if self.min_reliability is None:
             return {}
-        return {c: f"reliability {r:.2f} < analysis.min_reliability={self.min_reliability:g} ({n:.0f} examples): its spread "
+        return {c: f"reliability {reliability_text(r)} < analysis.min_reliability={self.min_reliability:g} ({n:.0f} examples): its spread "
                    "between models is mostly sampling noise" for c, r, n in zip(self.categories, self.reliability, self.sizes)
                 if r < self.min_reliability}
 
@@ -182,7 +192,9 @@ class Analysis:
             "entry_tau": {c: _json_float(t) for c, t in self.entry_tau.items()},
             "undefined_pairs": [list(p) for p in self.undefined_pairs],
             "tau_sweep": self.tau_sweep(taus),
-            "reliability": {c: _json_float(r) for c, r in zip(self.categories, self.reliability)},
+            # the share shown (clipped at 0), and the formula's own value (below 0 where the noise is larger than the spread)
+            "reliability": {c: _json_float(max(r, 0.0)) for c, r in zip(self.categories, self.reliability)},
+            "reliability_raw": {c: _json_float(r) for c, r in zip(self.categories, self.reliability)},
             "sizes": dict(zip(self.categories, self.sizes)),
             "min_reliability": self.min_reliability,
             "left_out": self.left_out,
@@ -192,7 +204,7 @@ class Analysis:
     @classmethod
     def from_dict(cls, d: dict) -> "Analysis":
         matrix = np.array([[math.nan if v is None else v for v in row] for row in d["matrix"]], dtype=np.float64)
-        reliability = tuple(math.nan if r is None else r for r in d.get("reliability", {}).values())
+        reliability = tuple(math.nan if r is None else r for r in d.get("reliability_raw", d.get("reliability", {})).values())
         return cls(d["method"], float(d["tau"]), tuple(d["models"]), tuple(d["categories"]), matrix, np.array(d["counts"]),
                    reliability, tuple(d.get("sizes", {}).values()), d.get("min_reliability"), d.get("stability"))
 
@@ -275,7 +287,7 @@ def entry_label(analysis: Analysis, category: str) -> str:
     share of redraws in L, where the analysis has them."""
     reliable = dict(zip(analysis.categories, analysis.reliability))
     in_l = (analysis.stability or {}).get("in_weak_set", {})
-    notes = ([f"reliability {reliable[category]:.2f}"] if not math.isnan(reliable.get(category, math.nan)) else []) \
+    notes = ([f"reliability {reliability_text(reliable[category])}"] if not math.isnan(reliable.get(category, math.nan)) else []) \
         + (["left out"] if category in analysis.left_out else []) \
         + ([f"in L in {in_l[category]:.0%} of redraws"] if category in in_l else [])
     return category + (f" ({', '.join(notes)})" if notes else "")
@@ -296,15 +308,16 @@ def plot_entry_tau(analysis: Analysis, path: Path) -> None:
         ax.plot([0, 0 if math.isnan(t) else t], [i, i], color="lightgray", zorder=1)
         if not math.isnan(t):
             ax.scatter([t], [i], color="firebrick" if inside else "gray", zorder=2)
-    ax.axvline(analysis.tau, color="firebrick", linestyle="--", label=f"tau = {analysis.tau:g}")
+    ax.axvline(analysis.tau, color="firebrick", linestyle="--")
+    ax.annotate(f"tau = {analysis.tau:g}", (analysis.tau, 1.0), xycoords=("data", "axes fraction"), xytext=(0, 3),
+                textcoords="offset points", ha="center", va="bottom", fontsize=8, color="firebrick")  # above the data, not on it
     labels = [entry_label(analysis, c) for c, _ in entries]
     ax.set_yticks(range(k), labels, fontsize=8)
     ax.invert_yaxis()
     finite = [t for _, t in entries if not math.isnan(t)]
     ax.set_xlim(0, min(1.0, 1.15 * max([*finite, analysis.tau])))  # the thresholds' range, tau always in view
     ax.set_xlabel("entry threshold: min |rho| with any other category\n(in L for tau above it)")
-    ax.set_title(f"Weak set L as tau varies ({len(analysis.weak_set)} of {k} in L at tau={analysis.tau:g})", fontsize=10)
-    ax.legend(loc="best", fontsize=8)
+    ax.set_title(f"Weak set L as tau varies ({len(analysis.weak_set)} of {k} in L at tau={analysis.tau:g})", fontsize=10, pad=14)
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)

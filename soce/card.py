@@ -15,6 +15,7 @@ from soce.errors import ConfigError, SoceError
 from soce.objective import label_of
 from soce.progress import plural
 from soce.significance import supported
+from soce.weights import weight_text
 
 log = logging.getLogger("soce")
 
@@ -45,7 +46,7 @@ def model_card(*, study: str, benchmark: str, results: dict, selection: dict, in
           f"`{benchmark}`. No training: the weights were searched ({results['search']} search) on the {results['select_on']} split.",
           "", "## Ingredients", "", "| model | weight | why |", "|---|---|---|"]
     why = {e["model"]: e["reason"] for e in selection["experts"]}
-    md += [f"| {i.source if i.hub_id else f'{i.name} (`{i.source}`)'} | {i.weight:.2f} | {why.get(i.name, '')} |"
+    md += [f"| {i.source if i.hub_id else f'{i.name} (`{i.source}`)'} | {weight_text(i.weight)} | {why.get(i.name, '')} |"
            for i in ingredients]
     weak = selection.get("weak_set")
     md += ["", "## How the experts were chosen", "",

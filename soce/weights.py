@@ -66,3 +66,9 @@ def key(weights: tuple[float, ...] | list[float]) -> str:
 
 def close(a, b) -> bool:
     return len(a) == len(b) and all(math.isclose(x, y, abs_tol=1e-9) for x, y in zip(a, b))
+
+
+def weight_text(w: float) -> str:
+    """A weight as printed: two decimals, three where two would round it (8 uniform weights are
+    0.125 each, not 0.12: printed weights sum to 1 as the real ones do)."""
+    return f"{w:.2f}" if abs(round(w, 2) - w) < 1e-9 else f"{w:.3f}"

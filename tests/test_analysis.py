@@ -110,6 +110,10 @@ def test_reliability_by_hand_and_the_noisy_categories_of_the_weak_set():
     assert "small" in a.weak_set and [c for c, _, _ in a.noisy()] == ["small"]
     again = Analysis.from_dict(a.to_dict())
     assert again.reliability[:2] == pytest.approx(a.reliability[:2]) and again.sizes == (1000, 15, 100, None)
+    from soce.analysis import reliability_text
+
+    # shown as a share, never below 0: the formula's value beside a clipped one
+    assert [reliability_text(v) for v in (0.76, 0.0, -3.17, math.nan)] == ["0.76", "0.00", "0.00 (raw -3.17)", "n/a"]
 
 
 def test_bfcl_columns_count_their_test_files_examples():
@@ -127,7 +131,11 @@ def test_the_analysis_stage_reports_each_categorys_reliability(study, tmp_path):
     r = study("benchmark=bfcl_leaderboard", f"benchmark.path={BFCL_FIXTURE}", "pool=all", "stage=analyze", "tracker=none")
     analysis = json.loads((tmp_path / "run" / "analysis.json").read_text())
     assert list(analysis["reliability"]) == analysis["categories"] and analysis["sizes"]["Relevance Detection"] == 18
-    assert "its reliability (the share of its spread between models that is not sampling noise)" in r.log
+    assert "its reliability (the share of its spread between models that is not sampling noise; where the noise is larger " \
+           "than the spread, 0, with the raw value (below 0) beside it)" in r.log
+    assert all(v is None or v >= 0 for v in analysis["reliability"].values())  # a share, as shown; the formula's value beside
+    assert {c: max(v, 0) for c, v in analysis["reliability_raw"].items() if v is not None} == \
+        {c: v for c, v in analysis["reliability"].items() if v is not None}
     csv = tmp_path / "scores.csv"
     csv.write_text("model,a,b,c\nm1,0.2,0.5,0.9\nm2,0.4,0.45,0.1\nm3,0.8,0.55,0.5\nm4,0.5,0.6,0.3\n")
     r = study("benchmark=table", f"benchmark.path={csv}", "benchmark.category_sizes={a: 500, b: 10}", "pool=all",
@@ -275,8 +283,8 @@ def test_the_report_names_the_categories_of_l_that_rest_on_noise(study, tmp_path
     study("benchmark=table", f"benchmark.path={csv}", "benchmark.category_sizes={big: 1000, other: 1000, small: 15, saturated: 100}",
           "pool=all", "stage=report", "selection.tau=0.5", "tracker=none")
     report = (tmp_path / "run" / "report.md").read_text()
-    assert re.search(r"In L on a spread between models that is mostly sampling noise \(reliability below 0.5\): "
-                     r"small \(-?[\d.]+\), saturated \(-?[\d.]+\);", report)
+    assert re.search(r"In L on a spread between models that is mostly sampling noise \(reliability, .* below 0.5\): "
+                     r"small \((0\.00 \(raw -[\d.]+\)|0\.\d\d)\), saturated \((0\.00 \(raw -[\d.]+\)|0\.\d\d)\);", report)
 
 
 def test_sizes_known_for_some_categories_only_are_said_and_the_others_get_no_redraw_claims(study, tmp_path):

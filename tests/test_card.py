@@ -13,6 +13,7 @@ from conftest import MICRO_STUDY, compose_cfg
 from soce import config
 from soce.card import Ingredient, command_of, model_card, push
 from soce.errors import ConfigError, SoceError
+from soce.weights import weight_text
 
 
 @pytest.fixture
@@ -44,7 +45,7 @@ def test_the_soup_has_a_model_card_and_is_pushed_to_the_hub(study, zoo_cache, tm
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     searched = results["rows"][-1]
     for name, weight in zip(searched["models"], searched["weights"]):
-        assert f"| {name} (`" in card.text and f"| {weight:.2f} |" in card.text
+        assert f"| {name} (`" in card.text and f"| {weight_text(weight)} |" in card.text
     test = searched["test"]
     assert f"{test['objective']:.4f} [{test['ci'][0]:.4f}, {test['ci'][1]:.4f}]" in card.text  # the score, its interval
     from soce.significance import supported

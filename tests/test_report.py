@@ -123,6 +123,10 @@ def test_the_report_on_the_micro_family_has_every_section_and_costs_nothing_twic
     for image in ("correlation.png", "landscape.png", "shapley.png", "consistency.png", "diagnostics.png"):
         assert f"]({image})" in report and (run / image).stat().st_size > 10_000
     assert "| searched soup, top-3 experts (grid search) |" in report and "failed by every ingredient" in report
+    assert "micro-generalist 0.25, micro-json 0.25, micro-parallel 0.25, micro-relevance 0.25 |" in report  # the uniform soup of all 4
+    from soce.weights import weight_text
+
+    assert [weight_text(w) for w in (0.125, 0.6, 1 / 3)] == ["0.125", "0.60", "0.333"]  # printed weights sum to 1
     # Shapley: 3 experts, exact; pairs are souped and stored, single experts are their own scores.
     records = [json.loads(line) for line in (run / "sweep.jsonl").read_text().splitlines()]
     pairs = [p for p in records if p["kind"] == "shapley" and sorted(p["weights"]) == [0.0, 0.5, 0.5]]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from soce.analysis import NOISY
+from soce.analysis import NOISY, RELIABILITY, reliability_text
 from soce.artifacts import REPORT
 from soce.objective import label_of
 from soce.progress import plural
@@ -19,6 +19,7 @@ from soce.report.diagnostics import THRESHOLDS, prediction
 from soce.report.plots import plot_consistency, plot_diagnostics, plot_shapley, plot_surrogate, plot_ternary
 from soce.significance import score_text, supported
 from soce.stability import stability_lines
+from soce.weights import weight_text
 
 log = logging.getLogger("soce")
 
@@ -54,9 +55,10 @@ def _selection_section(r: StudyReport) -> list[str]:
           f"{analysis['method'].capitalize()} correlation over {len(analysis['models'])} models; at tau={analysis['tau']:g} "
           f"the weak set L holds {len(weak)} of {len(analysis['categories'])} categories: {', '.join(weak) or '(none)'}.", "",
           "![category correlation](correlation.png)", "", "| expert | overall | why |", "|---|---|---|"]
-    noisy = [f"{c} ({r:.2f})" for c, r in analysis.get("reliability", {}).items() if c in weak and r is not None and r < NOISY]
+    raw = analysis.get("reliability_raw", analysis.get("reliability", {}))
+    noisy = [f"{c} ({reliability_text(r)})" for c, r in raw.items() if c in weak and r is not None and r < NOISY]
     if noisy:
-        md[-4:-4] = [f"In L on a spread between models that is mostly sampling noise (reliability below {NOISY:g}): "
+        md[-4:-4] = [f"In L on a spread between models that is mostly sampling noise (reliability, {RELIABILITY}, below {NOISY:g}): "
                      f"{', '.join(noisy)}; their correlations, and the experts they pick, rest on chance.", ""]
     lines = stability_lines(analysis["stability"], weak) if analysis.get("stability") else []
     if lines:
@@ -90,7 +92,7 @@ def _baselines_section(r: StudyReport) -> list[str]:
     md += [f"{label_of(r.results)}; {r.results['protocol']}.{intervals}", "",
            f"| | dev {obj} | test {obj} | weights |", "|---|---|---|---|"]
     for row in r.results["rows"]:
-        weights = ", ".join(f"{m} {w:.2f}" for m, w in zip(row["models"], row["weights"]) if w > 0)
+        weights = ", ".join(f"{m} {weight_text(w)}" for m, w in zip(row["models"], row["weights"]) if w > 0)
         md.append(f"| {row['name']} | {score_text(row.get('dev'))} | {score_text(row.get('test'))} | {weights} |")
     split = "test" if "test" in r.results["rows"][-1] else "dev"
     sentences = supported(r.results, split)
@@ -121,7 +123,7 @@ def _landscape_section(r: StudyReport, landscape: Landscape | None) -> list[str]
     best = landscape.best
     md += [f"The best {len(best)} of {plural(len(points), 'point')} on {split}:", "",
            "| " + " | ".join(experts) + f" | {split} {obj} |", "|" + "---|" * (len(experts) + 1)]
-    md += ["| " + " | ".join(f"{w:.2f}" for w in p["weights"]) + f" | {p['objective']:.4f} |" for p in best]
+    md += ["| " + " | ".join(weight_text(w) for w in p["weights"]) + f" | {p['objective']:.4f} |" for p in best]
     r.tracker.log_table("report/top_points", [*experts, f"{split} {obj}"], [[*p["weights"], p["objective"]] for p in best])
     return md + [""]
 

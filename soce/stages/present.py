@@ -12,6 +12,7 @@ from soce.scores import ScoreTable
 from soce.selection import Selection
 from soce.stability import stability_lines
 from soce.tracking import Tracker
+from soce.weights import weight_text
 
 log = logging.getLogger("soce")
 
@@ -24,10 +25,10 @@ def print_analysis(result: corr.Analysis, population: str, values) -> None:
     log.info("  weak set L (%d of %d): %s", len(result.weak_set), k, ", ".join(result.weak_set) or "(empty)")
     reliable = dict(zip(result.categories, result.reliability))
     log.info("  entry threshold per category (in L for any tau above it)%s:",
-             "; its reliability (the share of its spread between models that is not sampling noise)" if reliable else "")
+             f"; its reliability ({corr.RELIABILITY})" if reliable else "")
     width = max(map(len, result.categories))
     for cat, t in sorted(result.entry_tau.items(), key=lambda kv: (math.isnan(kv[1]), kv[1])):
-        r = f"  reliability {reliable[cat]:5.2f}" if cat in reliable and not math.isnan(reliable[cat]) else ""
+        r = f"  reliability {corr.reliability_text(reliable[cat])}" if cat in reliable and not math.isnan(reliable[cat]) else ""
         log.info("    %s  %-*s%s%s", "  n/a" if math.isnan(t) else f"{t:.3f}", width if r else 0, cat, r,
                  "  <- in L" if t < result.tau else "")
     for cat, why in result.left_out.items():
@@ -43,8 +44,8 @@ def print_analysis(result: corr.Analysis, population: str, values) -> None:
         log.warning("  analysis.min_reliability=%g leaves nothing out: the number of examples behind each category's scores "
                     "is unknown here (benchmark.category_sizes gives them for a table)", result.min_reliability)
     for cat, r, n in result.noisy():
-        log.warning("  %r is in L on a spread between models that is mostly sampling noise (reliability %.2f, %s examples): "
-                    "its correlations, and the expert it picks, rest on chance", cat, r, f"{n:.0f}")
+        log.warning("  %r is in L on a spread between models that is mostly sampling noise (reliability %s, %s examples): "
+                    "its correlations, and the expert it picks, rest on chance", cat, corr.reliability_text(r), f"{n:.0f}")
     if result.stability:
         log.info("  stability over %d redraws of the scores (each a binomial proportion of its category's examples):",
                  result.stability["resamples"])
@@ -100,7 +101,7 @@ def print_selection(selection: Selection) -> None:
 
 # --- sweep and soup --------------------------------------------------------------------------
 def weights_text(names: list[str], weights: list[float]) -> str:
-    return ", ".join(f"{n} {w:.2f}" for n, w in zip(names, weights))
+    return ", ".join(f"{n} {weight_text(w)}" for n, w in zip(names, weights))
 
 
 def test_objective(row: dict) -> float | None:
