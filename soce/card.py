@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from soce import __version__
 from soce.errors import ConfigError, SoceError
 from soce.objective import label_of
 from soce.progress import plural
@@ -25,7 +26,7 @@ TAGS = ["merge", "model-soup", "soce"]
 @dataclass(frozen=True)
 class Ingredient:
     name: str  # its pool name
-    source: str  # its Hub id, or its directory where it has none
+    source: str | None  # its Hub id, or its directory where it has none (None: its name alone, local_source)
     hub_id: str | None
     weight: float
 
@@ -46,8 +47,8 @@ def model_card(*, study: str, benchmark: str, results: dict, selection: dict, in
           f"`{benchmark}`. No training: the weights were searched ({results['search']} search) on the {results['select_on']} split.",
           "", "## Ingredients", "", "| model | weight | why |", "|---|---|---|"]
     why = {e["model"]: e["reason"] for e in selection["experts"]}
-    md += [f"| {i.source if i.hub_id else f'{i.name} (`{i.source}`)'} | {weight_text(i.weight)} | {why.get(i.name, '')} |"
-           for i in ingredients]
+    md += [f"| {i.source if i.hub_id else f'{i.name} (`{i.source}`)' if i.source else f'{i.name} (a local checkpoint)'} | "
+           f"{weight_text(i.weight)} | {why.get(i.name, '')} |" for i in ingredients]
     weak = selection.get("weak_set")
     md += ["", "## How the experts were chosen", "",
            f"selection: {selection['strategy']}" + (f"; the weak set of categories: {', '.join(weak)}" if weak else "") + ".",
@@ -62,8 +63,19 @@ def model_card(*, study: str, benchmark: str, results: dict, selection: dict, in
         split = splits[-1]
         md += ["", f"What the data supports, on {split} (better or worse only where the interval is clear of 0):", ""]
         md += [f"- {sentence}" for sentence in supported(results, split)]
-    md += ["", "## Reproduce", "", "```bash", command, "```", ""]
+    md += ["", "## Reproduce", "", f"With soce {__version__} (`pip install soce=={__version__}`, CPU or CUDA torch first):", "",
+           "```bash", command, "```", ""]
     return f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(md)
+
+
+def local_source(path: str, run_dir: Path) -> str | None:
+    """A local expert as its card names it: relative to the run directory where it lies inside
+    it, as given where the user gave it outside their home; None (its name alone) for a path in
+    a home directory, such as a cache (the card is public, the path is nobody else's)."""
+    resolved = Path(path).expanduser().resolve()
+    if resolved.is_relative_to(run_dir.resolve()):
+        return str(resolved.relative_to(run_dir.resolve()))
+    return None if resolved.is_relative_to(Path.home().resolve()) else path
 
 
 def _score(part: dict | None) -> str:

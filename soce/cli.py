@@ -21,6 +21,7 @@ from soce import config
 from soce.processes import Processes
 from soce.errors import SoceError
 from soce.stages.runner import STAGES, TOOLS, asked_for, ready, run_stage
+from soce.stages.soup import publish
 from soce.stages.study import Study
 from soce.tracking import NoTracker, Tracker
 
@@ -130,6 +131,8 @@ def run_study(cfg: DictConfig, run_dir: Path, job: int | None = None, tracker: T
         else:
             for stage in todo:
                 run_stage(study, stage)
+        if STAGES["soup"] in todo and cfg.sweep.shard is None and processes.is_main:
+            publish(study)  # after the report: a failed upload costs no product
     finally:
         study.close()
         where = tracker.where()

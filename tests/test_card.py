@@ -45,7 +45,7 @@ def test_the_soup_has_a_model_card_and_is_pushed_to_the_hub(study, zoo_cache, tm
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     searched = results["rows"][-1]
     for name, weight in zip(searched["models"], searched["weights"]):
-        assert f"| {name} (`" in card.text and f"| {weight_text(weight)} |" in card.text
+        assert f"| {name} (" in card.text and f"| {weight_text(weight)} |" in card.text
     test = searched["test"]
     assert f"{test['objective']:.4f} [{test['ci'][0]:.4f}, {test['ci'][1]:.4f}]" in card.text  # the score, its interval
     from soce.significance import supported
@@ -58,6 +58,28 @@ def test_the_soup_has_a_model_card_and_is_pushed_to_the_hub(study, zoo_cache, tm
     assert hub == [("create_repo", "someone/micro-soup", {"private": True, "exist_ok": True}),
                    ("upload_folder", "someone/micro-soup", sorted(p.name for p in soup.iterdir()))]
     assert "README.md" in hub[1][2] and "config.json" in hub[1][2]
+
+
+def test_the_push_comes_after_the_report_and_a_failed_one_costs_no_product(study, zoo_cache, tmp_path, hub, monkeypatch):
+    """The upload is the study's last step: report.md is written before it, and when it fails
+    every product is recorded and kept (a rerun makes nothing again) and the error says how to
+    upload later. Local experts in a home directory are named, never shown by their path."""
+    from huggingface_hub import HfApi
+
+    def refused(self, **kw):
+        raise PermissionError("403 Forbidden: this token cannot write to someone/micro-soup")
+
+    monkeypatch.setattr(HfApi, "upload_folder", refused)
+    args = [*MICRO_STUDY, "search.budget=3", "report.line_points=0", f"pool.cache_dir={zoo_cache}", "tracker=none"]
+    monkeypatch.setenv("HOME", str((zoo_cache / "zoo").resolve().parent))  # the family's cache in the user's home, as by default
+    with pytest.raises(SoceError, match=r"the upload failed \(PermissionError: 403 Forbidden.*`hf upload someone/micro-soup "):
+        study(*args, "soup.push_to_hub=someone/micro-soup")
+    run = tmp_path / "run"
+    assert (run / "report.md").exists() and (run / "soup" / "README.md").exists()
+    card = (run / "soup" / "README.md").read_text()
+    assert "(a local checkpoint)" in card and str((zoo_cache / "zoo").resolve()) not in card and "pip install soce==" in card
+    again = study(*args, "stage=soup")  # everything current: nothing made again, nothing moved aside
+    assert not (run / "superseded").exists() and "stage soup makes" not in again.log
 
 
 def test_a_card_names_hub_experts_as_the_base_models_of_a_merge_and_the_command_run(tmp_path):

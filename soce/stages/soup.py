@@ -7,7 +7,7 @@ import logging
 
 from soce import artifacts
 from soce.artifacts import RESULTS, SELECTION, SOUP
-from soce.card import Ingredient, command_of, model_card, push
+from soce.card import Ingredient, command_of, local_source, model_card, push
 from soce.pool import model_dir
 from soce.progress import plural
 from soce.scores import ScoreTable
@@ -85,7 +85,8 @@ def soup(study: Study) -> dict:
     ids = [candidates[n].hub_id or candidates[n].path for n in experts]
     merge_to_disk(paths, best["weights"], study.path(SOUP), model_ids=ids, overwrite=True, progress=False,
                   all_processes=False)  # the soup stage runs on the main process alone
-    write_card(study, results, [Ingredient(n, i, candidates[n].hub_id, w) for n, i, w in zip(experts, ids, best["weights"])])
+    write_card(study, results, [Ingredient(n, candidates[n].hub_id or local_source(candidates[n].path, study.dir), candidates[n].hub_id, w)
+                                for n, w in zip(experts, best["weights"])])
     reused = souper.from_cache - cached_before + everyone.from_cache
     if reused:
         log.info("soup: %s found in the soups of earlier runs (%s), not evaluated again", plural(reused, "soup"),
@@ -93,9 +94,15 @@ def soup(study: Study) -> dict:
     present.print_results(results)
     log.info("soup: %s (%s)", study.path(SOUP), present.weights_text(experts, best["weights"]))
     present.track_results(study.tracker, results, study.path(SOUP))
+    return results
+
+
+def publish(study: Study) -> None:
+    """soup.push_to_hub: the soup uploaded after every stage asked for (the report included), so
+    that a failed upload costs no product: each is recorded and kept, and the error says how to
+    upload soup/ later."""
     if study.cfg.soup.push_to_hub:
         push(study.path(SOUP), study.cfg.soup.push_to_hub, study.cfg.soup.private)
-    return results
 
 
 def write_card(study: Study, results: dict, ingredients: list[Ingredient]) -> None:
