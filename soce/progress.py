@@ -75,7 +75,8 @@ class Progress:
     def _line(self, now: float) -> str:
         elapsed = now - self.started
         count = f"{self._amount(self.n)}/{self._amount(self.total)}" if self.total else self._amount(self.n)
-        units = self.unit if self.n == 1 and not self.total or self.total == 1 else self.unit + "s"
+        # a symbol (B, with unit_scale) is never plural; a word is, but for one
+        units = self.unit if self.scale or self.n == 1 and not self.total or self.total == 1 else self.unit + "s"
         done = self.n - self.stored  # done now: the rate's items
         if done == 0:
             return f"{count} {units}, all found in the store" + (f"; {self.postfix}" if self.postfix else "")
@@ -98,14 +99,15 @@ class Progress:
             return f"{x:.3g}P"
         return f"{int(x)}"
 
-    def close(self) -> None:
+    def close(self, stopped: bool = False) -> None:
+        """The last line: done, or stopped (an error, Ctrl-C or SIGTERM ended the loop early)."""
         if self.bar is not None:
             self.bar.close()
         elif self.enabled and self.n:
-            log.info("%s: done, %s", self.desc, self._line(time.monotonic()))
+            log.info("%s: %s, %s", self.desc, "stopped" if stopped else "done", self._line(time.monotonic()))
 
     def __enter__(self) -> Progress:
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, *exc) -> None:
+        self.close(stopped=exc_type is not None)

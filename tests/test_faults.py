@@ -499,3 +499,35 @@ def test_a_pool_model_that_cannot_be_souped_is_refused_before_any_candidate_is_e
 
 def family_vocab(family) -> int:
     return json.loads((family.base / "config.json").read_text())["vocab_size"]
+
+
+def test_a_lock_wait_says_what_it_waits_for_and_keeps_saying_it(tmp_path, caplog):
+    """Another process's lock (here another open file description of this one) is waited for
+    aloud: what for at once, how long every `every` seconds, and when it is over."""
+    import fcntl
+    import logging
+    import threading
+    import time
+
+    from soce.locks import wait_for_lock
+
+    path = tmp_path / "family.lock"
+    holder = path.open("w")
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    released = threading.Event()
+
+    def release_once_waited_on():
+        while "still waiting" not in caplog.text:  # held until the wait has said so: no timing assumed
+            time.sleep(0.05)
+        holder.close()
+        released.set()
+
+    threading.Thread(target=release_once_waited_on, daemon=True).start()
+    caplog.set_level(logging.INFO, logger="soce-test")
+    with path.open("w") as mine:
+        wait_for_lock(mine, "the default family, which another process is building", logging.getLogger("soce-test"), every=0.3)
+        assert released.is_set()
+    assert f"waiting for the default family, which another process is building ({path} is locked by another process)" \
+        in caplog.text
+    assert "still waiting for the default family, which another process is building: " in caplog.text
+    assert "done waiting for the default family, which another process is building, after " in caplog.text

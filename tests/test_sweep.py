@@ -275,6 +275,26 @@ def test_progress_lines_without_a_terminal(caplog, monkeypatch):
                      "zoo x: done, 5/10 steps in 51 s (12.3 s/step, about 61 s left)"]
 
 
+def test_progress_says_stopped_when_the_loop_ends_early_and_bytes_are_a_symbol(caplog, monkeypatch):
+    """An exception (Ctrl-C, SIGTERM, an error) ends the bar as stopped, not done; a scaled unit
+    such as bytes is never pluralised (1.48M/1.48M B, not Bs)."""
+    from soce import progress
+
+    clock = iter([0.0, 1.0, 2.0, 3.0] + [0.0, 1.0, 2.0])
+    monkeypatch.setattr(progress.time, "monotonic", lambda: next(clock))
+    with caplog.at_level("INFO", logger="soce.progress"):
+        with pytest.raises(KeyboardInterrupt):
+            with progress.Progress(37, "sweep (grid)", "point", first=5, terminal=False) as bar:
+                bar.update()
+                bar.update()
+                raise KeyboardInterrupt
+        with progress.Progress(1_480_000, "merge", "B", first=5, terminal=False, unit_scale=True) as bar:
+            bar.update(1_480_000)
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0].startswith("sweep (grid): stopped, 2/37 points in 3 s")
+    assert lines[1].startswith("merge: done, 1.48M/1.48M B in 2 s")
+
+
 def test_progress_counts_what_the_store_held_apart_from_what_was_evaluated(caplog, monkeypatch):
     from soce import progress
 

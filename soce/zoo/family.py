@@ -17,7 +17,6 @@ match the manifest's checksums is rebuilt, never trusted.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
@@ -32,6 +31,7 @@ import torch
 
 from soce.artifacts import files_digest
 from soce.errors import ConfigError
+from soce.locks import wait_for_lock
 from soce.progress import Progress
 from soce.threads import compute_threads
 from soce.toy_fc import fc, tokenizer
@@ -198,7 +198,7 @@ def build_family(variant: str = "default", cache_dir: str | Path | None = None, 
         # one builder at a time (processes of a launch, jobs of a multirun); the others wait,
         # then find the family intact
         with (family.root.parent / f"{family.root.name}.lock").open("w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+            wait_for_lock(lock, f"the {spec.name} family, which another process is building (a few minutes)", log)
             todo = _missing(family)
             if todo:
                 _build(family, todo, progress)
