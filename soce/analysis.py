@@ -85,6 +85,17 @@ def reliability(values: np.ndarray, sizes: Sequence[float | None]) -> tuple[floa
     return tuple(out)
 
 
+def distinguishable_rho(models: int, confidence: float = 0.95) -> float:
+    """The smallest |rho| a correlation over `models` points tells apart from 0 (two-sided, the t
+    test of a Pearson correlation); nan under 3 models."""
+    from scipy.stats import t
+
+    if models < 3:
+        return math.nan
+    q = float(t.ppf(1 - (1 - confidence) / 2, models - 2))
+    return q / math.sqrt(models - 2 + q * q)
+
+
 @dataclass(frozen=True)
 class Analysis:
     """The correlation matrix of a population of models and the weak set at tau; each category's

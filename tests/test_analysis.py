@@ -142,6 +142,11 @@ def test_the_analysis_stage_reports_each_categorys_reliability(study, tmp_path):
               "stage=analyze", "selection.tau=0.99", "tracker=none", run_dir=tmp_path / "table")
     assert json.loads((tmp_path / "table" / "analysis.json").read_text())["sizes"] == {"a": 500, "b": 10, "c": None}
     assert "'b' is in L on a spread between models that is mostly sampling noise (reliability" in r.log
+    # said before the figures: what a correlation over 4 models can show (the t test's critical |rho|, 0.95)
+    assert "with 4 models, a correlation tells apart from 0 only |rho| above 0.95 (95%)" in r.log
+    from soce.analysis import distinguishable_rho
+
+    assert distinguishable_rho(8) == pytest.approx(0.707, abs=5e-4) and math.isnan(distinguishable_rho(2))  # r tables, df 6
 
 
 @pytest.mark.parametrize("sizes, message", [

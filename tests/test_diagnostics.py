@@ -85,6 +85,20 @@ def test_the_barrier_is_the_largest_drop_below_the_chord():
     assert prediction(None, hill).startswith("No barrier")  # no base known: the line alone
 
 
+def test_a_difference_inside_the_noise_of_its_examples_is_called_that():
+    """The issue's case: 0.005 above the better end on 600 examples is 3 examples, well inside two
+    standard errors (+-0.032 at 0.8): no sign the soup helps. A drop past the barrier threshold
+    but inside the noise is not called a barrier; the same line on 60,000 examples is."""
+    small = Connectivity("a", "b", (0, 0.5, 1), (0.8, 0.805, 0.79), examples=600)
+    assert small.noise == pytest.approx(2 * (0.8 * 0.2 / 600) ** 0.5)
+    assert prediction(None, small).endswith("a point on the line 0.005 above the better end, inside the noise of 600 "
+                                            "examples (+-0.033): no sign it helps.")
+    dip = Connectivity("a", "b", (0, 0.5, 1), (0.8, 0.77, 0.8), examples=600)
+    assert "a drop of 0.030 below the line between them, inside the noise of 600 examples" in prediction(0.3, dip)
+    assert "barrier of 0.030" in prediction(None, Connectivity("a", "b", (0, 0.5, 1), (0.8, 0.77, 0.8), examples=60_000))
+    assert "should help" in prediction(None, Connectivity("a", "b", (0, 0.5, 1), (0.8, 0.805, 0.79), examples=600_000))
+
+
 def test_the_sentences_use_the_thresholds_the_report_states():
     from soce.report.diagnostics import ALIGNED, BARRIER, ORTHOGONAL, THRESHOLDS
 

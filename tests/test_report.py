@@ -3,6 +3,7 @@ report.md on the micro family."""
 
 import itertools
 import json
+import re
 import math
 import random
 
@@ -124,6 +125,8 @@ def test_the_report_on_the_micro_family_has_every_section_and_costs_nothing_twic
         assert f"]({image})" in report and (run / image).stat().st_size > 10_000
     assert "| searched soup, top-3 experts (grid search) |" in report and "failed by every ingredient" in report
     assert "micro-generalist 0.25, micro-json 0.25, micro-parallel 0.25, micro-relevance 0.25 |" in report  # the uniform soup of all 4
+    assert re.search(r"The colours span [\d.]+; one score's sampling noise on 120 examples is \+-0\.\d{3} \(two standard "
+                     r"errors\), so (most of the landscape is inside it|its shape is more than noise)\.", report)
     from soce.weights import weight_text
 
     assert [weight_text(w) for w in (0.125, 0.6, 1 / 3)] == ["0.125", "0.60", "0.333"]  # printed weights sum to 1

@@ -205,7 +205,7 @@ def _diagnostics(r: StudyReport) -> Diagnostics:
             return r.souper.evaluate(weights, split)["objective"]
 
         before = r.souper.evaluations
-        lines = connectivity(experts, score, r.line_points)
+        lines = connectivity(experts, score, r.line_points, examples=len(r.souper.example_ids(split)))
         log.info("report: %d soups on the lines between the experts (%d evaluated now)", len(lines) * (r.line_points - 2),
                  r.souper.evaluations - before)
     return Diagnostics(vectors, lines)

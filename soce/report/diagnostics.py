@@ -18,6 +18,7 @@ class Connectivity:
     b: str
     ts: tuple[float, ...]
     scores: tuple[float, ...]
+    examples: int = 0  # behind each score (0: unknown): what a difference must clear to be more than noise
 
     @property
     def barrier(self) -> float:
@@ -26,14 +27,24 @@ class Connectivity:
         return max(0.0, *((1 - t) * s0 + t * s1 - s for t, s in zip(self.ts, self.scores)))
 
     @property
+    def noise(self) -> float:
+        """Two binomial standard errors of the better end's score on its examples (0: unknown): a
+        difference on the line smaller than this is inside the sampling noise."""
+        if not self.examples:
+            return 0.0
+        p = min(max(max(self.scores[0], self.scores[-1]), 0.0), 1.0)
+        return 2 * math.sqrt(p * (1 - p) / self.examples)
+
+    @property
     def gain(self) -> float:
         """The best score on the line above the better end point (0 if none)."""
         return max(0.0, max(self.scores) - max(self.scores[0], self.scores[-1]))
 
 
-def connectivity(names: Sequence[str], score: Callable[[tuple[float, ...]], float], points: int) -> list[Connectivity]:
+def connectivity(names: Sequence[str], score: Callable[[tuple[float, ...]], float], points: int,
+                 examples: int = 0) -> list[Connectivity]:
     """For each pair of `names`, the score (`score(weights)`, weights over all names) at `points`
-    evenly spaced points of the line between them, ends included."""
+    evenly spaced points of the line between them, ends included (`examples` behind each score)."""
     ts = tuple(k / (points - 1) for k in range(points))
     out = []
     for i in range(len(names)):
@@ -43,7 +54,7 @@ def connectivity(names: Sequence[str], score: Callable[[tuple[float, ...]], floa
                 w[i], w[j] = 1 - t, t
                 return tuple(w)
 
-            out.append(Connectivity(names[i], names[j], ts, tuple(score(weights(t)) for t in ts)))
+            out.append(Connectivity(names[i], names[j], ts, tuple(score(weights(t)) for t in ts), examples))
     return out
 
 
@@ -63,7 +74,8 @@ ALIGNED = 0.7  # cosine above it: aligned (the same move); between the two: part
 BARRIER = 0.02  # a drop below the straight line between the ends larger than this is a barrier
 THRESHOLDS = (f"cosines under {ORTHOGONAL} in size read as near-orthogonal, from {ORTHOGONAL} to {ALIGNED} as partly "
               f"aligned, above {ALIGNED} as aligned; a drop of more than {BARRIER} below the straight line between the "
-              "ends is a barrier")
+              "ends is a barrier, and a rise above the better end a gain, each only where it is larger than the noise of "
+              "the examples behind the scores (two binomial standard errors of the better end's score)")
 
 
 def _shape(cosine: float) -> str:
@@ -81,9 +93,15 @@ def _shape(cosine: float) -> str:
 
 
 def _path(line: Connectivity) -> str:
+    noise = line.noise
+    inside = f"inside the noise of {line.examples} examples (+-{noise:.3f})" if noise else ""
     if line.barrier > BARRIER:
+        if line.barrier <= noise:
+            return f"a drop of {line.barrier:.3f} below the line between them, {inside}: no sign of a barrier either way"
         return f"a barrier of {line.barrier:.3f} on the line between them: their soup loses what neither end loses"
     drop = f"no barrier (the largest drop below the line, {line.barrier:.4f}, is under {BARRIER})" if line.barrier > 0 else "no barrier"
-    if line.gain > 0:
+    if line.gain > noise:
         return f"{drop}, and a point on the line {line.gain:.3f} above the better end: the soup should help"
+    if line.gain > 0:
+        return f"{drop}, and a point on the line {line.gain:.3f} above the better end, {inside}: no sign it helps"
     return f"{drop}, and no point above the better end: the soup should not hurt, nor help much"

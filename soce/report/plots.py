@@ -97,9 +97,10 @@ def plot_consistency(c: Consistency, path: Path) -> None:
 
 
 def plot_ternary(experts: Sequence[str], points: Sequence[Sequence[float]], scores: Sequence[float], label: str, path: Path,
-                 alone: Sequence[float] | None = None) -> None:
+                 alone: Sequence[float] | None = None, noise: float = 0.0) -> None:
     """A 3-expert sweep on the weight simplex: each corner is one expert alone (its own score,
-    `alone`, as a square there); colour is the score, on one scale for soups and experts."""
+    `alone`, as a square there); colour is the score, on one scale for soups and experts, its
+    label giving `noise` (two standard errors of one score) beside the scale's span."""
     plt = _pyplot()
     w = np.asarray(points, dtype=float)
     x = w[:, 1] + 0.5 * w[:, 2]
@@ -121,11 +122,14 @@ def plot_ternary(experts: Sequence[str], points: Sequence[Sequence[float]], scor
                    linewidths=1.2, zorder=4, vmin=vmin, vmax=vmax, clip_on=False)
         top = int(np.nanargmax(alone))
         if alone[top] > s[best]:
-            ax.scatter([], [], marker="s", color="white", edgecolors="black", label=f"{experts[top]} alone {alone[top]:.4f} beats every soup")
+            ax.scatter([], [], marker="s", color="white", edgecolors="black",
+                       label=f"{experts[top]} alone {alone[top]:.4f}, above every soup's score")
     for (cx, cy), name, ha, va in ((corners[0], experts[0], "center", "top"), (corners[1], experts[1], "center", "top"),
                                    (corners[2], experts[2], "center", "bottom")):
         score = "" if alone is None else f" ({alone[list(experts).index(name)]:.4f})"
         ax.text(cx, cy + (0.05 if va == "bottom" else -0.05), name + score, ha=ha, va=va, fontsize=10, fontweight="bold")
+    if noise:
+        label += f"\nthe scale spans {vmax - vmin:.3f}; one score's noise: +-{noise:.3f}"
     fig.colorbar(dots, ax=ax, fraction=0.04, pad=0.06, label=label)
     ax.set_xlim(-0.35, 1.35)
     ax.set_ylim(-0.15, 1.0)
@@ -137,8 +141,10 @@ def plot_ternary(experts: Sequence[str], points: Sequence[Sequence[float]], scor
     plt.close(fig)
 
 
-def plot_diagnostics(models: Sequence[str], cosines: np.ndarray | None, lines: Sequence, objective: str, path: Path) -> None:
-    """The task vectors' cosines (where a base is known) beside the score along each pair's line."""
+def plot_diagnostics(models: Sequence[str], cosines: np.ndarray | None, lines: Sequence, objective: str, path: Path,
+                     experts: Sequence[str] = ()) -> None:
+    """The task vectors' cosines (where a base is known; the experts' names in bold) beside the
+    score along each pair's line (its legend beside the panel, never on the lines)."""
     plt = _pyplot()
     panels = (cosines is not None) + bool(lines)
     fig, axes = plt.subplots(1, panels, figsize=(6.4 * panels, 4.8), squeeze=False, gridspec_kw={"wspace": 0.5})
@@ -146,7 +152,10 @@ def plot_diagnostics(models: Sequence[str], cosines: np.ndarray | None, lines: S
     if cosines is not None:
         ax = axes.pop(0)
         image = draw_heatmap(ax, np.nan_to_num(cosines), list(models))
-        ax.set_title("cosine between task vectors\n(theta_i - theta_base)", fontsize=10)
+        for label in [*ax.get_xticklabels(), *ax.get_yticklabels()]:
+            if label.get_text() in experts:
+                label.set_fontweight("bold")
+        ax.set_title("cosine between task vectors\n(theta_i - theta_base; experts in bold)", fontsize=10)
         fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
     if lines:
         ax = axes.pop(0)
@@ -156,6 +165,6 @@ def plot_diagnostics(models: Sequence[str], cosines: np.ndarray | None, lines: S
         ax.set_xlabel("t (weight of the second model; the first has 1 - t)")
         ax.set_ylabel(f"dev {objective}")
         ax.set_title("score along the line between two experts\n(dotted: the straight line between the ends)", fontsize=10)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
     fig.savefig(path, dpi=130, bbox_inches="tight")
     plt.close(fig)

@@ -114,10 +114,15 @@ def _landscape_section(r: StudyReport, landscape: Landscape | None) -> list[str]
         nothing = _nothing_stored(r)
         return md + [f"_{nothing[:1].upper()}{nothing[1:]}._", ""]
     if len(experts) == 3:
+        top, n = max(p["objective"] for p in points), len(r.souper.example_ids(split))
+        noise = 2 * math.sqrt(min(max(top, 0.0), 1.0) * (1 - min(max(top, 0.0), 1.0)) / n) if n else 0.0
         plot_ternary(experts, [p["weights"] for p in points], [p["objective"] for p in points], f"{split} {obj}",
-                     r.path("landscape.png"), landscape.alone)
+                     r.path("landscape.png"), landscape.alone, noise)
+        spread = max(p["objective"] for p in points) - min(p["objective"] for p in points)
         md += [f"The {plural(len(points), 'soup')} of the sweep on the weight simplex (colour: {split} {obj}); "
-               "each corner's square is that expert alone.", "",
+               "each corner's square is that expert alone. The colours span "
+               f"{spread:.3f}; one score's sampling noise on {n} examples is +-{noise:.3f} (two standard errors), so "
+               + ("most of the landscape is inside it." if spread < 2 * noise else "its shape is more than noise."), "",
                "![weight landscape](landscape.png)", ""]
         r.tracker.log_image("report/landscape_chart", r.path("landscape.png"))
     best = landscape.best
@@ -206,7 +211,7 @@ def _diagnostics_section(r: StudyReport, d: Diagnostics) -> list[str]:
                             [[c.a, c.b, *c.scores, c.barrier] for c in lines])
         md.append("")
     plot_diagnostics(list(tv.models) if tv is not None else experts, None if tv is None else tv.cosines, lines, obj,
-                     r.path("diagnostics.png"))
+                     r.path("diagnostics.png"), experts=experts)
     r.tracker.log_image("report/diagnostics", r.path("diagnostics.png"))
     md += ["![task vectors and lines](diagnostics.png)", ""]
     if len(experts) < 2:

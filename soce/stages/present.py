@@ -23,6 +23,7 @@ def print_analysis(result: corr.Analysis, population: str, values) -> None:
     log.info("analysis: %s correlation of %d categories over %d models (population: %s), tau=%g",
              result.method, k, len(result.models), population, result.tau)
     log.info("  weak set L (%d of %d): %s", len(result.weak_set), k, ", ".join(result.weak_set) or "(empty)")
+    few_models(len(result.models), result.tau)
     reliable = dict(zip(result.categories, result.reliability))
     log.info("  entry threshold per category (in L for any tau above it)%s:",
              f"; its reliability ({corr.RELIABILITY})" if reliable else "")
@@ -58,6 +59,18 @@ def print_analysis(result: corr.Analysis, population: str, values) -> None:
         log.warning("  %s", reason)
     if len(reasons) > 5:
         log.warning("  and %d more undefined pairs (every one in analysis.json)", len(reasons) - 5)
+
+
+def few_models(n: int, tau: float) -> None:
+    """What a correlation over `n` models can show, said before the analysis's figures where it is
+    little (a warning under 6 models: an empty selection is then likely, and no fault)."""
+    if n < 3 or n >= 10:
+        return
+    edge = corr.distinguishable_rho(n)
+    say = log.warning if n < 6 else log.info
+    say("  with %d models, a correlation tells apart from 0 only |rho| above %.2f (95%%): a category's entry threshold "
+        "below that (and tau=%g) says as much about which models were sampled as about the categories; more models "
+        "make it mean more", n, edge, tau)
 
 
 def track_analysis(t: Tracker, table: ScoreTable, result: corr.Analysis, correlation_png, entry_tau_png) -> None:
