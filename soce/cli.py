@@ -218,6 +218,18 @@ class CollectShards(Callback):
             tracker.finish()
 
 
+class JobsTable(Callback):
+    """At the end of a multirun that is not one sharded study: one table across its jobs, the
+    overrides they differ by beside what each found (jobs.md and jobs.csv in its directory)."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        if config.sweep.num_shards > 1:
+            return  # one study in shards: the collect step's results are its table
+        from soce.stages.present import write_jobs_table
+
+        write_jobs_table(Path(str(config.hydra.sweep.dir)))
+
+
 class CheckOutputDir(Callback):
     """Before Hydra makes the run's (or multirun's) directory: one line naming it and the fix
     where it cannot be written, instead of Hydra's traceback."""

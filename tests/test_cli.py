@@ -46,6 +46,10 @@ def test_multirun_over_tau_one_run_dir_and_one_wandb_run_per_job(soce, tmp_path)
         weak_sets.append(set(analysis["weak_set"]))
         assert len(list((sweep / job).glob("wandb/offline-run-*"))) == 1
     assert weak_sets[0] < weak_sets[1] < weak_sets[2]  # L grows with tau
+    table = (sweep / "jobs.md").read_text()  # one table across the jobs: the swept value beside what each found
+    assert "| job | selection.tau | L | experts |" in table and "| 0 | 0.03 |" in table and "| 2 | 0.3 |" in table
+    assert "the multirun's 3 jobs (jobs.md and jobs.csv in" in r.stdout + r.stderr
+    assert (sweep / "jobs.csv").read_text().splitlines()[0].startswith("job,selection.tau,L,experts")
 
 
 def test_a_wandb_run_is_named_by_job_and_grouped_by_study(tmp_path, monkeypatch):

@@ -190,3 +190,60 @@ def track_results(t: Tracker, results: dict, soup_dir) -> None:
     t.log_summary({"soup/dev": rows[-1]["dev"]["objective"], "soup/test": test_objective(rows[-1]),
                    "soup/protocol": results["protocol"]})
     t.log_reference("soup", soup_dir)
+
+
+# --- a multirun's jobs ---------------------------------------------------------------------------
+def jobs_table(sweep_dir) -> tuple[list[str], list[list[str]]]:
+    """One row per job of a multirun (its numbered directories in `sweep_dir`): the overrides
+    that differ between jobs, then what each found (L, the experts, the searched soup's weights
+    and score on each split, and what the data supports against the best single candidate).
+    Jobs that stopped early show what they made."""
+    import json
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    from soce.significance import verdict
+
+    jobs = sorted((d for d in Path(sweep_dir).iterdir() if d.name.isdigit() and (d / ".hydra" / "overrides.yaml").exists()),
+                  key=lambda d: int(d.name))
+    overrides = [dict(str(o).split("=", 1) for o in OmegaConf.load(d / ".hydra" / "overrides.yaml") if "=" in str(o))
+                 for d in jobs]
+    swept = [k for k in dict.fromkeys(k for o in overrides for k in o) if len({o.get(k) for o in overrides}) > 1]
+
+    def read(d, name):
+        try:
+            return json.loads((d / name).read_text())
+        except (OSError, ValueError):
+            return None
+
+    head = ["job", *swept, "L", "experts", "weights", "dev", "test", "against the best single candidate (test)"]
+    rows = []
+    for d, o in zip(jobs, overrides):
+        analysis, selection, results = read(d, "analysis.json"), read(d, "selection.json"), read(d, "results.json")
+        searched = results["rows"][-1] if results else {}
+        vs = searched.get("test", {}).get("vs_single")
+        rows.append([d.name, *(o.get(k, "") for k in swept),
+                     ", ".join(analysis["weak_set"]) if analysis else "",
+                     ", ".join(e["model"] for e in selection["experts"]) if selection else "",
+                     ", ".join(weight_text(w) for w in searched.get("weights", [])),
+                     *(f"{searched[s]['objective']:.4f}" if s in searched else "" for s in ("dev", "test")),
+                     f"{verdict(*vs['ci'])} ({vs['estimate']:+.4f}, CI [{vs['ci'][0]:+.4f}, {vs['ci'][1]:+.4f}])" if vs else ""])
+    return head, rows
+
+
+def write_jobs_table(sweep_dir) -> None:
+    """jobs.md and jobs.csv in the multirun's directory, and the table in the log."""
+    import csv
+    from pathlib import Path
+
+    head, rows = jobs_table(sweep_dir)
+    if not rows:
+        return
+    with (Path(sweep_dir) / "jobs.csv").open("w", newline="") as f:
+        csv.writer(f).writerows([head, *rows])
+    md = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head), *("| " + " | ".join(r) + " |" for r in rows)]
+    (Path(sweep_dir) / "jobs.md").write_text(f"# The {len(rows)} jobs of {sweep_dir}\n\n" + "\n".join(md) + "\n")
+    log.info("the multirun's %d jobs (jobs.md and jobs.csv in %s):", len(rows), sweep_dir)
+    for line in md:
+        log.info("  %s", line)
