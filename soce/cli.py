@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from soce import config
 from soce.processes import Processes
-from soce.errors import SoceError
+from soce.errors import ConfigError, SoceError
 from soce.stages.runner import STAGES, TOOLS, asked_for, ready, run_stage
 from soce.stages.soup import publish
 from soce.stages.study import Study
@@ -114,6 +114,10 @@ def run_study(cfg: DictConfig, run_dir: Path, job: int | None = None, tracker: T
     it). Returns the run directory (under accelerate, the main process's)."""
     config.validate(cfg)
     processes = Processes()
+    if processes.count > 1 and cfg.stage.value in ("all", "sweep") and not OmegaConf.to_object(cfg.search).shardable:
+        raise ConfigError(f"search={cfg.search.name} chooses each point from the scores before it: {processes.count} processes "
+                          "cannot split it; under `accelerate launch` use search=grid or search=random (their points are "
+                          "known ahead), or run one process")
     if processes.count > 1:
         run_dir = processes.main_process_dir(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -268,8 +272,40 @@ def fail(err: SoceError) -> None:
     sys.exit(1)
 
 
+def check_override_keys(argv: list[str]) -> None:
+    """`soce a.b=v` where the composed config has no `a.b`: soce's own error, naming the closest
+    key, before Hydra's hint to add it with '+' (which soce would then refuse: nothing reads it).
+    Where the group choices themselves do not compose, Hydra is left to say why."""
+    import dataclasses
+
+    from hydra import compose, initialize_config_dir
+
+    from soce.scores import closest
+
+    pairs = [t.split("=", 1) for t in argv if "=" in t and not t.startswith(("-", "+", "~", "hydra.", "hydra/"))]
+    dotted = [k for k, _ in pairs if "." in k]
+    if not dotted:
+        return
+    choices = [f"{k}={v.split(',')[0]}" for k, v in pairs if "." not in k]  # a multirun's first choice of each group
+    try:
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            cfg = compose("soce", overrides=choices)
+    except Exception:  # noqa: BLE001 - a bad group choice: Hydra's own message says which
+        return
+    for key in dotted:
+        parent, _, leaf = key.rpartition(".")
+        node = OmegaConf.select(cfg, parent, default=None)
+        if isinstance(node, DictConfig) and dataclasses.is_dataclass(OmegaConf.get_type(node)) and leaf not in node:
+            raise ConfigError(f"{key} is not a setting of soce{closest(leaf, list(node.keys()))}: `soce --cfg job` lists "
+                              f"every setting ({parent} has {', '.join(map(str, node.keys()))})")
+
+
 def main() -> None:
     config.register()
+    try:
+        check_override_keys(sys.argv[1:])
+    except SoceError as err:
+        fail(err)
     run()
 
 

@@ -228,3 +228,15 @@ def test_long_lists_are_summarised_on_the_terminal_and_kept_whole_in_the_json(st
     for c in "fgh":
         assert r.log.count(f"'{c}' has the same score, 1, for every model: it correlates with no category") == 1
     assert "more undefined pairs" not in r.log
+
+
+@pytest.mark.parametrize("override, message", [
+    ("selection.tua=0.1", "selection.tua is not a setting of soce; closest: 'tau'"),
+    ("benchmark.per_categroy=5", "benchmark.per_categroy is not a setting of soce; closest: 'per_category'"),
+])
+def test_a_misspelt_key_gets_soces_error_not_hydras_hint_to_add_it(soce, override, message):
+    """Hydra would answer 'To append to your config use +KEY=VALUE', which soce then refuses."""
+    r = soce(override, "stage=analyze")
+    assert r.returncode == 1 and message in r.stderr and "+" + override not in r.stderr + r.stdout
+    ok = soce("-m", "selection.tau=0.1,0.3", "benchmark=demo", "pool=all", "stage=select", "tracker=none")
+    assert ok.returncode == 0, ok.stderr  # a multirun's values and a known key: on to Hydra, as before

@@ -148,6 +148,11 @@ def test_two_accelerate_processes_with_the_default_evaluator(zoo_cache, tmp_path
     study = ["benchmark.per_category=10", "pool=toy_zoo_micro", "selection=topk", "selection.k=3", "search.budget=5",
              "tracker=none", f"pool.cache_dir={zoo_cache}"]
     run = tmp_path / "run"
+    # the default search chooses each point from the last: refused before anything is evaluated, with the fix
+    r = accelerate_launch([*study, "stage=sweep", f"hydra.run.dir={tmp_path / 'refused'}"], cwd=tmp_path)
+    assert r.returncode != 0 and "search=surrogate chooses each point from the scores before it: 2 processes" in r.stderr
+    assert "use search=grid or search=random" in r.stderr and "analysis:" not in r.stdout
+    study.append("search=grid")
     r = accelerate_launch([*study, "stage=sweep", f"hydra.run.dir={run}"], cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.count("analysis: pearson correlation") == 1 and r.stdout.count("selection: topk") == 1
