@@ -295,7 +295,7 @@ def check_override_keys(argv: list[str]) -> None:
     for key in dotted:
         parent, _, leaf = key.rpartition(".")
         node = OmegaConf.select(cfg, parent, default=None)
-        if isinstance(node, DictConfig) and dataclasses.is_dataclass(OmegaConf.get_type(node)) and leaf not in node:
+        if isinstance(node, DictConfig) and dataclasses.is_dataclass(OmegaConf.get_type(node)) and leaf not in node.keys():
             raise ConfigError(f"{key} is not a setting of soce{closest(leaf, list(node.keys()))}: `soce --cfg job` lists "
                               f"every setting ({parent} has {', '.join(map(str, node.keys()))})")
 
