@@ -282,6 +282,8 @@ def check_override_keys(argv: list[str]) -> None:
 
     from soce.scores import closest
 
+    if any(t.startswith(("--config-dir", "-cd", "--config-path", "-cp", "--config-name", "-cn")) for t in argv):
+        return  # configs of the user's own: Hydra composes them, and says what is wrong
     pairs = [t.split("=", 1) for t in argv if "=" in t and not t.startswith(("-", "+", "~", "hydra.", "hydra/"))]
     dotted = [k for k, _ in pairs if "." in k]
     if not dotted:
