@@ -61,8 +61,12 @@ def claims(results: dict, split: str) -> list[str]:
     if "versus" not in searched:
         return []
     level = results["statistics"]["confidence"]
-    return [f"{verdict(*v['ci'])} the {_named(v)} ({v['estimate']:+.4f}, {level:.0%} CI [{v['ci'][0]:+.4f}, {v['ci'][1]:+.4f}])"
-            for v in searched["versus"]]
+    return [f"{verdict(*v['ci'])} the {_named(v)} {difference_text(v, level)}" for v in searched["versus"]]
+
+
+def difference_text(d: dict, level: float) -> str:
+    """A paired difference as every claim gives it: '(+0.0283, 95% CI [+0.0117, +0.0450])'."""
+    return f"({d['estimate']:+.4f}, {level:.0%} CI [{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}])"
 
 
 def _named(v: dict) -> str:
@@ -86,9 +90,7 @@ def supported(results: dict, split: str) -> list[str]:
     for row in rows[:-1]:
         vs = row.get(split, {}).get("vs_single")
         if vs is not None:
-            low, high = vs["ci"]
-            out.append(f"The {row['name']} is {verdict(low, high)} the best single candidate ({vs['estimate']:+.4f}, "
-                       f"{level:.0%} CI [{low:+.4f}, {high:+.4f}]).")
+            out.append(f"The {row['name']} is {verdict(*vs['ci'])} the best single candidate {difference_text(vs, level)}.")
     return out + best_on(results, split)
 
 

@@ -203,7 +203,7 @@ def jobs_table(sweep_dir) -> tuple[list[str], list[list[str]]]:
 
     from omegaconf import OmegaConf
 
-    from soce.significance import verdict
+    from soce.significance import difference_text, verdict
 
     jobs = sorted((d for d in Path(sweep_dir).iterdir() if d.name.isdigit() and (d / ".hydra" / "overrides.yaml").exists()),
                   key=lambda d: int(d.name))
@@ -223,12 +223,13 @@ def jobs_table(sweep_dir) -> tuple[list[str], list[list[str]]]:
         analysis, selection, results = read(d, "analysis.json"), read(d, "selection.json"), read(d, "results.json")
         searched = results["rows"][-1] if results else {}
         vs = searched.get("test", {}).get("vs_single")
+        level = results.get("statistics", {}).get("confidence", 0.95) if results else 0.95
         rows.append([d.name, *(o.get(k, "") for k in swept),
                      ", ".join(analysis["weak_set"]) if analysis else "",
                      ", ".join(e["model"] for e in selection["experts"]) if selection else "",
                      ", ".join(weight_text(w) for w in searched.get("weights", [])),
                      *(f"{searched[s]['objective']:.4f}" if s in searched else "" for s in ("dev", "test")),
-                     f"{verdict(*vs['ci'])} ({vs['estimate']:+.4f}, CI [{vs['ci'][0]:+.4f}, {vs['ci'][1]:+.4f}])" if vs else ""])
+                     f"{verdict(*vs['ci'])} {difference_text(vs, level)}" if vs else ""])
     return head, rows
 
 
