@@ -244,7 +244,10 @@ def test_ctrl_c_mid_sweep_is_one_line_exit_130_and_loses_nothing(zoo_cache, tmp_
     argv = [sys.executable, "-m", "soce", *MICRO_STUDY, "tracker=none", f"pool.cache_dir={zoo_cache}", "stage=sweep",
             f"sweep.soup_cache={tmp_path / 'soups'}",
             f"hydra.run.dir={run}"]
-    proc = subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Ctrl-C as a terminal delivers it, whatever the runner's own disposition of SIGINT (a job started
+    # in the background of a script ignores it, and so would every child it starts)
+    proc = subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     store = run / "sweep.jsonl"
     while proc.poll() is None and (not store.exists() or store.read_bytes().count(b"\n") < 3):
         pass
