@@ -18,7 +18,12 @@ log = logging.getLogger("soce.progress")
 
 def plural(n: int, noun: str) -> str:
     """'1 point', '2 points'."""
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+    return f"{n} {noun}" if n == 1 else f"{n} {_plural(noun)}"
+
+
+def _plural(word: str) -> str:
+    """'point' -> 'points', 'entry' -> 'entries'."""
+    return word[:-1] + "ies" if word.endswith("y") and word[-2:-1] not in tuple("aeiou") else word + "s"
 
 
 def size_text(nbytes: float) -> str:
@@ -76,7 +81,7 @@ class Progress:
         elapsed = now - self.started
         count = f"{self._amount(self.n)}/{self._amount(self.total)}" if self.total else self._amount(self.n)
         # a symbol (B, with unit_scale) is never plural; a word is, but for one
-        units = self.unit if self.scale or self.n == 1 and not self.total or self.total == 1 else self.unit + "s"
+        units = self.unit if self.scale or self.n == 1 and not self.total or self.total == 1 else _plural(self.unit)
         done = self.n - self.stored  # done now: the rate's items
         if done == 0:
             return f"{count} {units}, all found in the store" + (f"; {self.postfix}" if self.postfix else "")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 import random
 import subprocess
 import sys
@@ -224,11 +225,15 @@ def _load(path):
 
 
 @pytest.mark.slow  # every test file, the multi-turn ones' prompts about 17,000 tokens: 30 s
-def test_generation_runs_end_to_end_on_a_tiny_llama(standins, tmp_path):
+def test_generation_runs_end_to_end_on_a_tiny_llama(standins, tmp_path, caplog):
     engine = _load(standins["chat"])
     evaluator = bfcl.BfclEvaluator(list(bfcl.CATEGORIES), handler=XLAM, limit=1, max_new_tokens=8, batch_size=4,
                                    result_dir=tmp_path / "bfcl")
-    result = evaluator.evaluate(engine, "dev", label="chat")
+    with caplog.at_level("INFO", logger="soce.progress"):
+        result = evaluator.evaluate(engine, "dev", label="chat")
+    # counted entry by entry: without a terminal, lines in the log (every 30 s, and the last)
+    n = len(result.outcomes)
+    assert re.search(rf"bfcl chat on dev: done, {n}/{n} entries in ", caplog.text), caplog.text
     files = [f for c in bfcl.CATEGORIES.values() for f in c]
     assert len(result.outcomes) == len(files)  # one entry of each test file
     assert set(result.scores) == set(bfcl.CATEGORIES)

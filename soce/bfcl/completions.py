@@ -80,10 +80,11 @@ class BatchedCompletions:
         return request.response
 
     # --- the scheduler ------------------------------------------------------------------------
-    def run(self, items: Sequence, work: Callable[[object], object]) -> list:
+    def run(self, items: Sequence, work: Callable[[object], object], done: Callable[[], None] = lambda: None) -> list:
         """work(item) for every item, `batch_size` at a time in threads, their completions served
         here in batches; returns the results in the order of `items`. An exception in `work`
-        is its item's result (the caller decides what it means); one in generation is raised."""
+        is its item's result (the caller decides what it means); one in generation is raised.
+        done() is called after each item, one call at a time (a progress bar's update)."""
         results: list = [None] * len(items)
         queue = iter(range(len(items)))
         lock = threading.Lock()
@@ -99,6 +100,8 @@ class BatchedCompletions:
                     results[i] = work(items[i])
                 except BaseException as err:  # noqa: BLE001 - the item's result, judged by the caller
                     results[i] = err
+                with lock:
+                    done()
                 # the next item is taken before this one counts as done: the number in flight
                 # changes only when the items run out, so a batch never starts early
                 i = next_item()

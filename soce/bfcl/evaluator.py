@@ -21,6 +21,7 @@ from soce.bfcl.data import (CATEGORIES, Entry, bfcl_version, check_categories, c
                             load_entries, own_handler, split_entries)
 from soce.errors import ConfigError, EvaluationError
 from soce.evaluate import EvalResult, Evaluator, only
+from soce.progress import Progress
 from soce.scores import Outcome
 
 log = logging.getLogger(__name__)
@@ -121,8 +122,10 @@ class BfclEvaluator(Evaluator):
         entries = only(self.examples[split], examples)
         self._check_prompt_format(handler, entries[0], name, engine.name)
         _reset_multi_turn_state()
-        with contextlib.redirect_stdout(io.StringIO()):  # the handlers print every multi-turn step
-            raw = client.run(entries, lambda e: handler.inference(copy.deepcopy(e.prompt), False, True))
+        # entry by entry: a bar on a terminal, a line every 30 s in soce.log (a model's BFCL run is minutes)
+        with contextlib.redirect_stdout(io.StringIO()), \
+                Progress(len(entries), f"bfcl {label or engine.name} on {split}", "entry") as bar:  # handlers print every step
+            raw = client.run(entries, lambda e: handler.inference(copy.deepcopy(e.prompt), False, True), bar.update)
         records = [_result_record(e, r) for e, r in zip(entries, raw)]
         failed = sum(isinstance(r, BaseException) for r in raw)
         if failed:
