@@ -87,3 +87,12 @@ def mcnemar(a: Sequence[bool], b: Sequence[bool]) -> McNemar:
     n, k = only_a + only_b, min(only_a, only_b)
     p = 1.0 if n == 0 else min(1.0, 2 * math.fsum(math.comb(n, i) for i in range(k + 1)) / 2**n)
     return McNemar(only_a, only_b, p)
+
+
+def score_noise(p: float, examples: int) -> float:
+    """Two binomial standard errors of an accuracy `p` on `examples` examples (0 where the count is
+    unknown): a difference between such scores smaller than this is inside the sampling noise."""
+    if not examples:
+        return 0.0
+    p = min(max(p, 0.0), 1.0)
+    return 2 * math.sqrt(p * (1 - p) / examples)

@@ -9,6 +9,8 @@ import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+from soce.stats import score_noise
+
 
 @dataclass(frozen=True)
 class Connectivity:
@@ -30,10 +32,7 @@ class Connectivity:
     def noise(self) -> float:
         """Two binomial standard errors of the better end's score on its examples (0: unknown): a
         difference on the line smaller than this is inside the sampling noise."""
-        if not self.examples:
-            return 0.0
-        p = min(max(max(self.scores[0], self.scores[-1]), 0.0), 1.0)
-        return 2 * math.sqrt(p * (1 - p) / self.examples)
+        return score_noise(max(self.scores[0], self.scores[-1]), self.examples)
 
     @property
     def gain(self) -> float:

@@ -18,6 +18,7 @@ from soce.report.consistency import Consistency
 from soce.report.diagnostics import THRESHOLDS, prediction
 from soce.report.plots import plot_consistency, plot_diagnostics, plot_shapley, plot_surrogate, plot_ternary
 from soce.significance import score_text, supported
+from soce.stats import score_noise
 from soce.stability import stability_lines
 from soce.weights import weight_text
 
@@ -114,11 +115,11 @@ def _landscape_section(r: StudyReport, landscape: Landscape | None) -> list[str]
         nothing = _nothing_stored(r)
         return md + [f"_{nothing[:1].upper()}{nothing[1:]}._", ""]
     if len(experts) == 3:
-        top, n = max(p["objective"] for p in points), len(r.souper.example_ids(split))
-        noise = 2 * math.sqrt(min(max(top, 0.0), 1.0) * (1 - min(max(top, 0.0), 1.0)) / n) if n else 0.0
-        plot_ternary(experts, [p["weights"] for p in points], [p["objective"] for p in points], f"{split} {obj}",
-                     r.path("landscape.png"), landscape.alone, noise)
-        spread = max(p["objective"] for p in points) - min(p["objective"] for p in points)
+        scores, n = [p["objective"] for p in points], len(r.souper.example_ids(split))
+        noise = score_noise(max(scores), n)
+        plot_ternary(experts, [p["weights"] for p in points], scores, f"{split} {obj}", r.path("landscape.png"),
+                     landscape.alone, noise)
+        spread = max(scores) - min(scores)
         md += [f"The {plural(len(points), 'soup')} of the sweep on the weight simplex (colour: {split} {obj}); "
                "each corner's square is that expert alone. The colours span "
                f"{spread:.3f}; one score's sampling noise on {n} examples is +-{noise:.3f} (two standard errors), so "
