@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
@@ -28,6 +28,9 @@ class ModelRef:
     hub_id: Optional[str] = None
     path: Optional[str] = None
     handler: Optional[str] = None  # benchmark=bfcl: its BFCL prompt handler (a BFCL model name); default: hub_id
+    # its config.json's sizes (model_type, hidden_size, ...): stage=plan plans a model that is not
+    # here with them, with no network; a local directory's own config.json comes first
+    architecture: Optional[Dict[str, Any]] = None
 
 
 @dataclass

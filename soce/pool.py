@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -20,12 +20,14 @@ _MODE_SUFFIX = re.compile(r"\s*\((FC|Prompt)\)\s*$", re.IGNORECASE)
 @dataclass(frozen=True)
 class Candidate:
     """A pool model: its name in the score table, where its weights are (Hub id or path), and
-    (benchmark=bfcl) the BFCL model whose prompt handler it is evaluated with."""
+    (benchmark=bfcl) the BFCL model whose prompt handler it is evaluated with; where the pool
+    config gives them, its config.json's sizes (stage=plan needs no network for it)."""
 
     name: str
     hub_id: str | None = None
     path: str | None = None
     handler: str | None = None
+    architecture: dict | None = field(default=None, compare=False, hash=False, repr=False)  # config.json's sizes, for the plan
 
 
 def row_key(name: str) -> str:

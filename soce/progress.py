@@ -45,10 +45,15 @@ def _duration(seconds: float) -> str:
 
 
 class Progress:
+    """brief: a step among many (one evaluation of a sweep's): its bar is cleared when it ends, and
+    in a log it has a closing line only where it ran long enough to have had a line before."""
+
     def __init__(self, total: int | None, desc: str, unit: str = "it", *, first: float = 5.0, every: float = 30.0,
-                 enabled: bool = True, terminal: bool | None = None, **bar_options) -> None:
-        self.total, self.desc, self.unit, self.every, self.enabled = total, desc, unit, every, enabled
+                 enabled: bool = True, terminal: bool | None = None, brief: bool = False, **bar_options) -> None:
+        self.total, self.desc, self.unit, self.every, self.enabled, self.brief = total, desc, unit, every, enabled, brief
         self.terminal = sys.stderr.isatty() if terminal is None else terminal
+        if brief:
+            bar_options.setdefault("leave", False)
         self.bar = tqdm(total=total, desc=desc, unit=unit, disable=not enabled, **bar_options) if self.terminal else None
         self.n, self.stored, self.postfix, self.first = 0, 0, "", first
         self.started = time.monotonic()
@@ -108,7 +113,7 @@ class Progress:
         """The last line: done, or stopped (an error, Ctrl-C or SIGTERM ended the loop early)."""
         if self.bar is not None:
             self.bar.close()
-        elif self.enabled and self.n:
+        elif self.enabled and self.n and (self.last is not None or not self.brief):
             log.info("%s: %s, %s", self.desc, "stopped" if stopped else "done", self._line(time.monotonic()))
 
     def __enter__(self) -> Progress:

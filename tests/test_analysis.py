@@ -288,8 +288,11 @@ def test_the_report_names_the_categories_of_l_that_rest_on_noise(study, tmp_path
     study("benchmark=table", f"benchmark.path={csv}", "benchmark.category_sizes={big: 1000, other: 1000, small: 15, saturated: 100}",
           "pool=all", "stage=report", "selection.tau=0.5", "tracker=none")
     report = (tmp_path / "run" / "report.md").read_text()
-    assert re.search(r"In L on a spread between models that is mostly sampling noise \(reliability, .* below 0.5\): "
-                     r"small \((0\.00 \(raw -[\d.]+\)|0\.\d\d)\), saturated \((0\.00 \(raw -[\d.]+\)|0\.\d\d)\);", report)
+    # one parenthesis deep: what reliability is, then the categories, each with its value
+    assert re.search(r"A category's reliability is the share of its spread between models that is not sampling noise; .*\. "
+                     r"In L with a reliability below 0.5, a spread between models that is mostly sampling noise: "
+                     r"small (0\.00 \(raw -[\d.]+\)|0\.\d\d), saturated (0\.00 \(raw -[\d.]+\)|0\.\d\d)\. "
+                     r"Their correlations, and the experts they pick, rest on chance\.", report)
 
 
 def test_sizes_known_for_some_categories_only_are_said_and_the_others_get_no_redraw_claims(study, tmp_path):

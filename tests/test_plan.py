@@ -2,6 +2,7 @@
 map, the streamed uniform soup, and the bad input around them."""
 
 import json
+import logging
 import re
 
 import pytest
@@ -118,21 +119,49 @@ def test_stage_plan_prints_the_plan_for_another_machine(study, llama3):
     assert columns[0] == "device" and [r[0] for r in rows] == [f"cuda:{i}" for i in range(8)] + ["host"]
 
 
-def test_the_70b_experiment_is_planned_for_the_devices_given_whatever_sweep_device_says(study, llama3):
+def test_the_70b_experiment_is_planned_for_the_devices_given_whatever_sweep_device_says(study, llama3, monkeypatch):
     """experiment=paper_bfcl_70b sets sweep.device=cuda (for the GPU machine it runs on); stage=plan
-    on this CPU-only machine plans for sweep.devices. (Its Hub ids' config.json cannot be fetched
-    here: the pool's entries point at a local copy, their names and Hub ids kept.)"""
-    pool = compose_cfg(["experiment=paper_bfcl_70b"]).pool.models
-    models = ", ".join(f"{{name: '{m.name}', hub_id: {m.hub_id}, path: {llama3 / '70b'}}}" for m in pool)
-    args = ["experiment=paper_bfcl_70b", f"pool.models=[{models}]", "stage=plan", "selection.max_experts=3", "tracker=none"]
+    on this CPU-only machine plans for sweep.devices. Issues 38/39: with no network (the Hub
+    refused outright here) the pool config's architecture, Llama 3.1 70B's sizes, is planned; the
+    same figures as the model's own config.json."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    args = ["experiment=paper_bfcl_70b", "stage=plan", "selection.max_experts=3", "tracker=none"]
     eight = study(*args, "sweep.devices=8xH100-80GB", run_dir=llama3 / "eight").log
+    assert "Salesforce/Llama-xLAM-2-70b-fc-r (the pool config's architecture), 70.55B parameters in bfloat16" in eight
+    assert "Hugging Face Hub" not in eight
     assert "the live model dispatched over 8 devices" in eight and "DOES NOT FIT" in eight
     assert "sweep.offload=true: the experts (423.3 GB) in pinned host memory" in eight  # the fix
     assert "sweep.device=cuda" not in eight
     one = study(*args, "sweep.devices=1xH100-80GB", run_dir=llama3 / "one").log
     assert "cuda:0     80.0 GB  141.1 GB" in one and "sweep.devices=9x80GB: 9 such GPUs" in one
+    shipped = compose_cfg(["experiment=paper_bfcl_70b"]).pool.models
+    assert all(m.architecture == shipped[0].architecture for m in shipped)
+    assert model_shape(llama3 / "70b").numel == model_shape("x", architecture=dict(shipped[0].architecture)).numel == by_hand("70b")["numel"]
+    assert model_shape(llama3 / "8b").numel == model_shape("x", architecture=dict(
+        compose_cfg(["pool=bfcl_v3_8b"]).pool.models[0].architecture)).numel
     with pytest.raises(ConfigError, match="sweep.device=cuda: this machine has 0 CUDA GPUs"):  # a sweep runs here
-        study(*args[:2], "stage=sweep", "sweep.devices=8xH100-80GB", f"benchmark.table={BFCL_FIXTURE}", run_dir=llama3 / "sweep")
+        study(*args[:1], "stage=sweep", "sweep.devices=8xH100-80GB", f"benchmark.table={BFCL_FIXTURE}", run_dir=llama3 / "sweep")
+
+
+def test_a_hub_config_that_cannot_be_fetched_is_one_line_not_its_retries(study, tmp_path, caplog, capfd, monkeypatch):
+    """Issue 38: offline, each Hub retry was printed twice for 38 s before soce's own error. The
+    Hub's answer is stood in for (no network here): it warns at each retry, then gives up."""
+    import huggingface_hub
+    import huggingface_hub.utils
+
+    def refused(repo_id, filename, local_files_only=False, **_):
+        if not local_files_only:
+            for i in range(5):
+                logging.getLogger("huggingface_hub.utils._http").warning("Retrying in 1s [Retry %d/5].", i + 1)
+        raise huggingface_hub.utils.LocalEntryNotFoundError("cannot find the requested files in the local cache")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", refused)
+    with pytest.raises(CheckpointError, match=r"someone/unknown-7b: neither a local model directory nor a Hub id .* "
+                                              "Give the pool model a path, or its config.json's sizes as `architecture`"):
+        study("stage=plan", "pool=all", "pool.models=[{name: m, hub_id: someone/unknown-7b}]", "tracker=none",
+              run_dir=tmp_path / "run")
+    assert "fetching someone/unknown-7b's config.json from the Hugging Face Hub" in caplog.text
+    assert "Retry" not in caplog.text and "Retry" not in capfd.readouterr().err
 
 
 @pytest.mark.parametrize("devices, message", [

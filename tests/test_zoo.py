@@ -317,6 +317,28 @@ def test_lm_eval_prints_nothing_outside_a_git_checkout(micro_json, tmp_path, mon
     assert "not a git repository" not in capfd.readouterr().err
 
 
+def test_a_long_lm_eval_evaluation_logs_its_progress_by_requests(micro_json, caplog, monkeypatch):
+    """Issue 38: an lm-eval task of a large model ran for minutes with no line in soce.log. Its
+    requests are counted as they are answered: a line once it has run 5 s, one every 30 s, one at
+    the end; an evaluation too short for a line (a sweep's) adds none."""
+    import itertools
+
+    from soce import progress
+
+    backend = toy_fc_backend(seed=0, per_category=20, batch_size=8)
+    with caplog.at_level("INFO", logger="soce.progress"):
+        backend.evaluate(micro_json, "dev", label="fc-json")  # the real clock: a few seconds
+        assert not caplog.records
+        clock = itertools.count(0.0, 2.0)  # every reading 2 s later: a slow machine, 4 min for the task
+        monkeypatch.setattr(progress.time, "monotonic", lambda: next(clock))
+        backend.evaluate(micro_json, "dev", label="fc-json")
+    lines = [r.getMessage() for r in caplog.records]
+    assert re.fullmatch(r"lm-eval fc-json on dev, generate_until: 3/120 requests in 6 s \(2 s/request, about 3.9 min left\)",
+                        lines[0]), lines
+    assert re.fullmatch(r"lm-eval fc-json on dev, generate_until: done, 120/120 requests in 4.0 min .*", lines[-1]), lines
+    assert len(lines) == 9  # at 6 s, then every 30 s (15 readings) to 4 min, and the end: not one a request
+
+
 def test_the_harness_sees_weights_changed_in_place(micro_json):
     """One HFLM wrapper across soups: no cached answers from the weights before."""
     model = micro_json.model

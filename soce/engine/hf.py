@@ -93,21 +93,14 @@ class HfEngine(Engine):
         return out
 
     def harness_model(self, *, batch_size: int, max_length: int, model_args: dict):
-        """lm-eval's HFLM over this model, without its per-request progress bars (soce's sweep has
-        its own); made once per setting: the weights change in place between evaluations."""
+        """lm-eval's HFLM over this model, made once per setting: the weights change in place
+        between evaluations. Its request bars are soce's (evaluate/lm_eval_backend.py)."""
         key = (batch_size, max_length, repr(sorted(model_args.items())))
         if self._harness is None or self._harness[0] != key:
             from lm_eval.models.huggingface import HFLM
 
-            class QuietHFLM(HFLM):
-                def generate_until(self, requests, disable_tqdm: bool = False):
-                    return super().generate_until(requests, disable_tqdm=True)
-
-                def loglikelihood(self, requests, disable_tqdm: bool = False):
-                    return super().loglikelihood(requests, disable_tqdm=True)
-
-            self._harness = key, QuietHFLM(pretrained=self.model, tokenizer=self.tokenizer, batch_size=batch_size,
-                                           max_length=max_length, **model_args)
+            self._harness = key, HFLM(pretrained=self.model, tokenizer=self.tokenizer, batch_size=batch_size,
+                                      max_length=max_length, **model_args)
         return self._harness[1]
 
 

@@ -7,9 +7,11 @@ return the answers of other weights.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import math
 import os
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Sequence
@@ -17,6 +19,7 @@ from typing import Sequence
 from soce.artifacts import data_digest, files_digest
 from soce.errors import EvaluationError
 from soce.evaluate import EvalResult, Evaluator
+from soce.progress import Progress
 from soce.scores import Outcome, closest
 
 log = logging.getLogger("soce")
@@ -211,11 +214,12 @@ class LmEvalBackend(Evaluator):
             mapping = {c: t for c, t in mapping.items() if samples[t]}
             samples = {t: samples[t] for t in mapping.values()}
         options = {k: v for k, v in (("num_fewshot", self.num_fewshot), ("gen_kwargs", self.gen_kwargs or None)) if v is not None}
-        with _one_process():
+        with _one_process(), _evaluating(f"lm-eval {label or engine.name} on {split}"):
             try:
                 harness = engine.harness_model(batch_size=self.batch_size, max_length=self.max_length, model_args=self.model_args)
             except TypeError as err:
                 raise EvaluationError(f"benchmark.model_args={self.model_args}: lm-eval's model does not take them ({err})") from None
+            _request_bars(harness)
             out = simple_evaluate(model=harness, tasks=list(mapping.values()), samples=samples,
                                   task_manager=self.task_manager, log_samples=True, bootstrap_iters=0, verbosity="ERROR",
                                   apply_chat_template=self.apply_chat_template, fewshot_as_multiturn=self.fewshot_as_multiturn,
@@ -254,6 +258,37 @@ def _one_process():
             del os.environ["LOCAL_RANK"]
         else:
             os.environ["LOCAL_RANK"] = saved
+
+
+_EVALUATION = contextvars.ContextVar("soce_lm_eval_evaluation", default="lm-eval")  # names the request bars
+
+
+@contextmanager
+def _evaluating(name: str):
+    token = _EVALUATION.set(name)
+    try:
+        yield
+    finally:
+        _EVALUATION.reset(token)
+
+
+def _request_bar(iterable=None, *, total=None, disable=False, desc=None, **_):
+    """tqdm as lm-eval's models call it, over soce's Progress: an evaluation's requests as a bar on
+    a terminal (cleared when it ends) and, in soce.log, a line every 30 s once it has run 5 s (a
+    model's lm-eval task can run for many minutes; a sweep's short evaluations add no line)."""
+    if iterable is not None:  # a pass over the requests' texts (loglikelihood_rolling's windows): quick
+        return iterable
+    kind = (desc or "").removeprefix("Running ").removesuffix(" requests") or "requests"
+    return Progress(total, f"{_EVALUATION.get()}, {kind}", "request", enabled=not disable, brief=True)
+
+
+def _request_bars(harness) -> None:
+    """The request bars of lm-eval's model classes behind `harness` (HFLM, VLLM: the `tqdm` of
+    their modules) made soce's."""
+    for cls in type(harness).__mro__:
+        module = sys.modules.get(cls.__module__)
+        if cls.__module__.startswith("lm_eval.models.") and getattr(module, "tqdm", None) is not None:
+            module.tqdm = _request_bar
 
 
 def _quiet_lm_eval() -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -20,6 +21,8 @@ from soce.errors import CheckpointError, ConfigError
 from soce.merge.inplace import CPU_CHUNK
 from soce.placement.devices import DEFAULT_TOKENS, GPU_OVERHEAD, SIZES, Device, gb
 from soce.progress import plural
+
+log = logging.getLogger("soce")
 
 
 # --- the model's shape ----------------------------------------------------------------------
@@ -52,29 +55,44 @@ class ModelShape:
         return self.numel * self.dtype.itemsize
 
 
-def read_config(source: str | Path) -> tuple[dict, str]:
-    """A model's config.json: from a local directory, or a Hub id's (that file only)."""
+def read_config(source: str | Path, architecture: dict | None = None) -> tuple[dict, str]:
+    """A model's config.json: a local directory's; else `architecture` (its sizes, as a pool config
+    ships them: no network); else a Hub id's (that file only, from the cache or the Hub)."""
     local = Path(source)
     if local.is_dir():
         path = local / "config.json"
         if not path.is_file():
             raise CheckpointError(f"{local}: no config.json (a model directory has one)")
         return json.loads(path.read_text()), str(local)
+    if architecture:
+        return dict(architecture), f"{source} (the pool config's architecture)"
     from huggingface_hub import hf_hub_download
 
+    try:
+        return json.loads(Path(hf_hub_download(str(source), "config.json", local_files_only=True)).read_text()), str(source)
+    except Exception:  # not in the cache
+        pass
+    log.info("fetching %s's config.json from the Hugging Face Hub (its sizes, for the memory plan)", source)
+    hub_log = logging.getLogger("huggingface_hub")
+    level = hub_log.level
+    hub_log.setLevel(logging.ERROR)  # its retries, one warning each, printed before soce's own line
     try:
         return json.loads(Path(hf_hub_download(str(source), "config.json")).read_text()), str(source)
     except Exception as err:  # offline, gated, missing
         raise CheckpointError(f"{source}: neither a local model directory nor a Hub id whose config.json can be fetched "
-                              f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from None
+                              f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). Give the pool "
+                              f"model a path, or its config.json's sizes as `architecture` in the pool config") from None
+    finally:
+        hub_log.setLevel(level)
 
 
-def model_shape(source: str | Path, dtype: torch.dtype | None = None) -> ModelShape:
-    """The shape of the model at `source` from its config alone; `dtype`: the live model's, by
-    default the config's (torch_dtype), else float32."""
+def model_shape(source: str | Path, dtype: torch.dtype | None = None, architecture: dict | None = None) -> ModelShape:
+    """The shape of the model at `source` from its config alone (or `architecture`, its sizes as
+    the pool config gives them); `dtype`: the live model's, by default the config's (torch_dtype),
+    else float32."""
     from transformers import AutoConfig
 
-    raw, where = read_config(source)
+    raw, where = read_config(source, architecture)
     try:
         config = AutoConfig.for_model(**raw)
     except (ValueError, KeyError, TypeError) as err:

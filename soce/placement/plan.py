@@ -63,7 +63,7 @@ def memory_plan(sweep: DictConfig, models: list[Candidate], *, device: str | Non
     host = (parse_size(sweep.host_memory, "sweep.host_memory") if sweep.host_memory
             else None if planning and sweep.devices else host_memory())
     try:
-        shape = model_shape(models[0].path or models[0].hub_id, dtype)
+        shape = model_shape(models[0].path or models[0].hub_id, dtype, models[0].architecture)
     except ConfigError as err:
         raise ConfigError(f"sweep: {err}") from None
     return plan_memory(shape, len(models) if n_experts is None else n_experts, devices,

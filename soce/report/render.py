@@ -57,10 +57,11 @@ def _selection_section(r: StudyReport) -> list[str]:
           f"the weak set L holds {len(weak)} of {len(analysis['categories'])} categories: {', '.join(weak) or '(none)'}.", "",
           "![category correlation](correlation.png)", "", "| expert | overall | why |", "|---|---|---|"]
     raw = analysis.get("reliability_raw", analysis.get("reliability", {}))
-    noisy = [f"{c} ({reliability_text(r)})" for c, r in raw.items() if c in weak and r is not None and r < NOISY]
+    noisy = [f"{c} {reliability_text(r)}" for c, r in raw.items() if c in weak and r is not None and r < NOISY]
     if noisy:
-        md[-4:-4] = [f"In L on a spread between models that is mostly sampling noise (reliability, {RELIABILITY}, below {NOISY:g}): "
-                     f"{', '.join(noisy)}; their correlations, and the experts they pick, rest on chance.", ""]
+        md[-4:-4] = [f"A category's reliability is {RELIABILITY}. In L with a reliability below {NOISY:g}, a spread between "
+                     f"models that is mostly sampling noise: {', '.join(noisy)}. Their correlations, and the experts they "
+                     "pick, rest on chance.", ""]
     lines = stability_lines(analysis["stability"], weak) if analysis.get("stability") else []
     if lines:
         s = analysis["stability"]

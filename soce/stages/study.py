@@ -194,7 +194,9 @@ class Study:
 
             family = build_family(pool.zoo, self.cache_dir)
             return [Candidate(name, path=str(path)) for name, path in family.candidates.items()]
-        return None if pool.models is None else [Candidate(m.name, m.hub_id, m.path, m.handler) for m in pool.models]
+        return None if pool.models is None else [
+            Candidate(m.name, m.hub_id, m.path, m.handler, OmegaConf.to_container(m.architecture) if m.architecture else None)
+            for m in pool.models]
 
     def pool_base(self) -> Candidate | None:
         """The model the pool's candidates were fine-tuned from, where the pool knows it (pool.base,

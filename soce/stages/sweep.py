@@ -20,12 +20,13 @@ log = logging.getLogger("soce")
 def sweep(study: Study):
     """The search over the selection's experts. Returns its SearchResult (for a shard's share,
     its best is None)."""
-    from soce.placement.plan import memory_plan
+    from soce.placement.plan import memory_plan, sweep_devices
     from soce.store import SweepStore
     from soce.sweep import search_soups
 
     search = study.search
     experts = selected_experts(study)
+    sweep_devices(study.cfg.sweep, study.device)  # a device this machine lacks: refused before any model is fetched
     candidates = study.candidates(experts)
     study.check_store(candidates)
     store = study.store

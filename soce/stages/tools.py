@@ -61,7 +61,9 @@ def plan(study: Study):
     selection = products.read_if_current(study, SELECTED, SELECTION)
     pool = study.pool_refs()
     if selection is not None:
-        models = [Candidate(e["model"], e.get("hub_id"), e.get("path")) for e in selection["experts"]]
+        known = {c.name: c.architecture for c in pool or ()}
+        models = [Candidate(e["model"], e.get("hub_id"), e.get("path"), architecture=known.get(e["model"]))
+                  for e in selection["experts"]]
         log.info("planning for the %s of %s", plural(len(models), "expert"), study.path(SELECTION))
     elif pool is None:
         raise ConfigError("stage=plan plans for the pool's models: choose a pool that names them "
