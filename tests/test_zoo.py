@@ -327,10 +327,12 @@ def test_a_long_lm_eval_evaluation_logs_its_progress_by_requests(micro_json, cap
 
     backend = toy_fc_backend(seed=0, per_category=20, batch_size=8)
     with caplog.at_level("INFO", logger="soce.progress"):
-        backend.evaluate(micro_json, "dev", label="fc-json")  # the real clock: a few seconds
+        fast = itertools.count(0.0, 0.01)  # every reading 10 ms later: 1.2 s for the task
+        monkeypatch.setattr(progress.time, "monotonic", lambda: next(fast))
+        backend.evaluate(micro_json, "dev", label="fc-json")
         assert not caplog.records
-        clock = itertools.count(0.0, 2.0)  # every reading 2 s later: a slow machine, 4 min for the task
-        monkeypatch.setattr(progress.time, "monotonic", lambda: next(clock))
+        slow = itertools.count(0.0, 2.0)  # every reading 2 s later: a slow machine, 4 min for the task
+        monkeypatch.setattr(progress.time, "monotonic", lambda: next(slow))
         backend.evaluate(micro_json, "dev", label="fc-json")
     lines = [r.getMessage() for r in caplog.records]
     assert re.fullmatch(r"lm-eval fc-json on dev, generate_until: 3/120 requests in 6 s \(2 s/request, about 3.9 min left\)",
