@@ -36,6 +36,13 @@ class EngineName(Choice):
     vllm = "vllm"  # one vLLM engine per process, each model and soup pushed into it
 
 
+class VllmExperts(Choice):
+    """sweep.vllm.experts: where each vLLM worker keeps the experts a soup is made of."""
+
+    shards = "shards"  # its shard of each, captured in its model's layout: a push is written in place
+    files = "files"  # none: they stay in their files, and each push streams through vLLM's reload
+
+
 class Method(Choice):
     pearson = "pearson"
     spearman = "spearman"

@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Optional
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from soce.choices import (CoalitionValue, Dtype, EngineName, Method, Players, Population,
-                          ShapleyMethod, Stage)
+                          ShapleyMethod, Stage, VllmExperts)
 from soce.errors import ConfigError
 from soce.benchmarks import BENCHMARKS
 from soce.search import SEARCHES
@@ -67,6 +67,10 @@ class VllmConfig:
     max_model_len: Optional[int] = None  # the engine's context in tokens; default: the model's
     kv_cache_gb: int = 1  # a CPU engine's KV cache (VLLM_CPU_KVCACHE_SPACE, whole GiB)
     gpu_memory_utilization: float = 0.85  # a GPU engine's share of the GPU's memory
+    # workers over which each layer is split (tensor parallel); None: 1 on a CPU, on GPUs the
+    # fewest that hold the model (stage=plan says how many). On a CPU each worker gets its own cores
+    tensor_parallel_size: Optional[int] = None
+    experts: VllmExperts = VllmExperts.shards  # shards: each worker's share of each expert, pushed in place; files: streamed
 
 
 @dataclass
@@ -288,14 +292,19 @@ def study_name(stage, benchmark: str, pool: str) -> str:
     return {"merge": "merge", "zoo": f"zoo-{pool}", "plan": f"plan-{pool}"}.get(str(stage), f"{benchmark}-{pool}")
 
 
-def check_engine(sweep: DictConfig) -> None:
-    """sweep.engine=vllm: vLLM installed, and no setting that only the hf engine reads."""
+def check_engine(sweep: DictConfig, stage: Stage) -> None:
+    """sweep.engine=vllm: vLLM installed (but to plan for another machine), and no setting that
+    only the hf engine reads."""
     if sweep.engine != EngineName.vllm:
         return
     from soce.engine.vllm import INSTALL, available
 
-    if not available():
+    if not available() and stage != Stage.plan:
         raise ConfigError(f"sweep.engine=vllm: vLLM is not installed: {INSTALL}")
+    tp = sweep.vllm.tensor_parallel_size
+    if tp is not None and tp < 1:
+        raise ConfigError(f"sweep.vllm.tensor_parallel_size={tp}: at least 1 (or unset: 1 on a CPU, the fewest GPUs that "
+                          "hold the model)")
     if sweep.offload:
         raise ConfigError("sweep.offload=true applies to sweep.engine=hf: vLLM's workers hold the experts themselves. "
                           "Drop sweep.offload, or use sweep.engine=hf")
@@ -321,7 +330,7 @@ def validate(cfg: DictConfig) -> None:
     search = OmegaConf.to_object(cfg.search)
     search.check()
     check_pool(cfg)
-    check_engine(cfg.sweep)
+    check_engine(cfg.sweep, cfg.stage)
     from soce.card import check_push
 
     check_push(cfg.soup.push_to_hub)

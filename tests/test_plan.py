@@ -266,3 +266,51 @@ def test_the_streamed_uniform_soup_equals_the_in_memory_one_bit_for_bit(tmp_path
     for name, tensor in held.state_dict().items():
         assert torch.equal(streamed.state_dict()[name], tensor), name
     assert open_checkpoint(pool[0]).nbytes == soup.nbytes // 4
+
+
+# --- the vllm engine's plan (issue 39) ------------------------------------------------------------
+def test_the_70b_experiment_gets_a_vllm_plan_offline_with_its_figures_by_hand(study, tmp_path, monkeypatch):
+    """`soce stage=plan experiment=paper_bfcl_70b sweep.engine=vllm sweep.devices=8xH100-80GB` with
+    no network and no vLLM installed: 8 tensor-parallel workers, each an eighth of the weights and
+    of the KV cache, and its shard of each expert beside vLLM's share; the fixes where it does not
+    fit, and the setting that fits the paper's three experts."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    args = ["experiment=paper_bfcl_70b", "stage=plan", "sweep.engine=vllm", "sweep.devices=8xH100-80GB", "tracker=none"]
+    four = study(*args, run_dir=tmp_path / "four").log
+    weights = by_hand("70b")["numel"] * 2 / 8
+    kv = 32768 * 80 * (2 * 8 * 128) * 2 / 8  # tokens x layers x keys and values of 8 KV heads of 128, an eighth each
+    assert "tensor parallel: 8 workers, one per GPU" in four
+    assert re.search(rf"cuda:0 +80\.0 GB +68\.0 GB +{weights / 1e9:.1f} GB +{kv / 1e9:.1f} GB +[\d.]+ GB +{4 * weights / 1e9:.1f} GB "
+                     r"+1\.1 GB +[\d.]+ GB  DOES NOT FIT", four), four
+    assert "sweep.vllm.experts=files: the experts (564.4 GB) stay in their files" in four
+    assert "selection.max_experts=3: 3 experts fit" in four
+    three = study(*args, "selection.max_experts=3", run_dir=tmp_path / "three").log
+    fix = re.search(r"sweep\.vllm\.gpu_memory_utilization=(0\.\d+): vLLM's weights", three)
+    assert fix, three
+    fits = study(*args, "selection.max_experts=3", f"sweep.vllm.gpu_memory_utilization={fix.group(1)}", run_dir=tmp_path / "fits").log
+    assert "DOES NOT FIT" not in fits and "it does not fit" not in fits
+    assert re.search(rf"experts +other +total\n  cuda:0 .* {3 * weights / 1e9:.1f} GB +1\.1 GB", fits)
+    half = study(*args, "selection.max_experts=3", "sweep.devices=4xH100-80GB", run_dir=tmp_path / "half").log
+    assert "tensor parallel: 4 workers" in half and "sweep.devices=8x80GB: 8 such GPUs, a worker on each" in half
+
+
+def test_a_cpu_vllm_plan_counts_every_worker_in_the_host_memory(llama3):
+    from soce.placement.vllm_plan import plan_vllm
+
+    shape = model_shape(llama3 / "8b")
+    plan = plan_vllm(shape, 3, parse_devices("cpu:256GB"), tensor_parallel_size=2, utilization=0.85, tokens=32768,
+                     kv_cache_gb=4)
+    [w0, w1] = plan.workers
+    assert w0.weights == w1.weights == shape.nbytes // 2 and w0.experts == 3 * shape.nbytes // 2
+    assert w0.kv_cache == 4 * 2**30
+    assert plan.host == w0.total + w1.total and plan.fits
+    assert "tensor parallel: 2 workers on the CPU, each on cores of its own" in plan.text()
+    small = plan_vllm(shape, 3, parse_devices("cpu:40GB"), tensor_parallel_size=2, utilization=0.85, tokens=32768)
+    assert not small.fits and "DOES NOT FIT" in small.text()
+
+
+def test_a_tensor_parallel_size_below_one_is_refused():
+    from soce import config
+
+    with pytest.raises(ConfigError, match="sweep.vllm.tensor_parallel_size=0: at least 1"):
+        config.validate(compose_cfg(["stage=plan", "sweep.engine=vllm", "sweep.vllm.tensor_parallel_size=0"]))

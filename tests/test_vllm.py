@@ -106,6 +106,28 @@ def fresh_engine(pushed, soup):
         fresh.server.llm.llm_engine.engine_core.shutdown()
 
 
+def test_the_in_place_push_equals_the_reload_push_tensor_for_tensor(engines):
+    """Issue 39: the soup written into the live parameters from the captured experts, and the same
+    soup streamed through vLLM's reload_weights, give every kernel and parameter the same values."""
+    _, pushed = engines
+    assert pushed.server.path == "in_place"
+    assert_in_place_equals_reload(pushed.server, (0.2, 0.5, 0.3))
+
+
+def assert_in_place_equals_reload(server, weights):
+
+    server.pushed = None
+    assert server.llm.collective_rpc("soce_push", args=(list(weights), True, "in_place")) == [[]] * server.workers
+    in_place = server.llm.collective_rpc("soce_weights")
+    assert server.llm.collective_rpc("soce_push", args=(list(weights), True, "reload")) == [[]] * server.workers
+    reloaded = server.llm.collective_rpc("soce_weights")
+    assert len(in_place) == server.workers
+    for a, b in zip(in_place, reloaded):
+        assert a.keys() == b.keys() and any(k.endswith("(kernel)") for k in a)
+        assert [k for k in a if a[k] != b[k]] == []  # tensors come back as lists: exact floats
+    server.pushed = None  # the next push writes its soup again
+
+
 def test_the_check_after_a_push_names_a_head_left_with_the_previous_weights(engines):
     """vLLM's reload gives a head tied to the embedding no tensor of its own, so on a CPU its packed
     weights stay the previous model's; soce re-packs it. Left as vLLM leaves it, the check finds it."""
@@ -152,25 +174,6 @@ def test_a_candidate_whose_tokenizer_cannot_be_read_is_one_error_line(family, tm
     (bad / "tokenizer.json").write_text("{")
     with pytest.raises(CheckpointError, match=rf"pool model 'bad': cannot load {bad} \(JSONDecodeError"):
         VllmEngine([Candidate("bad", path=str(bad))], VllmSettings())
-
-
-def test_the_study_with_vllm_gives_the_same_selection_points_and_rows_as_with_hf(zoo_cache, tmp_path):
-    runs = {}
-    for engine in ("hf", "vllm"):
-        runs[engine] = run_study([*STUDY, f"pool.cache_dir={zoo_cache}", f"sweep.engine={engine}"], tmp_path / engine).dir
-    hf, pushed = runs["hf"], runs["vllm"]
-    assert json.loads((pushed / "selection.json").read_text()) == json.loads((hf / "selection.json").read_text())
-    assert json.loads((pushed / "results.json").read_text())["rows"] == json.loads((hf / "results.json").read_text())["rows"]
-
-    def points(run):
-        records = [json.loads(line) for line in (run / "sweep.jsonl").read_text().splitlines()]
-        return {(r["kind"], tuple(r["weights"]), r["split"]): (r["correct"], r["scores"]) for r in records}
-
-    assert points(pushed) == points(hf) and len(points(hf)) > 7
-    # a score's question names the engine it was made in where it is not hf (hf's stay as before)
-    questions = {e: [json.loads(line)["question"] for line in (run / "sweep.jsonl").read_text().splitlines()]
-                 for e, run in runs.items()}
-    assert all(q["engine"] == "vllm" for q in questions["vllm"]) and not any("engine" in q for q in questions["hf"])
 
 
 def test_lm_eval_through_the_running_engine_scores_as_through_hf(engines):
@@ -231,3 +234,48 @@ def test_bfcl_stand_ins_generate_through_the_engine_as_through_hf(tmp_path):
     with fresh_engine(pushed, soup) as fresh:
         c = evaluator.evaluate(fresh, "dev")
     assert [o.output for o in c.outcomes] == [o.output for o in b.outcomes] and c.scores == b.scores
+
+
+# last in the file: its second engine (two workers) stops the one the tests above share
+@pytest.mark.parametrize("workers", [1, 2])
+def test_the_study_with_vllm_gives_the_same_selection_points_and_rows_as_with_hf(zoo_cache, tmp_path_factory, hf_study, workers):
+    """Issue 39: with sweep.vllm.tensor_parallel_size=2 (two CPU workers, a core each) as with one;
+    every push written in place and checked in every worker."""
+    from soce.engine.vllm import VllmServer
+
+    hf = hf_study
+    where = tmp_path_factory.mktemp(f"vllm-{workers}")
+    pushed = run_study([*STUDY, f"pool.cache_dir={zoo_cache}", "sweep.engine=vllm", f"sweep.soup_cache={where / 'soups'}",
+                        f"sweep.vllm.tensor_parallel_size={workers}"], where / "run").dir
+    runs = {"hf": hf, "vllm": pushed}
+    server = VllmServer._running
+    assert server.workers == workers and server.path == "in_place"
+    assert json.loads((pushed / "selection.json").read_text()) == json.loads((hf / "selection.json").read_text())
+    assert json.loads((pushed / "results.json").read_text())["rows"] == json.loads((hf / "results.json").read_text())["rows"]
+
+    def points(run):
+        records = [json.loads(line) for line in (run / "sweep.jsonl").read_text().splitlines()]
+        return {(r["kind"], tuple(r["weights"]), r["split"]): (r["correct"], r["scores"]) for r in records}
+
+    assert points(pushed) == points(hf) and len(points(hf)) > 7
+    # a score's question names the engine it was made in where it is not hf (hf's stay as before)
+    questions = {e: [json.loads(line)["question"] for line in (run / "sweep.jsonl").read_text().splitlines()]
+                 for e, run in runs.items()}
+    assert all(q["engine"] == "vllm" for q in questions["vllm"]) and not any("engine" in q for q in questions["hf"])
+
+
+
+
+@pytest.fixture(scope="module")
+def hf_study(zoo_cache, tmp_path_factory):
+    return run_study([*STUDY, f"pool.cache_dir={zoo_cache}", "sweep.engine=hf"], tmp_path_factory.mktemp("hf")).dir
+
+
+def test_two_workers_in_place_push_equals_their_reload_push_tensor_for_tensor():
+    """After the study above, the running engine has two workers: each holds its shard of the
+    experts, and its in-place push equals its reload push tensor for tensor."""
+    from soce.engine.vllm import VllmServer
+
+    server = VllmServer._running
+    assert server.workers == 2
+    assert_in_place_equals_reload(server, (0.25, 0.45, 0.3)[: len(server.held)])

@@ -38,12 +38,15 @@ INSTALL = ("install vLLM: on a GPU machine pip install 'soce[vllm]'; on a CPU ma
 @dataclass(frozen=True)
 class VllmSettings:
     """sweep.vllm: the engine's context (None: the model's), its KV cache on a CPU (GiB), the share
-    of a GPU's memory it takes, and the dtype of its weights (None: the checkpoints')."""
+    of a GPU's memory it takes, the dtype of its weights (None: the checkpoints'), its tensor
+    parallel size and where its workers keep the experts."""
 
     max_model_len: int | None = None
     kv_cache_gb: int = 1
     gpu_memory_utilization: float = 0.85
     dtype: str | None = None
+    tensor_parallel_size: int | None = None  # None: 1 on a CPU, the fewest GPUs that hold the model
+    experts: str = "shards"  # shards: captured by each worker, pushed in place; files: streamed at each push
 
 
 def available() -> bool:
@@ -81,11 +84,13 @@ class VllmServer:
 
         config = _config(model)
         self.settings, self.shape, self.model = settings, _shape(config), model
-        log.info("vllm: starting one engine for this run on %s (each model and soup after is pushed into it)", model)
+        self.workers = tensor_parallel_size(settings, model)
+        log.info("vllm: starting one engine for this run on %s, %s (each model and soup after is pushed into it)",
+                 model, "one worker" if self.workers == 1 else f"{self.workers} tensor-parallel workers")
         # the checkpoint's own dtype by default, as the hf engine loads it (vLLM's "auto" takes
         # bfloat16 for a float32 model on a CPU)
         dtype = settings.dtype or config.get("torch_dtype") or config.get("dtype") or "auto"
-        self.llm = LLM(model=model, dtype=dtype, enforce_eager=True, seed=0,
+        self.llm = LLM(model=model, dtype=dtype, enforce_eager=True, seed=0, tensor_parallel_size=self.workers,
                        max_model_len=settings.max_model_len, gpu_memory_utilization=settings.gpu_memory_utilization,
                        worker_extension_cls="soce.engine.vllm_worker.SoupWorker")
         atexit.register(self.close)  # before vLLM's own exit handlers: its workers stop cleanly
@@ -115,9 +120,13 @@ class VllmServer:
         holds it already."""
         if experts != self.held:
             self.held, self.pushed = (), None
-            for problem in self.llm.collective_rpc("soce_hold", args=(list(experts), self.settings.dtype)):
-                if problem:
-                    raise CheckpointError(problem)
+            held = self.llm.collective_rpc("soce_hold", args=(list(experts), self.settings.dtype,
+                                                              self.settings.experts == "shards"))
+            for worker in held:
+                if worker["problem"]:
+                    raise CheckpointError(worker["problem"])
+            self.path = held[0]["path"]
+            self._say_how(experts, held)
             self.held = experts
         if weights == self.pushed:
             return
@@ -129,6 +138,22 @@ class VllmServer:
                                       "Nothing was stored for this point; use sweep.engine=hf")
         self.llm.reset_prefix_cache()  # always: a cached block holds the previous weights' keys and values
         self.pushed = weights
+
+    def _say_how(self, experts: tuple[str, ...], held: list[dict]) -> None:
+        """How the pushes of these experts go, said once per set of experts."""
+        from soce.progress import plural, size_text
+
+        workers = "its worker" if len(held) == 1 else f"each of its {len(held)} workers"
+        if self.path == "in_place":
+            how = (f"{workers} holds its share of each ({size_text(max(w['held_bytes'] for w in held))}) in its model's "
+                   "layout; each soup is written into the model in place")
+        elif self.settings.experts == "files":
+            how = "they stay in their files (sweep.vllm.experts=files); each soup streams through vLLM's reload"
+        else:
+            differ = sorted({name for w in held for name in w["differ"]})
+            how = (f"{', '.join(differ)} loaded through vLLM differ from their in-place sum (a load that is not a linear "
+                   "map of the weights): each soup streams through vLLM's reload")
+        log.info("vllm: %s: %s", plural(len(experts), "expert"), how)
 
     def close(self) -> None:
         """Stop the engine and its workers (at exit, or for an engine of another model's shape)."""
@@ -208,6 +233,32 @@ class VllmEngine(Engine):
                 lm_vllm.LLM = build
             self._harness = key, harness
         return self._harness[1]
+
+
+def tensor_parallel_size(settings: VllmSettings, model: str) -> int:
+    """The engine's workers: sweep.vllm.tensor_parallel_size, else 1 on a CPU and on GPUs the
+    fewest that hold the model (the vllm memory plan's). On a CPU each worker is bound to cores of
+    its own (VLLM_CPU_OMP_THREADS_BIND, unless set), as vLLM's CPU backend needs."""
+    import torch
+
+    on_gpu = torch.cuda.is_available()
+    if settings.tensor_parallel_size is not None:
+        workers = settings.tensor_parallel_size
+    elif not on_gpu:
+        workers = 1
+    else:
+        from soce.placement.vllm_plan import fewest_workers
+
+        workers = fewest_workers(model, settings)
+    if not on_gpu and workers > 1 and "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
+        cores = sorted(os.sched_getaffinity(0))
+        if len(cores) < workers:
+            raise ConfigError(f"sweep.vllm.tensor_parallel_size={workers}: this process may use {len(cores)} CPU cores, "
+                              "and each worker needs one of its own. Set it to at most that")
+        per = len(cores) // workers
+        os.environ["VLLM_CPU_OMP_THREADS_BIND"] = "|".join(
+            ",".join(map(str, cores[i * per:(i + 1) * per])) for i in range(workers))
+    return workers
 
 
 def _lm_eval_vllm():

@@ -45,6 +45,8 @@ class ModelShape:
     hidden: int
     intermediate: int
     kv_per_token: int  # elements of keys and values one layer caches per token
+    heads: int = 1  # attention heads, and key-value heads: a tensor-parallel size divides both
+    kv_heads: int = 1
 
     @property
     def numel(self) -> int:
@@ -108,7 +110,7 @@ def model_shape(source: str | Path, dtype: torch.dtype | None = None, architectu
     head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
     kv_heads = getattr(text, "num_key_value_heads", None) or heads
     return ModelShape(where, dtype, blocks, text.hidden_size, getattr(text, "intermediate_size", 4 * text.hidden_size),
-                      2 * kv_heads * head_dim)
+                      2 * kv_heads * head_dim, heads, kv_heads)
 
 
 @functools.lru_cache(maxsize=8)

@@ -71,3 +71,25 @@ def memory_plan(sweep: DictConfig, models: list[Candidate], *, device: str | Non
                        tokens=sweep.tokens, host_memory=host,
                        activations=parse_size(sweep.activations, "sweep.activations") if sweep.activations else None,
                        node=visible_devices(cap) if processes > 1 and not planning else None)
+
+
+def vllm_memory_plan(sweep: DictConfig, models: list[Candidate], *, planning: bool = False):
+    """The vllm engine's plan for `models` (the live model's shape, every one an expert) on the
+    devices sweep.devices names (or this machine's): its tensor-parallel workers and what each
+    holds."""
+    import torch
+
+    from soce.placement.vllm_plan import plan_vllm
+
+    devices, _ = sweep_devices(sweep, None, planning)
+    dtype = getattr(torch, sweep.dtype.value) if sweep.dtype else None
+    try:
+        shape = model_shape(models[0].path or models[0].hub_id, dtype, models[0].architecture)
+    except ConfigError as err:
+        raise ConfigError(f"sweep: {err}") from None
+    host = (parse_size(sweep.host_memory, "sweep.host_memory") if sweep.host_memory
+            else None if planning and sweep.devices else host_memory())
+    return plan_vllm(shape, len(models), devices, tensor_parallel_size=sweep.vllm.tensor_parallel_size,
+                     utilization=sweep.vllm.gpu_memory_utilization, experts=str(sweep.vllm.experts), tokens=sweep.tokens,
+                     kv_cache_gb=sweep.vllm.kv_cache_gb, host_memory=host,
+                     activations=parse_size(sweep.activations, "sweep.activations") if sweep.activations else None)

@@ -266,7 +266,8 @@ class Study:
         sweep = self.cfg.sweep
         dtype = sweep.dtype.value if sweep.dtype else None  # None: the checkpoints' own
         return Placement(dtype=dtype, engine=str(sweep.engine),
-                         vllm=VllmSettings(sweep.vllm.max_model_len, sweep.vllm.kv_cache_gb, sweep.vllm.gpu_memory_utilization, dtype))
+                         vllm=VllmSettings(sweep.vllm.max_model_len, sweep.vllm.kv_cache_gb, sweep.vllm.gpu_memory_utilization, dtype,
+                                           sweep.vllm.tensor_parallel_size, str(sweep.vllm.experts)))
 
     def candidate_engine(self, candidate: Candidate):
         """A candidate evaluated alone, in the run's engine: with hf, its model placed by the memory

@@ -10,6 +10,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from soce.artifacts import SELECTION
+from soce.choices import EngineName
 from soce.errors import ConfigError, config_group
 from soce.pool import Candidate
 from soce.progress import plural
@@ -55,7 +56,7 @@ def plan(study: Study):
     config.json, no weights): the selection's experts where the run directory has a current
     selection, else the pool's models (at most selection.max_experts)."""
     from soce.placement.devices import gb
-    from soce.placement.plan import memory_plan
+    from soce.placement.plan import memory_plan, vllm_memory_plan
 
     cfg = study.cfg
     selection = products.read_if_current(study, SELECTED, SELECTION)
@@ -74,6 +75,11 @@ def plan(study: Study):
         models = pool[:n]
         log.info("planning for %s (%s; selection.max_experts=K plans for K)",
                  plural(n, "expert"), "the whole pool" if n == len(pool) else f"the pool's first {n}")
+    if cfg.sweep.engine == EngineName.vllm:
+        result = vllm_memory_plan(cfg.sweep, models, planning=True)
+        log.info("%s", result.text())
+        study.tracker.log_table("vllm_plan", *result.table())
+        return result
     result = memory_plan(cfg.sweep, models, planning=True)
     log.info("%s", result.text())
     study.tracker.log_table("memory_plan", *result.table())
