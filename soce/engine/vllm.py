@@ -47,6 +47,7 @@ class VllmSettings:
     dtype: str | None = None
     tensor_parallel_size: int | None = None  # None: 1 on a CPU, the fewest GPUs that hold the model
     experts: str = "shards"  # shards: captured by each worker, pushed in place; files: streamed at each push
+    cpu_slot: tuple[int, int] = (0, 1)  # this process among those sharing the machine's cores at once (cpu_slot)
 
 
 def available() -> bool:
@@ -80,13 +81,22 @@ class VllmServer:
         # (which soce re-packs and checks) stay out of soce's output; its errors still show
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
         os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "1")
+        import multiprocessing
+
         from vllm import LLM
 
+        global _IN_WORKER_POOL
+        if multiprocessing.get_start_method(allow_none=True) not in (None, "spawn", "fork", "forkserver"):
+            # a joblib (loky) worker: the processes vLLM spawns would look for loky's start method
+            multiprocessing.set_start_method("spawn", force=True)
+            _IN_WORKER_POOL = True
         config = _config(model)
         self.settings, self.shape, self.model = settings, _shape(config), model
         self.workers = tensor_parallel_size(settings, model)
-        log.info("vllm: starting one engine for this run on %s, %s (each model and soup after is pushed into it)",
-                 model, "one worker" if self.workers == 1 else f"{self.workers} tensor-parallel workers")
+        cores = os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "")
+        log.info("vllm: starting one engine for this run on %s, %s%s (each model and soup after is pushed into it)",
+                 model, "one worker" if self.workers == 1 else f"{self.workers} tensor-parallel workers",
+                 f" on CPU cores {cores}" if cores and cores != "auto" else "")
         # the checkpoint's own dtype by default, as the hf engine loads it (vLLM's "auto" takes
         # bfloat16 for a float32 model on a CPU)
         dtype = settings.dtype or config.get("torch_dtype") or config.get("dtype") or "auto"
@@ -145,8 +155,9 @@ class VllmServer:
 
         workers = "its worker" if len(held) == 1 else f"each of its {len(held)} workers"
         if self.path == "in_place":
-            how = (f"{workers} holds its share of each ({size_text(max(w['held_bytes'] for w in held))}) in its model's "
-                   "layout; each soup is written into the model in place")
+            how = (f"{workers} holds its share of {'it' if len(experts) == 1 else 'each'} "
+                   f"({size_text(max(w['held_bytes'] for w in held))}) in its model's layout; each soup is written into "
+                   "the model in place")
         elif self.settings.experts == "files":
             how = "they stay in their files (sweep.vllm.experts=files); each soup streams through vLLM's reload"
         else:
@@ -235,10 +246,22 @@ class VllmEngine(Engine):
         return self._harness[1]
 
 
+_IN_WORKER_POOL = False  # this process is a joblib (loky) worker
+
+
+def close_in_worker_pool() -> None:
+    """Stop the process's engine where this process is a joblib worker: it lives on after its job,
+    and a worker holding an engine never lets the multirun end. (Elsewhere the engine is kept for
+    the process's next run, and stopped at exit.)"""
+    if _IN_WORKER_POOL and VllmServer._running is not None:
+        VllmServer._running.close()
+
+
 def tensor_parallel_size(settings: VllmSettings, model: str) -> int:
     """The engine's workers: sweep.vllm.tensor_parallel_size, else 1 on a CPU and on GPUs the
     fewest that hold the model (the vllm memory plan's). On a CPU each worker is bound to cores of
-    its own (VLLM_CPU_OMP_THREADS_BIND, unless set), as vLLM's CPU backend needs."""
+    its own (VLLM_CPU_OMP_THREADS_BIND, unless set), as vLLM's CPU backend needs, among this
+    process's share of the machine's cores."""
     import torch
 
     on_gpu = torch.cuda.is_available()
@@ -250,15 +273,67 @@ def tensor_parallel_size(settings: VllmSettings, model: str) -> int:
         from soce.placement.vllm_plan import fewest_workers
 
         workers = fewest_workers(model, settings)
-    if not on_gpu and workers > 1 and "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
-        cores = sorted(os.sched_getaffinity(0))
+    config = _config(model)
+    text = config.get("text_config") or config
+    heads = {text.get("num_attention_heads", 1), text.get("num_key_value_heads") or text.get("num_attention_heads", 1)}
+    if any(h % workers for h in heads):
+        fits = [t for t in range(1, max(heads) + 1) if all(h % t == 0 for h in heads)]
+        raise ConfigError(f"sweep.vllm.tensor_parallel_size={workers}: {model}'s attention heads "
+                          f"({' and '.join(map(str, sorted(heads)))}, its query and key-value heads) do not split over "
+                          f"{workers} workers; set one that divides them: {', '.join(map(str, fits))}")
+    global _BOUND
+    if not on_gpu and os.environ.get("VLLM_CPU_OMP_THREADS_BIND") in (None, _BOUND):  # not the user's own
+        cores, share = process_cores(settings.cpu_slot)
         if len(cores) < workers:
-            raise ConfigError(f"sweep.vllm.tensor_parallel_size={workers}: this process may use {len(cores)} CPU cores, "
-                              "and each worker needs one of its own. Set it to at most that")
-        per = len(cores) // workers
-        os.environ["VLLM_CPU_OMP_THREADS_BIND"] = "|".join(
-            ",".join(map(str, cores[i * per:(i + 1) * per])) for i in range(workers))
+            raise ConfigError(f"sweep.vllm.tensor_parallel_size={workers}: this process may use {len(cores)} CPU cores"
+                              f"{share}, and each worker needs one of its own. Set it to at most {len(cores)}")
+        if workers > 1 or share:
+            per = len(cores) // workers
+            _BOUND = "|".join(",".join(map(str, cores[i * per:(i + 1) * per])) for i in range(workers))
+            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = _BOUND
+        elif _BOUND is not None:  # one worker on every core: vLLM's own choice, as before soce bound any
+            del os.environ["VLLM_CPU_OMP_THREADS_BIND"]
+            _BOUND = None
     return workers
+
+
+_BOUND: str | None = None  # the VLLM_CPU_OMP_THREADS_BIND soce set (one the user set is left alone)
+# this process's place in an accelerate launch, as the launcher set it: read at import, because
+# vLLM's CPU platform sets LOCAL_WORLD_SIZE to its tensor-parallel size when an engine starts
+_LAUNCH = (int(os.environ.get("LOCAL_RANK", "0")), int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+
+def process_cores(slot: tuple[int, int]) -> tuple[list[int], str]:
+    """The CPU cores this process's engine may use, and what share they are: all it may use, or
+    its own part of them where several soce processes share the machine at once (`slot`: its
+    index among them, and their number; see `cpu_slot`)."""
+    cores = sorted(os.sched_getaffinity(0))
+    index, count = slot
+    if count <= 1:
+        return cores, ""
+    per = max(1, len(cores) // count)
+    mine = cores[index * per:(index + 1) * per] if len(cores) >= count else [cores[index % len(cores)]]
+    return mine, f" (its share: process {index} of {count} that run at once)"
+
+
+def cpu_slot(shard: tuple[int, int]) -> tuple[int, int]:
+    """This process's index among the soce processes that run at once on this machine, and their
+    number: the processes of an `accelerate launch` (LOCAL_RANK of LOCAL_WORLD_SIZE); the jobs
+    of a joblib multirun over shards (shard k of n, hydra.launcher.n_jobs at a time); else (0, 1)."""
+    if _LAUNCH[1] > 1:
+        return _LAUNCH
+    k, n = shard
+    from hydra.core.hydra_config import HydraConfig
+
+    if n <= 1 or not HydraConfig.initialized():
+        return 0, 1
+    launcher = HydraConfig.get().launcher
+    if "Joblib" not in str(launcher.get("_target_", "")):
+        return 0, 1
+    jobs = int(launcher.get("n_jobs") or -1)
+    jobs = jobs if jobs > 0 else max(1, (os.cpu_count() or 1) + 1 + jobs)  # joblib's -1: every core
+    at_once = min(n, jobs)
+    return k % at_once, at_once
 
 
 def _lm_eval_vllm():

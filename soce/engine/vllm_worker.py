@@ -3,7 +3,8 @@ in the layout this worker's model computes with, and the soup of any weights wri
 model's own parameters.
 
 Only weights cross processes (`collective_rpc`); each worker reads the experts' safetensors
-files itself (memory-mapped: the page cache holds each file once for every worker of a node).
+files itself, with positional reads (the page cache holds each file once for every worker of a
+node).
 
 Capture. Each expert is loaded once through vLLM's own `reload_weights`, from its files: vLLM
 fuses (qkv, gate_up), slices (this worker's tensor-parallel shard) and pads as it does at load
@@ -46,7 +47,7 @@ class SoupWorker:
         from soce.errors import CheckpointError
         from soce.merge.checkpoint import check_compatible, open_checkpoint
 
-        self.soce_captured, self.soce_path = [], RELOAD
+        self.soce_captured, self.soce_path, self._buffers = [], RELOAD, None
         try:
             self.soce_checkpoints = [open_checkpoint(p) for p in experts]
             check_compatible(self.soce_checkpoints)
@@ -71,6 +72,7 @@ class SoupWorker:
             self.soce_captured, self.soce_path = [], RELOAD
         else:
             self.soce_path = IN_PLACE
+        self._buffers = None
         held = sum(t.nbytes for captured in self.soce_captured for t in captured.values())
         return {"problem": None, "path": self.soce_path, "differ": differ[:8], "held_bytes": held}
 
@@ -111,6 +113,17 @@ class SoupWorker:
                 out[name] = param.detach().cpu().clone()
         return out
 
+    def soce_memory(self, reset_peak: bool = False) -> dict:
+        """This worker's resident memory and its peak (since it started, or since the last
+        reset_peak), in bytes, as Linux counts them (/proc/self/status)."""
+        from pathlib import Path
+
+        if reset_peak:
+            Path("/proc/self/clear_refs").write_text("5")
+        fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
+        kb = lambda key: int(fields[key].split()[0]) * 1024  # noqa: E731
+        return {"rss": kb("VmRSS"), "peak": kb("VmHWM")}
+
     # --- the two pushes ------------------------------------------------------------------
     def _write(self, weights: Sequence[float]) -> dict[str, torch.Tensor]:
         """The soup written into the live parameters from the captured experts; each layer vLLM
@@ -122,13 +135,13 @@ class SoupWorker:
         for name in self.soce_captured[0]:
             owner, _, attr = name.rpartition(".")
             module = modules[owner]
-            soup = self._sum(name, weights)
+            soup = self._sum(name, weights)  # a view of a buffer the next tensor's sum reuses
             live = getattr(module, attr)
             if isinstance(live, torch.Tensor) and live.shape == soup.shape:
                 live.data.copy_(soup)
                 expected[name] = soup[:64].clone()
             else:  # a weight the kernel dropped when it packed it (a CPU's linear layer): given again
-                setattr(module, attr, torch.nn.Parameter(soup, requires_grad=False))
+                setattr(module, attr, torch.nn.Parameter(soup.clone(), requires_grad=False))
             if _processes(module):
                 processed[owner] = module
         for module in processed.values():
@@ -209,14 +222,22 @@ class SoupWorker:
                 del method.process_weights_after_loading
 
     def _sum(self, name: str, weights: Sequence[float]) -> torch.Tensor:
-        """The captured experts' tensor `name` at `weights`, in float32, cast to its dtype."""
+        """The captured experts' tensor `name` at `weights`, in float32, cast to its dtype: a view
+        of a buffer the next call reuses."""
         from soce.merge.linear import weighted_sum_into
 
         tensors = [captured[name] for captured in self.soce_captured]
-        acc = torch.empty(tensors[0].numel(), dtype=torch.float32, device=tensors[0].device)
-        scratch = torch.empty_like(acc)
-        soup = weighted_sum_into(acc, scratch, [t.reshape(-1) for t in tensors], weights)
-        return soup.to(tensors[0].dtype).reshape(tensors[0].shape)
+        dtype, n = tensors[0].dtype, tensors[0].numel()
+        if self._buffers is None:  # made once: a fresh buffer per tensor and push is a page fault per page
+            largest = max(t.numel() for t in self.soce_captured[0].values())
+            self._buffers = {torch.float32: [torch.empty(largest, dtype=torch.float32, device=tensors[0].device)
+                                             for _ in range(2)]}
+        if dtype not in self._buffers:
+            self._buffers[dtype] = [torch.empty_like(self._buffers[torch.float32][0], dtype=dtype)]
+        acc, scratch = self._buffers[torch.float32]
+        soup = weighted_sum_into(acc[:n], scratch[:n], [t.reshape(-1) for t in tensors], weights)
+        out = soup if dtype == torch.float32 else self._buffers[dtype][0][:n].copy_(soup)  # rounded as .to(dtype) rounds
+        return out.view(tensors[0].shape)
 
 
 def _check_finite(checkpoint) -> None:

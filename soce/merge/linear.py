@@ -41,10 +41,15 @@ def check_weights(weights: Sequence[float], n_models: int, normalize: bool = Fal
 
 
 def weighted_sum_into(acc: torch.Tensor, scratch: torch.Tensor, tensors: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
-    """acc <- sum_i weights[i] * tensors[i], in float32 (acc and scratch: float32, same shape)."""
-    acc.copy_(tensors[0]).mul_(weights[0])
+    """acc <- sum_i weights[i] * tensors[i], in float32 (acc and scratch: float32, same shape).
+    Each term is rounded once as a float32 product, then added: a float32 tensor is multiplied
+    into place in one pass, another dtype converted (exactly) first."""
+    def term(out: torch.Tensor, t: torch.Tensor, w: float) -> torch.Tensor:
+        return torch.mul(t, w, out=out) if t.dtype == torch.float32 else out.copy_(t).mul_(w)
+
+    term(acc, tensors[0], weights[0])
     for t, w in zip(tensors[1:], weights[1:]):
-        acc.add_(scratch.copy_(t).mul_(w))
+        acc.add_(term(scratch, t, w))
     return acc
 
 

@@ -5,6 +5,7 @@ pool; what several stages need of them lives here, each helper on the part it ne
 from __future__ import annotations
 
 import logging
+import sys
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
@@ -100,10 +101,13 @@ class Study:
             self._store.set_aside(problem)
 
     def close(self) -> None:
-        """Let go of the store's lock (a later run in this process may open it again)."""
+        """Let go of the store's lock (a later run in this process may open it again), and of the
+        vLLM engine where this process is a joblib worker."""
         if self._store is not None:
             self._store.close()
             self._store = None
+        if "soce.engine.vllm" in sys.modules:  # a joblib worker's engine stops with its job (it would hold the worker)
+            sys.modules["soce.engine.vllm"].close_in_worker_pool()
 
     # --- the evaluator and what it is asked -------------------------------------------------------
     @property
@@ -260,14 +264,14 @@ class Study:
     @cached_property
     def placement(self):
         """The engine every model and soup of the run is evaluated in, and its settings."""
-        from soce.engine.vllm import VllmSettings
+        from soce.engine.vllm import VllmSettings, cpu_slot
         from soce.sweep import Placement
 
         sweep = self.cfg.sweep
         dtype = sweep.dtype.value if sweep.dtype else None  # None: the checkpoints' own
         return Placement(dtype=dtype, engine=str(sweep.engine),
                          vllm=VllmSettings(sweep.vllm.max_model_len, sweep.vllm.kv_cache_gb, sweep.vllm.gpu_memory_utilization, dtype,
-                                           sweep.vllm.tensor_parallel_size, str(sweep.vllm.experts)))
+                                           sweep.vllm.tensor_parallel_size, str(sweep.vllm.experts), cpu_slot(self.shard)))
 
     def candidate_engine(self, candidate: Candidate):
         """A candidate evaluated alone, in the run's engine: with hf, its model placed by the memory
