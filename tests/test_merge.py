@@ -350,6 +350,7 @@ def test_accelerate_two_processes_give_the_single_process_result(zoo, tmp_path):
             assert (out / name).read_bytes() == (reference / name).read_bytes(), name
 
 
+@pytest.mark.slow  # a script in a process of its own, its three experts built: 20 s
 def test_the_gpu_check_script_runs_on_the_cpu(tmp_path):
     """Issue 39: scripts/gpu_check.py, made for a lent GPU machine, run as the tests can: its
     in-place sweep, its figures, and the last soup equal to the merge written to disk."""

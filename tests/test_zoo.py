@@ -325,20 +325,19 @@ def test_a_long_lm_eval_evaluation_logs_its_progress_by_requests(micro_json, cap
 
     from soce import progress
 
-    backend = toy_fc_backend(seed=0, per_category=20, batch_size=8)
+    backend = toy_fc_backend(seed=0, per_category=5, batch_size=16)
     with caplog.at_level("INFO", logger="soce.progress"):
-        fast = itertools.count(0.0, 0.01)  # every reading 10 ms later: 1.2 s for the task
+        fast = itertools.count(0.0, 0.01)  # every reading 10 ms later: 0.3 s for the task
         monkeypatch.setattr(progress.time, "monotonic", lambda: next(fast))
         backend.evaluate(micro_json, "dev", label="fc-json")
         assert not caplog.records
-        slow = itertools.count(0.0, 2.0)  # every reading 2 s later: a slow machine, 4 min for the task
+        slow = itertools.count(0.0, 10.0)  # every reading 10 s later: a slow machine, 5 min for the task
         monkeypatch.setattr(progress.time, "monotonic", lambda: next(slow))
         backend.evaluate(micro_json, "dev", label="fc-json")
     lines = [r.getMessage() for r in caplog.records]
-    assert re.fullmatch(r"lm-eval fc-json on dev, generate_until: 3/120 requests in 6 s \(2 s/request, about 3.9 min left\)",
-                        lines[0]), lines
-    assert re.fullmatch(r"lm-eval fc-json on dev, generate_until: done, 120/120 requests in 4.0 min .*", lines[-1]), lines
-    assert len(lines) == 9  # at 6 s, then every 30 s (15 readings) to 4 min, and the end: not one a request
+    assert lines[0] == "lm-eval fc-json on dev, generate_until: 1/30 requests in 10 s (10 s/request, about 4.8 min left)", lines
+    assert re.fullmatch(r"lm-eval fc-json on dev, generate_until: done, 30/30 requests in 5\.\d min .*", lines[-1]), lines
+    assert len(lines) == 11  # at 10 s, then every 30 s (3 readings) to 280 s, and the end: not one a request
 
 
 def test_the_harness_sees_weights_changed_in_place(micro_json):
