@@ -19,6 +19,7 @@ Run it in the vLLM venv with the packages it reads the GGUF file with:
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import statistics
@@ -109,7 +110,8 @@ def measure(label: str, experts: list[Path], workers: int, experts_at: str, args
             assert problems == [[]] * workers, problems
         return one
 
-    figures = {"model": label, "workers": workers, "experts": experts_at, "start_s": started, "hold_s": held_s,
+    rpc = timed(lambda _: server.llm.collective_rpc("soce_memory"), 5)
+    figures = {"model": label, "workers": workers, "rpc_s": rpc, "experts": experts_at, "start_s": started, "hold_s": held_s,
                "path": server.path, "params": sum(os.path.getsize(e / "model.safetensors") for e in experts[:1]) // 4,
                "held_mb": max(a["rss"] - b["rss"] for a, b in zip(after, before)) / 1e6,
                "model_mb": max(b["rss"] for b in before) / 1e6}
@@ -152,6 +154,8 @@ def bfcl_completions(server, experts: list[Path], args) -> str:
     server.pushed = None
     server.push(pushed.paths, weights)
     outputs = {"hf": evaluator.evaluate(hf, "dev"), "in place": evaluator.evaluate(pushed, "dev")}
+    del hf
+    gc.collect()
     soup = merge_to_disk(list(map(str, experts)), list(weights), args.workdir / "soup", progress=False, overwrite=True)
     running = server.llm
     server.llm = LLM(model=str(soup), dtype="float32", enforce_eager=True, seed=0, max_model_len=server.max_model_len)
@@ -161,9 +165,13 @@ def bfcl_completions(server, experts: list[Path], args) -> str:
         server.llm.llm_engine.engine_core.shutdown()
         server.llm = running
     texts = {k: [o.output for o in r.outcomes] for k, r in outputs.items()}
-    same = all(t == texts["hf"] for t in texts.values())
-    return (f"{len(texts['hf'])} BFCL entries: completions {'identical' if same else 'DIFFERENT'} through hf, "
-            f"vllm in place and vllm from disk")
+
+    def differ(a: str, b: str) -> str:
+        n = sum(x != y for x, y in zip(texts[a], texts[b]))
+        return f"{a} vs {b}: {'identical' if n == 0 else f'{n} of {len(texts[a])} differ'}"
+
+    return f"{len(texts['hf'])} BFCL entries' greedy completions: " + "; ".join(
+        differ(a, b) for a, b in (("in place", "from disk"), ("hf", "in place"), ("hf", "from disk")))
 
 
 def tokens(server, experts: list[Path], args) -> dict:
@@ -195,7 +203,10 @@ def tokens(server, experts: list[Path], args) -> dict:
         params = [SamplingParams(temperature=0, max_tokens=m, ignore_eos=True, detokenize=False) for m in lengths]
         return server.llm.generate([TokensPrompt(prompt_token_ids=p) for p in batch], params, use_tqdm=False)
 
-    return {"hf_tok_s": rate(lambda batch, lengths: hf.generate(batch, lengths, [])), "vllm_tok_s": rate(vllm_generate)}
+    figures = {"hf_tok_s": rate(lambda batch, lengths: hf.generate(batch, lengths, [])), "vllm_tok_s": rate(vllm_generate)}
+    del hf
+    gc.collect()  # the hf engine's model and experts: not held beside the next engine
+    return figures
 
 
 def main() -> None:
@@ -207,6 +218,7 @@ def main() -> None:
     parser.add_argument("--big-hidden", type=int, default=1280)
     parser.add_argument("--big-layers", type=int, default=20)
     parser.add_argument("--skip-big", action="store_true")
+    parser.add_argument("--only-bfcl", action="store_true", help="SmolLM2's completions check alone")
     parser.add_argument("--bfcl", type=int, default=3, help="BFCL entries per category for the completions check (0: none)")
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "soce-bench-vllm-push")
     args = parser.parse_args()
@@ -216,6 +228,16 @@ def main() -> None:
     if not args.skip_big:
         models.append((f"Llama {args.big_hidden}x{args.big_layers}",
                        build_standin(args.workdir / f"standin-{args.big_hidden}x{args.big_layers}", args.big_hidden, args.big_layers)))
+    if args.only_bfcl:
+        from soce.engine.vllm import VllmServer, VllmSettings
+
+        label, experts = models[0]
+        server = VllmServer(str(experts[0]), VllmSettings(max_model_len=1024, kv_cache_gb=1))
+        rpc = timed(lambda _: server.llm.collective_rpc("soce_memory"), 5)
+        print(f"{label}: a call into the worker and back (collective_rpc) takes {rpc * 1e3:.0f} ms")
+        print(f"{label}: {bfcl_completions(server, experts, args)}")
+        server.close()
+        return
     rows = []
     for label, experts in models:
         config = json.loads((experts[0] / "config.json").read_text())
