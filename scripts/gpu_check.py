@@ -27,25 +27,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def bandwidth(device: torch.device, nbytes: int = 1 << 28) -> float:
-    """The device's copy bandwidth, bytes read plus written per second (median of 5)."""
-    src = torch.ones(nbytes, dtype=torch.uint8, device=device)
-    dst = torch.empty_like(src)
-    times = []
-    for _ in range(5):
-        sync(device)
-        start = time.perf_counter()
-        dst.copy_(src)
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return 2 * nbytes / statistics.median(times)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_gpu_soup import bandwidth, sync  # noqa: E402
 
 
 def build_experts(out: Path, hidden: int, layers: int, n: int = 3) -> list[Path]:
@@ -103,7 +86,7 @@ def main() -> None:
     count = f"{params / 1e9:.2f}B" if params >= 1e9 else f"{params / 1e6:.1f}M"
     print(f"loaded: {count} parameters ({nbytes / 1e9:.2f} GB in bfloat16), experts resident on {device}, "
           f"in {time.perf_counter() - start:.1f} s")
-    peak = bandwidth(device)
+    peak = bandwidth(device, 1 << 28)
     vocab = len(engine.tokenizer)
     prompts = [[3 + (7 * i + j) % (vocab - 3) for j in range(48 + i % 16)] for i in range(args.prompts)]
     engine.generate(prompts[:2], [4, 4], [])  # warm-up
