@@ -66,8 +66,16 @@ class VllmPlan:
 
     @property
     def fits(self) -> bool:
-        host_fits = self.host_memory is None or self.host <= self.host_memory or self.experts == "files" and self._gpu
-        return all(w.fits for w in self.workers) and host_fits
+        return all(w.fits for w in self.workers) and not (self._host_over and self._host_required)
+
+    @property
+    def _host_over(self) -> bool:
+        return self.host_memory is not None and self.host > self.host_memory
+
+    @property
+    def _host_required(self) -> bool:
+        """The host must hold `host`: not so for a GPU engine's experts in their files (page cache only)."""
+        return not (self.experts == "files" and self._gpu)
 
     @property
     def _gpu(self) -> bool:
@@ -94,10 +102,9 @@ class VllmPlan:
         limit = "" if self.host_memory is None else f" of {gb(self.host_memory)}"
         what = ("the workers" if not self._gpu else "the experts' files in the page cache, read at each push"
                 if self.experts == "files" else "the experts' files, read once at capture")
-        over = self.host_memory is not None and self.host > self.host_memory
         lines.append(f"  host: {gb(self.host)}{limit}: {what}"
-                     + ("  DOES NOT FIT" if over and not (self.experts == "files" and self._gpu) else
-                        "  (more than the host: each push reads them from disk)" if over else ""))
+                     + ("" if not self._host_over else "  DOES NOT FIT" if self._host_required else
+                        "  (more than the host: each push reads them from disk)"))
         if not self.fits:
             lines.append("  it does not fit; what would make it fit:")
             lines += [f"    {fix}" for fix in self.fixes] or ["    nothing soce can change: a smaller pool or bigger devices"]
