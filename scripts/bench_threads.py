@@ -73,7 +73,7 @@ def paths(work: Path):
     return {
         f"merge to disk (3 x {size / 2**20:.0f} MiB bf16)": merge,
         "in-place soup (one sweep point, same experts)": lambda: soup.apply([0.5, 0.2, 0.3]),
-        "family training (5 steps, batch 64, hidden 128)": lambda: trainer.train(tiny, {"simple": 1.0}, 5, 1e-3, 0, bar),
+        "family training (5 steps, batch 64, hidden 128)": lambda: trainer.train(tiny, {"simple": 1.0}, 5, 1e-3, 0, bar, trainer.by_category),
         "evaluation (96 examples, greedy, hidden 128)": lambda: evaluate(evaluator, tiny, trainer.tokenizer),
     }
 

@@ -39,6 +39,15 @@ FUNCTIONS: dict[str, tuple[dict[str, list], str]] = {
 }
 
 
+# near namesakes: the same parameters, asked for in other words (levels 2 and 3)
+TWINS = {
+    "get_weather": ("get_forecast", ("forecast for {city} in {unit}",)),
+    "send_email": ("send_text", ("text {to} about the {topic}",)),
+    "book_table": ("book_taxi", ("book a taxi for {name} for {people} people",)),
+    "find_route": ("find_flight", ("flight from {start} to {end}",)),
+}
+
+
 @dataclass(frozen=True)
 class Level:
     """How hard toy_fc is: the functions (parameters with their values, and the request's
@@ -50,6 +59,14 @@ class Level:
     namesakes: dict[str, str]
     offered: int
     relevant: float = 0.0  # irrelevance: the share of its requests whose function is offered (answer: the call)
+    twisted: float = 0.0  # level 3: the share of each category's examples that ask for the category's own skill
+    words: str = ""  # words a request may hold beyond its functions' names, parameters and values (for the tokenizer)
+    rare: tuple[str, ...] = ()  # functions offered only where a category's own skill asks for them (level 3)
+
+    @property
+    def names(self) -> list[str]:
+        """The functions an example draws, but where its category's own skill asks for a rare one."""
+        return [n for n in self.functions if n not in self.rare]
 
 
 def _level_2() -> Level:
@@ -67,12 +84,7 @@ def _level_2() -> Level:
     functions["convert"] = ({**FUNCTIONS["convert"][0], "amount": amounts},
                             ("convert {amount} {source} to {target}", "how many {target} for {amount} {source}"))
     functions["find_route"] = (FUNCTIONS["find_route"][0], ("route from {start} to {end}", "route to {end} from {start}"))
-    twins = {
-        "get_weather": ("get_forecast", ("forecast for {city} in {unit}",)),
-        "send_email": ("send_text", ("text {to} about the {topic}",)),
-        "book_table": ("book_taxi", ("book a taxi for {name} for {people} people",)),
-        "find_route": ("find_flight", ("flight from {start} to {end}", "flight to {end} from {start}")),
-    }
+    twins = {**TWINS, "find_route": ("find_flight", ("flight from {start} to {end}", "flight to {end} from {start}"))}
     namesakes = {}
     for name, (twin, templates) in twins.items():
         functions[twin] = (functions[name][0], templates)
@@ -80,7 +92,54 @@ def _level_2() -> Level:
     return Level(functions, namesakes, offered=4, relevant=0.5)
 
 
-LEVELS = {1: Level({n: (p, (t,)) for n, (p, t) in FUNCTIONS.items()}, {}, offered=3), 2: _level_2()}
+# --- level 3: a skill of each category's own ----------------------------------------------------
+# Level 1's functions and their near namesakes (TWINS), and in each category the share `twisted`
+# of the requests asking for a skill no other category needs, as BFCL's categories are distinct
+# skills (languages, formats, relevance, multi-turn):
+#   simple             numbers in words ("convert forty usd to eur", "wake me at seven sharp");
+#   multiple           a function offered beside its near namesake, either asked for ("text bob
+#                      about the lunch" with send_email and send_text offered);
+#   parallel           one request naming two values of the first argument ("email bob and carol
+#                      about the lunch": two calls);
+#   parallel_multiple  the second request refers back to the first ("email bob about the lunch and
+#                      book a table for them for 3 people");
+#   irrelevance        a request for a namesake ("book a taxi for bob for 2 people"), offered
+#                      (its call) or with its namesake offered in its place (book_table: no call);
+#                      the other requests ask for an offered function half the time, or for none;
+#   json               its format, the skill no other category needs: no more.
+# The namesakes are offered nowhere else, and multiple's pairs are not irrelevance's.
+_ONES = "one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen nineteen".split()
+_TENS = "twenty thirty forty fifty sixty seventy eighty ninety".split()
+NUMBER_WORDS = {n: _ONES[n - 1] if n < 20 else " ".join([_TENS[n // 10 - 2], *([_ONES[n % 10 - 1]] if n % 10 else [])])
+                for n in range(1, 100)} | {0: "sharp"}  # 0 only as an alarm's minute: "wake me at seven sharp"
+IN_WORDS = ("set_alarm", "convert", "play_song", "book_table")  # the functions whose arguments hold whole numbers
+WORDED = {*range(20), *range(20, 100, 10), 45}  # the numbers simple writes in words: one word each (and the minute 45)
+TWINS_MULTIPLE = ("get_weather", "send_email")
+TWINS_IRRELEVANCE = ("book_table", "find_route")
+# (first function, second function, the request, the second call's arguments from the first's and
+# its own): the second request names the first's value by "them" or "there"
+REFERENCES = (
+    ("send_email", "book_table", "email {to} about the {topic} and book a table for them for {people} people",
+     lambda a, b: {"name": a["to"], "people": b["people"]}),
+    ("book_table", "send_email", "book a table for {name} for {people} people and email them about the {topic}",
+     lambda a, b: {"to": a["name"], "topic": b["topic"]}),
+    ("get_weather", "find_route", "weather in {city} in {unit} and route from there to {end}",
+     lambda a, b: {"start": a["city"], "end": b["end"]}),
+    ("find_route", "get_weather", "route from {start} to {end} and weather there in {unit}",
+     lambda a, b: {"city": a["end"], "unit": b["unit"]}),
+)
+
+
+def _level_3() -> Level:
+    functions = {n: (p, (t,)) for n, (p, t) in FUNCTIONS.items()}
+    functions |= {twin: (FUNCTIONS[name][0], templates) for name, (twin, templates) in TWINS.items()}
+    words = [*NUMBER_WORDS.values(), *(r for _, _, r, _ in REFERENCES)]
+    return Level(functions, {}, offered=3, relevant=0.5, twisted=0.4, words=" ".join(words),
+                 rare=tuple(twin for twin, _ in TWINS.values()))
+
+
+LEVEL_3 = _level_3()
+LEVELS = {1: Level({n: (p, (t,)) for n, (p, t) in FUNCTIONS.items()}, {}, offered=3), 2: _level_2(), 3: LEVEL_3}
 
 
 def level_of(level: int) -> Level:
@@ -125,7 +184,7 @@ def _draw_call(rng: random.Random, level: Level, name: str) -> tuple[tuple[str, 
 def _offer(rng: random.Random, lv: Level, wanted: int) -> tuple[list[str], list[str]]:
     """(offered, wanted) for multiple and parallel_multiple: `lv.offered` functions in random
     order, the `wanted` ones among them and, at level 2, half the time the first's namesake."""
-    names = list(lv.functions)
+    names = lv.names
     if not lv.namesakes:  # level 1, drawn as it always was
         offered = rng.sample(names, lv.offered)
         return offered, [rng.choice(offered)] if wanted == 1 else rng.sample(offered, wanted)
@@ -143,8 +202,8 @@ def _offer_irrelevant(rng: random.Random, lv: Level) -> tuple[list[str], str]:
     """(offered, asked) for irrelevance: two functions, the one asked for among them in the share
     `lv.relevant` of the requests (the answer is then its call, else no call), and at level 2
     half the time its namesake."""
-    names = list(lv.functions)
-    if not lv.namesakes:  # level 1, drawn as it always was
+    names = lv.names
+    if not lv.relevant:  # level 1, drawn as it always was
         *offered, asked = rng.sample(names, 3)
         return offered, asked
     asked = rng.choice(names)
@@ -156,16 +215,21 @@ def _offer_irrelevant(rng: random.Random, lv: Level) -> tuple[list[str], str]:
     return offered, asked
 
 
-def make_example(rng: random.Random, category: str, level: int = 1) -> tuple[str, list[tuple[str, dict]], str]:
-    """(prompt, reference calls, syntax) for one random example of `category`."""
+def make_example(rng: random.Random, category: str, level: int = 1,
+                 twisted: float | None = None) -> tuple[str, list[tuple[str, dict]], str]:
+    """(prompt, reference calls, syntax) for one random example of `category`; at level 3, one
+    that asks for the category's own skill with probability `twisted` (None: the level's share)."""
     if category not in CATEGORIES:
         raise ConfigError(f"unknown category {category!r}")
     lv = level_of(level)
     syntax = "json" if category == "json" else "python"
+    if lv.twisted and category in TWISTS and rng.random() < (lv.twisted if twisted is None else twisted):
+        offered, calls, request = TWISTS[category](rng, lv)
+        return _prompt(level, offered, syntax, request), calls, syntax
     if category in ("simple", "json"):
-        offered = wanted = [rng.choice(list(lv.functions))]
+        offered = wanted = [rng.choice(lv.names)]
     elif category == "parallel":
-        offered = [rng.choice(list(lv.functions))]
+        offered = [rng.choice(lv.names)]
         wanted = offered * 2
     elif category == "irrelevance":
         offered, asked = _offer_irrelevant(rng, lv)
@@ -176,6 +240,53 @@ def make_example(rng: random.Random, category: str, level: int = 1) -> tuple[str
     drawn = [_draw_call(rng, lv, n) for n in wanted]
     request = " and ".join(r for _, r in drawn)
     return _prompt(level, offered, syntax, request), [c for c, _ in drawn], syntax
+
+
+def _in_words(rng: random.Random, lv: Level) -> tuple[list[str], list, str]:
+    name = rng.choice(IN_WORDS)
+    params, (template,) = lv.functions[name]
+    args = {p: rng.choice([v for v in values if v in WORDED] if isinstance(values[0], int) else values) for p, values in params.items()}
+    return [name], [(name, args)], template.format(**{p: NUMBER_WORDS.get(v, v) for p, v in args.items()})
+
+
+def _beside_namesake(rng: random.Random, lv: Level) -> tuple[list[str], list, str]:
+    name = rng.choice(TWINS_MULTIPLE)
+    asked, twin = rng.sample([name, TWINS[name][0]], 2)
+    offered = [asked, twin, rng.choice([n for n in lv.names if n != name])]
+    rng.shuffle(offered)
+    call, request = _draw_call(rng, lv, asked)
+    return offered, [call], request
+
+
+def _two_values(rng: random.Random, lv: Level) -> tuple[list[str], list, str]:
+    name = rng.choice(lv.names)
+    params, (template,) = lv.functions[name]
+    first, values = next(iter(params.items()))
+    args = {p: rng.choice(v) for p, v in params.items()}
+    other = rng.choice([v for v in values if v != args[first]])
+    return [name], [(name, args), (name, {**args, first: other})], template.format(**{**args, first: f"{args[first]} and {other}"})
+
+
+def _referring(rng: random.Random, lv: Level) -> tuple[list[str], list, str]:
+    first, second, request, bind = rng.choice(REFERENCES)
+    a, b = ({p: rng.choice(values) for p, values in lv.functions[n][0].items()} for n in (first, second))
+    offered = [first, second, rng.choice([n for n in lv.names if n not in (first, second)])]
+    rng.shuffle(offered)
+    return offered, [(first, a), (second, bind(a, b))], request.format(**a, **b)
+
+
+def _namesake_or_not(rng: random.Random, lv: Level) -> tuple[list[str], list, str]:
+    name = rng.choice(TWINS_IRRELEVANCE)
+    asked = TWINS[name][0]
+    offered = [rng.choice([asked, name]), rng.choice([n for n in lv.names if n != name])]
+    rng.shuffle(offered)
+    call, request = _draw_call(rng, lv, asked)
+    return offered, [call] if asked in offered else [], request
+
+
+# json's own skill is its format, which the other categories do not use
+TWISTS = {"simple": _in_words, "multiple": _beside_namesake, "parallel": _two_values, "parallel_multiple": _referring,
+          "irrelevance": _namesake_or_not}
 
 
 def _prompt(level: int, offered: list[str], syntax: str, request: str) -> str:
@@ -194,9 +305,10 @@ def side_of(prompt: str) -> Side:
 
 
 def generate_examples(seed: int, per_category: int, side: Side, exclude: set[str] = frozenset(), tag: str = "",
-                      level: int = 1) -> list[Example]:
+                      level: int = 1, twisted: float | None = None) -> list[Example]:
     """`per_category` distinct examples of each category from `side` of the prompt space, none
-    whose prompt is in `exclude`."""
+    whose prompt is in `exclude` (at level 3, the share `twisted` of them asking for their
+    category's own skill; None: the level's)."""
     rng = random.Random(seed)
     out = []
     for category in CATEGORIES:
@@ -207,7 +319,7 @@ def generate_examples(seed: int, per_category: int, side: Side, exclude: set[str
             if attempts > 200 * per_category:
                 raise ConfigError(f"per_category={per_category}: toy_fc cannot draw that many distinct {category} "
                                   f"examples for {side} (it has {len(seen)} after {attempts - 1} draws)")
-            prompt, calls, syntax = make_example(rng, category, level)
+            prompt, calls, syntax = make_example(rng, category, level, twisted)
             if prompt in seen or prompt in exclude or side_of(prompt) != side:
                 continue
             seen.add(prompt)

@@ -28,6 +28,7 @@ def vocabulary(level: int = 1) -> tuple[str, ...]:
     pre = _pre_tokenizer()
     tokens: set[str] = set()
     texts = [e.prompt + " " + e.answer for e in fc.generate_examples(seed=12345, per_category=400, side="train", level=level)]
+    texts.append(fc.level_of(level).words)
     for name, (params, _) in fc.level_of(level).functions.items():
         texts.append(fc.signature(name, level))
         for p, values in params.items():

@@ -65,6 +65,9 @@ class FamilySpec:
     seed: int = 0
     level: int = 1  # the toy_fc level it is trained on (and evaluated on: benchmark.level)
     base_mixture: dict[str, float] | None = None  # the base's training batches by category (None: every one alike)
+    # level 3: the share of the base's examples that ask for their category's own skill (None:
+    # the level's, as the candidates'): a base that has seen little of each
+    base_twisted: float | None = None
     # Each step's batch sorted by length and run in this many pieces, each padded to its own
     # longest: the same gradient (each piece's loss weighted by its share of the answer tokens)
     # for less padding (a third of a mixed batch). 1: one piece, as the families before it.
@@ -226,8 +229,14 @@ class Trainer:
     def __init__(self, spec: FamilySpec) -> None:
         self.spec = spec
         self.tokenizer = tokenizer.build_tokenizer(spec.level)
-        examples = fc.generate_examples(spec.seed + 1000, spec.train_per_category, "train", tag="train-", level=spec.level)
-        self.by_category = {c: [e for e in examples if e.category == c] for c in fc.CATEGORIES}
+        self.by_category = self.examples(None)
+        self.base_by_category = self.by_category if spec.base_twisted is None else self.examples(spec.base_twisted)
+
+    def examples(self, twisted: float | None) -> dict[str, list[fc.Example]]:
+        spec = self.spec
+        examples = fc.generate_examples(spec.seed + 1000, spec.train_per_category, "train", tag="train-", level=spec.level,
+                                        twisted=twisted)
+        return {c: [e for e in examples if e.category == c] for c in fc.CATEGORIES}
 
     def new_model(self):
         from transformers import LlamaConfig, LlamaForCausalLM
@@ -256,14 +265,14 @@ class Trainer:
         with Progress(total, f"zoo {spec.name}", "step", enabled=progress) as bar:
             if "base" in todo:
                 model = self.new_model()
-                self.train(model, spec.base_mixture or UNIFORM, spec.base_steps, spec.base_lr, spec.seed, bar)
+                self.train(model, spec.base_mixture or UNIFORM, spec.base_steps, spec.base_lr, spec.seed, bar, self.base_by_category)
                 _save(model, self.tokenizer, family.base, {"role": "base"})
             for name in todo:
                 if name == "base":
                     continue
                 c = specs[name]
                 model = AutoModelForCausalLM.from_pretrained(family.base)
-                self.train(model, c.mixture, c.steps, c.lr, c.seed, bar)
+                self.train(model, c.mixture, c.steps, c.lr, c.seed, bar, self.by_category)
                 _save(model, self.tokenizer, family.candidates[name], {"role": "candidate", **asdict(c)})
         log.info("zoo %s: built %s in %.0f s, in %s", spec.name, ", ".join(todo), time.perf_counter() - started, family.root)
 
@@ -286,7 +295,8 @@ class Trainer:
             labels[i, start: len(s)] = torch.tensor(s[start:])
         return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
-    def train(self, model, mixture: dict[str, float], steps: int, lr: float, seed: int, bar: Progress) -> None:
+    def train(self, model, mixture: dict[str, float], steps: int, lr: float, seed: int, bar: Progress,
+              by_category: dict[str, list[fc.Example]]) -> None:
         torch.manual_seed(seed)
         rng = random.Random(seed)
         categories = list(mixture)
@@ -296,13 +306,13 @@ class Trainer:
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) * max(0.05, 1 - s / steps))
         model.train()
         with compute_threads():  # tiny models: the free cores, chosen again for each model (soce.threads)
-            self._steps(model, opt, sched, categories, shares, rng, steps, bar)
+            self._steps(model, opt, sched, categories, shares, rng, steps, bar, by_category)
         model.eval()
 
-    def _steps(self, model, opt, sched, categories, shares, rng, steps: int, bar: Progress) -> None:
+    def _steps(self, model, opt, sched, categories, shares, rng, steps: int, bar: Progress, by_category) -> None:
         for _ in range(steps):
             cats = rng.choices(categories, shares, k=self.spec.batch_size)
-            loss = self._backward(model, [rng.choice(self.by_category[c]) for c in cats])
+            loss = self._backward(model, [rng.choice(by_category[c]) for c in cats])
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             sched.step()
