@@ -141,7 +141,7 @@ def test_a_typo_in_a_yaml_file_fails_at_composition(tmp_path):
         (["selection.max_experts=0"], "selection.max_experts=0"),
         (["benchmark=table"], "no value for benchmark.path"),
         (["selection=manual"], "no value for selection.models"),
-        (["benchmark.level=1"], "benchmark.level=1, but pool=toy_zoo (pool.zoo=default) is trained on toy_fc level 2"),
+        (["benchmark.level=1"], "benchmark.level=1, but pool=toy_zoo (pool.zoo=default) is trained on toy_fc level 3"),
     ],
 )
 def test_validation_names_the_key(overrides, message):
@@ -169,6 +169,6 @@ def test_the_vllm_engine_without_vllm_installed_is_one_line_naming_the_install()
         config.validate(compose_cfg(["sweep.engine=vllm"]))
 
 
-@pytest.mark.parametrize("pool, level", [("toy_zoo", 2), ("toy_zoo_micro", 1), ("toy_zoo_specialists", 1), ("all", 1)])
+@pytest.mark.parametrize("pool, level", [("toy_zoo", 3), ("toy_zoo_micro", 1), ("toy_zoo_specialists", 1), ("all", 1)])
 def test_toy_fc_is_scored_at_the_level_its_family_was_trained_on(pool, level):
     assert compose_cfg([f"pool={pool}"]).benchmark.level == level
