@@ -42,20 +42,13 @@ def tokens_per_second(engine, prompts, max_tokens: int, repeats: int) -> float:
 
 
 def build_big(out: Path, hidden: int, layers: int) -> Path:
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from soce.bfcl.standin import build_standin, build_tokenizer
 
-    from soce.bfcl.standin import build_tokenizer
-
-    if (out / "config.json").exists():
-        return out
-    tokenizer = build_tokenizer()
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
-                         num_attention_heads=hidden // 64, num_key_value_heads=hidden // 64, max_position_embeddings=2048,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False)
-    for seed, name in enumerate(("a", "b")):
-        torch.manual_seed(seed)
-        LlamaForCausalLM(config).save_pretrained(out / name)
-        tokenizer.save_pretrained(out / name)
+    if not (out / "b" / "config.json").exists():
+        tokenizer = build_tokenizer()
+        for seed, name in enumerate(("a", "b")):
+            build_standin(out / name, seed=seed, hidden=hidden, layers=layers, tokenizer=tokenizer,
+                          heads=hidden // 64, intermediate=4 * hidden)
     return out
 
 

@@ -62,21 +62,13 @@ def build_smollm2(out: Path) -> list[Path]:
 
 def build_standin(out: Path, hidden: int, layers: int) -> list[Path]:
     """A Llama-shaped model of random weights (hidden x layers; the BFCL stand-in's tokenizer), 3 seeds."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from soce.bfcl import standin
 
-    from soce.bfcl.standin import build_tokenizer
-
-    if (out / "c" / "config.json").exists():
-        return [out / n for n in "abc"]
-    tokenizer = build_tokenizer()
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
-                         num_attention_heads=hidden // 64, num_key_value_heads=hidden // 128, max_position_embeddings=2048,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False,
-                         torch_dtype="float32")
-    for seed, name in enumerate("abc"):
-        torch.manual_seed(seed)
-        LlamaForCausalLM(config).save_pretrained(out / name)
-        tokenizer.save_pretrained(out / name)
+    if not (out / "c" / "config.json").exists():
+        tokenizer = standin.build_tokenizer()
+        for seed, name in enumerate("abc"):
+            standin.build_standin(out / name, seed=seed, hidden=hidden, layers=layers, tokenizer=tokenizer,
+                                  heads=hidden // 64, kv_heads=hidden // 128, intermediate=4 * hidden)
     return [out / n for n in "abc"]
 
 

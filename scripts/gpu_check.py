@@ -32,23 +32,14 @@ from bench_gpu_soup import bandwidth, sync  # noqa: E402
 
 
 def build_experts(out: Path, hidden: int, layers: int, n: int = 3) -> list[Path]:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from soce.bfcl.standin import build_tokenizer
+    from soce.bfcl.standin import build_standin, build_tokenizer
 
     tokenizer = build_tokenizer()
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
-                         num_attention_heads=max(1, hidden // 64), num_key_value_heads=max(1, hidden // 256),
-                         max_position_embeddings=2048, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         tie_word_embeddings=False, torch_dtype="bfloat16")
-    paths = []
-    for seed in range(n):
-        path = out / f"expert-{seed}"
+    paths = [out / f"expert-{seed}" for seed in range(n)]
+    for seed, path in enumerate(paths):
         if not (path / "config.json").exists():
-            torch.manual_seed(seed)
-            LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(path)
-            tokenizer.save_pretrained(path)
-        paths.append(path)
+            build_standin(path, seed=seed, hidden=hidden, layers=layers, tokenizer=tokenizer, heads=max(1, hidden // 64),
+                          kv_heads=max(1, hidden // 256), intermediate=4 * hidden, dtype="bfloat16")
     return paths
 
 

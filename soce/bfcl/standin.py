@@ -59,20 +59,24 @@ def build_tokenizer(vocab_size: int = 2048):
 
 
 def build_standin(out: str | Path, *, seed: int = 0, hidden: int = 128, layers: int = 2, tokenizer=None,
-                  chat_template: bool = True) -> Path:
-    """A tiny Llama (the micro family's shape) with random weights from `seed`, saved with its
-    tokenizer in `out` (safetensors)."""
+                  chat_template: bool = True, heads: int = 4, kv_heads: int | None = None, intermediate: int | None = None,
+                  dtype: str = "float32") -> Path:
+    """A tiny Llama (by default the micro family's shape: 4 heads, an intermediate of twice the
+    hidden size) with random weights from `seed`, saved in `dtype` with its tokenizer in `out`
+    (safetensors). Larger stand-ins for the engine benchmarks give their heads, key-value heads
+    (grouped-query attention) and intermediate size."""
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
     tokenizer = tokenizer or build_tokenizer()
     out = Path(out)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
-                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=4,
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=intermediate or 2 * hidden,
+                         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads or heads,
                          max_position_embeddings=32768, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False,
+                         torch_dtype=dtype)
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
+    model = LlamaForCausalLM(config).to(getattr(torch, dtype))
     model.generation_config = GenerationConfig(bos_token_id=tokenizer.bos_token_id, pad_token_id=tokenizer.pad_token_id,
                                                eos_token_id=[tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|end_of_text|>")])
     model.save_pretrained(out, safe_serialization=True)
