@@ -110,10 +110,9 @@ def _level_2() -> Level:
 # The namesakes are offered nowhere else, and multiple's pairs are not irrelevance's.
 _ONES = "one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen nineteen".split()
 _TENS = "twenty thirty forty fifty sixty seventy eighty ninety".split()
-NUMBER_WORDS = {n: _ONES[n - 1] if n < 20 else " ".join([_TENS[n // 10 - 2], *([_ONES[n % 10 - 1]] if n % 10 else [])])
-                for n in range(1, 100)} | {0: "sharp"}  # 0 only as an alarm's minute: "wake me at seven sharp"
+# the numbers simple writes in words, a word each but an alarm's minutes (0 only as a minute)
+NUMBER_WORDS = {0: "sharp", **dict(enumerate(_ONES, start=1)), **dict(zip(range(20, 100, 10), _TENS)), 45: "forty five"}
 IN_WORDS = ("set_alarm", "convert", "play_song", "book_table")  # the functions whose arguments hold whole numbers
-WORDED = {*range(20), *range(20, 100, 10), 45}  # the numbers simple writes in words: one word each (and the minute 45)
 TWINS_MULTIPLE = ("get_weather", "send_email")
 TWINS_IRRELEVANCE = ("book_table", "find_route")
 # (first function, second function, the request, the second call's arguments from the first's and
@@ -245,7 +244,8 @@ def make_example(rng: random.Random, category: str, level: int = 1,
 def _in_words(rng: random.Random, lv: Level) -> tuple[list[str], list, str]:
     name = rng.choice(IN_WORDS)
     params, (template,) = lv.functions[name]
-    args = {p: rng.choice([v for v in values if v in WORDED] if isinstance(values[0], int) else values) for p, values in params.items()}
+    args = {p: rng.choice([v for v in values if v in NUMBER_WORDS] if isinstance(values[0], int) else values)
+            for p, values in params.items()}
     return [name], [(name, args)], template.format(**{p: NUMBER_WORDS.get(v, v) for p, v in args.items()})
 
 
