@@ -31,10 +31,13 @@ def test_splits_are_large_disjoint_and_deterministic():
 
 @pytest.fixture(scope="module")
 def training_prompts():
-    """Every prompt the families train on (default and micro), as their trainers draw them."""
+    """Every prompt the families train on (their bases and their candidates), as their trainers
+    draw them."""
     from soce.zoo.family import Trainer
 
-    return {e.prompt for spec in FAMILIES.values() for examples in Trainer(spec).by_category.values() for e in examples}
+    trainers = [Trainer(spec) for spec in FAMILIES.values()]
+    return {e.prompt for t in trainers for data in (t.by_category, t.base_by_category) for examples in data.values()
+            for e in examples}
 
 
 @pytest.mark.parametrize("level", list(fc.LEVELS))

@@ -17,6 +17,7 @@ match the manifest's checksums is rebuilt, never trusted.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -232,7 +233,13 @@ class Trainer:
         self.spec = spec
         self.tokenizer = tokenizer.build_tokenizer(spec.level)
         self.by_category = self.examples(None)
-        self.base_by_category = self.by_category if spec.base_twisted is None else self.examples(spec.base_twisted)
+
+    @functools.cached_property
+    def base_by_category(self) -> dict[str, list[fc.Example]]:
+        """The base's training examples: the candidates', unless its spec sets its own share of
+        each category's own skill (drawn only when the base is trained)."""
+        twisted = self.spec.base_twisted
+        return self.by_category if twisted is None else self.examples(twisted)
 
     def examples(self, twisted: float | None) -> dict[str, list[fc.Example]]:
         spec = self.spec
