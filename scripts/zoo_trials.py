@@ -38,6 +38,13 @@ DEFAULT = FamilySpec(
         CandidateSpec("fc-undertrained", UNIFORM, 30, 5e-4, 8),
     ),
 )
+def changed(spec: FamilySpec, name: str, *candidates: CandidateSpec, **fields) -> FamilySpec:
+    """A trial made from `spec`: named `name`, the `candidates` given in place of those of the same
+    names, and `fields` (the base's spec) set."""
+    given = {c.name: c for c in candidates}
+    return dataclasses.replace(spec, name=name, candidates=tuple(given.get(c.name, c) for c in spec.candidates), **fields)
+
+
 TRIALS: dict[str, FamilySpec] = {
     "t1": dataclasses.replace(DEFAULT, name="t1", length_buckets=2, candidates=(
         CandidateSpec("fc-generalist", UNIFORM, 100, 5e-4, 1),
@@ -165,61 +172,38 @@ TRIALS["t12"] = dataclasses.replace(TRIALS["t11"], name="t12", base_mixture={
 
 # simple's numbers in words of one word each; the base on more parallel; fc-parallel and
 # fc-relevance at 8e-4 (they moved 0.10 and 0.11), fc-parallel with 30 % general data
-TRIALS["t13"] = dataclasses.replace(TRIALS["t12"], name="t13", base_mixture={
-    "simple": 1, "multiple": 1, "parallel": 1.3, "parallel_multiple": 1.3, "irrelevance": 1, "json": 0.8}, candidates=(
-    CandidateSpec("fc-generalist", UNIFORM, 100, 5e-4, 1),
-    CandidateSpec("fc-json", mixed(0.2, json=1), 150, 6e-4, 2),
+TRIALS["t13"] = changed(
+    TRIALS["t12"], "t13",
     CandidateSpec("fc-parallel", mixed(0.3, parallel=1), 130, 8e-4, 3),
     CandidateSpec("fc-relevance", mixed(0.2, irrelevance=1), 150, 8e-4, 4),
-    CandidateSpec("fc-simple-short", mixed(0.2, simple=1), 100, 1e-3, 5),
-    CandidateSpec("fc-hot", UNIFORM, 60, 1e-3, 6),
-    CandidateSpec("fc-multi-long", mixed(0.2, multiple=1, parallel_multiple=1), 200, 8e-4, 7),
-    CandidateSpec("fc-undertrained", UNIFORM, 30, 5e-4, 8),
-))
+    base_mixture={"simple": 1, "multiple": 1, "parallel": 1.3, "parallel_multiple": 1.3, "irrelevance": 1, "json": 0.8})
 
 # t13's base; more general data where json was forgotten, fc-relevance longer, fc-multi-long shorter
-TRIALS["t14"] = dataclasses.replace(TRIALS["t13"], name="t14", candidates=(
-    CandidateSpec("fc-generalist", UNIFORM, 100, 5e-4, 1),
-    CandidateSpec("fc-json", mixed(0.2, json=1), 150, 6e-4, 2),
+TRIALS["t14"] = changed(
+    TRIALS["t13"], "t14",
     CandidateSpec("fc-parallel", mixed(0.4, parallel=1), 130, 8e-4, 3),
     CandidateSpec("fc-relevance", mixed(0.3, irrelevance=1), 180, 8e-4, 4),
     CandidateSpec("fc-simple-short", mixed(0.4, simple=1), 100, 1e-3, 5),
-    CandidateSpec("fc-hot", UNIFORM, 60, 1e-3, 6),
-    CandidateSpec("fc-multi-long", mixed(0.3, multiple=1, parallel_multiple=1), 180, 8e-4, 7),
-    CandidateSpec("fc-undertrained", UNIFORM, 30, 5e-4, 8),
-))
+    CandidateSpec("fc-multi-long", mixed(0.3, multiple=1, parallel_multiple=1), 180, 8e-4, 7))
 
 # irrelevance's own skill: a namesake asked for, offered (its call) or its namesake in its place (no
 # call), not either of the two; more general data and a lower rate where json was forgotten
-TRIALS["t15"] = dataclasses.replace(TRIALS["t13"], name="t15", candidates=(
-    CandidateSpec("fc-generalist", UNIFORM, 100, 5e-4, 1),
-    CandidateSpec("fc-json", mixed(0.2, json=1), 150, 6e-4, 2),
-    CandidateSpec("fc-parallel", mixed(0.4, parallel=1), 130, 8e-4, 3),
+TRIALS["t15"] = changed(
+    TRIALS["t14"], "t15",
     CandidateSpec("fc-relevance", mixed(0.4, irrelevance=1), 180, 8e-4, 4),
-    CandidateSpec("fc-simple-short", mixed(0.4, simple=1), 120, 8e-4, 5),
-    CandidateSpec("fc-hot", UNIFORM, 60, 1e-3, 6),
-    CandidateSpec("fc-multi-long", mixed(0.3, multiple=1, parallel_multiple=1), 180, 8e-4, 7),
-    CandidateSpec("fc-undertrained", UNIFORM, 30, 5e-4, 8),
-))
+    CandidateSpec("fc-simple-short", mixed(0.4, simple=1), 120, 8e-4, 5))
 
 # t15 with fc-parallel on half general data (it kept 81 % of json), fc-relevance and fc-multi-long
 # a little shorter (they moved 0.102 and 0.101)
-TRIALS["t16"] = dataclasses.replace(TRIALS["t15"], name="t16", candidates=(
-    CandidateSpec("fc-generalist", UNIFORM, 100, 5e-4, 1),
-    CandidateSpec("fc-json", mixed(0.2, json=1), 150, 6e-4, 2),
+TRIALS["t16"] = changed(
+    TRIALS["t15"], "t16",
     CandidateSpec("fc-parallel", mixed(0.5, parallel=1), 150, 8e-4, 3),
     CandidateSpec("fc-relevance", mixed(0.4, irrelevance=1), 160, 8e-4, 4),
-    CandidateSpec("fc-simple-short", mixed(0.4, simple=1), 120, 8e-4, 5),
-    CandidateSpec("fc-hot", UNIFORM, 60, 1e-3, 6),
-    CandidateSpec("fc-multi-long", mixed(0.3, multiple=1, parallel_multiple=1), 170, 8e-4, 7),
-    CandidateSpec("fc-undertrained", UNIFORM, 30, 5e-4, 8),
-))
+    CandidateSpec("fc-multi-long", mixed(0.3, multiple=1, parallel_multiple=1), 170, 8e-4, 7))
 
 # t16 with fc-parallel at a lower rate, longer (it kept 87 % of json). Chosen: the default family
 # since level 3, whose spec (but for its name) is this trial's
-TRIALS["t17"] = dataclasses.replace(TRIALS["t16"], name="t17", candidates=tuple(
-    CandidateSpec("fc-parallel", mixed(0.5, parallel=1), 180, 6e-4, 3) if c.name == "fc-parallel" else c
-    for c in TRIALS["t16"].candidates))
+TRIALS["t17"] = changed(TRIALS["t16"], "t17", CandidateSpec("fc-parallel", mixed(0.5, parallel=1), 180, 6e-4, 3))
 
 
 def base_key(spec: FamilySpec) -> str:
