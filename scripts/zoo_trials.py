@@ -1,10 +1,17 @@
-"""Trial builds of a model family, judged on its candidates alone, never on a soup: the realism
+"""Trial builds of a model family, judged on its candidates alone, never on a soup (but the
+pilots', --soups, a diagnosis, never a default's choice): the realism
 criteria (soce.zoo.realism), and per category the reliability of the candidates' spread and how
 often the dev leader leads in redraws of the examples (as soce's analysis and stability compute
 them). How the default family's spec is chosen before any soup of it is evaluated (docs/zoo.md).
 
     python scripts/zoo_trials.py                 every trial below
     python scripts/zoo_trials.py t1 t2 --per-category 100
+    python scripts/zoo_trials.py t17 --partial 0.25 0.5
+                                                 and, per specialised candidate, the share of its gain
+                                                 on its own categories that base + f * its move keeps
+    python scripts/zoo_trials.py p1 --soups      and soups of the category leaders, on dev: a
+                                                 diagnosis of the pilots (p1-p4), whose candidates
+                                                 are trained with other seeds than any default's
 
 Each trial is built into --cache (default /tmp/zoo_trials); a base with the same spec as an
 earlier trial's is copied, not trained again.
@@ -19,9 +26,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from soce.analysis import reliability
-from soce.zoo.family import FAMILIES, UNIFORM, CandidateSpec, Family, FamilySpec, _build, _missing, mixed
+from soce.threads import compute_threads
+from soce.zoo.family import FAMILIES, UNIFORM, CandidateSpec, Family, FamilySpec, _build, _missing, mixed, specialised
 from soce.zoo.realism import measure
 
 # the default family until issue 37 (trial 8 of issue 28, docs/zoo.md): every trial starts from it
@@ -206,6 +215,27 @@ TRIALS["t16"] = changed(
 TRIALS["t17"] = changed(TRIALS["t16"], "t17", CandidateSpec("fc-parallel", mixed(0.5, parallel=1), 180, 6e-4, 3))
 
 
+# Pilots, after t17's study (its soup level with its best candidate): can any recipe of this kind
+# give a soup above its best candidate? Candidates trained with other seeds (seed + 100) than any
+# default family's, judged with --soups on dev only (docs/zoo.md, "What averaging keeps").
+def pilot(spec: FamilySpec, name: str, general: float | None = None, steps: int | None = None, lr: float | None = None,
+          **fields) -> FamilySpec:
+    """`spec` with its candidates' seeds moved by 100 and, where given, every specialised
+    candidate's general share, steps (simple's 50 fewer) and learning rate set."""
+    def recipe(c: CandidateSpec) -> CandidateSpec:
+        emphasis = {k: 1.0 for k in specialised(c.mixture)}
+        if general is None or not 0 < len(emphasis) < len(c.mixture):
+            return dataclasses.replace(c, seed=c.seed + 100)
+        return CandidateSpec(c.name, mixed(general, **emphasis), steps - 50 * ("simple" in emphasis), lr, c.seed + 100)
+    return dataclasses.replace(spec, name=name, candidates=tuple(map(recipe, spec.candidates)), **fields)
+
+
+TRIALS["p1"] = pilot(TRIALS["t17"], "p1", general=0.6, steps=250, lr=4e-4)  # more general data, longer, slower
+TRIALS["p2"] = pilot(TRIALS["t17"], "p2", general=0.75, steps=300, lr=4e-4)  # more still
+TRIALS["p3"] = pilot(TRIALS["t17"], "p3", general=0.5, steps=250, lr=5e-4)
+TRIALS["p4"] = pilot(TRIALS["t17"], "p4", hidden=256)  # t17's recipe on a model twice as wide
+
+
 def base_key(spec: FamilySpec) -> str:
     return FamilySpec.key(dataclasses.replace(spec, name="base", candidates=()))
 
@@ -239,15 +269,92 @@ def lead_shares(values: np.ndarray, n: int, redraws: int = 1000, seed: int = 0) 
     return wins / redraws
 
 
+class DevScorer:
+    """Scores state dicts of a family's architecture on toy_fc's dev split, in one model."""
+
+    def __init__(self, family: Family, per_category: int) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from soce.toy_fc.direct import ToyFcDirect
+
+        self.evaluator = ToyFcDirect(seed=0, per_category=per_category, batch_size=100, level=family.spec.level)
+        self.tokenizer = AutoTokenizer.from_pretrained(family.base)
+        self.model = AutoModelForCausalLM.from_pretrained(family.base)
+        self.base = self.weights(family.base)
+
+    @staticmethod
+    def weights(path: Path) -> dict[str, torch.Tensor]:
+        from safetensors.torch import load_file
+
+        return load_file(path / "model.safetensors")
+
+    def __call__(self, weights: dict[str, torch.Tensor]) -> dict[str, float]:
+        from soce.engine.hf import HfEngine
+
+        unexpected = self.model.load_state_dict(weights, strict=False).unexpected_keys  # tied: no lm_head in the file
+        assert not unexpected, unexpected
+        with compute_threads():
+            return self.evaluator.evaluate(HfEngine(self.model, self.tokenizer), "dev").scores
+
+
+def partial_moves(family: Family, realism, fractions: list[float], per_category: int) -> None:
+    """Per specialised candidate, the share of its gain over the base, on each category it is
+    specialised on, that base + f * (candidate - base) keeps: a property of one candidate (how
+    far its skill survives a shorter move), measured without any soup."""
+    score = DevScorer(family, per_category)
+    base = realism.base_scores
+    print(f"{family.spec.name}: the share of each specialist's gain on its own categories kept at a fraction of its move")
+    for c in realism.candidates:
+        if not c.specialised:
+            continue
+        theta = score.weights(family.candidates[c.name])
+        cells = []
+        for f in fractions:
+            scores = score({k: score.base[k] + f * (theta[k] - score.base[k]) for k in theta})
+            cells.append(f"{f}: " + ", ".join(f"{k} {(scores[k] - base[k]) / (c.scores[k] - base[k]):.0%}"
+                                              for k in c.specialised if c.scores[k] != base[k]))
+        print(f"  {c.name:16s} " + " | ".join(cells))
+    print()
+
+
+def leader_soups(family: Family, realism, per_category: int) -> None:
+    """On dev: the category leaders' uniform soup, and each leader at 0.4 (the others sharing the
+    rest), against the best single candidate. A diagnosis of pilots, never a default's choice."""
+    score = DevScorer(family, per_category)
+    by_name = {c.name: c for c in realism.candidates}
+    categories = list(realism.base_scores)
+    leaders = list(dict.fromkeys(max(realism.candidates, key=lambda c: c.scores[k]).name for k in categories))
+    thetas = {n: score.weights(family.candidates[n]) for n in leaders}
+
+    def line(label: str, scores: dict[str, float]) -> str:
+        return f"  {label:28s} " + " ".join(f"{scores[k]:.2f}" for k in categories) + f" | {np.mean(list(scores.values())):.3f}"
+
+    best = max(realism.candidates, key=lambda c: np.mean(list(c.scores.values())))
+    print(f"{family.spec.name}, dev: {' '.join(categories)} | mean")
+    print(line(f"best single ({best.name})", best.scores))
+    for n in leaders:
+        print(line(n, by_name[n].scores))
+    mixes = {"uniform soup of the leaders": {n: 1 / len(leaders) for n in leaders}}
+    if len(leaders) > 1:
+        mixes.update({f"{n} 0.4": {m: 0.4 if m == n else 0.6 / (len(leaders) - 1) for m in leaders} for n in leaders})
+    for label, w in mixes.items():
+        print(line(label, score({k: sum(w[n] * thetas[n][k] for n in leaders) for k in thetas[leaders[0]]})))
+    print()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("trials", nargs="*", default=list(TRIALS))
     ap.add_argument("--cache", type=Path, default=Path("/tmp/zoo_trials"))
     ap.add_argument("--per-category", type=int, default=100)
+    ap.add_argument("--partial", type=float, nargs="+", metavar="F",
+                    help="also the share of each specialist's own gain kept at these fractions of its move")
+    ap.add_argument("--soups", action="store_true", help="also soups of the category leaders, on dev (pilots only)")
     args = ap.parse_args()
     for name in args.trials:
         spec = TRIALS[name]
-        realism = measure(build(spec, args.cache), per_category=args.per_category)
+        family = build(spec, args.cache)
+        realism = measure(family, per_category=args.per_category)
         print(realism.table())
         categories = list(realism.base_scores)
         values = np.array([[c.scores[k] for k in categories] for c in realism.candidates])
@@ -261,6 +368,10 @@ def main() -> None:
             print(f"  {c:18s} {rel[j]:6.2f}  {names[int(column.argmax())]:16s} {shares[j]:4.0%}  "
                   f"{column.max() - np.median(column):+.3f}")
         print()
+        if args.partial:
+            partial_moves(family, realism, args.partial, args.per_category)
+        if args.soups:
+            leader_soups(family, realism, args.per_category)
 
 
 if __name__ == "__main__":
