@@ -1,8 +1,10 @@
-"""Trial builds of a model family, judged on its candidates alone, never on a soup (but the
-pilots', --soups, a diagnosis, never a default's choice): the realism
-criteria (soce.zoo.realism), and per category the reliability of the candidates' spread and how
-often the dev leader leads in redraws of the examples (as soce's analysis and stability compute
-them). How the default family's spec is chosen before any soup of it is evaluated (docs/zoo.md).
+"""Trial builds of a model family, judged on its candidates alone, never on a soup.
+
+Measured: the realism criteria (soce.zoo.realism), and per category the reliability of the
+candidates' spread and how often the dev leader leads in redraws of the examples (as soce's
+analysis and stability compute them). How the default family's spec is chosen before any soup
+of it is evaluated (docs/zoo.md). The pilots' soups (--soups) are a diagnosis, never a
+default's choice.
 
     python scripts/zoo_trials.py                 every trial below
     python scripts/zoo_trials.py t1 t2 --per-category 100
