@@ -202,3 +202,15 @@ def test_the_report_of_an_interrupted_run(study, zoo_cache, tmp_path):
     assert "the best sweep point so far (the soup stage has not run)" in report
     assert "Players: the 4 candidates" in report and "Monte Carlo over 20 random orders" in report and "std. error" in report
     assert not (run / "results.json").exists() and not (run / "soup").exists()  # the report never runs the soup
+
+
+def test_surrogate_plot_leaves_out_only_intervals_wider_than_the_plot(tmp_path):
+    from soce.report.plots import bars_within, plot_surrogate
+
+    # across the whole plot (an expert alone, extrapolated): left out; past one end only, or inside: drawn
+    assert bars_within([0.5, 0.5, 0.9, 0.5], [1.0, 0.05, 0.2, 0.35], 0.1, 0.9) == [None, 0.05, 0.2, 0.35]
+    fit = [{"point": [1.0, 0.0], "whole": True, "predicted": 0.7, "sd": 3.0, "measured": 0.72, "measured_sd": 0.02},
+           {"point": [0.5, 0.5], "whole": True, "predicted": 0.75, "sd": 0.01, "measured": 0.74, "measured_sd": 0.02},
+           {"point": [0.3, 0.7], "whole": False, "predicted": 0.73, "sd": 0.02, "measured": 0.70, "measured_sd": 0.04}]
+    plot_surrogate(fit, "fit", tmp_path / "surrogate.png")
+    assert (tmp_path / "surrogate.png").stat().st_size > 10_000

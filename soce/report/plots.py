@@ -27,24 +27,33 @@ def _pyplot():
 def plot_surrogate(fit: Sequence[dict], title: str, path: Path) -> None:
     """Each evaluated point's objective as the surrogate fitted without it predicts it (+-1 s.d.),
     against as measured on the examples it was evaluated on (+-1 s.d. of that measurement): the
-    experts alone, the soups evaluated on every example, and those on a part of them."""
+    experts alone, the soups evaluated on every example, and those on a part of them. A
+    prediction interval that runs past both ends of the plot (an expert alone, which the fit
+    without it can only extrapolate to) is left out, and the plot says how many were."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.2, 5.6))
+    values = [v for f in fit for v in (f["measured"], f["predicted"])]
+    lo, hi = (float(np.percentile(values, 2)), float(np.percentile(values, 98))) if values else (0.0, 1.0)
+    pad = 0.15 * (hi - lo or 0.05)
+    lo, hi = lo - pad, hi + pad
     kinds = ((lambda f: max(f["point"]) == 1.0, dict(marker="s", color="gray", label="an expert alone")),
              (lambda f: max(f["point"]) < 1.0 and f["whole"], dict(marker="o", color="steelblue", label="a soup, every example")),
              (lambda f: not f["whole"], dict(marker="o", color="lightsteelblue", mfc="white", label="a soup, part of them")))
+    left_out = 0
     for keep, style in kinds:
         rows = [f for f in fit if keep(f)]
         if rows:
+            sds = bars_within([f["predicted"] for f in rows], [f["sd"] for f in rows], lo, hi)
+            left_out += sum(sd is None for sd in sds)
             ax.errorbar([f["measured"] for f in rows], [f["predicted"] for f in rows], xerr=[f["measured_sd"] for f in rows],
-                        yerr=[f["sd"] for f in rows], linestyle="none", capsize=2, elinewidth=0.8, **style)
-    values = [v for f in fit for v in (f["measured"], f["predicted"])]
+                        yerr=[0.0 if sd is None else sd for sd in sds], linestyle="none", capsize=2, elinewidth=0.8, **style)
     if values:
-        lo, hi = float(np.percentile(values, 2)), float(np.percentile(values, 98))
-        pad = 0.15 * (hi - lo or 0.05)
-        ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="black", linewidth=0.8, label="predicted = measured")
-        ax.set_xlim(lo - pad, hi + pad)
-        ax.set_ylim(lo - pad, hi + pad)
+        ax.plot([lo, hi], [lo, hi], color="black", linewidth=0.8, label="predicted = measured")
+        ax.set_xlim(lo, hi)
+        ax.set_ylim(lo, hi)
+    if left_out:
+        ax.text(0.02, 0.98, f"{left_out} prediction interval{'s' if left_out > 1 else ''} wider than the plot: not drawn",
+                transform=ax.transAxes, va="top", fontsize=7, color="dimgray")
     ax.set_xlabel("measured (on the examples evaluated)")
     ax.set_ylabel("predicted without it (leave-one-out)")
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, fontsize=8, frameon=False)
@@ -52,6 +61,12 @@ def plot_surrogate(fit: Sequence[dict], title: str, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)
+
+
+def bars_within(centres: Sequence[float], sds: Sequence[float], lo: float, hi: float) -> list[float | None]:
+    """Each error bar's half-length, or None where centre +- sd runs past both ends of [lo, hi]: a
+    line across the whole plot, which says only that the point is not predicted."""
+    return [None if c - sd <= lo and c + sd >= hi else sd for c, sd in zip(centres, sds)]
 
 
 def plot_shapley(players: Sequence[str], result: ShapleyResult, title: str, path: Path) -> None:
