@@ -80,98 +80,67 @@ TRIALS: dict[str, FamilySpec] = {
     )),
 }
 # a base that has seen little but simple calls: headroom on the skills the fine-tunes teach
-SKEWED = (
-    CandidateSpec("fc-generalist", UNIFORM, 100, 5e-4, 1),
-    CandidateSpec("fc-json", mixed(0.3, json=1), 150, 1e-3, 2),
-    CandidateSpec("fc-parallel", mixed(0.3, parallel=1, parallel_multiple=1), 150, 1e-3, 3),
+TRIALS["t3"] = changed(
+    TRIALS["t2"], "t3",
     CandidateSpec("fc-relevance", mixed(0.3, irrelevance=1), 120, 1e-3, 4),
     CandidateSpec("fc-simple-short", mixed(0.3, simple=1), 60, 1e-3, 5),
-    CandidateSpec("fc-hot", UNIFORM, 60, 1e-3, 6),
-    CandidateSpec("fc-multi-long", mixed(0.3, multiple=1), 200, 6e-4, 7),
-    CandidateSpec("fc-undertrained", UNIFORM, 30, 5e-4, 8),
-)
-TRIALS["t3"] = dataclasses.replace(DEFAULT, name="t3", length_buckets=2, candidates=SKEWED, base_mixture={
-    "simple": 3, "multiple": 1, "parallel": 1, "parallel_multiple": 1, "irrelevance": 0.6, "json": 0.6})
-TRIALS["t4"] = dataclasses.replace(DEFAULT, name="t4", length_buckets=2, candidates=SKEWED, base_mixture={
+    base_steps=450,
+    base_mixture={"simple": 3, "multiple": 1, "parallel": 1, "parallel_multiple": 1, "irrelevance": 0.6, "json": 0.6})
+TRIALS["t4"] = changed(TRIALS["t3"], "t4", base_mixture={
     "simple": 4, "multiple": 0.8, "parallel": 0.8, "parallel_multiple": 0.5, "irrelevance": 0.4, "json": 0.4})
 
 # a base that has seen few calls but simple and multiple ones (3-6 % of its batches each)
-TRIALS["t5"] = dataclasses.replace(DEFAULT, name="t5", length_buckets=2, candidates=SKEWED, base_mixture={
+TRIALS["t5"] = changed(TRIALS["t3"], "t5", base_mixture={
     "simple": 5, "multiple": 3, "parallel": 0.6, "parallel_multiple": 0.6, "irrelevance": 0.4, "json": 0.4})
 
-# between t3 and t5: json 7 % and irrelevance 4 % of the base's batches; fc-json at a lower rate.
-# The default family from issue 37's first stop until level 3 (t15)
-TRIALS["t6"] = FamilySpec(
-    name="t6", hidden=128, layers=2, base_steps=450, base_lr=3e-3, level=2, length_buckets=2,
-    base_mixture={"simple": 4, "multiple": 2, "parallel": 1.2, "parallel_multiple": 1.2, "irrelevance": 0.4, "json": 0.7},
-    candidates=(
-        CandidateSpec("fc-generalist", UNIFORM, 100, 5e-4, 1),
-        CandidateSpec("fc-json", mixed(0.3, json=1), 150, 7e-4, 2),
-        CandidateSpec("fc-parallel", mixed(0.3, parallel=1, parallel_multiple=1), 150, 1e-3, 3),
-        CandidateSpec("fc-relevance", mixed(0.3, irrelevance=1), 150, 1e-3, 4),
-        CandidateSpec("fc-simple-short", mixed(0.4, simple=1), 60, 1e-3, 5),
-        CandidateSpec("fc-hot", UNIFORM, 60, 1e-3, 6),
-        CandidateSpec("fc-multi-long", mixed(0.3, multiple=1), 200, 6e-4, 7),
-        CandidateSpec("fc-undertrained", UNIFORM, 30, 5e-4, 8),
-    ),
-)
+# between t3 and t5: json 7 % and irrelevance 4 % of the base's batches; fc-json at a lower rate,
+# fc-relevance longer. The default family from issue 37's first stop until level 3 (t15)
+TRIALS["t6"] = changed(
+    TRIALS["t5"], "t6",
+    CandidateSpec("fc-json", mixed(0.3, json=1), 150, 7e-4, 2),
+    CandidateSpec("fc-relevance", mixed(0.3, irrelevance=1), 150, 1e-3, 4),
+    CandidateSpec("fc-simple-short", mixed(0.4, simple=1), 60, 1e-3, 5),
+    base_mixture={"simple": 4, "multiple": 2, "parallel": 1.2, "parallel_multiple": 1.2, "irrelevance": 0.4, "json": 0.7})
 
 # specialists of two categories each, on a base that has seen little json and relevance detection
-PAIRED = (
-    CandidateSpec("fc-generalist", UNIFORM, 100, 5e-4, 1),
+TRIALS["t7"] = changed(
+    TRIALS["t6"], "t7",
     CandidateSpec("fc-json", mixed(0.3, json=1, simple=1), 150, 1e-3, 2),
     CandidateSpec("fc-parallel", mixed(0.3, parallel=1, parallel_multiple=1), 170, 1e-3, 3),
     CandidateSpec("fc-relevance", mixed(0.3, irrelevance=1, multiple=1), 150, 1e-3, 4),
-    CandidateSpec("fc-simple-short", mixed(0.4, simple=1), 60, 1e-3, 5),
-    CandidateSpec("fc-hot", UNIFORM, 60, 1e-3, 6),
     CandidateSpec("fc-multi-long", mixed(0.3, multiple=1, parallel_multiple=1), 200, 6e-4, 7),
-    CandidateSpec("fc-undertrained", UNIFORM, 30, 5e-4, 8),
-)
-TRIALS["t7"] = dataclasses.replace(DEFAULT, name="t7", length_buckets=2, candidates=PAIRED, base_mixture={
-    "simple": 1, "multiple": 1, "parallel": 1, "parallel_multiple": 1, "irrelevance": 0.5, "json": 0.35})
+    base_mixture={"simple": 1, "multiple": 1, "parallel": 1, "parallel_multiple": 1, "irrelevance": 0.5, "json": 0.35})
 
 # toy_fc level 3: a skill of each category's own (fc.LEVEL_3), 40 % of each category's examples;
-# a base that has seen it in 5 % of its examples, specialists of one category each
-SKILLED = (
-    CandidateSpec("fc-generalist", UNIFORM, 100, 5e-4, 1),
+# a base that has seen it in 5 % of its examples (on every category alike), specialists of one
+# category each
+TRIALS["t8"] = changed(
+    TRIALS["t6"], "t8",
     CandidateSpec("fc-json", mixed(0.3, json=1), 150, 1e-3, 2),
-    CandidateSpec("fc-parallel", mixed(0.3, parallel=1, parallel_multiple=1), 150, 1e-3, 3),
-    CandidateSpec("fc-relevance", mixed(0.3, irrelevance=1), 150, 1e-3, 4),
     CandidateSpec("fc-simple-short", mixed(0.4, simple=1), 100, 1e-3, 5),
-    CandidateSpec("fc-hot", UNIFORM, 60, 1e-3, 6),
     CandidateSpec("fc-multi-long", mixed(0.3, multiple=1), 200, 1e-3, 7),
-    CandidateSpec("fc-undertrained", UNIFORM, 30, 5e-4, 8),
-)
-TRIALS["t8"] = FamilySpec(name="t8", hidden=128, layers=2, base_steps=450, base_lr=3e-3, level=3, length_buckets=2,
-                          base_twisted=0.05, candidates=SKILLED)
+    level=3, base_twisted=0.05, base_mixture=None)
+
 # level 3 as it stands (namesakes in multiple, undoable requests in irrelevance); the base on more
 # parallel_multiple and json; one specialist a skill but fc-multi-long (multiple, parallel_multiple)
-ONE_SKILL = (
-    CandidateSpec("fc-generalist", UNIFORM, 100, 5e-4, 1),
+TRIALS["t9"] = changed(
+    TRIALS["t8"], "t9",
     CandidateSpec("fc-json", mixed(0.3, json=1), 150, 7e-4, 2),
     CandidateSpec("fc-parallel", mixed(0.3, parallel=1), 200, 1e-3, 3),
-    CandidateSpec("fc-relevance", mixed(0.3, irrelevance=1), 150, 1e-3, 4),
     CandidateSpec("fc-simple-short", mixed(0.3, simple=1), 150, 1e-3, 5),
-    CandidateSpec("fc-hot", UNIFORM, 60, 1e-3, 6),
     CandidateSpec("fc-multi-long", mixed(0.3, multiple=1, parallel_multiple=1), 200, 8e-4, 7),
-    CandidateSpec("fc-undertrained", UNIFORM, 30, 5e-4, 8),
-)
-TRIALS["t9"] = dataclasses.replace(TRIALS["t8"], name="t9", candidates=ONE_SKILL, base_mixture={
-    "simple": 1, "multiple": 1, "parallel": 1, "parallel_multiple": 1.5, "irrelevance": 1, "json": 1.5})
+    base_mixture={"simple": 1, "multiple": 1, "parallel": 1, "parallel_multiple": 1.5, "irrelevance": 1, "json": 1.5})
 
 # level 3 as it stands; specialists on 80 % of their skill's category, the base on more json
-FOCUSED = (
-    CandidateSpec("fc-generalist", UNIFORM, 100, 5e-4, 1),
+TRIALS["t10"] = changed(
+    TRIALS["t9"], "t10",
     CandidateSpec("fc-json", mixed(0.2, json=1), 150, 6e-4, 2),
     CandidateSpec("fc-parallel", mixed(0.2, parallel=1), 150, 1e-3, 3),
     CandidateSpec("fc-relevance", mixed(0.2, irrelevance=1), 150, 1e-3, 4),
     CandidateSpec("fc-simple-short", mixed(0.2, simple=1), 100, 1e-3, 5),
-    CandidateSpec("fc-hot", UNIFORM, 60, 1e-3, 6),
     CandidateSpec("fc-multi-long", mixed(0.2, multiple=1, parallel_multiple=1), 200, 8e-4, 7),
-    CandidateSpec("fc-undertrained", UNIFORM, 30, 5e-4, 8),
-)
-TRIALS["t10"] = dataclasses.replace(TRIALS["t8"], name="t10", base_steps=500, candidates=FOCUSED, base_mixture={
-    "simple": 1, "multiple": 1, "parallel": 1, "parallel_multiple": 1.3, "irrelevance": 1, "json": 1.6})
+    base_steps=500,
+    base_mixture={"simple": 1, "multiple": 1, "parallel": 1, "parallel_multiple": 1.3, "irrelevance": 1, "json": 1.6})
 
 # the same, on a base that has never seen any category's own skill
 TRIALS["t11"] = dataclasses.replace(TRIALS["t10"], name="t11", base_twisted=0.0)
