@@ -28,7 +28,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from soce.analysis import reliability
 from soce.threads import compute_threads
@@ -241,7 +240,8 @@ def lead_shares(values: np.ndarray, n: int, redraws: int = 1000, seed: int = 0) 
 
 
 class DevScorer:
-    """Scores state dicts of a family's architecture on toy_fc's dev split, in one model."""
+    """Scores soups of a family's models on toy_fc's dev split: any weights, souped in place into
+    one model by soce's own soup (soce.merge.InPlaceSoup)."""
 
     def __init__(self, family: Family, per_category: int) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -251,51 +251,41 @@ class DevScorer:
         self.evaluator = ToyFcDirect(seed=0, per_category=per_category, batch_size=100, level=family.spec.level)
         self.tokenizer = AutoTokenizer.from_pretrained(family.base)
         self.model = AutoModelForCausalLM.from_pretrained(family.base)
-        self.base = self.weights(family.base)
 
-    @staticmethod
-    def weights(path: Path) -> dict[str, torch.Tensor]:
-        from safetensors.torch import load_file
-
-        return load_file(path / "model.safetensors")
-
-    def __call__(self, weights: dict[str, torch.Tensor]) -> dict[str, float]:
+    def __call__(self, weights: dict[Path, float]) -> dict[str, float]:
+        """The dev scores of sum_i w_i * model_i, the models given by their directories."""
         from soce.engine.hf import HfEngine
+        from soce.merge import InPlaceSoup
 
-        unexpected = self.model.load_state_dict(weights, strict=False).unexpected_keys  # tied: no lm_head in the file
-        assert not unexpected, unexpected
+        InPlaceSoup(self.model, list(weights)).apply(list(weights.values()))
         with compute_threads():
             return self.evaluator.evaluate(HfEngine(self.model, self.tokenizer), "dev").scores
 
 
-def partial_moves(family: Family, realism, fractions: list[float], per_category: int) -> None:
+def partial_moves(score: DevScorer, family: Family, realism, fractions: list[float]) -> None:
     """Per specialised candidate, the share of its gain over the base, on each category it is
     specialised on, that base + f * (candidate - base) keeps: a property of one candidate (how
-    far its skill survives a shorter move), measured without any soup."""
-    score = DevScorer(family, per_category)
+    far its skill survives a shorter move), measured without any soup of candidates."""
     base = realism.base_scores
     print(f"{family.spec.name}: the share of each specialist's gain on its own categories kept at a fraction of its move")
     for c in realism.candidates:
         if not c.specialised:
             continue
-        theta = score.weights(family.candidates[c.name])
         cells = []
         for f in fractions:
-            scores = score({k: score.base[k] + f * (theta[k] - score.base[k]) for k in theta})
+            scores = score({family.base: 1 - f, family.candidates[c.name]: f})
             cells.append(f"{f}: " + ", ".join(f"{k} {(scores[k] - base[k]) / (c.scores[k] - base[k]):.0%}"
                                               for k in c.specialised if c.scores[k] != base[k]))
         print(f"  {c.name:16s} " + " | ".join(cells))
     print()
 
 
-def leader_soups(family: Family, realism, per_category: int) -> None:
+def leader_soups(score: DevScorer, family: Family, realism) -> None:
     """On dev: the category leaders' uniform soup, and each leader at 0.4 (the others sharing the
     rest), against the best single candidate. A diagnosis of pilots, never a default's choice."""
-    score = DevScorer(family, per_category)
     by_name = {c.name: c for c in realism.candidates}
     categories = list(realism.base_scores)
     leaders = list(dict.fromkeys(max(realism.candidates, key=lambda c: c.scores[k]).name for k in categories))
-    thetas = {n: score.weights(family.candidates[n]) for n in leaders}
 
     def line(label: str, scores: dict[str, float]) -> str:
         return f"  {label:28s} " + " ".join(f"{scores[k]:.2f}" for k in categories) + f" | {np.mean(list(scores.values())):.3f}"
@@ -309,7 +299,7 @@ def leader_soups(family: Family, realism, per_category: int) -> None:
     if len(leaders) > 1:
         mixes.update({f"{n} 0.4": {m: 0.4 if m == n else 0.6 / (len(leaders) - 1) for m in leaders} for n in leaders})
     for label, w in mixes.items():
-        print(line(label, score({k: sum(w[n] * thetas[n][k] for n in leaders) for k in thetas[leaders[0]]})))
+        print(line(label, score({family.candidates[n]: w[n] for n in leaders})))
     print()
 
 
@@ -339,10 +329,11 @@ def main() -> None:
             print(f"  {c:18s} {rel[j]:6.2f}  {names[int(column.argmax())]:16s} {shares[j]:4.0%}  "
                   f"{column.max() - np.median(column):+.3f}")
         print()
+        score = DevScorer(family, args.per_category) if args.partial or args.soups else None
         if args.partial:
-            partial_moves(family, realism, args.partial, args.per_category)
+            partial_moves(score, family, realism, args.partial)
         if args.soups:
-            leader_soups(family, realism, args.per_category)
+            leader_soups(score, family, realism)
 
 
 if __name__ == "__main__":
